@@ -1,0 +1,113 @@
+"""The ``sendit`` command: one subcommand per stage, each running its notebook.
+
+Examples
+--------
+::
+
+    sendit inspect /data/export/study1 --work /data/work
+    sendit deidentify /data/export/study1 --work /data/work --params site.yml --workers 2
+    sendit run /data/export --work /data/work --set SEND_TO_ORTHANC=true
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import SenditError
+from .layout import BatchLayout
+from .runner import Stage, run_stage
+from .settings import load_settings, parse_override
+
+log = logging.getLogger("sendit")
+
+#: Stages ``sendit run`` executes, in order.
+PIPELINE = (Stage.INSPECT, Stage.DEIDENTIFY, Stage.REVIEW, Stage.UPLOAD)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with one subcommand per stage."""
+    parser = argparse.ArgumentParser(prog="sendit", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"sendit-notebooks {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    helps = {
+        Stage.INSPECT: "inventory a batch: tables, QA summary, pixel-PHI screen, montages",
+        Stage.DEIDENTIFY: "de-identify a batch into release/ behind the leak gate",
+        Stage.REVIEW: "apply review decisions to quarantined images",
+        Stage.UPLOAD: "upload release/ to Orthanc, Google or the local store",
+    }
+    for stage, text in helps.items():
+        cmd = sub.add_parser(str(stage), help=text, description=text)
+        _common(cmd, "BATCH_DIR", "batch folder(s): one study's DICOM files each")
+        if stage is Stage.REVIEW:
+            cmd.add_argument("--decisions", metavar="FILE", help="decisions CSV (item, decision, x, y, width, height)")
+    run = sub.add_parser("run", help="run every stage on many batches", description="run every stage on many batches")
+    _common(run, "BATCH_OR_ROOT", "batch folders, or roots searched for batches")
+    return parser
+
+
+def _common(cmd: argparse.ArgumentParser, metavar: str, text: str) -> None:
+    cmd.add_argument("batches", nargs="+", metavar=metavar, type=Path, help=text)
+    cmd.add_argument("--work", required=True, type=Path, metavar="WORK_DIR", help="work folder (phi/ and release/ per batch)")
+    cmd.add_argument("--params", action="append", default=[], type=Path, metavar="FILE", help="params YAML file; repeatable, later wins")
+    cmd.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override one setting; repeatable")
+    cmd.add_argument("--workers", type=int, metavar="N", help="worker processes for per-file work (0 = one per core)")
+    cmd.add_argument("--executor", choices=("local", "dask"), help="where per-file work runs")
+    cmd.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler address (with --executor dask)")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides: dict[str, Any] = dict(parse_override(item) for item in args.set)
+    if args.workers is not None:
+        overrides["WORKERS"] = args.workers
+    if args.executor is not None:
+        overrides["EXECUTOR"] = args.executor
+    if args.scheduler is not None:
+        overrides["DASK_SCHEDULER"] = args.scheduler
+    if getattr(args, "decisions", None):
+        overrides["REVIEW_DECISIONS"] = str(Path(args.decisions).resolve())
+    return overrides
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sendit`` command; returns the exit status."""
+    logging.basicConfig(level=logging.INFO, format="sendit: %(message)s", stream=sys.stderr)
+    args = build_parser().parse_args(argv)
+    try:
+        overrides = _overrides(args)
+        load_settings(args.params, overrides)  # fail fast, before any notebook starts
+        if args.command == "run":
+            from .pipeline import run_batches
+
+            return run_batches(args.batches, args.work, args.params, overrides)
+        layouts = [BatchLayout.for_batch(b, args.work) for b in args.batches]
+        for layout in layouts:
+            layout.check_source()
+        return _run_each(Stage(args.command), layouts, args.params, overrides)
+    except SenditError as exc:
+        print(f"sendit: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run_each(
+    stage: Stage, layouts: Sequence[BatchLayout], params: Sequence[Path], overrides: dict[str, Any]
+) -> int:
+    failed = 0
+    for layout in layouts:
+        try:
+            output = run_stage(stage, layout, params_files=params, overrides=overrides)
+        except SenditError as exc:
+            failed += 1
+            print(f"sendit: error: {exc}", file=sys.stderr)
+            continue
+        log.info("%s done for batch %s; executed notebook: %s", stage, layout.name, output)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,436 @@
+"""De-identify stage: recipe, pseudonyms, quarantine, release/ behind the leak gate.
+
+For each readable DICOM image of a batch (``pending`` after inspect):
+
+1. pseudonyms come from the identifier provider, one call per batch
+   (entity = patient, item = study; one date shift per patient);
+2. the recipe (PS3.15 Annex E by default) is applied to the header; pixel
+   data is never decoded, only copied byte for byte;
+3. the file is written to ``release/<entity>/<item>_<series>_<instance>.dcm``,
+   or to ``phi/quarantine/<entity>/`` when the pixel screen flagged it;
+4. the ``cleaned``, ``entities`` and PHI ``lookup`` tables are written and
+   ``disposition.csv`` completed;
+5. the leak gate scans every byte and file name of ``release/`` for every
+   identifying value the recipe removed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from tqdm.auto import tqdm
+
+from . import disposition, inspect, leakgate
+from .dicomio import READ_ERRORS, read_full, safe_reason
+from .disposition import Disposition, Row
+from .errors import RecipeError
+from .identifiers import StudyKey, UidMapper, load_site_secret, make_provider
+from .layout import BatchLayout
+from .recipes import DeidContext, Recipe
+
+#: Value representations whose removed values the leak gate looks for.
+GATE_VRS = frozenset({"PN", "LO", "SH", "LT", "ST", "UT", "UC", "DA", "DT", "UI", "AE"})
+#: Value representations copied into the ``cleaned`` table.
+TABLE_SKIP_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN", "SQ"})
+DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
+_MAX_TABLE_TEXT = 256
+
+
+@dataclass(frozen=True)
+class Job:
+    """One file to de-identify."""
+
+    source_path: str
+    output: str
+    name: str
+    entity_id: str
+    item_id: str
+    jitter_days: int
+    quarantined: bool
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What every worker needs, cheap to pickle."""
+
+    recipe_files: tuple[str, ...]
+    include_default: bool
+    secret: bytes
+    safe_private: tuple[str, ...] = ()
+
+
+@dataclass
+class Outcome:
+    """What became of one job."""
+
+    job: Job
+    error: str = ""
+    cleaned: dict[str, Any] = field(default_factory=dict)
+    removed: dict[str, str] = field(default_factory=dict)
+    """Identifying values removed from this file: value -> category (PHI)."""
+    lookup: list[tuple[str, str, str]] = field(default_factory=list)
+    """(field, original, new) pairs (PHI)."""
+    pixel_span: tuple[int, int] | None = None
+
+
+# ------------------------------------------------------------------ per file
+@lru_cache(maxsize=4)
+def _recipe(files: tuple[str, ...], include_default: bool) -> Recipe:
+    return Recipe.load(files, include_default=include_default, include_deid_filters=False)
+
+
+@lru_cache(maxsize=4)
+def _uid_mapper(secret: bytes) -> UidMapper:
+    return UidMapper(secret)
+
+
+def _walk(ds: Dataset, prefix: str = "") -> Iterator[tuple[str, DataElement]]:
+    """Yield ``(path, element)`` for every element, depth first, sequences included."""
+    for elem in ds:
+        path = f"{prefix}{elem.tag:08X}"
+        yield path, elem
+        if elem.VR == "SQ" and elem.value:
+            for index, item in enumerate(elem.value):
+                yield from _walk(item, f"{path}[{index}].")
+
+
+def _strings(elem: DataElement) -> list[str]:
+    value = elem.value
+    if value is None or value == "":
+        return []
+    values = value if isinstance(value, list | tuple) or hasattr(value, "__iter__") and not isinstance(value, str | bytes) else [value]
+    return [str(v).strip() for v in values if str(v).strip()]
+
+
+def snapshot(ds: Dataset) -> dict[str, tuple[str, str, list[str]]]:
+    """Textual values that could identify, by element path: path -> (VR, keyword, values)."""
+    found = {}
+    for path, elem in _walk(ds):
+        if elem.VR in GATE_VRS:
+            found[path] = (elem.VR, elem.keyword or f"({elem.tag.group:04X},{elem.tag.element:04X})", _strings(elem))
+    return found
+
+
+def removed_values(before: Mapping[str, tuple[str, str, list[str]]], after: Dataset) -> dict[str, str]:
+    """Values the recipe removed or changed: value -> category (its keyword or ``name``)."""
+    now = snapshot(after)
+    kept = {v for _vr, _kw, values in now.values() for v in values}
+    removed: dict[str, str] = {}
+    for path, (vr, keyword, values) in before.items():
+        current = now.get(path, ("", "", []))[2]
+        for value in values:
+            if value in current or value in kept:
+                continue
+            removed.setdefault(value, "name" if vr == "PN" else keyword)
+    return removed
+
+
+def _ensure_meta(ds: Dataset) -> None:
+    """Give the dataset a file meta that matches it (meta-less inputs get one)."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or "TransferSyntaxUID" not in meta:
+        implicit, little = ds.original_encoding
+        new = FileMetaDataset()
+        if meta is not None:
+            new.update(meta)
+        new.TransferSyntaxUID = (
+            ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little is not False else ExplicitVRBigEndian
+        )
+        ds.file_meta = new
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+
+
+def flatten(ds: Dataset, prefix: str = "", out: dict[str, Any] | None = None) -> dict[str, Any]:
+    """De-identified header as a flat dict; nested sequences as ``Seq.Keyword``."""
+    out = {} if out is None else out
+    for elem in ds:
+        if elem.tag.group == 0x7FE0 or elem.tag.is_private:
+            continue
+        key = f"{prefix}{elem.keyword or f'{elem.tag.group:04X}{elem.tag.element:04X}'}"
+        if elem.VR == "SQ":
+            for item in elem.value or []:
+                flatten(item, f"{key}.", out)
+            continue
+        if elem.VR in TABLE_SKIP_VRS or elem.value is None:
+            continue
+        text = "\\".join(_strings(elem)) if elem.VM > 1 else str(elem.value)
+        text = text[:_MAX_TABLE_TEXT]
+        out[key] = f"{out[key]} | {text}" if key in out and out[key] != text else text
+    return out
+
+
+def _write(ds: Dataset, output: Path) -> None:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp")
+    ds.save_as(tmp, enforce_file_format=True)
+    os.replace(tmp, output)
+
+
+def deidentify_file(job: Job, config: WorkerConfig) -> Outcome:
+    """De-identify one file and write it; never raises for a bad input file."""
+    outcome = Outcome(job)
+    try:
+        ds = read_full(job.source_path)
+        before = snapshot(ds)
+        ctx = DeidContext(
+            variables={"entity_id": job.entity_id, "item_id": job.item_id, "jitter": str(job.jitter_days)},
+            date_shift_days=job.jitter_days,
+            uid_map=_uid_mapper(config.secret),
+        )
+        changes = _recipe(config.recipe_files, config.include_default).apply(ds, ctx)
+        _ensure_meta(ds)
+        _write(ds, Path(job.output))
+    except RecipeError as exc:
+        outcome.error = f"recipe could not be applied: {exc}"
+        return outcome
+    except (*READ_ERRORS, RuntimeError) as exc:
+        outcome.error = f"could not de-identify: {safe_reason(exc)}"
+        return outcome
+    outcome.removed = removed_values(before, ds)
+    for text in changes.removed_text:
+        outcome.removed.setdefault(text, "free text")
+    outcome.lookup = [(k, old, new) for k, (old, new) in changes.replaced.items()]
+    outcome.cleaned = flatten(ds)
+    return outcome
+
+
+def _run_chunk(jobs: list[Job], config: WorkerConfig) -> list[Outcome]:
+    return [deidentify_file(job, config) for job in jobs]
+
+
+def run_jobs(jobs: Sequence[Job], config: WorkerConfig, *, workers: int = 1, progress: bool = True) -> list[Outcome]:
+    """De-identify many files, on a process pool when ``workers`` > 1."""
+    workers = workers or os.cpu_count() or 1
+    bar = tqdm(total=len(jobs), desc="deidentify", unit="file", disable=not progress)
+    outcomes: list[Outcome] = []
+    if workers <= 1 or len(jobs) < 32:
+        for job in jobs:
+            outcomes.append(deidentify_file(job, config))
+            bar.update()
+    else:
+        size = max(8, min(128, len(jobs) // (workers * 8) or 8))
+        chunks = [list(jobs[i:i + size]) for i in range(0, len(jobs), size)]
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for part in pool.map(_run_chunk, chunks, [config] * len(chunks)):
+                outcomes.extend(part)
+                bar.update(len(part))
+    bar.close()
+    return outcomes
+
+
+# ------------------------------------------------------------------ planning
+def _patient_key(row: pd.Series) -> StudyKey:
+    patient = row["PatientID"] if isinstance(row["PatientID"], str) and row["PatientID"].strip() else ""
+    study = row["StudyInstanceUID"] if isinstance(row["StudyInstanceUID"], str) else ""
+    accession = row["AccessionNumber"] if isinstance(row["AccessionNumber"], str) else ""
+    date = row["StudyDate"] if isinstance(row["StudyDate"], str) else ""
+    if not patient:
+        patient = f"no-patient-id:{study or row['source_path']}"
+    return StudyKey(patient, accession.strip() or study, date)
+
+
+def _number(value: Any, fallback: int) -> int:
+    return fallback if value is None or pd.isna(value) else int(value)
+
+
+def _names(candidates: pd.DataFrame, codes: Mapping[str, tuple[str, str, int]]) -> dict[str, str]:
+    """Unique ``<item>_<series>_<instance>.dcm`` per source file, stable in source order."""
+    names: dict[str, str] = {}
+    taken: set[str] = set()
+    for index, row in enumerate(candidates.itertuples(index=False)):
+        _entity, item, _jitter = codes[row.source_path]
+        base = f"{item}_{_number(row.SeriesNumber, 0)}_{_number(row.InstanceNumber, index + 1)}"
+        name, n = f"{base}.dcm", 1
+        while name in taken:
+            n += 1
+            name = f"{base}_{n}.dcm"
+        taken.add(name)
+        names[row.source_path] = name
+    return names
+
+
+@dataclass
+class Plan:
+    """The jobs of a batch, and the files it will not release with the reason."""
+
+    jobs: list[Job]
+    skipped: list[Row]
+
+
+def plan(layout: BatchLayout, settings: Mapping[str, Any], files: pd.DataFrame, secret: bytes) -> Plan:
+    """Choose the files to de-identify, get pseudonyms and name the outputs."""
+    table = disposition.read(layout).set_index("source_path")
+    dicom = files[files["source_path"].isin(table.index)]
+    dicom = dicom[table.loc[dicom["source_path"], "disposition"].isin(
+        [str(Disposition.PENDING), str(Disposition.RELEASED), str(Disposition.QUARANTINED), str(Disposition.SKIPPED)]
+    ).to_numpy()]
+    skipped = [
+        Row(p, Disposition.SKIPPED, "media directory (DICOMDIR), not an image; not released")
+        for p in dicom.loc[dicom["SOPClassUID"] == DICOMDIR_CLASS, "source_path"]
+    ]
+    skipped += [
+        Row(p, Disposition.SKIPPED, "no pixel data (non-image object); only images are released")
+        for p in dicom.loc[(~dicom["has_pixels"]) & (dicom["SOPClassUID"] != DICOMDIR_CLASS), "source_path"]
+    ]
+    images = dicom[dicom["has_pixels"] & (dicom["SOPClassUID"] != DICOMDIR_CLASS)].sort_values("source_path")
+    keys = {row.source_path: _patient_key(pd.Series(row._asdict())) for row in images.itertuples(index=False)}
+    provider = make_provider(
+        settings["IDENTIFIER_PROVIDER"], secret=secret, prefix=settings["ENTITY_PREFIX"],
+        crosswalk_csv=Path(settings["CROSSWALK_CSV"]) if settings["CROSSWALK_CSV"] else None,
+        url=settings["IDENTIFIER_URL"], id_source=settings["IDENTIFIER_ID_SOURCE"],
+        token=settings["IDENTIFIER_TOKEN"] or None, timeout=float(settings["IDENTIFIER_TIMEOUT"]),
+        retries=int(settings["IDENTIFIER_RETRIES"]), max_jitter_days=int(settings["MAX_JITTER_DAYS"]),
+    )
+    pseudonyms = provider.pseudonymize(list(dict.fromkeys(keys.values()))) if keys else {}
+    codes = {p: (pseudonyms[k].entity_id, pseudonyms[k].item_id, pseudonyms[k].jitter_days) for p, k in keys.items()}
+    names = _names(images, codes)
+    quarantine = bool(settings["QUARANTINE_FLAGGED"])
+    jobs = []
+    for row in images.itertuples(index=False):
+        entity, item, jitter = codes[row.source_path]
+        held = quarantine and bool(row.flagged)
+        root = layout.quarantine if held else layout.release
+        output = root / entity / names[row.source_path]
+        jobs.append(Job(row.source_path, str(output), names[row.source_path], entity, item, jitter, held))
+    return Plan(jobs, skipped)
+
+
+# ------------------------------------------------------------------ tables
+def cleaned_table(outcomes: Sequence[Outcome], released: bool = True) -> pd.DataFrame:
+    """One row per written image: name, entity, item, path and de-identified header fields."""
+    rows = []
+    for o in outcomes:
+        if o.error or o.job.quarantined == released:
+            continue
+        rel = f"{o.job.entity_id}/{o.job.name}"
+        rows.append({"name": o.job.name, "entity_id": o.job.entity_id, "item_id": o.job.item_id, "path": rel, **o.cleaned})
+    table = pd.DataFrame(rows)
+    return table.astype("string") if not table.empty else pd.DataFrame(columns=["name", "entity_id", "item_id", "path"])
+
+
+def entities_table(cleaned: pd.DataFrame, agent: str) -> pd.DataFrame:
+    """One row per entity: ``id, PatientSex, PatientAge, IMAGE_COUNT, UPLOAD_AGENT``."""
+    columns = ["id", "PatientSex", "PatientAge", "IMAGE_COUNT", "UPLOAD_AGENT"]
+    if cleaned.empty:
+        return pd.DataFrame(columns=columns)
+    table = cleaned.reindex(columns=["entity_id", "PatientSex", "PatientAge", "name"])
+    grouped = table.groupby("entity_id", sort=True)
+    out = pd.DataFrame({
+        "id": list(grouped.groups),
+        "PatientSex": grouped["PatientSex"].first().to_list(),
+        "PatientAge": grouped["PatientAge"].first().to_list(),
+        "IMAGE_COUNT": grouped["name"].size().astype("int64").to_list(),
+    })
+    out["UPLOAD_AGENT"] = agent
+    return out[columns]
+
+
+def lookup_table(outcomes: Sequence[Outcome]) -> pd.DataFrame:
+    """PHI lookup: source path and original IDs/UIDs -> new names and values, date offset."""
+    rows = []
+    for o in outcomes:
+        j = o.job
+        rows.append({"source_path": j.source_path, "field": "(file)", "original": j.source_path,
+                     "new": j.name, "entity_id": j.entity_id, "item_id": j.item_id, "jitter_days": j.jitter_days})
+        rows.extend({"source_path": j.source_path, "field": f, "original": old, "new": new,
+                     "entity_id": j.entity_id, "item_id": j.item_id, "jitter_days": j.jitter_days}
+                    for f, old, new in o.lookup)
+    return pd.DataFrame(rows).astype({"jitter_days": "int64"}) if rows else pd.DataFrame()
+
+
+def gate_values(outcomes: Sequence[Outcome], batch_name: str) -> dict[str, str]:
+    """Every identifying value removed anywhere in the batch: value -> category."""
+    values: dict[str, str] = {}
+    for o in outcomes:
+        for value, category in o.removed.items():
+            values.setdefault(value, category)
+    values.setdefault(batch_name, "batch folder name")
+    return values
+
+
+# ------------------------------------------------------------------ the stage
+@dataclass
+class DeidResult:
+    """Everything the de-identify stage produced for one batch."""
+
+    layout: BatchLayout
+    outcomes: list[Outcome]
+    cleaned: pd.DataFrame
+    entities: pd.DataFrame
+    quarantined: pd.DataFrame
+    dispositions: pd.DataFrame
+    gate: leakgate.GateReport
+
+    @property
+    def counts(self) -> pd.Series:
+        """Files per disposition."""
+        return disposition.counts(self.dispositions)
+
+
+def _clear_outputs(layout: BatchLayout) -> None:
+    """Remove earlier release/ and quarantine files, so a rerun leaves exactly what it writes."""
+    for root in (layout.release, layout.quarantine):
+        if root.exists():
+            for path in sorted(root.rglob("*"), reverse=True):
+                if path.is_file():
+                    path.unlink()
+                elif path.is_dir():
+                    path.rmdir()
+
+
+def deidentify_batch(layout: BatchLayout, settings: Mapping[str, Any]) -> DeidResult:
+    """Run the de-identify stage on one batch (inspect first when its outputs are missing).
+
+    Raises
+    ------
+    LeakError
+        When the leak gate finds an identifying value in ``release/``; the
+        report (``phi/deidentify/leak_report.csv``) names file and field.
+    """
+    if not inspect.is_current(layout):
+        inspect.inspect_batch(layout, settings)
+    files = inspect.load(layout)
+    secret = load_site_secret(layout.work, {"SENDIT_SITE_SECRET": settings["SENDIT_SITE_SECRET"]} if settings["SENDIT_SITE_SECRET"] else os.environ)
+    work = plan(layout, settings, files, secret)
+    recipes = tuple(str(Path(p).resolve()) for p in settings["DEID_RECIPES"])
+    config = WorkerConfig(recipes, bool(settings["USE_DEFAULT_RECIPE"]), secret, tuple(settings["SAFE_PRIVATE_TAGS"]))
+    _clear_outputs(layout)
+    outcomes = run_jobs(work.jobs, config, workers=int(settings["WORKERS"]), progress=bool(settings["PROGRESS"]))
+    return finish(layout, settings, outcomes, work.skipped)
+
+
+def finish(layout: BatchLayout, settings: Mapping[str, Any], outcomes: list[Outcome], skipped: list[Row]) -> DeidResult:
+    """Write tables and dispositions, then run the leak gate."""
+    layout.deid_dir.mkdir(mode=0o700, exist_ok=True)
+    cleaned = cleaned_table(outcomes, released=True)
+    held = cleaned_table(outcomes, released=False)
+    entities = entities_table(cleaned, str(settings["UPLOAD_AGENT"]))
+    cleaned.to_parquet(layout.release / "cleaned.parquet", index=False)
+    entities.to_parquet(layout.release / "entities.parquet", index=False)
+    held.to_parquet(layout.deid_dir / "quarantined.parquet", index=False)
+    lookup_table(outcomes).to_parquet(layout.deid_dir / "lookup.parquet", index=False)
+    values = gate_values(outcomes, layout.name)
+    leakgate.save_values(layout, values)
+    rows = list(skipped)
+    for o in outcomes:
+        if o.error:
+            rows.append(Row(o.job.source_path, Disposition.ERROR, o.error))
+        elif o.job.quarantined:
+            rows.append(Row(o.job.source_path, Disposition.QUARANTINED, "pixel screen flagged possible burned-in PHI; awaiting review", o.job.name))
+        else:
+            rows.append(Row(o.job.source_path, Disposition.RELEASED, "", o.job.name))
+    table = disposition.update(layout, rows)
+    report = leakgate.run_gate(layout, values, workers=int(settings["WORKERS"]))
+    return DeidResult(layout, outcomes, cleaned, entities, held, table, report)

@@ -1,0 +1,161 @@
+"""Reading DICOM files robustly and fast, without touching pixel data.
+
+Every input file ends up as a :class:`Probe`: DICOM (readable header, with a
+note when something is odd), non-DICOM, or an error with a reason.  Reasons
+name what was wrong, never a value from the file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import pydicom
+from pydicom.dataset import Dataset, FileDataset
+from pydicom.errors import InvalidDicomError
+
+PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+_DELIMITER_LE = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+_DELIMITER_BE = b"\xff\xfe\xe0\xdd\x00\x00\x00\x00"
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+#: Errors pydicom raises on malformed input.
+READ_ERRORS = (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError,
+               struct.error, NotImplementedError, AttributeError, IndexError, OverflowError)
+
+
+@dataclass
+class Probe:
+    """What reading one file's header found."""
+
+    path: Path
+    size: int
+    kind: str
+    """``"dicom"``, ``"non_dicom"`` or ``"error"``."""
+    reason: str = ""
+    dataset: Dataset | None = None
+    pixel_offset: int | None = None
+    """Byte offset of the pixel data element, when the file has one."""
+
+
+def safe_reason(exc: BaseException) -> str:
+    """An exception as ``Type: message`` with quoted parts (possible values) masked."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    text = _QUOTED.sub("'…'", text)[:160]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def probe(path: str | os.PathLike[str]) -> Probe:
+    """Read a file's header (no pixel data) and classify it.
+
+    Parameters
+    ----------
+    path : path-like
+        Any file.
+
+    Returns
+    -------
+    Probe
+        ``kind`` is ``"dicom"`` when a data set was read; ``reason`` then holds
+        notes such as a missing file meta or truncated pixel data (which makes
+        the kind ``"error"``).
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    if size == 0:
+        return Probe(path, size, "non_dicom", "empty file (0 bytes)")
+    with path.open("rb") as fh:
+        try:
+            ds = pydicom.dcmread(fh, stop_before_pixels=True)
+            note = ""
+        except InvalidDicomError:
+            return _probe_raw(path, size, fh)
+        except READ_ERRORS as exc:
+            return Probe(path, size, "error", f"unreadable DICOM header ({safe_reason(exc)})")
+        return _check_pixels(Probe(path, size, "dicom", note, ds), fh)
+
+
+def _probe_raw(path: Path, size: int, fh: BinaryIO) -> Probe:
+    """A file without the ``DICM`` preamble: accept it only if it parses as a data set."""
+    fh.seek(0)
+    head = fh.read(8)
+    if len(head) < 8 or not _plausible_first_tag(head):
+        return Probe(path, size, "non_dicom", "not DICOM: no 'DICM' preamble and no data set at the start")
+    fh.seek(0)
+    try:
+        ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
+    except READ_ERRORS as exc:
+        return Probe(path, size, "non_dicom", f"not DICOM: no preamble and no readable data set ({safe_reason(exc)})")
+    if len(ds) == 0 or "SOPClassUID" not in ds and "Modality" not in ds:
+        return Probe(path, size, "non_dicom", "not DICOM: no preamble and no SOP class or modality")
+    probe_ = Probe(path, size, "dicom", "no DICOM preamble/file meta; read as a raw data set", ds)
+    return _check_pixels(probe_, fh)
+
+
+def _plausible_first_tag(head: bytes) -> bool:
+    """True when the first bytes look like a little- or big-endian group 0x0002-0x0010 tag."""
+    little = struct.unpack("<H", head[:2])[0]
+    big = struct.unpack(">H", head[:2])[0]
+    return 0x0002 <= little <= 0x0010 or 0x0002 <= big <= 0x0010
+
+
+def _check_pixels(probe_: Probe, fh: BinaryIO) -> Probe:
+    """Find the pixel data element after the header and check it is complete."""
+    ds = probe_.dataset
+    assert ds is not None
+    offset = fh.tell()
+    fh.seek(offset)
+    head = fh.read(12)
+    if len(head) < 8:
+        return probe_
+    implicit, little = _encoding(ds)
+    fmt = "<HH" if little else ">HH"
+    group, elem = struct.unpack(fmt, head[:4])
+    if (group << 16 | elem) not in PIXEL_TAGS:
+        return probe_
+    probe_.pixel_offset = offset
+    if implicit:
+        length, header = struct.unpack("<I" if little else ">I", head[4:8])[0], 8
+    elif head[4:6] in _LONG_VRS:
+        length, header = struct.unpack("<I" if little else ">I", head[8:12])[0], 12
+    else:
+        length, header = struct.unpack("<H" if little else ">H", head[6:8])[0], 8
+    if length == 0xFFFFFFFF:
+        if not _has_delimiter(fh, probe_.size, little):
+            return _truncated(probe_, "encapsulated pixel data has no sequence delimiter")
+    elif offset + header + length > probe_.size:
+        missing = offset + header + length - probe_.size
+        return _truncated(probe_, f"pixel data is {missing} bytes shorter than its declared length")
+    return probe_
+
+
+def _truncated(probe_: Probe, why: str) -> Probe:
+    probe_.kind = "error"
+    probe_.reason = f"truncated file: {why} (PixelData (7FE0,0010)); re-export it from the PACS"
+    return probe_
+
+
+def _has_delimiter(fh: BinaryIO, size: int, little: bool) -> bool:
+    tail = min(size, 1 << 16)
+    fh.seek(size - tail)
+    return (_DELIMITER_LE if little else _DELIMITER_BE) in fh.read(tail)
+
+
+def _encoding(ds: Dataset) -> tuple[bool, bool]:
+    implicit, little = ds.original_encoding
+    if implicit is None or little is None:
+        return False, True
+    return bool(implicit), bool(little)
+
+
+def read_full(path: str | os.PathLike[str], defer_size: int | None = 4096) -> FileDataset:
+    """Read a whole file, leaving large values (pixel data) on disk until written.
+
+    ``defer_size`` keeps pixel data unread (pydicom reads it from the file
+    when the data set is written), so copying it costs no decode.
+    """
+    return pydicom.dcmread(os.fspath(path), defer_size=defer_size, force=True)

@@ -1,0 +1,83 @@
+"""``phi/disposition.csv``: one row per input file and what became of it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+import pandas as pd
+
+from .layout import BatchLayout
+
+COLUMNS = ["source_path", "disposition", "reason", "output_name"]
+
+
+class Disposition(StrEnum):
+    """What became of one input file."""
+
+    PENDING = "pending"
+    """DICOM, readable, waiting for de-identification."""
+    ERROR = "error"
+    """Unreadable, truncated or otherwise unusable DICOM; the reason says why."""
+    NON_DICOM = "non_dicom"
+    """Not a DICOM file (text, empty, other format)."""
+    RELEASED = "released"
+    """De-identified and written to ``release/``."""
+    QUARANTINED = "quarantined"
+    """Held in ``phi/quarantine/`` (possible PHI in pixels, or kept by review)."""
+    SKIPPED = "skipped"
+    """Readable DICOM the recipe chose not to release (e.g. a ``%filter`` blacklist REMOVE)."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One disposition row."""
+
+    source_path: str
+    disposition: Disposition
+    reason: str = ""
+    output_name: str = ""
+
+
+def to_frame(rows: Iterable[Row]) -> pd.DataFrame:
+    """Turn rows into a disposition table with the standard columns."""
+    data = [(r.source_path, str(r.disposition), r.reason, r.output_name) for r in rows]
+    return pd.DataFrame(data, columns=COLUMNS)
+
+
+def read(layout: BatchLayout) -> pd.DataFrame:
+    """Read a batch's disposition table (empty table when there is none yet)."""
+    path = layout.disposition_csv
+    if not path.exists():
+        return pd.DataFrame({c: pd.Series(dtype="object") for c in COLUMNS})
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def write(layout: BatchLayout, table: pd.DataFrame) -> Path:
+    """Write the table atomically, sorted by ``source_path``."""
+    table = table[COLUMNS].sort_values("source_path", kind="stable").reset_index(drop=True)
+    path = layout.disposition_csv
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".csv.tmp")
+    table.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    return path
+
+
+def update(layout: BatchLayout, rows: Iterable[Row]) -> pd.DataFrame:
+    """Set the disposition of the given source files, keeping every other row."""
+    table = read(layout).set_index("source_path")
+    new = to_frame(rows).set_index("source_path")
+    table = pd.concat([table[~table.index.isin(new.index)], new])
+    table = table.reset_index()
+    write(layout, table)
+    return table
+
+
+def counts(table: pd.DataFrame) -> pd.Series:
+    """Number of files per disposition, every disposition listed."""
+    order = [str(d) for d in Disposition]
+    return table["disposition"].value_counts().reindex(order, fill_value=0)

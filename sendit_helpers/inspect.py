@@ -1,0 +1,326 @@
+"""Inspect stage: what a batch holds, what is broken, what may carry PHI in pixels.
+
+Reads every file's header (never the pixel data), builds one table row per
+DICOM file, a QA summary like the original sendit's batch QA (series, study
+dates, modalities, bytes), screens each image with the deid ``%filter`` rules,
+and writes ``phi/disposition.csv`` with ``error``/``non_dicom``/``pending``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from pydicom.dataset import Dataset
+from tqdm.auto import tqdm
+
+from . import disposition
+from .dicomio import probe
+from .disposition import Disposition, Row
+from .layout import BatchLayout
+
+#: Header fields kept in ``files.parquet``: (column, keyword).
+FIELDS: tuple[str, ...] = (
+    "PatientID", "PatientName", "AccessionNumber", "StudyInstanceUID", "SeriesInstanceUID",
+    "SOPInstanceUID", "SOPClassUID", "StudyDate", "StudyTime", "StudyDescription",
+    "SeriesNumber", "SeriesDescription", "InstanceNumber", "Modality", "BodyPartExamined",
+    "PatientSex", "PatientAge", "Rows", "Columns", "NumberOfFrames", "SamplesPerPixel",
+    "BitsAllocated", "PhotometricInterpretation", "BurnedInAnnotation", "ImageType",
+    "Manufacturer", "ManufacturerModelName",
+)
+_INTS = ("SeriesNumber", "InstanceNumber", "Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "BitsAllocated")
+_FINAL = {str(Disposition.RELEASED), str(Disposition.QUARANTINED), str(Disposition.SKIPPED)}
+
+
+@dataclass
+class InspectResult:
+    """Everything the inspect stage found in one batch."""
+
+    layout: BatchLayout
+    files: pd.DataFrame
+    """One row per readable DICOM file, with screening columns."""
+    dispositions: pd.DataFrame
+    series: pd.DataFrame
+    dates: pd.DataFrame
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def flagged(self) -> pd.DataFrame:
+        """Images the pixel-PHI screen flagged."""
+        cols = ["relative_path", "SeriesNumber", "InstanceNumber", "Modality", "group", "label", "reason_screen"]
+        return self.files.loc[self.files["flagged"], cols]
+
+    def summary_table(self) -> pd.DataFrame:
+        """The QA summary as a two-column table for display."""
+        return pd.DataFrame(
+            [(k, v) for k, v in self.summary.items() if k != "warnings"], columns=["item", "value"]
+        )
+
+
+# ------------------------------------------------------------------ discovery
+def discover(source: Path) -> list[Path]:
+    """Every file below ``source``, recursively, in a stable order (links not followed into folders)."""
+    found: list[Path] = []
+    for folder, dirs, files in os.walk(source):
+        dirs.sort()
+        found.extend(Path(folder) / name for name in sorted(files))
+    return found
+
+
+# ------------------------------------------------------------------ per file
+@lru_cache(maxsize=4)
+def _screener(filter_recipes: tuple[str, ...], use_deid: bool) -> Any:
+    from .recipes import Recipe
+
+    return Recipe.load(filter_recipes, include_default=False, include_deid_filters=use_deid)
+
+
+def _value(ds: Dataset, keyword: str) -> Any:
+    elem = ds.get(keyword)
+    if elem is None or elem == "":
+        return None
+    if keyword in _INTS:
+        try:
+            return int(elem)
+        except (TypeError, ValueError):
+            return None
+    if keyword == "ImageType":
+        return "\\".join(str(v) for v in elem) if not isinstance(elem, str) else elem
+    return str(elem)
+
+
+def read_one(path: str, filter_recipes: tuple[str, ...] = (), use_deid: bool = True) -> dict[str, Any]:
+    """Probe one file and, if DICOM, extract its row and screen it.
+
+    Returns a plain dict (cheap to send between processes) with ``kind`` and
+    ``reason`` always set.
+    """
+    found = probe(path)
+    row: dict[str, Any] = {"source_path": path, "size_bytes": found.size, "kind": found.kind, "reason": found.reason}
+    ds = found.dataset
+    if found.kind != "dicom" or ds is None:
+        return row
+    meta = getattr(ds, "file_meta", None)
+    tsyntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    row["transfer_syntax"] = str(tsyntax.name) if tsyntax else "(none: implicit VR little endian assumed)"
+    row["has_pixels"] = found.pixel_offset is not None
+    row.update({k: _value(ds, k) for k in FIELDS})
+    if filter_recipes or use_deid:
+        screen = _screener(filter_recipes, use_deid).screen(ds)
+        row.update(
+            flagged=bool(screen.flagged), group=screen.group, label=screen.label,
+            reason_screen=screen.reason, coordinates=json.dumps([list(c) for c in screen.coordinates]),
+        )
+    return row
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield list(items[start:start + size])
+
+
+def _read_chunk(paths: list[str], filter_recipes: tuple[str, ...], use_deid: bool) -> list[dict[str, Any]]:
+    return [read_one(p, filter_recipes, use_deid) for p in paths]
+
+
+def read_all(
+    paths: Sequence[Path],
+    *,
+    workers: int = 1,
+    filter_recipes: Sequence[str] = (),
+    use_deid: bool = True,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Run :func:`read_one` over many files, on a process pool when ``workers`` > 1."""
+    names = [os.fspath(p) for p in paths]
+    recipes = tuple(os.fspath(r) for r in filter_recipes)
+    workers = workers or os.cpu_count() or 1
+    bar = tqdm(total=len(names), desc="inspect", unit="file", disable=not progress)
+    rows: list[dict[str, Any]] = []
+    if workers <= 1 or len(names) < 64:
+        for name in names:
+            rows.append(read_one(name, recipes, use_deid))
+            bar.update()
+    else:
+        size = max(16, min(256, len(names) // (workers * 8) or 16))
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(_read_chunk, chunk, recipes, use_deid) for chunk in _chunks(names, size)]
+            for future in futures:
+                part = future.result()
+                rows.extend(part)
+                bar.update(len(part))
+    bar.close()
+    return rows
+
+
+# ------------------------------------------------------------------ tables
+def files_table(rows: Iterable[Mapping[str, Any]], source: Path) -> pd.DataFrame:
+    """The per-DICOM-file table from :func:`read_all` rows."""
+    dicom = [dict(r) for r in rows if r["kind"] == "dicom"]
+    columns = ["source_path", "relative_path", "size_bytes", "transfer_syntax", "has_pixels", *FIELDS,
+               "flagged", "group", "label", "reason_screen", "coordinates", "reason"]
+    table = pd.DataFrame(dicom).reindex(columns=columns)
+    table["relative_path"] = [Path(p).relative_to(source).as_posix() for p in table["source_path"]]
+    for col in _INTS:
+        table[col] = pd.array(table[col], dtype="Int64")
+    table["flagged"] = table["flagged"].fillna(False).astype(bool)
+    table["has_pixels"] = table["has_pixels"].fillna(False).astype(bool)
+    table["size_bytes"] = table["size_bytes"].astype("int64")
+    for col in columns:
+        if table[col].dtype == object:
+            table[col] = table[col].astype("string")
+    return table.rename(columns={"reason": "note"})
+
+
+def disposition_rows(rows: Iterable[Mapping[str, Any]]) -> list[Row]:
+    """Inspect's disposition: error / non_dicom with the reason, pending for DICOM."""
+    out = []
+    for r in rows:
+        kind = r["kind"]
+        state = Disposition.PENDING if kind == "dicom" else Disposition(kind)
+        out.append(Row(r["source_path"], state, r["reason"] if kind != "dicom" else ""))
+    return out
+
+
+def series_table(files: pd.DataFrame) -> pd.DataFrame:
+    """Series like the original sendit QA: SeriesNumber, SeriesDescription, image count."""
+    if files.empty:
+        return pd.DataFrame(columns=["SeriesNumber", "SeriesDescription", "Modality", "images", "flagged", "bytes"])
+    grouped = files.groupby(["SeriesInstanceUID"], dropna=False)
+    table = grouped.agg(
+        SeriesNumber=("SeriesNumber", "first"),
+        SeriesDescription=("SeriesDescription", "first"),
+        Modality=("Modality", "first"),
+        images=("source_path", "size"),
+        flagged=("flagged", "sum"),
+        bytes=("size_bytes", "sum"),
+    )
+    return table.sort_values(["SeriesNumber"], na_position="last").reset_index(drop=True)
+
+
+def dates_table(files: pd.DataFrame) -> pd.DataFrame:
+    """Study dates with image counts (more than one date is a warning)."""
+    counts = files["StudyDate"].fillna("(none)").value_counts().sort_index()
+    return counts.rename_axis("StudyDate").reset_index(name="images")
+
+
+def qa_summary(files: pd.DataFrame, dispositions: pd.DataFrame, dates: pd.DataFrame) -> dict[str, Any]:
+    """Counts, modalities, bytes and warnings for a batch."""
+    counts = disposition.counts(dispositions)
+    warnings = []
+    if len(dates) > 1:
+        warnings.append(f"{len(dates)} different study dates in one batch; check it is one study")
+    if files["StudyInstanceUID"].nunique() > 1:
+        warnings.append(f"{files['StudyInstanceUID'].nunique()} studies in one batch")
+    if counts["error"]:
+        warnings.append(f"{counts['error']} unreadable or truncated files (see disposition.csv)")
+    if files["flagged"].any():
+        warnings.append(f"{int(files['flagged'].sum())} images may carry PHI in their pixels")
+    return {
+        "files": int(len(dispositions)),
+        "dicom": int(len(files)),
+        "non_dicom": int(counts["non_dicom"]),
+        "errors": int(counts["error"]),
+        "series": int(files["SeriesInstanceUID"].nunique()),
+        "studies": int(files["StudyInstanceUID"].nunique()),
+        "modalities": ", ".join(sorted(str(m) for m in files["Modality"].dropna().unique())),
+        "study_dates": int(len(dates)),
+        "flagged_images": int(files["flagged"].sum()),
+        "total_bytes": int(files["size_bytes"].sum()),
+        "warnings": warnings,
+    }
+
+
+# ------------------------------------------------------------------ the stage
+def inspect_batch(layout: BatchLayout, settings: Mapping[str, Any]) -> InspectResult:
+    """Run the inspect stage on one batch and save its tables under ``phi/inspect/``.
+
+    Parameters
+    ----------
+    layout : BatchLayout
+        The batch (input folder and work folder).
+    settings : mapping
+        Resolved settings (``WORKERS``, ``USE_DEID_FILTERS``, ``PIXEL_FILTER_RECIPES``, ``PROGRESS``).
+
+    Returns
+    -------
+    InspectResult
+    """
+    layout.check_source()
+    layout.ensure()
+    paths = discover(layout.source)
+    rows = read_all(
+        paths,
+        workers=int(settings["WORKERS"]),
+        filter_recipes=settings["PIXEL_FILTER_RECIPES"],
+        use_deid=bool(settings["USE_DEID_FILTERS"]),
+        progress=bool(settings["PROGRESS"]),
+    )
+    files = files_table(rows, layout.source)
+    table = _merge_dispositions(layout, disposition_rows(rows))
+    dates = dates_table(files)
+    result = InspectResult(layout, files, table, series_table(files), dates)
+    result.summary = qa_summary(files, table, dates)
+    save(result)
+    return result
+
+
+def _merge_dispositions(layout: BatchLayout, rows: list[Row]) -> pd.DataFrame:
+    """Write inspect's rows, keeping later stages' outcomes for files still pending here."""
+    old = disposition.read(layout).set_index("source_path")
+    keep = {
+        r.source_path: Row(r.source_path, Disposition(old.at[r.source_path, "disposition"]),
+                           old.at[r.source_path, "reason"], old.at[r.source_path, "output_name"])
+        for r in rows
+        if r.disposition is Disposition.PENDING and r.source_path in old.index
+        and old.at[r.source_path, "disposition"] in _FINAL
+    }
+    table = disposition.to_frame(keep.get(r.source_path, r) for r in rows)
+    disposition.write(layout, table)
+    return disposition.read(layout)
+
+
+def save(result: InspectResult) -> Path:
+    """Write the inspect tables to ``phi/inspect/``; return that folder."""
+    out = result.layout.inspect_dir
+    out.mkdir(parents=True, exist_ok=True)
+    result.files.to_parquet(out / "files.parquet", index=False)
+    result.series.to_parquet(out / "series.parquet", index=False)
+    result.dates.to_parquet(out / "dates.parquet", index=False)
+    (out / "summary.json").write_text(json.dumps(result.summary, indent=2))
+    return out
+
+
+def load(layout: BatchLayout) -> pd.DataFrame:
+    """Read a batch's ``files.parquet`` written by an earlier inspect."""
+    return pd.read_parquet(layout.inspect_dir / "files.parquet")
+
+
+def is_current(layout: BatchLayout) -> bool:
+    """True when inspect outputs exist and are newer than every input file."""
+    marker = layout.inspect_dir / "summary.json"
+    if not marker.exists() or not layout.disposition_csv.exists():
+        return False
+    stamp = marker.stat().st_mtime
+    return all(p.stat().st_mtime <= stamp for p in discover(layout.source))
+
+
+def montages(result: InspectResult, settings: Mapping[str, Any]) -> list[Path]:
+    """Save a thumbnail montage per series under ``phi/inspect/`` (when ``THUMBNAILS`` is on)."""
+    if not settings["THUMBNAILS"] or result.files.empty:
+        return []
+    from .plots import series_montages
+
+    return series_montages(
+        result.files,
+        result.layout.inspect_dir,
+        max_images=int(settings["MONTAGE_MAX_IMAGES"]),
+        size=int(settings["THUMBNAIL_SIZE"]),
+    )

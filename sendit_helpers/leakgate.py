@@ -1,0 +1,300 @@
+"""The leak gate: nothing leaves ``release/`` unless it was scanned clean.
+
+After de-identification (and again after review) every byte and every file
+name under ``release/`` is scanned for every identifying value in the batch's
+lookup.  A hit fails the stage with a report in ``phi/`` that names the file
+and the field — never the value.  A pass leaves a record holding a SHA-256
+digest of ``release/``'s contents; the upload stage requires that record to
+match the folder as it is now.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pydicom
+
+from .errors import GateError, LeakError
+from .layout import BatchLayout
+
+CHUNK = 1 << 20
+#: Values shorter than this are not searched (they would match everywhere).
+MIN_LENGTH = 4
+#: Name parts shorter than this are not searched.
+MIN_NAME_PART = 3
+_TOKEN = re.compile(rb"[a-z0-9._\-]{3,}")
+_SPLIT = re.compile(rb"[._\-]")
+_WORD = re.compile(r"^[a-z0-9._\-]+$")
+_NAME_SPLIT = re.compile(r"[\^=,\s]+")
+_PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
+
+
+def release_files(layout: BatchLayout) -> list[Path]:
+    """Every file under ``release/``, sorted by relative path."""
+    root = layout.release
+    if not root.exists():
+        return []
+    return sorted((p for p in root.rglob("*") if p.is_file()), key=lambda p: p.relative_to(root).as_posix())
+
+
+def release_digest(layout: BatchLayout) -> str:
+    """SHA-256 over the relative names and contents of every file in ``release/``."""
+    digest = hashlib.sha256()
+    for path in release_files(layout):
+        digest.update(path.relative_to(layout.release).as_posix().encode() + b"\0")
+        with path.open("rb") as fh:
+            while chunk := fh.read(CHUNK):
+                digest.update(chunk)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def write_record(layout: BatchLayout, *, n_files: int, n_values: int) -> dict[str, object]:
+    """Record a passing gate for ``release/`` as it is now."""
+    record: dict[str, object] = {
+        "passed": True,
+        "digest": release_digest(layout),
+        "files": n_files,
+        "values_checked": n_values,
+        "time": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    tmp = layout.gate_record.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, layout.gate_record)
+    return record
+
+
+def require_pass(layout: BatchLayout) -> str:
+    """Raise :class:`GateError` unless the last gate passed on ``release/`` as it is now.
+
+    Returns
+    -------
+    str
+        The digest of ``release/``.
+    """
+    path = layout.gate_record
+    if not path.exists():
+        raise GateError(
+            f"{layout.release} has no leak-gate record ({path} is missing); "
+            "run `sendit deidentify` (or `sendit review`) on this batch first"
+        )
+    record = json.loads(path.read_text())
+    current = release_digest(layout)
+    if not record.get("passed") or record.get("digest") != current:
+        raise GateError(
+            f"{layout.release} changed since the leak gate last passed "
+            f"(record {path}); run `sendit deidentify` or `sendit review` again so the gate "
+            "scans its current contents"
+        )
+    return current
+
+
+# ------------------------------------------------------------------ scanning
+@dataclass
+class Scanner:
+    """Finds identifying values in bytes, case-insensitively.
+
+    Single-word values (IDs, UIDs, dates, name parts) are matched as whole
+    tokens (runs of letters, digits, ``.``, ``_`` and ``-``, and their parts
+    split at ``.``/``_``/``-``); values with spaces or other characters are
+    matched as phrases anywhere.  Values shorter than :data:`MIN_LENGTH`
+    (name parts: :data:`MIN_NAME_PART`) are not searched and counted in
+    :attr:`too_short`.
+    """
+
+    tokens: dict[bytes, str] = field(default_factory=dict)
+    phrases: dict[bytes, str] = field(default_factory=dict)
+    too_short: int = 0
+    _phrase_re: re.Pattern[bytes] | None = None
+
+    @classmethod
+    def build(cls, values: Mapping[str, str]) -> Scanner:
+        """Compile a scanner from ``value -> category``."""
+        scanner = cls()
+        for value, category in values.items():
+            scanner._add(value.strip().lower(), category)
+            if category == "name":
+                for part in _NAME_SPLIT.split(value.lower()):
+                    scanner._add(part, "name part", MIN_NAME_PART)
+        if scanner.phrases:
+            alternatives = sorted(scanner.phrases, key=len, reverse=True)
+            scanner._phrase_re = re.compile(b"|".join(re.escape(p) for p in alternatives))
+        return scanner
+
+    def _add(self, value: str, category: str, minimum: int = MIN_LENGTH) -> None:
+        if len(value) < minimum:
+            self.too_short += bool(value)
+            return
+        encoded = value.encode("utf-8")
+        if _WORD.match(value):
+            self.tokens.setdefault(encoded, category)
+        else:
+            self.phrases.setdefault(encoded, category)
+
+    def __len__(self) -> int:
+        return len(self.tokens) + len(self.phrases)
+
+    def find(self, data: bytes) -> list[tuple[int, str]]:
+        """``(offset, category)`` of every value found in ``data``."""
+        low = data.lower()
+        hits = []
+        for match in _TOKEN.finditer(low):
+            word = match.group()
+            category = self.tokens.get(word)
+            if category is not None:
+                hits.append((match.start(), category))
+                continue
+            for part in _SPLIT.split(word):
+                category = self.tokens.get(part)
+                if category is not None:
+                    hits.append((match.start(), category))
+                    break
+        if self._phrase_re is not None:
+            hits.extend((m.start(), self.phrases[m.group()]) for m in self._phrase_re.finditer(low))
+        return hits
+
+
+def _pixel_span(data: bytes) -> tuple[int, int, pydicom.Dataset] | None:
+    """Byte span of the pixel data value and the header, or None when unparsable."""
+    from io import BytesIO
+
+    buffer = BytesIO(data)
+    try:
+        ds = pydicom.dcmread(buffer, stop_before_pixels=True, force=True)
+    except (pydicom.errors.InvalidDicomError, EOFError, ValueError, OSError, KeyError, TypeError):
+        return None
+    return buffer.tell(), len(data), ds
+
+
+def _native_words_printable(pixels: bytes) -> bool:
+    """True when 16-bit native pixel data holds any 2-byte word of printable ASCII.
+
+    A run of four printable bytes always contains such a word, so when there
+    is none, no searched value (at least four characters) can be there.
+    """
+    words = np.frombuffer(pixels[: len(pixels) // 2 * 2], dtype="<u2")
+    low_ok = ((words & 0xFF) - 0x20).astype(np.uint8) < 0x5F
+    high_ok = ((words >> 8) - 0x20).astype(np.uint8) < 0x5F
+    return bool(np.any(low_ok & high_ok))
+
+
+def scan_file(path: Path, relative: str, scanner: Scanner) -> list[tuple[str, str, str]]:
+    """Scan one file's name and every byte; return ``(file, field, category)`` hits."""
+    hits = [(relative, "file name", c) for _o, c in scanner.find(relative.encode("utf-8"))]
+    data = path.read_bytes()
+    span = _pixel_span(data)
+    if span is None:
+        return hits + [(relative, "(unparsed bytes)", c) for _o, c in scanner.find(data)]
+    start, end, header = span
+    found = scanner.find(data[:start])
+    pixels = data[start:end]
+    if header.get("BitsAllocated") == 16 and not getattr(header, "file_meta", pydicom.Dataset()).get(
+        "TransferSyntaxUID", pydicom.uid.ExplicitVRLittleEndian
+    ).is_compressed:
+        if _native_words_printable(pixels):
+            found += [(start + o, c) for o, c in scanner.find(pixels)]
+    else:
+        found += [(start + o, c) for o, c in scanner.find(pixels)]
+    return hits + [(relative, _field_at(data, offset, start), c) for offset, c in found]
+
+
+def _field_at(data: bytes, offset: int, pixel_start: int) -> str:
+    """Name the element holding byte ``offset`` (keyword and tag), best effort."""
+    if offset >= pixel_start:
+        return "PixelData (7FE0,0010)"
+    from io import BytesIO
+
+    from .errors import tag_label
+
+    try:
+        ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True, force=True)
+    except (pydicom.errors.InvalidDicomError, EOFError, ValueError, OSError):
+        return "(header)"
+    best = "(header)"
+    for elem in ds.iterall():
+        start = getattr(elem, "file_tell", None)
+        if start is not None and start <= offset:
+            best = tag_label(elem.keyword, int(elem.tag))
+    return best
+
+
+def _scan_chunk(items: list[tuple[str, str]], scanner: Scanner) -> list[tuple[str, str, str]]:
+    return [hit for path, rel in items for hit in scan_file(Path(path), rel, scanner)]
+
+
+@dataclass
+class GateReport:
+    """Outcome of one gate run (no values, only where they were found)."""
+
+    passed: bool
+    files: int
+    values_checked: int
+    too_short: int
+    hits: pd.DataFrame
+    report: Path | None = None
+
+
+def save_values(layout: BatchLayout, values: Mapping[str, str]) -> Path:
+    """Keep the batch's identifying values (PHI) in ``phi/deidentify/`` for later gate runs."""
+    path = layout.deid_dir / "gate_values.json"
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.write_text(json.dumps(dict(values), ensure_ascii=False))
+    return path
+
+
+def load_values(layout: BatchLayout) -> dict[str, str]:
+    """The values saved by :func:`save_values`."""
+    path = layout.deid_dir / "gate_values.json"
+    if not path.exists():
+        raise GateError(f"{path} is missing; run `sendit deidentify` on this batch first")
+    data: dict[str, str] = json.loads(path.read_text())
+    return data
+
+
+def _chunks(items: list[tuple[str, str]], n: int) -> Iterable[list[tuple[str, str]]]:
+    size = max(1, len(items) // (n * 4) or 1)
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def run_gate(layout: BatchLayout, values: Mapping[str, str], *, workers: int = 1) -> GateReport:
+    """Scan ``release/`` for ``values``; record a pass, or write a report and raise.
+
+    Raises
+    ------
+    LeakError
+        When any value is found; the message gives counts and the report path.
+    """
+    scanner = Scanner.build(values)
+    files = release_files(layout)
+    items = [(str(p), p.relative_to(layout.release).as_posix()) for p in files]
+    workers = workers or os.cpu_count() or 1
+    if workers > 1 and len(items) >= 64:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            parts = pool.map(_scan_chunk, list(_chunks(items, workers)), [scanner] * len(items))
+            hits = [h for part in parts for h in part]
+    else:
+        hits = _scan_chunk(items, scanner)
+    table = pd.DataFrame(hits, columns=["file", "field", "category"]).drop_duplicates()
+    report = GateReport(not hits, len(files), len(scanner), scanner.too_short, table)
+    layout.gate_record.unlink(missing_ok=True)
+    if hits:
+        report.report = layout.deid_dir / "leak_report.csv"
+        table.to_csv(report.report, index=False)
+        raise LeakError(
+            f"leak gate failed: {len(table)} identifying value(s) found in "
+            f"{table['file'].nunique()} file(s) of {layout.release}; nothing may be uploaded. "
+            f"See {report.report} (file, field, category) and fix the recipe, then rerun"
+        )
+    write_record(layout, n_files=len(files), n_values=len(scanner))
+    return report

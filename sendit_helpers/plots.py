@@ -1,0 +1,145 @@
+"""Pictures: windowed renderings, thumbnail montages per series, and summary plots.
+
+Used by the inspect notebook (montage per series) and the reviewer.  Renders
+may show PHI burned into pixels: they are saved under ``phi/`` only.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pydicom
+from matplotlib.figure import Figure
+
+from .dicomio import READ_ERRORS, safe_reason
+
+
+def window(pixels: np.ndarray, center: float | None = None, width: float | None = None) -> np.ndarray:
+    """Map pixel values to 0..1 with a window (percentiles 1-99 when none is given)."""
+    data = pixels.astype(np.float32)
+    if center is None or width is None or width <= 0:
+        lo, hi = np.percentile(data, (1, 99)) if data.size else (0.0, 1.0)
+    else:
+        lo, hi = center - width / 2, center + width / 2
+    if hi <= lo:
+        hi = lo + 1
+    return np.clip((data - lo) / (hi - lo), 0, 1)
+
+
+def _first(value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, pydicom.multival.MultiValue | list | tuple):
+        value = value[0] if len(value) else None
+    return None if value is None else float(value)
+
+
+def render(
+    ds: pydicom.Dataset, frame: int = 0, center: float | None = None, width: float | None = None
+) -> np.ndarray:
+    """One frame as floats 0..1 (2-D grey, or 3-D RGB), rescaled and windowed."""
+    pixels = ds.pixel_array
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        pixels = pixels[min(frame, frames - 1)]
+    if pixels.ndim == 3:
+        return pixels.astype(np.float32) / max(float(pixels.max()), 1.0)
+    slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+    data = pixels * slope + intercept
+    center = center if center is not None else _first(ds.get("WindowCenter"))
+    width = width if width is not None else _first(ds.get("WindowWidth"))
+    image = window(data, center, width)
+    if ds.get("PhotometricInterpretation") == "MONOCHROME1":
+        image = 1 - image
+    return image
+
+
+def thumbnail(path: str | os.PathLike[str], size: int = 128) -> np.ndarray | str:
+    """A downsampled rendering of a file, or the reason it cannot be drawn."""
+    try:
+        ds = pydicom.dcmread(os.fspath(path), force=True)
+        image = render(ds)
+    except (*READ_ERRORS, RuntimeError) as exc:
+        return f"cannot draw: {safe_reason(exc)}"
+    step = max(1, max(image.shape[:2]) // size)
+    return image[::step, ::step]
+
+
+def montage(paths: Sequence[str | os.PathLike[str]], titles: Sequence[str], size: int = 128, title: str = "") -> Figure:
+    """A grid of thumbnails, one per path, captioned with ``titles``."""
+    n = max(1, len(paths))
+    cols = min(8, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.7 * rows + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, path, caption in zip(axes.flat, paths, titles, strict=False):
+        thumb = thumbnail(path, size)
+        if isinstance(thumb, str):
+            ax.text(0.5, 0.5, thumb, ha="center", va="center", fontsize=6, wrap=True)
+        else:
+            ax.imshow(thumb, cmap="gray", vmin=0, vmax=1)
+        ax.set_title(caption, fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def sample(table: pd.DataFrame, k: int) -> pd.DataFrame:
+    """At most ``k`` rows, evenly spaced, in instance order."""
+    table = table.sort_values("InstanceNumber", na_position="last")
+    if len(table) <= k:
+        return table
+    idx = np.linspace(0, len(table) - 1, k).round().astype(int)
+    return table.iloc[np.unique(idx)]
+
+
+def series_montages(files: pd.DataFrame, out_dir: Path, *, max_images: int = 16, size: int = 128) -> list[Path]:
+    """Save one montage PNG per series under ``out_dir`` and return their paths.
+
+    Flagged images are captioned with a ``!`` so they stand out.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    saved = []
+    images = files[files["has_pixels"]]
+    for index, (_, group) in enumerate(images.groupby("SeriesInstanceUID", sort=False)):
+        chosen = sample(group, max_images)
+        captions = [
+            f"{'! ' if flagged else ''}#{'' if pd.isna(num) else num}"
+            for num, flagged in zip(chosen["InstanceNumber"], chosen["flagged"], strict=True)
+        ]
+        first = chosen.iloc[0]
+        title = f"series {first['SeriesNumber']} — {first['SeriesDescription']} ({first['Modality']}, {len(group)} images)"
+        fig = montage(list(chosen["source_path"]), captions, size, title)
+        path = out_dir / f"montage_{index:03d}.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        saved.append(path)
+    return saved
+
+
+def disposition_bar(counts: pd.Series, title: str = "Files by disposition") -> Figure:
+    """A horizontal bar chart of disposition counts."""
+    fig, ax = plt.subplots(figsize=(6, 0.4 * len(counts) + 0.8))
+    ax.barh(counts.index.astype(str), counts.to_numpy(), color="#4c72b0")
+    for y, value in enumerate(counts.to_numpy()):
+        ax.text(value, y, f" {value}", va="center", fontsize=8)
+    ax.set_title(title)
+    ax.invert_yaxis()
+    fig.tight_layout()
+    return fig
+
+
+def show(paths: Sequence[Path]) -> None:
+    """Display saved PNGs in a notebook, one after another."""
+    from IPython.display import Image, display
+
+    for path in paths:
+        display(Image(filename=str(path)))

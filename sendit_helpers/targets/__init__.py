@@ -1,0 +1,73 @@
+"""Upload targets: Orthanc (REST or DICOM), Google (Storage + Datastore), local store.
+
+One small interface (:class:`Target`), one implementation per destination,
+chosen by settings with :func:`make_targets`.  Optional client libraries
+(pynetdicom, google-cloud-*) are imported only by the target that needs them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ..errors import SettingsError
+from .base import Entity, Item, Receipt, Target, TargetKind, TransientError, setting
+from .local import LocalTarget
+
+__all__ = [
+    "Entity",
+    "Item",
+    "Receipt",
+    "Target",
+    "TargetKind",
+    "TransientError",
+    "make_targets",
+]
+
+
+def make_targets(settings: Mapping[str, Any], work: str | Path) -> list[Target]:
+    """Build the targets the settings ask for.
+
+    Parameters
+    ----------
+    settings : Mapping[str, Any]
+        ``SEND_TO_ORTHANC`` (with ``ORTHANC_PROTOCOL`` ``"rest"`` or ``"dicom"``) and
+        ``SEND_TO_GOOGLE`` choose the targets; when neither is on, the local store is used.
+    work : str or Path
+        The work root (the local store defaults to ``<work>/storage``).
+
+    Returns
+    -------
+    list[Target]
+        Orthanc first, then Google; or just the local store.
+
+    Raises
+    ------
+    SettingsError
+        ``ORTHANC_PROTOCOL`` is neither ``rest`` nor ``dicom``.
+    """
+    targets: list[Target] = []
+    if setting(settings, "SEND_TO_ORTHANC", False):
+        targets.append(_orthanc(settings))
+    if setting(settings, "SEND_TO_GOOGLE", False):
+        from .google import GoogleTarget
+
+        targets.append(GoogleTarget(settings))
+    if not targets:
+        targets.append(LocalTarget(settings, Path(work)))
+    return targets
+
+
+def _orthanc(settings: Mapping[str, Any]) -> Target:
+    from .orthanc import OrthancDicomTarget, OrthancRestTarget
+
+    protocol = str(setting(settings, "ORTHANC_PROTOCOL", "rest")).lower()
+    if protocol == "rest":
+        return OrthancRestTarget(settings)
+    if protocol == "dicom":
+        return OrthancDicomTarget(settings)
+    raise SettingsError(
+        f"setting ORTHANC_PROTOCOL is {protocol!r}; "
+        "use 'rest' (POST /instances) or 'dicom' (C-STORE)"
+    )

@@ -1,0 +1,260 @@
+"""The upload-target interface shared by Orthanc, Google and the local store.
+
+Modelled on papermill's I/O handlers and ploomber's storage clients: one
+small abstract class, one implementation per destination, chosen by settings
+(:func:`sendit_helpers.targets.make_targets`).  Every target is *create-once*:
+putting an item that is already there with the same bytes is a success
+(``status="exists"``), putting different bytes under the same name is an
+:class:`~sendit_helpers.errors.UploadError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from ..errors import UploadError
+
+CHUNK = 1 << 20
+DEFAULT_COLLECTION = "sendit"
+FREE_TEXT_MARKERS = ("Description", "Comment", "Text", "Meaning", "Note", "Reason", "Remark")
+"""Property names containing one of these are free text: never indexed in Datastore."""
+MAX_INDEXED_BYTES = 1500
+"""Datastore refuses indexed string properties longer than this (UTF-8 bytes)."""
+
+
+class TargetKind(StrEnum):
+    """Where released images can go."""
+
+    ORTHANC = "orthanc"
+    """An Orthanc PACS, over REST (``POST /instances``) or DICOM (C-STORE)."""
+    GOOGLE = "google"
+    """Google Cloud Storage (images) and Datastore (metadata)."""
+    LOCAL = "local"
+    """A folder plus a SQLite index; the embedded default."""
+
+
+class TransientError(UploadError):
+    """A failure worth retrying: HTTP 429/5xx, a dropped connection, a busy SCP.
+
+    Parameters
+    ----------
+    message : str
+        What failed, naming the target and the file.
+    retry_after : float or None
+        Seconds the server asked us to wait (``Retry-After``), if any.
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Item:
+    """One released image, ready to upload.
+
+    Attributes
+    ----------
+    key : str
+        Path relative to ``release/`` (``<entity_id>/<name>``); unique in a batch.
+    name : str
+        File name, e.g. ``IR661f33_5_224.dcm``.
+    entity_id : str
+        The de-identified entity (study) the image belongs to.
+    path : Path
+        Absolute path of the file under ``release/``.
+    md5 : str
+        Hex MD5 of the file's bytes.
+    size : int
+        File size in bytes.
+    metadata : Mapping[str, Any]
+        The image's row of ``cleaned.parquet`` (de-identified header fields).
+    """
+
+    key: str
+    name: str
+    entity_id: str
+    path: Path
+    md5: str
+    size: int
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Entity:
+    """One entity (study) of ``entities.parquet`` with its rough, searchable metadata."""
+
+    id: str
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What a target answered for one stored item.
+
+    Attributes
+    ----------
+    key, name, entity_id : str
+        Copied from the :class:`Item`.
+    target : TargetKind
+        The target that stored the item.
+    status : str
+        ``"stored"`` (new) or ``"exists"`` (was already there, same bytes).
+    checksum : str
+        Hex MD5 of the bytes sent.
+    remote_id : str
+        Orthanc instance ID / SOPInstanceUID, GCS generation, or local relative path.
+    url : str
+        Link to the stored object (``gs://``, ``file://`` or Orthanc REST URL).
+    fields : Mapping[str, Any]
+        Storage fields: ``md5``, ``crc32c``, ``size``, ``generation``, ``content_type``.
+    """
+
+    key: str
+    name: str
+    entity_id: str
+    target: TargetKind
+    status: str
+    checksum: str
+    remote_id: str
+    url: str
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Target(ABC):
+    """One upload destination.
+
+    Implementations must make :meth:`put` safe to call from several threads at once;
+    every other method is called from one thread.
+    """
+
+    kind: TargetKind
+
+    @property
+    def label(self) -> str:
+        """Name used in messages and the manifest (the kind, e.g. ``"orthanc"``)."""
+        return str(self.kind)
+
+    @abstractmethod
+    def check(self) -> None:
+        """Raise :class:`UploadError` (with the fix) unless the target is reachable and writable."""
+
+    def prepare(self, items: Sequence[Item]) -> None:  # noqa: B027 - optional hook
+        """Look at the items about to be put (e.g. to negotiate DICOM contexts)."""
+
+    @abstractmethod
+    def put(self, item: Item) -> Receipt:
+        """Store one item, create-once; raise :class:`TransientError` for retryable failures."""
+
+    def put_entities(  # noqa: B027 - optional hook
+        self, entities: Sequence[Entity], stored: Sequence[tuple[Item, Receipt]]
+    ) -> None:
+        """Write entity and per-image metadata records for stored items (default: nothing).
+
+        Parameters
+        ----------
+        entities : Sequence[Entity]
+            The entities the stored items belong to.
+        stored : Sequence[tuple[Item, Receipt]]
+            Each stored item with the receipt :meth:`put` returned for it.
+        """
+
+    @abstractmethod
+    def verify(self, receipts: Sequence[Receipt]) -> set[str]:
+        """Return the keys of the receipts whose item is present remotely with the same bytes."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections and clients."""
+
+
+def file_md5(path: Path) -> str:
+    """Hex MD5 of a file, read in 1 MiB chunks."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def setting(settings: Mapping[str, Any], key: str, default: Any) -> Any:
+    """``settings[key]``, or ``default`` when missing or ``None``."""
+    value = settings.get(key)
+    return default if value is None else value
+
+
+def collection_name(settings: Mapping[str, Any]) -> str:
+    """The collection (top-level key) images are stored under."""
+    return str(setting(settings, "GOOGLE_STORAGE_COLLECTION", "") or DEFAULT_COLLECTION)
+
+
+def object_name(collection: str, item: Item) -> str:
+    """Object path of an item: ``<collection>/<entity_id>/<name>``."""
+    return f"{collection}/{item.entity_id}/{item.name}"
+
+
+_AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY]?)\s*$", re.IGNORECASE)
+
+
+def age_years(value: Any) -> int | None:
+    """Whole years of a DICOM age string (``"056Y"`` -> 56, ``"006M"`` -> 0), or ``None``."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, int | float):
+        return int(value)
+    match = _AGE.match(str(value))
+    if not match:
+        return None
+    number, unit = int(match.group(1)), (match.group(2) or "Y").upper()
+    divisor = {"Y": 1, "M": 12, "W": 52, "D": 365}[unit]
+    return number // divisor
+
+
+def is_free_text(name: str) -> bool:
+    """Whether a property holds free text (descriptions, comments, code meanings)."""
+    return any(marker in name for marker in FREE_TEXT_MARKERS)
+
+
+def plain(value: Any) -> Any:
+    """Turn numpy / pandas scalars into plain Python values; NaN and NA become ``None``."""
+    if value is None:
+        return None
+    item = getattr(value, "item", None)
+    if callable(item) and not isinstance(value, str | bytes):
+        value = item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if value.__class__.__name__ in ("NAType", "NaTType"):
+        return None
+    return value
+
+
+def searchable(item: Item, entity: Entity | None) -> dict[str, Any]:
+    """The few indexed fields of an image: sex, age in years, modality, descriptions."""
+    meta = dict(item.metadata)
+    ent = dict(entity.metadata) if entity else {}
+    sex = meta.get("PatientSex") or ent.get("PatientSex")
+    age = meta.get("PatientAge") or ent.get("PatientAge")
+    return {
+        "PatientSex": sex,
+        "PatientAge": age,
+        "PatientAgeYears": age_years(age),
+        "Modality": meta.get("Modality"),
+        "SeriesDescription": meta.get("SeriesDescription"),
+        "StudyDescription": meta.get("StudyDescription"),
+    }
+
+
+def missing_client(target: str, module: str, extra: str) -> UploadError:
+    """The error raised when an optional client library is not installed."""
+    return UploadError(
+        f"{target} target needs the Python package providing `{module}`, which is not "
+        f"installed; run `pip install 'sendit-notebooks[{extra}]'`"
+    )

@@ -1,0 +1,385 @@
+"""Orthanc targets: REST (``POST /instances``) and DICOM (C-STORE with pynetdicom).
+
+Credentials come only from the environment (``ORTHANC_USERNAME``,
+``ORTHANC_PASSWORD``).  Orthanc answers a second upload of the same instance
+with ``AlreadyStored`` (REST) or success without overwriting (C-STORE), so
+both targets are create-once.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import threading
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import requests
+
+from ..errors import UploadError
+from .base import Item, Receipt, Target, TargetKind, TransientError, missing_client, setting
+
+TIMEOUT = 60.0
+VERIFY_CHUNK = 200
+MAX_CONTEXTS = 128
+MAX_ASSOCIATIONS = 4
+"""Concurrent associations per upload; Orthanc serves 4 at once by default (DicomThreadsCount)."""
+
+
+def _auth() -> tuple[str, str] | None:
+    user = os.environ.get("ORTHANC_USERNAME", "")
+    return (user, os.environ.get("ORTHANC_PASSWORD", "")) if user else None
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After", "")
+    return float(value) if value.replace(".", "", 1).isdigit() else None
+
+
+class OrthancRest:
+    """Thread-safe REST client: one ``requests.Session`` per thread, basic auth from env."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+        self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+        self._lock = threading.Lock()
+
+    def session(self) -> requests.Session:
+        """This thread's session."""
+        sess: requests.Session | None = getattr(self._local, "session", None)
+        if sess is None:
+            sess = requests.Session()
+            sess.auth = _auth()
+            self._local.session = sess
+            with self._lock:
+                self._sessions.append(sess)
+        return sess
+
+    def request(self, method: str, path: str, *, what: str, **kwargs: Any) -> requests.Response:
+        """Send a request; map connection errors, 429 and 5xx to :class:`TransientError`."""
+        try:
+            resp = self.session().request(method, self.url + path, timeout=TIMEOUT, **kwargs)
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise TransientError(
+                f"orthanc target: cannot reach {self.url} while sending {what} "
+                f"({type(exc).__name__}); start Orthanc or fix ORTHANC_URL"
+            ) from exc
+        if resp.status_code == 429 or resp.status_code >= 500:
+            raise TransientError(
+                f"orthanc target: {self.url} answered HTTP {resp.status_code} for {what}",
+                _retry_after(resp),
+            )
+        if resp.status_code in (401, 403):
+            raise UploadError(
+                f"orthanc target: {self.url} refused the credentials (HTTP {resp.status_code}) "
+                f"for {what}; set ORTHANC_USERNAME and ORTHANC_PASSWORD in the environment to "
+                "a user listed in Orthanc's RegisteredUsers"
+            )
+        return resp
+
+    def check(self) -> None:
+        """GET /system; raise :class:`UploadError` with the fix when it fails."""
+        try:
+            resp = self.request("GET", "/system", what="GET /system")
+        except TransientError as exc:
+            raise UploadError(str(exc)) from exc
+        if resp.status_code != 200:
+            raise UploadError(
+                f"orthanc target: GET {self.url}/system answered HTTP {resp.status_code}; "
+                "check ORTHANC_URL points at Orthanc's REST port"
+            )
+
+    def md5_of(self, instance_id: str) -> str | None:
+        """MD5 Orthanc recorded for the instance's DICOM attachment, ``None`` if absent."""
+        what = f"instance {instance_id}"
+        resp = self.request("GET", f"/instances/{instance_id}/attachments/dicom/md5", what=what)
+        return resp.text.strip() if resp.status_code == 200 else None
+
+    def lookup(self, sop_instance_uid: str) -> str | None:
+        """Orthanc ID of the instance with this SOPInstanceUID, ``None`` if absent."""
+        resp = self.request("POST", "/tools/lookup", data=sop_instance_uid, what="/tools/lookup")
+        if resp.status_code != 200:
+            return None
+        for hit in resp.json():
+            if hit.get("Type") == "Instance":
+                return str(hit["ID"])
+        return None
+
+    def close(self) -> None:
+        """Close every thread's session."""
+        with self._lock:
+            for sess in self._sessions:
+                sess.close()
+            self._sessions.clear()
+
+
+class OrthancRestTarget(Target):
+    """Upload with ``POST /instances``; verify with the stored attachment's MD5.
+
+    Parameters
+    ----------
+    settings : Mapping[str, Any]
+        Uses ``ORTHANC_URL`` and ``UPLOAD_THREADS``.
+    """
+
+    kind = TargetKind.ORTHANC
+
+    def __init__(self, settings: Mapping[str, Any]) -> None:
+        url = str(setting(settings, "ORTHANC_URL", "") or "")
+        if not url:
+            raise UploadError(
+                "orthanc target: ORTHANC_URL is empty but ORTHANC_PROTOCOL is 'rest'; set "
+                "ORTHANC_URL (e.g. http://127.0.0.1:8042) or use ORTHANC_PROTOCOL=dicom"
+            )
+        self.rest = OrthancRest(url)
+        self.threads = max(1, int(setting(settings, "UPLOAD_THREADS", 8)))
+
+    def check(self) -> None:
+        """GET /system with the environment's credentials."""
+        self.rest.check()
+
+    def put(self, item: Item) -> Receipt:
+        """POST the file to /instances; ``AlreadyStored`` counts as ``exists``."""
+        data = item.path.read_bytes()
+        what = f"release/{item.key}"
+        headers = {"Content-Type": "application/dicom"}
+        resp = self.rest.request("POST", "/instances", data=data, headers=headers, what=what)
+        if resp.status_code != 200:
+            raise UploadError(
+                f"orthanc target: {self.rest.url} refused {what} (HTTP {resp.status_code}); "
+                "Orthanc could not parse it as DICOM: re-run de-identification for this file"
+            )
+        answer = resp.json()
+        status = "exists" if answer.get("Status") == "AlreadyStored" else "stored"
+        instance = str(answer["ID"])
+        return Receipt(
+            key=item.key,
+            name=item.name,
+            entity_id=item.entity_id,
+            target=self.kind,
+            status=status,
+            checksum=item.md5,
+            remote_id=instance,
+            url=f"{self.rest.url}/instances/{instance}",
+            fields={"md5": item.md5, "size": item.size, "content_type": "application/dicom"},
+        )
+
+    def verify(self, receipts: Sequence[Receipt]) -> set[str]:
+        """Keys whose instance exists and whose stored MD5 equals the sent file's."""
+
+        def one(receipt: Receipt) -> str | None:
+            return receipt.key if self.rest.md5_of(receipt.remote_id) == receipt.checksum else None
+
+        with ThreadPoolExecutor(self.threads) as pool:
+            return {key for key in pool.map(one, receipts) if key}
+
+    def close(self) -> None:
+        """Close the HTTP sessions."""
+        self.rest.close()
+
+
+class OrthancDicomTarget(Target):
+    """C-STORE to ``ORTHANC_IPADDRESS:ORTHANC_PORT`` over a small pool of reused associations.
+
+    ``TCP_NODELAY`` is set on each association's socket (pynetdicom leaves Nagle on,
+    which costs ~90 ms per store).  Verification uses REST ``/tools/lookup`` when
+    ``ORTHANC_URL`` is set, else a C-FIND at IMAGE level.
+
+    Parameters
+    ----------
+    settings : Mapping[str, Any]
+        Uses ``ORTHANC_IPADDRESS``, ``ORTHANC_PORT``, ``ORTHANC_AE_TITLE``,
+        ``SENDIT_AE_TITLE`` and optionally ``ORTHANC_URL``.
+    """
+
+    kind = TargetKind.ORTHANC
+
+    def __init__(self, settings: Mapping[str, Any]) -> None:
+        self.host = str(setting(settings, "ORTHANC_IPADDRESS", "127.0.0.1") or "127.0.0.1")
+        self.port = int(setting(settings, "ORTHANC_PORT", 4747))
+        self.called = str(setting(settings, "ORTHANC_AE_TITLE", "ORTHANC"))
+        self.calling = str(setting(settings, "SENDIT_AE_TITLE", "SENDIT"))
+        url = str(setting(settings, "ORTHANC_URL", "") or "")
+        self.rest = OrthancRest(url) if url else None
+        self.where = f"{self.called}@{self.host}:{self.port}"
+        self._contexts: set[tuple[str, str]] = set()
+        self._uids: dict[str, str] = {}
+        self._idle: queue.LifoQueue[Any] = queue.LifoQueue()
+        self._slots = threading.BoundedSemaphore(
+            min(MAX_ASSOCIATIONS, max(1, int(setting(settings, "UPLOAD_THREADS", 8))))
+        )
+        self._ae: Any = None
+
+    def check(self) -> None:
+        """C-ECHO the SCP; raise :class:`UploadError` naming the AE titles on refusal."""
+        sop = _pynetdicom().sop_class
+        ae = self._new_ae([(sop.Verification, "1.2.840.10008.1.2")])
+        assoc = self._associate(ae)
+        try:
+            status = assoc.send_c_echo()
+        finally:
+            assoc.release()
+        if not status or status.Status != 0:
+            raise UploadError(f"orthanc target: C-ECHO to {self.where} failed; check Orthanc's log")
+
+    def prepare(self, items: Sequence[Item]) -> None:
+        """Read each file's SOP class, transfer syntax and SOPInstanceUID to propose contexts."""
+        from pydicom import dcmread
+
+        for item in items:
+            ds = dcmread(item.path, stop_before_pixels=True)
+            meta = ds.file_meta
+            self._contexts.add((str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)))
+            self._uids[item.key] = str(meta.MediaStorageSOPInstanceUID)
+        if len(self._contexts) > MAX_CONTEXTS:
+            raise UploadError(
+                f"orthanc target: the batch needs {len(self._contexts)} (SOP class, transfer "
+                f"syntax) pairs, more than one association can propose ({MAX_CONTEXTS}); "
+                "split the batch or use ORTHANC_PROTOCOL=rest"
+            )
+        self._ae = self._new_ae(sorted(self._contexts))
+
+    def _new_ae(self, contexts: Sequence[tuple[str, str]]) -> Any:
+        ae = _pynetdicom().AE(ae_title=self.calling)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT
+        for abstract, syntax in contexts:
+            ae.add_requested_context(abstract, syntax)
+        return ae
+
+    def _associate(self, ae: Any) -> Any:
+        assoc = ae.associate(self.host, self.port, ae_title=self.called)
+        if assoc.is_established:
+            assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return assoc
+        if assoc.is_rejected:
+            raise UploadError(
+                f"orthanc target: {self.where} rejected the association from calling AE "
+                f"{self.calling}; fix ORTHANC_AE_TITLE / SENDIT_AE_TITLE or add {self.calling} "
+                "to Orthanc's DicomModalities"
+            )
+        raise TransientError(
+            f"orthanc target: cannot associate with {self.where}; start Orthanc or fix "
+            "ORTHANC_IPADDRESS / ORTHANC_PORT"
+        )
+
+    def _acquire(self) -> Any:
+        """An idle established association, or a new one (the caller holds a slot)."""
+        while True:
+            try:
+                assoc = self._idle.get_nowait()
+            except queue.Empty:
+                break
+            if assoc.is_established:
+                return assoc
+        if self._ae is None:
+            raise UploadError("orthanc target: prepare(items) must run before put()")
+        return self._associate(self._ae)
+
+    def put(self, item: Item) -> Receipt:
+        """C-STORE one file over this thread's association."""
+        from pydicom import dcmread
+
+        ds = dcmread(item.path)
+        with self._slots:
+            assoc = self._acquire()
+            status = self._store(assoc, ds, f"release/{item.key}")
+            self._idle.put(assoc)
+        return self._stored(item, status, str(ds.SOPInstanceUID))
+
+    def _store(self, assoc: Any, ds: Any, what: str) -> Any:
+        try:
+            status = assoc.send_c_store(ds)
+        except (OSError, RuntimeError) as exc:
+            assoc.abort()
+            raise TransientError(
+                f"orthanc target: C-STORE of {what} to {self.where} broke off"
+            ) from exc
+        if not status or "Status" not in status:
+            assoc.abort()
+            raise TransientError(f"orthanc target: no C-STORE answer for {what} from {self.where}")
+        return status
+
+    def _stored(self, item: Item, status: Any, sop_uid: str) -> Receipt:
+        what = f"release/{item.key}"
+        code = int(status.Status)
+        if code & 0xFF00 == 0xA700:
+            raise TransientError(f"orthanc target: {self.where} is out of resources (0x{code:04X})")
+        if code not in (0x0000, 0xB000, 0xB006, 0xB007):
+            raise UploadError(
+                f"orthanc target: {self.where} refused {what} with C-STORE status 0x{code:04X}; "
+                "see Orthanc's log for the reason"
+            )
+        uid = self._uids.get(item.key) or sop_uid
+        return Receipt(
+            key=item.key,
+            name=item.name,
+            entity_id=item.entity_id,
+            target=self.kind,
+            status="stored",
+            checksum=item.md5,
+            remote_id=uid,
+            url=f"dicom://{self.where}/{uid}",
+            fields={"md5": item.md5, "size": item.size, "content_type": "application/dicom"},
+        )
+
+    def verify(self, receipts: Sequence[Receipt]) -> set[str]:
+        """Keys whose SOPInstanceUID Orthanc holds (REST lookup, else C-FIND)."""
+        self._release_idle()
+        if self.rest is not None:
+            rest = self.rest
+            return {r.key for r in receipts if rest.lookup(r.remote_id) is not None}
+        found: set[str] = set()
+        for start in range(0, len(receipts), VERIFY_CHUNK):
+            chunk = receipts[start : start + VERIFY_CHUNK]
+            present = self._find([r.remote_id for r in chunk])
+            found.update(r.key for r in chunk if r.remote_id in present)
+        return found
+
+    def _find(self, uids: Sequence[str]) -> set[str]:
+        from pydicom import Dataset
+
+        model = _pynetdicom().sop_class.StudyRootQueryRetrieveInformationModelFind
+        ae = self._new_ae([(model, "1.2.840.10008.1.2.1")])
+        query = Dataset()
+        query.QueryRetrieveLevel = "IMAGE"
+        query.StudyInstanceUID = ""
+        query.SeriesInstanceUID = ""
+        query.SOPInstanceUID = list(uids)
+        assoc = self._associate(ae)
+        present: set[str] = set()
+        try:
+            for status, identifier in assoc.send_c_find(query, model):
+                if status and int(status.Status) in (0xFF00, 0xFF01) and identifier is not None:
+                    present.add(str(identifier.SOPInstanceUID))
+        finally:
+            assoc.release()
+        return present
+
+    def _release_idle(self) -> None:
+        while True:
+            try:
+                assoc = self._idle.get_nowait()
+            except queue.Empty:
+                return
+            if assoc.is_established:
+                assoc.release()
+
+    def close(self) -> None:
+        """Release every idle association and the REST sessions."""
+        self._release_idle()
+        if self.rest is not None:
+            self.rest.close()
+
+
+def _pynetdicom() -> Any:
+    try:
+        import pynetdicom
+        import pynetdicom.sop_class  # noqa: F401
+    except ImportError as exc:
+        raise missing_client("orthanc (dicom protocol)", "pynetdicom", "orthanc") from exc
+    return pynetdicom
+
+

@@ -1,0 +1,346 @@
+"""The upload stage: send ``release/`` to the configured targets, exactly once.
+
+:func:`upload_batch` refuses to read anything unless the leak gate passed on
+``release/`` as it is now.  Each target gets the items not yet recorded as
+uploaded *and verified* in the batch's append-only manifest
+(``phi/upload/manifest.csv``); a killed run therefore resumes where it stopped.
+Retryable failures (HTTP 429/5xx, dropped connections) are retried with
+exponential backoff, at most ``UPLOAD_RETRIES`` times per item.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from . import leakgate
+from .errors import UploadError
+from .layout import BatchLayout
+from .targets import Entity, Item, Receipt, Target, TransientError, make_targets
+from .targets.base import file_md5, plain, setting
+
+MANIFEST_NAME = "manifest.csv"
+MANIFEST_COLUMNS = ["item", "target", "status", "checksum", "remote_id", "time"]
+VERIFIED = "verified"
+UNVERIFIED = "unverified"
+FAILED = "failed"
+BACKOFF_BASE = 0.5
+"""Seconds before the first retry; doubles with each further attempt."""
+BACKOFF_CAP = 30.0
+ROW_KEYS = ("name", "entity_id", "path")
+
+T = TypeVar("T")
+ItemHook = Callable[[Receipt], None]
+
+
+# -- manifest ------------------------------------------------------------------------------
+class Manifest:
+    """The append-only upload manifest of one batch (CSV, one row per event).
+
+    Parameters
+    ----------
+    path : Path
+        ``phi/upload/manifest.csv``.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def append(self, item: str, target: str, status: str, checksum: str, remote_id: str) -> None:
+        """Append one row and flush it to the OS, so a killed run keeps it."""
+        now = datetime.now(UTC).isoformat(timespec="milliseconds")
+        with self._lock:
+            new = not self.path.exists() or self.path.stat().st_size == 0
+            with self.path.open("a", newline="") as fh:
+                writer = csv.writer(fh)
+                if new:
+                    writer.writerow(MANIFEST_COLUMNS)
+                writer.writerow([item, target, status, checksum, remote_id, now])
+
+    def read(self) -> pd.DataFrame:
+        """Every row so far (an empty table with the columns when there is none)."""
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return pd.DataFrame({c: pd.Series(dtype="object") for c in MANIFEST_COLUMNS})
+        return pd.read_csv(self.path, dtype=str, keep_default_na=False, on_bad_lines="skip")
+
+    def verified(self, target: str) -> dict[str, str]:
+        """``item -> checksum`` of items whose latest row for ``target`` is ``verified``."""
+        latest = _latest(self.read())
+        done = latest[(latest["target"] == target) & (latest["status"] == VERIFIED)]
+        return dict(zip(done["item"], done["checksum"], strict=True))
+
+
+def _latest(manifest: pd.DataFrame) -> pd.DataFrame:
+    return manifest.drop_duplicates(["item", "target"], keep="last")
+
+
+def summary(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Count items per target and latest status.
+
+    Parameters
+    ----------
+    manifest : pandas.DataFrame
+        The table :func:`upload_batch` returns (or :meth:`Manifest.read`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``target``, ``status``, ``count``.
+    """
+    latest = _latest(manifest)
+    counts = latest.groupby(["target", "status"]).size()
+    return counts.rename("count").reset_index()
+
+
+# -- release -------------------------------------------------------------------------------
+def load_release(
+    layout: BatchLayout, settings: Mapping[str, Any]
+) -> tuple[list[Item], list[Entity]]:
+    """Read ``release/cleaned.parquet`` and ``entities.parquet`` into items and entities.
+
+    Raises
+    ------
+    UploadError
+        A table is missing, or it names a file that is not in ``release/``.
+    """
+    release = layout.release
+    cleaned = _table(release / "cleaned.parquet")
+    items = [_item(release, row) for row in cleaned.to_dict("records")]
+    listed = {i.path for i in items}
+    extra = [p for p in release.rglob("*.dcm") if p not in listed]
+    if extra:
+        raise UploadError(
+            f"{len(extra)} file(s) in {release} (e.g. {extra[0].relative_to(release)}) are not "
+            "listed in cleaned.parquet; re-run de-identification so the tables match release/"
+        )
+    return items, _entities(release, items, settings)
+
+
+def _table(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise UploadError(f"{path} is missing; run `sendit deidentify` on this batch first")
+    return pd.read_parquet(path)
+
+
+def _item(release: Path, row: Mapping[Any, Any]) -> Item:
+    rel = str(row["path"])
+    path = (release / rel).resolve()
+    if not path.is_relative_to(release.resolve()) or not path.is_file():
+        raise UploadError(
+            f"cleaned.parquet names {rel}, which is not a file under {release}; "
+            "re-run de-identification so the tables match release/"
+        )
+    meta = {str(k): plain(v) for k, v in row.items() if k not in ROW_KEYS}
+    return Item(
+        key=Path(rel).as_posix(),
+        name=path.name,
+        entity_id=str(row["entity_id"]),
+        path=path,
+        md5=file_md5(path),
+        size=path.stat().st_size,
+        metadata=meta,
+    )
+
+
+def _entities(release: Path, items: Sequence[Item], settings: Mapping[str, Any]) -> list[Entity]:
+    agent = str(setting(settings, "UPLOAD_AGENT", "sendit-notebooks"))
+    counts = pd.Series([i.entity_id for i in items], dtype="object").value_counts()
+    rows = {str(r["id"]): r for r in _table(release / "entities.parquet").to_dict("records")}
+    out = []
+    for eid, count in counts.sort_index().items():
+        meta = {str(k): plain(v) for k, v in rows.get(str(eid), {}).items() if k != "id"}
+        meta.setdefault("IMAGE_COUNT", int(count))
+        meta["UPLOAD_AGENT"] = meta.get("UPLOAD_AGENT") or agent
+        out.append(Entity(id=str(eid), metadata=meta))
+    return out
+
+
+# -- retries -------------------------------------------------------------------------------
+def _delay(attempt: int, retry_after: float | None) -> float:
+    delay = min(BACKOFF_CAP, BACKOFF_BASE * (1 << attempt)) * random.uniform(0.5, 1.0)
+    return min(BACKOFF_CAP, max(delay, retry_after or 0.0))
+
+
+def with_retries(fn: Callable[[], T], retries: int, stop: threading.Event | None = None) -> T:
+    """Call ``fn``; on :class:`TransientError` retry up to ``retries`` times with backoff.
+
+    A set ``stop`` event ends the retries early (another item already gave up).
+    """
+    attempt = 0
+    while True:
+        try:
+            return fn()
+        except TransientError as exc:
+            if attempt >= retries or (stop is not None and stop.is_set()):
+                raise
+            time.sleep(_delay(attempt, exc.retry_after))
+            attempt += 1
+
+
+# -- one target ----------------------------------------------------------------------------
+@dataclass
+class _Run:
+    target: Target
+    manifest: Manifest
+    retries: int
+    threads: int
+    progress: bool
+    on_item: ItemHook | None
+    errors: list[UploadError] = field(default_factory=list)
+    failed: int = 0
+
+
+def _put_all(run: _Run, todo: Sequence[Item]) -> list[tuple[Item, Receipt]]:
+    """Put every item with a thread pool; record each outcome as it completes."""
+    stop = threading.Event()
+    label = run.target.label
+
+    def work(item: Item) -> Receipt:
+        if stop.is_set():
+            raise UploadError(f"{label} target: skipped release/{item.key} after earlier failures")
+        try:
+            return with_retries(lambda: run.target.put(item), run.retries, stop)
+        except TransientError:
+            stop.set()
+            raise
+
+    stored: list[tuple[Item, Receipt]] = []
+    bar = tqdm(total=len(todo), desc=f"upload to {label}", unit="img", disable=not run.progress)
+    with bar, ThreadPoolExecutor(run.threads) as pool:
+        futures: dict[Future[Receipt], Item] = {pool.submit(work, i): i for i in todo}
+        for fut in as_completed(futures):
+            item = futures[fut]
+            bar.update()
+            try:
+                receipt = fut.result()
+            except UploadError as exc:
+                _fail(run, [item], exc)
+                continue
+            run.manifest.append(item.key, label, receipt.status, item.md5, receipt.remote_id)
+            stored.append((item, receipt))
+            if run.on_item is not None:
+                run.on_item(receipt)
+    return stored
+
+
+def _fail(run: _Run, items: Sequence[Item], exc: UploadError) -> None:
+    run.errors.append(exc)
+    run.failed += len(items)
+    for item in items:
+        run.manifest.append(item.key, run.target.label, FAILED, item.md5, "")
+
+
+def _finish(run: _Run, stored: Sequence[tuple[Item, Receipt]], entities: Sequence[Entity]) -> None:
+    """Write metadata records, verify, and record ``verified`` / ``unverified`` rows."""
+    label, target = run.target.label, run.target
+    wanted = {i.entity_id for i, _ in stored}
+    ents = [e for e in entities if e.id in wanted]
+    try:
+        with_retries(lambda: target.put_entities(ents, stored), run.retries)
+        receipts = [r for _, r in stored]
+        ok = with_retries(lambda: target.verify(receipts), run.retries)
+    except UploadError as exc:
+        _fail(run, [i for i, _ in stored], exc)
+        return
+    bad = [i for i, _ in stored if i.key not in ok]
+    for item, receipt in stored:
+        status = VERIFIED if item.key in ok else UNVERIFIED
+        run.manifest.append(item.key, label, status, item.md5, receipt.remote_id)
+    if bad:
+        run.failed += len(bad)
+        run.errors.append(
+            UploadError(
+                f"{label} target: {len(bad)} item(s) (e.g. release/{bad[0].key}) were not found "
+                "with matching checksums after upload"
+            )
+        )
+
+
+def _upload_to(run: _Run, items: Sequence[Item], entities: Sequence[Entity]) -> None:
+    target = run.target
+    target.check()
+    done = run.manifest.verified(target.label)
+    todo = [i for i in items if done.get(i.key) != i.md5]
+    if not todo:
+        return
+    target.prepare(todo)
+    stored = _put_all(run, todo)
+    if stored:
+        _finish(run, stored, entities)
+
+
+# -- entry point ---------------------------------------------------------------------------
+def upload_batch(
+    layout: BatchLayout,
+    settings: Mapping[str, Any],
+    *,
+    progress: bool = True,
+    on_item: ItemHook | None = None,
+) -> pd.DataFrame:
+    """Upload a batch's ``release/`` to every configured target, exactly once.
+
+    Parameters
+    ----------
+    layout : BatchLayout
+        The batch; only ``release/`` is read, the manifest is written to ``phi/upload/``.
+    settings : Mapping[str, Any]
+        The upload settings (``SEND_TO_ORTHANC``, ``SEND_TO_GOOGLE``, ``UPLOAD_THREADS``,
+        ``UPLOAD_RETRIES``, ...).
+    progress : bool
+        Show a tqdm progress bar per target.
+    on_item : callable, optional
+        Called with each :class:`Receipt` as soon as its item is stored (for monitoring).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The whole manifest: ``item``, ``target``, ``status``, ``checksum``, ``remote_id``, ``time``.
+
+    Raises
+    ------
+    GateError
+        The leak gate has not passed on ``release/`` as it is now.
+    UploadError
+        A target is unreachable or misconfigured, or some items did not go; the message
+        says how many and to which target.
+    """
+    leakgate.require_pass(layout)
+    items, entities = load_release(layout, settings)
+    manifest = Manifest(layout.upload_dir / MANIFEST_NAME)
+    targets = make_targets(settings, layout.work)
+    retries = max(0, int(setting(settings, "UPLOAD_RETRIES", 5)))
+    threads = max(1, int(setting(settings, "UPLOAD_THREADS", 8)))
+    runs = [_Run(t, manifest, retries, threads, progress, on_item) for t in targets]
+    try:
+        for run in runs:
+            _upload_to(run, items, entities)
+    finally:
+        for target in targets:
+            target.close()
+    _raise_failures(runs, len(items), manifest.path)
+    return manifest.read()
+
+
+def _raise_failures(runs: Sequence[_Run], total: int, path: Path) -> None:
+    bad = [r for r in runs if r.failed]
+    if not bad:
+        return
+    parts = "; ".join(f"{r.failed} of {total} item(s) to {r.target.label}" for r in bad)
+    first = bad[0].errors[0] if bad[0].errors else None
+    raise UploadError(
+        f"upload incomplete: {parts} did not go (first error: {first}). {path} records what "
+        "went; fix the cause and run the upload again: verified items are skipped"
+    )

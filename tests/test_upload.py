@@ -1,0 +1,174 @@
+"""upload_batch: leak-gate refusal, manifest resume, retries, and a killed Orthanc."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from sendit_helpers.errors import GateError, UploadError
+from sendit_helpers.targets import Item, Receipt, TargetKind, TransientError
+from sendit_helpers.targets.local import LocalTarget
+from sendit_helpers.upload import MANIFEST_COLUMNS, Manifest, summary, upload_batch, with_retries
+from tests.conftest_servers import ReleaseFactory
+from tests.servers import OrthancServer
+
+
+def test_refuses_without_gate_record(
+    make_release: ReleaseFactory, upload_settings: dict[str, Any]
+) -> None:
+    layout = make_release(entities=1, images=1)
+    layout.gate_record.unlink()
+    with pytest.raises(GateError, match=r"has no leak-gate record .*leak_gate\.json is missing"):
+        upload_batch(layout, upload_settings, progress=False)
+    assert not (layout.work / "storage").exists()
+
+
+def test_refuses_changed_release(
+    make_release: ReleaseFactory, upload_settings: dict[str, Any]
+) -> None:
+    layout = make_release(entities=1, images=2)
+    (layout.release / "IR661f30" / "IR661f30_5_2.dcm").write_bytes(b"changed after the gate")
+    with pytest.raises(GateError, match="changed since the leak gate last passed"):
+        upload_batch(layout, upload_settings, progress=False)
+    assert not layout.upload_dir.exists()
+
+
+def test_resume_after_interrupt(
+    make_release: ReleaseFactory, upload_settings: dict[str, Any]
+) -> None:
+    """A run stopped after 3 items resumes: only the rest is put, each item verified once."""
+    layout = make_release(entities=2, images=5)
+    upload_settings["UPLOAD_THREADS"] = 1
+    seen: list[str] = []
+
+    def stop_after_three(receipt: Receipt) -> None:
+        seen.append(receipt.key)
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        upload_batch(layout, upload_settings, progress=False, on_item=stop_after_three)
+    partial = Manifest(layout.upload_dir / "manifest.csv").read()
+    assert list(partial.columns) == MANIFEST_COLUMNS
+    assert set(partial["status"]) == {"stored"}
+
+    upload_batch(layout, upload_settings, progress=False)
+    upload_batch(layout, upload_settings, progress=False)  # nothing left to do
+    manifest = Manifest(layout.upload_dir / "manifest.csv").read()
+    assert (manifest["status"] == "verified").sum() == 10
+    assert manifest.groupby("item").size().max() == 3  # stored, stored(exists), verified at most
+    assert summary(manifest).to_dict("records") == [
+        {"target": "local", "status": "verified", "count": 10}
+    ]
+
+
+class FlakyLocal(LocalTarget):
+    """Local store that fails the first ``failures`` puts of each item with 503."""
+
+    failures = 2
+    calls: dict[str, int] = {}
+
+    def put(self, item: Item) -> Receipt:
+        n = self.calls[item.key] = self.calls.get(item.key, 0) + 1
+        if n <= self.failures:
+            raise TransientError("local target: simulated HTTP 503")
+        return super().put(item)
+
+
+@pytest.mark.usefixtures("fast_backoff")
+def test_retries_transient_errors(
+    make_release: ReleaseFactory, upload_settings: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layout = make_release(entities=1, images=3)
+    FlakyLocal.calls = {}
+    monkeypatch.setattr("sendit_helpers.upload.make_targets", lambda s, w: [FlakyLocal(s, w)])
+    upload_batch(layout, upload_settings, progress=False)
+    assert FlakyLocal.calls == {f"IR661f30/IR661f30_5_{i}.dcm": 3 for i in (1, 2, 3)}
+
+    FlakyLocal.calls, FlakyLocal.failures = {}, 99
+    other = make_release(entities=1, images=2)
+    (other.upload_dir / "manifest.csv").unlink()
+    with pytest.raises(UploadError, match=r"2 of 2 item\(s\) to local did not go"):
+        upload_batch(other, upload_settings, progress=False)
+    assert max(FlakyLocal.calls.values()) <= upload_settings["UPLOAD_RETRIES"] + 1
+
+
+def test_with_retries_gives_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sendit_helpers.upload.BACKOFF_BASE", 0.001)
+    calls = []
+
+    def boom() -> None:
+        calls.append(1)
+        raise TransientError("x target: HTTP 429", retry_after=0.0)
+
+    with pytest.raises(TransientError):
+        with_retries(boom, 3)
+    assert len(calls) == 4
+
+
+def test_summary_counts_latest_status() -> None:
+    rows = [
+        ("a", "orthanc", "stored"), ("a", "orthanc", "verified"), ("b", "orthanc", "failed"),
+        ("a", "google", "stored"),
+    ]  # fmt: skip
+    table = pd.DataFrame(rows, columns=["item", "target", "status"])
+    got = summary(table).to_dict("records")
+    assert got == [
+        {"target": "google", "status": "stored", "count": 1},
+        {"target": "orthanc", "status": "failed", "count": 1},
+        {"target": "orthanc", "status": "verified", "count": 1},
+    ]
+
+
+@pytest.mark.servers
+@pytest.mark.usefixtures("fast_backoff")
+def test_orthanc_killed_mid_upload_then_rerun(
+    make_release: ReleaseFactory,
+    upload_settings: dict[str, Any],
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Kill Orthanc after half the items: UploadError names the count; rerun completes once."""
+    server = OrthancServer("orthanc-fault", tmp_path_factory.mktemp("orthanc-fault"))
+    try:
+        server.start()
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        monkeypatch.setenv("ORTHANC_USERNAME", server.user)
+        monkeypatch.setenv("ORTHANC_PASSWORD", server.password)
+        layout = make_release(entities=2, images=10)
+        upload_settings.update(SEND_TO_ORTHANC=True, ORTHANC_URL=server.url, UPLOAD_THREADS=2)
+        done: list[str] = []
+
+        def kill_at_half(receipt: Receipt) -> None:
+            done.append(receipt.key)
+            if len(done) == 10:
+                server.kill()
+
+        with pytest.raises(
+            UploadError, match=r"upload incomplete: \d+ of 20 item\(s\) to orthanc did not go"
+        ) as err:
+            upload_batch(layout, upload_settings, progress=False, on_item=kill_at_half)
+        assert "IR661f30_5" not in str(err.value).split("first error")[0]
+        failed = int(str(err.value).split("upload incomplete: ")[1].split(" of")[0])
+        assert 20 - len(done) <= failed <= 20
+
+        server.start()  # same storage directory and ports
+        manifest = upload_batch(layout, upload_settings, progress=False)
+        latest = manifest.drop_duplicates(["item", "target"], keep="last")
+        assert (latest["status"] == "verified").sum() == 20
+        assert server.instance_count() == 20
+    finally:
+        server.stop()
+
+
+def test_receipt_kind_is_stable() -> None:
+    assert [str(k) for k in TargetKind] == ["orthanc", "google", "local"]
+
+
+def _keys(receipts: Sequence[Receipt]) -> list[str]:
+    return [r.key for r in receipts]

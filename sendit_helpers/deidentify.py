@@ -434,3 +434,27 @@ def finish(layout: BatchLayout, settings: Mapping[str, Any], outcomes: list[Outc
     table = disposition.update(layout, rows)
     report = leakgate.run_gate(layout, values, workers=int(settings["WORKERS"]))
     return DeidResult(layout, outcomes, cleaned, entities, held, table, report)
+
+
+def quarantine_reasons(result: DeidResult) -> pd.DataFrame:
+    """Quarantined images with the screening rule that held them back."""
+    files = inspect.load(result.layout)
+    table = result.dispositions[result.dispositions["disposition"] == str(Disposition.QUARANTINED)]
+    merged = table.merge(files, on="source_path", how="left")
+    columns = ["output_name", "Modality", "SeriesNumber", "SeriesDescription", "group", "label", "reason_screen"]
+    return merged.reindex(columns=columns).rename(columns={"output_name": "item", "reason_screen": "rule"})
+
+
+def gate_summary(result: DeidResult) -> pd.DataFrame:
+    """The leak gate's outcome as a small table (counts only, never values)."""
+    gate = result.gate
+    return pd.DataFrame(
+        [
+            ("passed", gate.passed),
+            ("files scanned in release/", gate.files),
+            ("identifying values searched", gate.values_checked),
+            ("values too short to search", gate.too_short),
+            ("hits", len(gate.hits)),
+        ],
+        columns=["item", "value"],
+    )

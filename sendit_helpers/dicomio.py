@@ -15,8 +15,14 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pydicom
+from pydicom import config
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.errors import InvalidDicomError
+
+# Odd values are read and written as they are: validation warnings would quote
+# values (possibly identifying) into logs, and refusing them would lose data.
+config.settings.reading_validation_mode = config.IGNORE
+config.settings.writing_validation_mode = config.IGNORE
 
 PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
@@ -118,7 +124,7 @@ def _check_pixels(probe_: Probe, fh: BinaryIO) -> Probe:
     if (group << 16 | elem) not in PIXEL_TAGS:
         return probe_
     probe_.pixel_offset = offset
-    if implicit:
+    if implicit or not head[4:6].isalpha():  # some writers put an implicit element in explicit data
         length, header = struct.unpack("<I" if little else ">I", head[4:8])[0], 8
     elif head[4:6] in _LONG_VRS:
         length, header = struct.unpack("<I" if little else ">I", head[8:12])[0], 12

@@ -187,3 +187,19 @@ def _sqlite_entities(settings: Mapping[str, Any], work: Path, sex: str | None) -
     root = storage_dir(settings, work).resolve() / collection
     rows = [{**r, "url": (root / str(r["id"])).as_uri() + "/"} for r in frame.to_dict("records")]
     return _frame(rows, ENTITY_COLUMNS)
+
+
+def plot_counts(images: pd.DataFrame) -> Any:
+    """Bar chart of images per modality, stacked by entity; a note when nothing matched."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    if images.empty:
+        ax.text(0.5, 0.5, "no images match (run 04_upload first?)", ha="center", va="center")
+        ax.axis("off")
+        return fig
+    counts = images.groupby(["Modality", "entity_id"]).size().unstack(fill_value=0)
+    counts.plot.bar(stacked=True, ax=ax)
+    ax.set_ylabel("images")
+    fig.tight_layout()
+    return fig

@@ -76,10 +76,12 @@ from typing import Any
 from pydicom._dicom_dict import DicomDictionary, RepeatersDictionary
 from pydicom._uid_dict import UID_dictionary
 from pydicom.datadict import get_entry
-from pydicom.dataelem import DataElement
+from pydicom.config import IGNORE as _IGNORE
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
+from pydicom.tag import BaseTag
 
 from .errors import RecipeError, tag_label
 
@@ -807,12 +809,12 @@ def _deid_load(path: Path) -> dict[str, Any]:
 _K_KEEP, _K_SEQ, _K_REMOVE, _K_BLANK, _K_LIT, _K_VAR, _K_UID, _K_CLEAN, _K_JITTER = range(9)
 _K_UID_DEFAULT, _K_AGE, _K_FUNC_JITTER = 9, 10, 11
 
-_Plan = tuple[int, Any, "_Rule | None"]
-_PLAN_KEEP: _Plan = (_K_KEEP, None, None)
-_PLAN_SEQ: _Plan = (_K_SEQ, None, None)
-_PLAN_REMOVE: _Plan = (_K_REMOVE, None, None)
-_PLAN_UID_DEFAULT: _Plan = (_K_UID_DEFAULT, None, None)
-_PLAN_AGE: _Plan = (_K_AGE, None, None)
+# (kind, payload, rule, VR, keyword); _plan_for leaves VR and keyword empty.
+_Plan = tuple[int, Any, "_Rule | None", str, str]
+_PLAN_KEEP: _Plan = (_K_KEEP, None, None, "", "")
+_PLAN_SEQ: _Plan = (_K_SEQ, None, None, "", "")
+_PLAN_UID_DEFAULT: _Plan = (_K_UID_DEFAULT, None, None, "", "")
+_PLAN_AGE: _Plan = (_K_AGE, None, None, "", "")
 
 
 def _shift_da(value: str, days: int) -> str | None:
@@ -862,6 +864,68 @@ def _shift(value: Any, vr: str, days: int) -> Any:
         shifted = _shift_da(text, days) if len(text.strip()) == 8 else _shift_dt(text, days)
         return shifted
     return func(str(value), days)
+
+
+def _creator(ds: Dataset, block: int) -> str | None:
+    """The private creator of a block, read without converting the element."""
+    raw = ds.get_item(block, keep_deferred=True)
+    if raw is None:
+        return None
+    value = raw.value
+    if isinstance(value, bytes):
+        return value.decode("latin-1").strip(" \x00")
+    return None if value is None else str(value).strip()
+
+
+class _Tokens:
+    """Identifying strings for func:clean_text.
+
+    The file's own values are captured before the walk changes them; they are
+    tokenised on first use only.
+    """
+
+    __slots__ = ("_ctx", "_found", "_tokens")
+
+    def __init__(self, ds: Dataset | None, ctx: DeidContext) -> None:
+        self._ctx = ctx
+        self._tokens: list[str] | None = None
+        self._found: list[tuple[str, list[str]]] = []
+        if ds is not None:
+            for tag in _CLEAN_SOURCE_TAGS:
+                if tag in ds:
+                    elem = ds[tag]
+                    if elem.VR != "SQ":
+                        self._found.append((str(elem.VR), _text_values(elem.value)))
+
+    def get(self) -> list[str]:
+        if self._tokens is None:
+            self._tokens = _gather_tokens(self._found, self._ctx.identifying_values)
+        return self._tokens
+
+
+def _gather_tokens(found: list[tuple[str, list[str]]], extra: Sequence[str]) -> list[str]:
+    tokens: list[str] = []
+    for vr, texts in found:
+        for text in texts:
+            tokens.append(text)
+            if vr == "PN":
+                tokens.extend(_pn_parts(text))
+            elif vr == "DA" and len(text) == 8 and text.isdigit():
+                tokens.append(f"{text[:4]}-{text[4:6]}-{text[6:]}")
+                tokens.append(f"{text[4:6]}/{text[6:]}/{text[:4]}")
+    for value in extra:
+        if value:
+            tokens.append(value)
+            tokens.extend(_pn_parts(value))
+    out: list[str] = []
+    for tok in tokens:
+        tok = tok.strip()
+        if len(tok) >= 3 or (len(tok) >= 2 and not tok.isdigit()):
+            low = tok.lower()
+            if low not in out:
+                out.append(low)
+    out.sort(key=len, reverse=True)  # longest first: "doe^john" before "doe"
+    return out
 
 
 def _text_values(value: Any) -> list[str]:
@@ -1000,12 +1064,12 @@ class Recipe:
             return (
                 _PLAN_SEQ
                 if vr == "SQ"
-                else (_PLAN_AGE if tag == _AGE_TAG else (_K_KEEP, None, rule))
+                else (_PLAN_AGE if tag == _AGE_TAG else (_K_KEEP, None, rule, "", ""))
             )
         if action is Action.REMOVE:
-            return (_K_REMOVE, None, rule)
+            return (_K_REMOVE, None, rule, "", "")
         if action is Action.BLANK:
-            return (_K_BLANK, None, rule)
+            return (_K_BLANK, None, rule, "", "")
         if vr == "SQ":
             raise RecipeError(
                 f"{rule.where}: {action.value} cannot be applied to the sequence "
@@ -1016,18 +1080,18 @@ class Recipe:
             if value.kind == _LIT:
                 return (_K_JITTER, int(value.text), rule)
             if value.kind == _VAR:
-                return (_K_JITTER, value.text, rule)
-            return (_K_JITTER, None, rule)
+                return (_K_JITTER, value.text, rule, "", "")
+            return (_K_JITTER, None, rule, "", "")
         if value.kind == _VAR:
-            return (_K_VAR, value.text, rule)
+            return (_K_VAR, value.text, rule, "", "")
         if value.kind == _FUNC:
             kind = {"uid": _K_UID, "clean_text": _K_CLEAN, "jitter": _K_FUNC_JITTER}.get(value.text)
             if kind is None:
                 raise RecipeError(
                     f"{rule.where}: func:{value.text} cannot be used with {action.value}"
                 )
-            return (kind, None, rule)
-        return (_K_LIT, value.text, rule)
+            return (kind, None, rule, "", "")
+        return (_K_LIT, value.text, rule, "", "")
 
     def _public_plan(self, tag: int, elem_vr: str) -> _Plan:
         vr, keyword, name = _entry(tag)
@@ -1035,7 +1099,8 @@ class Recipe:
             vr = elem_vr or "UN"
         elif " or " in vr:  # ambiguous (US or SS, OB or OW): the file's VR, else the first
             vr = elem_vr if elem_vr not in ("", "UN") else vr.split(" or ")[0]
-        plan = self._plan_for(self._resolve(tag, vr, keyword, name, None), tag, vr, keyword)
+        base = self._plan_for(self._resolve(tag, vr, keyword, name, None), tag, vr, keyword)
+        plan = (base[0], base[1], base[2], vr, keyword)
         self._cache[tag] = plan
         return plan
 
@@ -1062,10 +1127,7 @@ class Recipe:
             names the recipe line and the tag, never a value.
         """
         changes = Changes()
-        clean_tokens: list[str] | None = None
-        if self._clean:
-            clean_tokens = self._clean_tokens(ds, ctx)
-        self._walk(ds, ctx, changes, "", clean_tokens)
+        self._walk(ds, ctx, changes, "", _Tokens(ds if self._clean else None, ctx))
         for rule in self._adds:
             self._add(ds, rule, ctx)
         sop = ds.get(_SOP_INSTANCE_UID)
@@ -1082,100 +1144,136 @@ class Recipe:
                 ds.SOPInstanceUID = new
         return changes
 
-    def _clean_tokens(self, ds: Dataset, ctx: DeidContext) -> list[str]:
-        tokens: list[str] = []
-        for tag in _CLEAN_SOURCE_TAGS:
-            elem = ds.get(tag)
-            if elem is None or elem.VR == "SQ":
-                continue
-            for text in _text_values(elem.value):
-                tokens.append(text)
-                if elem.VR == "PN":
-                    tokens.extend(_pn_parts(text))
-                elif elem.VR == "DA" and len(text) == 8 and text.isdigit():
-                    tokens.extend(
-                        (f"{text[:4]}-{text[4:6]}-{text[6:]}", f"{text[4:6]}/{text[6:]}/{text[:4]}")
-                    )
-        for value in ctx.identifying_values:
-            if value:
-                tokens.append(value)
-                tokens.extend(_pn_parts(value))
-        out: list[str] = []
-        for tok in tokens:
-            tok = tok.strip()
-            if len(tok) >= 3 or (len(tok) >= 2 and not tok.isdigit()):
-                low = tok.lower()
-                if low not in out:
-                    out.append(low)
-        out.sort(key=len, reverse=True)  # longest first: "DOE^JOHN" before "DOE"
-        return out
-
     def _walk(
-        self, ds: Dataset, ctx: DeidContext, changes: Changes, prefix: str, tokens: list[str] | None
-    ) -> None:
-        cache = self._cache
-        kept_blocks: set[int] = set()
-        creators: list[int] = []
-        for tag in list(ds.keys()):
-            if tag >> 16 & 1:  # private group
-                elem_no = tag & 0xFFFF
-                if 0x0010 <= elem_no <= 0x00FF:
-                    creators.append(tag)
-                    continue
-                if self._private(ds, tag, elem_no, ctx, changes, prefix, tokens):
-                    kept_blocks.add((tag & 0xFFFF0000) | (elem_no >> 8))
-                continue
-            plan = cache.get(tag)
-            if plan is None:
-                raw = ds.get_item(tag)
-                plan = self._public_plan(tag, str(getattr(raw, "VR", "") or ""))
-            kind = plan[0]
-            if kind == _K_KEEP:
-                continue
-            self._do(ds, tag, plan, ctx, changes, prefix, tokens)
-        for ctag in creators:
-            if ctag not in kept_blocks:
-                del ds[ctag]
-
-    def _private(
         self,
         ds: Dataset,
-        tag: int,
-        elem_no: int,
         ctx: DeidContext,
         changes: Changes,
         prefix: str,
-        tokens: list[str] | None,
+        tokens: _Tokens,
+    ) -> None:
+        cache = self._cache
+        pcache = self._private_cache
+        safe = ctx.safe_private
+        kept_blocks: set[int] = set()
+        creator_tags: list[int] = []
+        creators: dict[int, str | None] = {}
+        for btag, raw in list(ds.items()):
+            tag = int(btag)  # plain int: BaseTag.__eq__ is Python code, slow in dict lookups
+            if not (tag >> 16) & 1:  # public
+                plan = cache.get(tag)
+                if plan is None:
+                    plan = self._public_plan(tag, str(getattr(raw, "VR", "") or ""))
+                if plan[0] != _K_KEEP:
+                    if type(raw) is RawDataElement and raw.value is not None:
+                        if self._fast(ds, btag, raw, plan, ctx, changes, prefix):
+                            continue
+                    self._do(ds, tag, plan, ctx, changes, prefix, tokens)
+                continue
+            # private group: creators (gggg,0010-00FF) are decided after their blocks
+            elem_no = tag & 0xFFFF
+            if 0x0010 <= elem_no <= 0x00FF:
+                creator_tags.append(tag)
+                continue
+            block = (tag & 0xFFFF0000) | (elem_no >> 8)
+            creator: str | None = None
+            if elem_no >= 0x1000:
+                if block in creators:
+                    creator = creators[block]
+                else:
+                    creator = creators[block] = _creator(ds, block)
+            key = (tag, creator)
+            if key in pcache:
+                pplan = pcache[key]
+            else:
+                pplan = self._private_plan(ds, tag, creator)
+                pcache[key] = pplan
+            if pplan is None:  # no rule: removed unless listed as safe
+                if tag in safe:
+                    kept_blocks.add(block)
+                else:
+                    del ds[btag]
+                continue
+            if pplan[0] == _K_REMOVE:
+                del ds[btag]
+                continue
+            if pplan[0] != _K_KEEP:
+                self._do(ds, tag, pplan, ctx, changes, prefix, tokens)
+            if tag in ds:
+                kept_blocks.add(block)
+        for ctag in creator_tags:
+            if ctag not in kept_blocks:
+                del ds[ctag]
+
+    def _fast(
+        self,
+        ds: Dataset,
+        btag: BaseTag,
+        raw: RawDataElement,
+        plan: _Plan,
+        ctx: DeidContext,
+        changes: Changes,
+        prefix: str,
     ) -> bool:
-        """Handle one private data element; True when it stays."""
-        creator: str | None = None
-        if elem_no >= 0x1000:
-            celem = ds.get((tag & 0xFFFF0000) | (elem_no >> 8))
-            if celem is not None and celem.value is not None:
-                creator = str(celem.value).strip()
-        key = (tag, creator)
-        if key in self._private_cache:
-            plan = self._private_cache[key]
-        else:
-            rule = self._resolve(tag, "", "", "", creator)
-            plan = None
-            if rule is not None:
-                vr = str(ds[tag].VR)
-                plan = self._plan_for(rule, tag, vr, "")
-            self._private_cache[key] = plan
-        if plan is None:
-            if tag in ctx.safe_private:
+        """Act on a not-yet-converted element without pydicom's conversion.
+
+        Handles removal/blanking of non-text values, UID remapping, date
+        shifting and the age cap from the raw bytes; returns False when the
+        element needs the general path (text values, sequences).
+        """
+        kind, payload, rule, dvr, keyword = plan
+        vr = raw.VR or dvr
+        if vr in _TEXT_VRS or vr == "SQ" or not vr:
+            return False
+        if kind == _K_REMOVE:
+            del ds[btag]
+            return True
+        if kind == _K_BLANK:
+            empty = "" if vr in _STRING_VRS else None
+            ds[btag] = DataElement(btag, vr, empty, validation_mode=_IGNORE)
+            return True
+        if vr not in ("UI", "DA", "DT", "TM", "AS"):
+            return False
+        text = raw.value.decode("ascii", "replace").strip("\x00 ")
+        if not text:
+            return True
+        if kind in (_K_UID, _K_UID_DEFAULT) and vr == "UI":
+            olds = [v.strip("\x00 ") for v in text.split("\\")]
+            if kind == _K_UID_DEFAULT and all(v in UID_dictionary for v in olds):
                 return True
-            self._record_removed(ds[tag], changes)
-            del ds[tag]
-            return False
-        if plan[0] == _K_REMOVE:
-            self._record_removed(ds[tag], changes)
-            del ds[tag]
-            return False
-        if plan[0] != _K_KEEP:
-            self._do(ds, tag, plan, ctx, changes, prefix, tokens)
-        return tag in ds
+            news = [ctx.uid_map(v) for v in olds]
+            value: Any = news if len(news) > 1 else news[0]
+            ds[btag] = DataElement(btag, "UI", value, validation_mode=_IGNORE)
+            key = keyword or f"({btag >> 16:04X},{btag & 0xFFFF:04X})"
+            changes.replaced[prefix + key] = ("\\".join(olds), "\\".join(news))
+            return True
+        if kind in (_K_JITTER, _K_FUNC_JITTER) and vr in ("DA", "DT", "TM"):
+            days = ctx.date_shift_days
+            if isinstance(payload, int):
+                days = payload
+            elif isinstance(payload, str):
+                return False  # var: days, general path reports errors
+            if vr == "TM" or not days:
+                return True
+            values = text.split("\\")
+            shifted = _shift(values if len(values) > 1 else text, vr, days)
+            ds[btag] = DataElement(btag, vr, shifted or "", validation_mode=_IGNORE)
+            return True
+        if kind == _K_AGE and vr == "AS":
+            capped = age_over_89(text)
+            if capped != text:
+                ds[btag] = DataElement(btag, vr, capped, validation_mode=_IGNORE)
+            return True
+        return False
+
+    def _private_plan(self, ds: Dataset, tag: int, creator: str | None) -> _Plan | None:
+        rule = self._resolve(tag, "", "", "", creator)
+        if rule is None:
+            return None
+        raw = ds.get_item(tag, keep_deferred=True)
+        vr = str(getattr(raw, "VR", "") or "UN")
+        base = self._plan_for(rule, tag, vr, "")
+        return (base[0], base[1], base[2], vr, "")
 
     def _record_removed(self, elem: DataElement, changes: Changes) -> None:
         vr = elem.VR
@@ -1197,9 +1295,9 @@ class Recipe:
         ctx: DeidContext,
         changes: Changes,
         prefix: str,
-        tokens: list[str] | None,
+        tokens: _Tokens,
     ) -> None:
-        kind, payload, rule = plan
+        kind, payload, rule = plan[0], plan[1], plan[2]
         elem = ds[tag]
         vr = elem.VR
         if kind == _K_SEQ:
@@ -1256,7 +1354,7 @@ class Recipe:
                     elem.value = None
                 return
             texts = _text_values(value)
-            cleaned = [_clean_text(t, tokens or [], changes) for t in texts]
+            cleaned = [_clean_text(t, tokens.get(), changes) for t in texts]
             if cleaned != texts:
                 elem.value = cleaned if len(cleaned) > 1 else cleaned[0]
             return

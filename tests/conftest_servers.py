@@ -49,7 +49,7 @@ def orthanc_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc
     """One Orthanc for the session (authentication on, no plugins)."""
     server = _start(OrthancServer("orthanc", tmp_path_factory.mktemp("orthanc")))
     yield server
-    server.stop()
+    server.kill()  # in-memory / tmp storage: no need to wait for a clean shutdown
 
 
 @pytest.fixture
@@ -66,7 +66,7 @@ def datastore_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dat
     """One in-memory Datastore emulator for the session."""
     server = _start(DatastoreEmulator("datastore", tmp_path_factory.mktemp("datastore")))
     yield server
-    server.stop()
+    server.kill()  # in-memory / tmp storage: no need to wait for a clean shutdown
 
 
 @pytest.fixture(scope="session")
@@ -74,7 +74,7 @@ def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeGcsServ
     """One in-memory fake-gcs-server for the session."""
     server = _start(FakeGcsServer("fake-gcs", tmp_path_factory.mktemp("gcs")))
     yield server
-    server.stop()
+    server.kill()  # in-memory / tmp storage: no need to wait for a clean shutdown
 
 
 @pytest.fixture

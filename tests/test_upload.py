@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -12,7 +13,7 @@ from sendit_helpers.errors import GateError, UploadError
 from sendit_helpers.targets import Item, Receipt, TargetKind, TransientError
 from sendit_helpers.targets.local import LocalTarget
 from sendit_helpers.upload import MANIFEST_COLUMNS, Manifest, summary, upload_batch, with_retries
-from tests.conftest_servers import ReleaseFactory
+from tests.conftest_servers import ReleaseFactory, build_release
 from tests.servers import OrthancServer
 
 
@@ -80,7 +81,10 @@ class FlakyLocal(LocalTarget):
 
 @pytest.mark.usefixtures("fast_backoff")
 def test_retries_transient_errors(
-    make_release: ReleaseFactory, upload_settings: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    make_release: ReleaseFactory,
+    upload_settings: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     layout = make_release(entities=1, images=3)
     FlakyLocal.calls = {}
@@ -89,8 +93,7 @@ def test_retries_transient_errors(
     assert FlakyLocal.calls == {f"IR661f30/IR661f30_5_{i}.dcm": 3 for i in (1, 2, 3)}
 
     FlakyLocal.calls, FlakyLocal.failures = {}, 99
-    other = make_release(entities=1, images=2)
-    (other.upload_dir / "manifest.csv").unlink()
+    other = build_release(tmp_path / "other", entities=1, images=2)
     with pytest.raises(UploadError, match=r"2 of 2 item\(s\) to local did not go"):
         upload_batch(other, upload_settings, progress=False)
     assert max(FlakyLocal.calls.values()) <= upload_settings["UPLOAD_RETRIES"] + 1
@@ -163,7 +166,7 @@ def test_orthanc_killed_mid_upload_then_rerun(
         assert (latest["status"] == "verified").sum() == 20
         assert server.instance_count() == 20
     finally:
-        server.stop()
+        server.kill()  # tmp storage: no need for Orthanc's ~4 s clean shutdown
 
 
 def test_receipt_kind_is_stable() -> None:

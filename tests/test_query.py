@@ -1,0 +1,50 @@
+"""find_images / find_entities on the local index and on Datastore."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from sendit_helpers.query import find_entities, find_images
+from sendit_helpers.upload import upload_batch
+from tests.conftest_servers import ReleaseFactory
+
+
+def _check(images: Any, entities: Any, settings: dict[str, Any], work: Any, scheme: str) -> None:
+    assert len(images) == 9 and images["url"].str.startswith(scheme).all()
+    assert set(find_images(settings, work, sex="M")["entity_id"]) == {"IR661f31"}
+    assert len(find_images(settings, work, age_min=35, age_max=45)) == 3
+    assert set(find_images(settings, work, modality="CT")["Modality"]) == {"CT"}
+    assert len(find_images(settings, work, modality="CT")) == 3
+    assert set(find_images(settings, work, text="KNEE")["entity_id"]) == {"IR661f30"}
+    assert len(find_images(settings, work, sex="F", text="chest", modality="MR")) == 1
+    assert list(entities["id"]) == ["IR661f30", "IR661f31", "IR661f32"]
+    assert list(find_entities(settings, work, age_min=40)["id"]) == ["IR661f31", "IR661f32"]
+    assert list(find_entities(settings, work, sex="O")["IMAGE_COUNT"]) == [3]
+
+
+def test_local_queries(make_release: ReleaseFactory, upload_settings: dict[str, Any]) -> None:
+    layout = make_release(entities=3, images=3)
+    upload_batch(layout, upload_settings, progress=False)
+    images = find_images(upload_settings, layout.work)
+    entities = find_entities(upload_settings, layout.work)
+    _check(images, entities, upload_settings, layout.work, "file://")
+    assert entities["url"].iloc[0].endswith("/storage/sendit/IR661f30/")
+
+
+def test_local_query_without_index_is_empty(upload_settings: dict[str, Any], tmp_path: Any) -> None:
+    assert find_images(upload_settings, tmp_path).empty
+    assert find_entities(upload_settings, tmp_path).empty
+
+
+@pytest.mark.servers
+def test_datastore_queries(
+    google_env: dict[str, Any], make_release: ReleaseFactory, upload_settings: dict[str, Any]
+) -> None:
+    layout = make_release(entities=3, images=3)
+    settings = {**upload_settings, **google_env}
+    upload_batch(layout, settings, progress=False)
+    images = find_images(settings, layout.work)
+    entities = find_entities(settings, layout.work)
+    _check(images, entities, settings, layout.work, "gs://")

@@ -1,0 +1,109 @@
+"""Orthanc targets against a real Orthanc (REST and DICOM)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import requests
+
+from sendit_helpers.errors import UploadError
+from sendit_helpers.targets.orthanc import OrthancDicomTarget, OrthancRestTarget
+from sendit_helpers.upload import load_release, upload_batch
+from tests.conftest_servers import ReleaseFactory
+from tests.servers import OrthancServer
+
+pytestmark = pytest.mark.servers
+
+
+def _settings(
+    base: dict[str, Any], server: OrthancServer, protocol: str, url: bool = True
+) -> dict[str, Any]:
+    return {
+        **base,
+        "SEND_TO_ORTHANC": True,
+        "ORTHANC_PROTOCOL": protocol,
+        "ORTHANC_URL": server.url if url else "",
+        "ORTHANC_PORT": server.dicom_port,
+        "ORTHANC_AE_TITLE": server.aet,
+    }
+
+
+@pytest.mark.parametrize(("protocol", "url"), [("rest", True), ("dicom", True), ("dicom", False)])
+def test_upload_verify_and_rerun(
+    orthanc: OrthancServer,
+    make_release: ReleaseFactory,
+    upload_settings: dict[str, Any],
+    protocol: str,
+    url: bool,
+) -> None:
+    layout = make_release(entities=2, images=4)
+    settings = _settings(upload_settings, orthanc, protocol, url)
+    manifest = upload_batch(layout, settings, progress=False)
+    latest = manifest.drop_duplicates("item", keep="last")
+    assert (latest["status"] == "verified").sum() == 8
+    assert orthanc.instance_count() == 8
+    (layout.upload_dir / "manifest.csv").unlink()  # forget everything: create-once must hold
+    upload_batch(layout, settings, progress=False)
+    assert orthanc.instance_count() == 8
+
+
+def test_rest_put_reports_already_stored_and_md5(
+    orthanc: OrthancServer, make_release: ReleaseFactory, upload_settings: dict[str, Any]
+) -> None:
+    layout = make_release(entities=1, images=1)
+    (item,), _ = load_release(layout, upload_settings)
+    target = OrthancRestTarget(_settings(upload_settings, orthanc, "rest"))
+    try:
+        first, second = target.put(item), target.put(item)
+        assert (first.status, second.status) == ("stored", "exists")
+        assert first.remote_id == second.remote_id
+        md5 = requests.get(
+            f"{orthanc.url}/instances/{first.remote_id}/attachments/dicom/md5",
+            auth=orthanc.auth,
+            timeout=5,
+        ).text
+        assert md5 == item.md5
+        assert target.verify([first]) == {item.key}
+    finally:
+        target.close()
+
+
+def test_rest_bad_credentials_name_the_fix(
+    orthanc: OrthancServer, upload_settings: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ORTHANC_PASSWORD", "wrong")
+    target = OrthancRestTarget(_settings(upload_settings, orthanc, "rest"))
+    with pytest.raises(
+        UploadError, match="refused the credentials.*ORTHANC_USERNAME and ORTHANC_PASSWORD"
+    ):
+        target.check()
+
+
+def test_unreachable_orthanc_names_setting(upload_settings: dict[str, Any]) -> None:
+    from tests.servers import free_port
+
+    target = OrthancRestTarget(
+        {**upload_settings, "ORTHANC_URL": f"http://127.0.0.1:{free_port()}"}
+    )
+    with pytest.raises(UploadError, match="cannot reach .* start Orthanc or fix ORTHANC_URL"):
+        target.check()
+
+
+def test_dicom_socket_has_tcp_nodelay(
+    orthanc: OrthancServer, make_release: ReleaseFactory, upload_settings: dict[str, Any]
+) -> None:
+    import socket
+
+    layout = make_release(entities=1, images=2)
+    items, _ = load_release(layout, upload_settings)
+    target = OrthancDicomTarget(_settings(upload_settings, orthanc, "dicom"))
+    try:
+        target.prepare(items)
+        receipts = [target.put(i) for i in items]
+        assoc = target._idle.get_nowait()
+        assert assoc.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        target._idle.put(assoc)
+        assert target.verify(receipts) == {i.key for i in items}
+    finally:
+        target.close()

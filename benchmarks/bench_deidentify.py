@@ -22,6 +22,8 @@ Goal (issue): the stage >= 2.0x dcmanon per worker.
 Run: ``.venv/bin/python benchmarks/bench_deidentify.py [--files N --rows R --repeats K]``
 """
 
+# ruff: noqa: E501  (report lines are long f-strings; wrapping them would not help reading)
+
 from __future__ import annotations
 
 import os
@@ -111,7 +113,9 @@ def deid_run(paths: Sequence[Path], dest: Path) -> int:
     from deid.logger import bot
 
     bot.level = -5  # silence "No deid specification provided, will use defaults." and friends
-    written = replace_identifiers([os.fspath(p) for p in paths], save=True, overwrite=True, output_folder=os.fspath(dest))
+    written = replace_identifiers(
+        [os.fspath(p) for p in paths], save=True, overwrite=True, output_folder=os.fspath(dest)
+    )
     return len(written)
 
 
@@ -120,7 +124,7 @@ def run_pool(chunk: Callable[[list[Pair]], int], pairs: list[Pair], workers: int
     if workers <= 1:
         return chunk(pairs)
     size = max(8, min(128, len(pairs) // (workers * 8) or 8))
-    parts = [pairs[i:i + size] for i in range(0, len(pairs), size)]
+    parts = [pairs[i : i + size] for i in range(0, len(pairs), size)]
     with ProcessPoolExecutor(max_workers=workers) as pool:
         return sum(pool.map(chunk, parts))
 
@@ -130,8 +134,11 @@ def run_pool(chunk: Callable[[list[Pair]], int], pairs: list[Pair], workers: int
 def phase_timer() -> Iterator[dict[str, float]]:
     """Time ``plan``, ``run_jobs`` and ``run_gate`` inside ``deidentify_batch`` (wrapped, then restored)."""
     phases: dict[str, float] = {}
-    originals = {(deidentify, "plan"): deidentify.plan, (deidentify, "run_jobs"): deidentify.run_jobs,
-                 (leakgate, "run_gate"): leakgate.run_gate}
+    originals = {
+        (deidentify, "plan"): deidentify.plan,
+        (deidentify, "run_jobs"): deidentify.run_jobs,
+        (leakgate, "run_gate"): leakgate.run_gate,
+    }
 
     def wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
@@ -140,6 +147,7 @@ def phase_timer() -> Iterator[dict[str, float]]:
                 return fn(*args, **kwargs)
             finally:
                 phases[name] = phases.get(name, 0.0) + time.perf_counter() - start
+
         return timed
 
     for (module, name), fn in originals.items():
@@ -166,19 +174,32 @@ class Result:
 
 def main(argv: list[str] | None = None) -> int:
     p = c.parser(__doc__.splitlines()[0])
-    p.add_argument("--deid-files", type=int, default=100, help="files for the (slow) deid run (default 100)")
-    p.add_argument("--skip", nargs="*", default=[], choices=["dcmanon", "dicognito", "deid", "copy"],
-                   help="competitors to leave out")
+    p.add_argument(
+        "--deid-files", type=int, default=100, help="files for the (slow) deid run (default 100)"
+    )
+    p.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["dcmanon", "dicognito", "deid", "copy"],
+        help="competitors to leave out",
+    )
     args = p.parse_args(argv)
     folder = c.ensure_corpus(args.out, args.files, args.rows)
     paths = c.corpus_files(folder)
     n = len(paths)
     warm = c.warm_cache(paths)
-    c.say(f"deidentify benchmark: {n} files ({warm / 1e6:.0f} MB, {args.rows}x{args.rows} CT, uncompressed) in {folder}")
-    c.say(f"  {c.machine()}; page cache warm; best of {args.repeats}; each run writes a fresh folder")
+    c.say(
+        f"deidentify benchmark: {n} files ({warm / 1e6:.0f} MB, {args.rows}x{args.rows} CT, uncompressed) in {folder}"
+    )
+    c.say(
+        f"  {c.machine()}; page cache warm; best of {args.repeats}; each run writes a fresh folder"
+    )
 
     results: list[Result] = []
-    timed = lambda label, run, prepare=None: c.best_of(args.repeats, run, out=args.out, label=label, prepare=prepare)  # noqa: E731
+
+    def timed(label: str, run: Any, prepare: Any = None) -> tuple[float, Any]:
+        return c.best_of(args.repeats, run, out=args.out, label=label, prepare=prepare)
 
     # ---------------------------------------------------------------- the stage
     conf1, conf2 = c.settings(WORKERS=1), c.settings(WORKERS=2)
@@ -196,9 +217,13 @@ def main(argv: list[str] | None = None) -> int:
     compile_s = time.perf_counter() - start
 
     def moved(dest: Path) -> list[deidentify.Job]:
-        return [replace(j, output=os.fspath(dest / Path(j.output).relative_to(layout.root))) for j in jobs]
+        return [
+            replace(j, output=os.fspath(dest / Path(j.output).relative_to(layout.root)))
+            for j in jobs
+        ]
 
     for workers in (1, 2):
+
         def run(_dest: Path, mine: list[deidentify.Job], workers: int = workers) -> int:
             outcomes = deidentify.run_jobs(mine, config, workers=workers, progress=False)
             bad = [o.error for o in outcomes if o.error]
@@ -210,21 +235,30 @@ def main(argv: list[str] | None = None) -> int:
 
     phases_of: dict[int, dict[str, float]] = {}
     for workers, conf in ((1, conf1), (2, conf2)):
+
         def prepare(dest: Path, conf: Any = conf) -> BatchLayout:
             lay = BatchLayout.for_batch(folder, dest / "work")
             inspect.inspect_batch(lay, conf)  # untimed: deidentify_batch would run it when missing
             return lay
 
-        def run_batch(_dest: Path, lay: BatchLayout, conf: Any = conf) -> tuple[Any, dict[str, float]]:
+        def run_batch(
+            _dest: Path, lay: BatchLayout, conf: Any = conf
+        ) -> tuple[Any, dict[str, float]]:
             with phase_timer() as phases:
                 result = deidentify.deidentify_batch(lay, conf)
             written = len(result.cleaned) + len(result.quarantined)
             assert result.gate.passed and written == n, (result.gate, written)
-            return result, {**phases, "gate_files": result.gate.files, "released": len(result.cleaned)}
+            return result, {
+                **phases,
+                "gate_files": result.gate.files,
+                "released": len(result.cleaned),
+            }
 
         seconds, (_res, phases) = timed(f"batch{workers}", run_batch, prepare)
         phases_of[workers] = {"total": seconds, **phases}
-        results.append(Result("sendit deidentify_batch", workers, n, seconds, "plan+jobs+tables+gate"))
+        results.append(
+            Result("sendit deidentify_batch", workers, n, seconds, "plan+jobs+tables+gate")
+        )
 
     # ---------------------------------------------------------------- competitors
     def tool(name: str, chunk: Callable[[list[Pair]], int], workers: int, note: str) -> None:
@@ -250,7 +284,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             import dicognito  # noqa: F401
 
-            tool("dicognito", dicognito_chunk, 1, f"v{_dist_version('dicognito')}, dcmread+anonymize+save_as")
+            tool(
+                "dicognito",
+                dicognito_chunk,
+                1,
+                f"v{_dist_version('dicognito')}, dcmread+anonymize+save_as",
+            )
         except ImportError as exc:
             unavailable.append(f"dicognito unavailable ({exc})")
     if "deid" not in args.skip:
@@ -265,8 +304,15 @@ def main(argv: list[str] | None = None) -> int:
                 return done
 
             seconds, _ = timed("deid", run_deid)
-            results.append(Result("deid", 1, len(subset), seconds,
-                                  f"v{_dist_version('deid')}, default recipe, {len(subset)} files, scaled"))
+            results.append(
+                Result(
+                    "deid",
+                    1,
+                    len(subset),
+                    seconds,
+                    f"v{_dist_version('deid')}, default recipe, {len(subset)} files, scaled",
+                )
+            )
         except ImportError as exc:
             unavailable.append(f"deid unavailable ({exc})")
     if "copy" not in args.skip:
@@ -278,31 +324,77 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         vs = f"{r.rate / ref.rate:.2f}x" if ref else "n/a"
         per = f"{r.rate / r.workers / ref.rate:.2f}x" if ref else "n/a"
-        rows.append([r.tool, r.workers, r.files, f"{r.seconds:.2f}", f"{r.rate:.0f}", f"{r.seconds / r.files * 1000:.2f}",
-                     vs, per, r.note])
+        rows.append(
+            [
+                r.tool,
+                r.workers,
+                r.files,
+                f"{r.seconds:.2f}",
+                f"{r.rate:.0f}",
+                f"{r.seconds / r.files * 1000:.2f}",
+                vs,
+                per,
+                r.note,
+            ]
+        )
     c.say()
-    c.say(c.table(["tool", "workers", "files", "best s", "files/s", "ms/file", "vs dcmanon 1w", "per worker", "note"],
-                  rows, "lrrrrrrrl"))
+    c.say(
+        c.table(
+            [
+                "tool",
+                "workers",
+                "files",
+                "best s",
+                "files/s",
+                "ms/file",
+                "vs dcmanon 1w",
+                "per worker",
+                "note",
+            ],
+            rows,
+            "lrrrrrrrl",
+        )
+    )
     for line in unavailable:
         c.say(f"  {line}")
     c.say()
-    c.say("deidentify_batch phases (best run; plan = pseudonyms + names, run_jobs = per-file work, "
-          "gate = leak gate over release/ (the deid %filter quarantines the DERIVED series, so only "
-          "the released files are scanned), rest = inspect.load, tables, parquet, disposition):")
+    c.say(
+        "deidentify_batch phases (best run; plan = pseudonyms + names, run_jobs = per-file work, "
+        "gate = leak gate over release/ (the deid %filter quarantines the DERIVED series, so only "
+        "the released files are scanned), rest = inspect.load, tables, parquet, disposition):"
+    )
     phase_rows = []
     for workers, ph in phases_of.items():
         rest = ph["total"] - ph.get("plan", 0) - ph.get("run_jobs", 0) - ph.get("run_gate", 0)
-        phase_rows.append([f"{workers} worker{'s' if workers > 1 else ''}", f"{ph['total']:.2f}", f"{ph.get('plan', 0):.2f}",
-                           f"{ph.get('run_jobs', 0):.2f}", f"{ph.get('run_gate', 0):.2f}", f"{rest:.2f}",
-                           f"{int(ph['released'])}", f"{c.rate(int(ph['gate_files']), ph.get('run_gate', 0)):.0f}"])
-    c.say(c.table(["", "total s", "plan s", "run_jobs s", "gate s", "rest s", "released", "gate files/s"], phase_rows))
-    c.say(f"(one-time, not counted: recipe compile {compile_s * 1000:.0f} ms; planning alone {plan_s * 1000:.0f} ms)")
+        phase_rows.append(
+            [
+                f"{workers} worker{'s' if workers > 1 else ''}",
+                f"{ph['total']:.2f}",
+                f"{ph.get('plan', 0):.2f}",
+                f"{ph.get('run_jobs', 0):.2f}",
+                f"{ph.get('run_gate', 0):.2f}",
+                f"{rest:.2f}",
+                f"{int(ph['released'])}",
+                f"{c.rate(int(ph['gate_files']), ph.get('run_gate', 0)):.0f}",
+            ]
+        )
+    c.say(
+        c.table(
+            ["", "total s", "plan s", "run_jobs s", "gate s", "rest s", "released", "gate files/s"],
+            phase_rows,
+        )
+    )
+    c.say(
+        f"(one-time, not counted: recipe compile {compile_s * 1000:.0f} ms; planning alone {plan_s * 1000:.0f} ms)"
+    )
     if ref:
         mine = next(r for r in results if r.tool == "sendit run_jobs" and r.workers == 1)
         whole = next(r for r in results if r.tool == "sendit deidentify_batch" and r.workers == 1)
-        c.say(f"goal >= 2.0x dcmanon per worker: run_jobs {mine.rate / ref.rate:.2f}x, "
-              f"deidentify_batch {whole.rate / ref.rate:.2f}x -> "
-              f"{'met' if mine.rate / ref.rate >= 2.0 else 'NOT met'}")
+        c.say(
+            f"goal >= 2.0x dcmanon per worker: run_jobs {mine.rate / ref.rate:.2f}x, "
+            f"deidentify_batch {whole.rate / ref.rate:.2f}x -> "
+            f"{'met' if mine.rate / ref.rate >= 2.0 else 'NOT met'}"
+        )
     return 0
 
 

@@ -17,6 +17,7 @@ For each readable DICOM image of a batch (``pending`` after inspect):
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from typing import Any
 import pandas as pd
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.sequence import Sequence as DicomSequence
+from pydicom.multival import MultiValue
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from tqdm.auto import tqdm
 
@@ -41,6 +42,16 @@ from .recipes import DeidContext, Recipe
 
 #: Value representations whose removed values the leak gate looks for.
 GATE_VRS = frozenset({"PN", "LO", "SH", "LT", "ST", "UT", "UC", "DA", "DT", "UI", "AE"})
+#: Value representations whose kept values are never treated as identifying.
+KEPT_VRS = GATE_VRS | {"CS", "AS", "IS", "DS"}
+#: Kept technical fields whose words are never treated as identifying (an
+#: InstitutionName "TOSHIBA" beside a Manufacturer "TOSHIBA_MEC").
+TECHNICAL_KEYWORDS = frozenset({
+    "Manufacturer", "ManufacturerModelName", "SoftwareVersions", "ConvolutionKernel",
+    "ImplementationVersionName", "SecondaryCaptureDeviceManufacturer",
+    "SecondaryCaptureDeviceManufacturerModelName", "SecondaryCaptureDeviceSoftwareVersions",
+})
+_TOKENS = re.compile(r"[^0-9a-z]+")
 #: Value representations copied into the ``cleaned`` table.
 TABLE_SKIP_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN", "SQ"})
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
@@ -106,33 +117,48 @@ def _walk(ds: Dataset, prefix: str = "") -> Iterator[tuple[str, DataElement]]:
 
 
 def _strings(elem: DataElement) -> list[str]:
+    """An element's values as stripped strings (one per value of a multi-valued element)."""
     value = elem.value
-    if value is None or value == "":
+    if value is None or value == "" or isinstance(value, bytes):
         return []
-    values = value if isinstance(value, list | tuple) or hasattr(value, "__iter__") and not isinstance(value, str | bytes) else [value]
-    return [str(v).strip() for v in values if str(v).strip()]
+    values = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+    return [text for v in values if (text := str(v).strip())]
 
 
-def snapshot(ds: Dataset) -> dict[str, tuple[str, str, list[str]]]:
-    """Textual values that could identify, by element path: path -> (VR, keyword, values)."""
+def snapshot(ds: Dataset, vrs: frozenset[str] = GATE_VRS) -> dict[str, tuple[str, str, list[str]]]:
+    """Textual values by element path: path -> (VR, keyword, values)."""
     found = {}
     for path, elem in _walk(ds):
-        if elem.VR in GATE_VRS:
+        if elem.VR in vrs:
             found[path] = (elem.VR, elem.keyword or f"({elem.tag.group:04X},{elem.tag.element:04X})", _strings(elem))
     return found
 
 
-def removed_values(before: Mapping[str, tuple[str, str, list[str]]], after: Dataset) -> dict[str, str]:
-    """Values the recipe removed or changed: value -> category (its keyword or ``name``)."""
+def removed_values(
+    before: Mapping[str, tuple[str, str, list[str]]], after: Dataset, extra: Sequence[str] = ()
+) -> dict[str, str]:
+    """Values the recipe removed or changed: value -> category (its keyword or ``name``).
+
+    A value the recipe kept elsewhere in the same file (a private copy of
+    ``BodyPartExamined``, say) is evidently not identifying under this recipe
+    and is left out, so the gate does not fail on it.
+    """
     now = snapshot(after)
-    kept = {v for _vr, _kw, values in now.values() for v in values}
+    kept: set[str] = set()
+    for vr, keyword, values in snapshot(after, KEPT_VRS).values():
+        kept.update(v.casefold() for v in values)
+        if vr == "CS" or keyword in TECHNICAL_KEYWORDS:
+            kept.update(t for v in values for t in _TOKENS.split(v.casefold()) if t)
     removed: dict[str, str] = {}
     for path, (vr, keyword, values) in before.items():
         current = now.get(path, ("", "", []))[2]
         for value in values:
-            if value in current or value in kept:
+            if value in current or value.casefold() in kept:
                 continue
             removed.setdefault(value, "name" if vr == "PN" else keyword)
+    for value in extra:
+        if value.strip() and value.strip().casefold() not in kept:
+            removed.setdefault(value.strip(), "free text")
     return removed
 
 
@@ -198,9 +224,7 @@ def deidentify_file(job: Job, config: WorkerConfig) -> Outcome:
     except (*READ_ERRORS, RuntimeError) as exc:
         outcome.error = f"could not de-identify: {safe_reason(exc)}"
         return outcome
-    outcome.removed = removed_values(before, ds)
-    for text in changes.removed_text:
-        outcome.removed.setdefault(text, "free text")
+    outcome.removed = removed_values(before, ds, changes.removed_text)
     outcome.lookup = [(k, old, new) for k, (old, new) in changes.replaced.items()]
     outcome.cleaned = flatten(ds)
     return outcome

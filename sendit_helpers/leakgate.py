@@ -192,9 +192,10 @@ def scan_file(path: Path, relative: str, scanner: Scanner) -> list[tuple[str, st
     """Scan one file's name and every byte; return ``(file, field, category)`` hits."""
     hits = [(relative, "file name", c) for _o, c in scanner.find(relative.encode("utf-8"))]
     data = path.read_bytes()
-    span = _pixel_span(data)
+    span = _pixel_span(data) if data[128:132] == b"DICM" else None
     if span is None:
-        return hits + [(relative, "(unparsed bytes)", c) for _o, c in scanner.find(data)]
+        where = "table contents" if path.suffix == ".parquet" else "file contents"
+        return hits + [(relative, where, c) for _o, c in scanner.find(data)]
     start, end, header = span
     found = scanner.find(data[:start])
     pixels = data[start:end]
@@ -220,11 +221,11 @@ def _field_at(data: bytes, offset: int, pixel_start: int) -> str:
         ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True, force=True)
     except (pydicom.errors.InvalidDicomError, EOFError, ValueError, OSError):
         return "(header)"
-    best = "(header)"
+    best, best_start = "(header)", -1
     for elem in ds.iterall():
         start = getattr(elem, "file_tell", None)
-        if start is not None and start <= offset:
-            best = tag_label(elem.keyword, int(elem.tag))
+        if start is not None and best_start < start <= offset:
+            best, best_start = tag_label(elem.keyword, int(elem.tag)), start
     return best
 
 

@@ -1,7 +1,8 @@
 """``sendit run``: find batches and run every stage on each, through papermill.
 
-A folder whose DICOM files all belong to one study is a batch; any other
-folder given is a root, searched for batches below it.  A failing batch does
+A folder whose DICOM files all belong to one study is a batch (a folder
+holding no files but one sub-folder is looked into: that sub-folder is the
+batch); any other folder given is a root, searched for batches below it.  A failing batch does
 not stop the others; the run ends with a status table.
 """
 
@@ -75,12 +76,13 @@ def find_batches(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
 
     def walk(folder: Path) -> None:
         studies = _studies(folder, cache)
-        if len(studies) == 1:
+        children = [p for p in sorted(folder.iterdir()) if p.is_dir() and not p.is_symlink() and _studies(p, cache)]
+        has_files = any(p.is_file() for p in folder.iterdir())
+        if len(studies) == 1 and (has_files or len(children) != 1):
             batches.append(folder)
             return
-        for child in sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink()):
-            if _studies(child, cache):
-                walk(child)
+        for child in children:
+            walk(child)
 
     for raw in paths:
         path = Path(raw).expanduser().resolve()

@@ -64,7 +64,9 @@ recompiles every regular expression for every file (~1 ms per file for the
 
 from __future__ import annotations
 
+import codecs
 import datetime as _dt
+import functools
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -75,8 +77,8 @@ from typing import Any
 
 from pydicom._dicom_dict import DicomDictionary, RepeatersDictionary
 from pydicom._uid_dict import UID_dictionary
-from pydicom.datadict import get_entry
 from pydicom.config import IGNORE as _IGNORE
+from pydicom.datadict import get_entry
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -244,6 +246,7 @@ _UID_KEEP_KEYWORDS = frozenset({"CodingSchemeUID", "ContextGroupExtensionCreator
 _FILE_META_DROP = (0x00020016, 0x00020017, 0x00020018, 0x00020100, 0x00020102)
 _AGE_TAG = 0x00101010
 _SOP_INSTANCE_UID = 0x00080018
+_MEDIA_SOP = BaseTag(0x00020003)
 
 # Identifying values taken from the file itself for func:clean_text.
 _CLEAN_SOURCE_TAGS = (
@@ -866,6 +869,61 @@ def _shift(value: Any, vr: str, days: int) -> Any:
     return func(str(value), days)
 
 
+@lru_cache(maxsize=64)
+def _simple_codec(name: str) -> str | None:
+    """Python codec for a single-byte/UTF-8 character set, None for ISO 2022 ones."""
+    try:
+        codec = codecs.lookup(name).name
+    except LookupError:
+        return None
+    return codec if codec in ("iso8859-1", "utf-8", "ascii", "cp1252") else None
+
+
+def _raw_texts(ds: Dataset, raw: RawDataElement, vr: str) -> list[str] | None:
+    """Decode a raw text element without pydicom's conversion.
+
+    Returns None when the character set needs pydicom (code extensions).
+    """
+    charset = ds.original_character_set
+    if not isinstance(charset, str):
+        if len(charset) != 1:
+            return None
+        charset = charset[0]
+    codec = _simple_codec(charset)
+    if codec is None:
+        return None
+    text = bytes(raw.value or b"").decode(codec, "replace").rstrip(" \x00")
+    if vr in ("LT", "ST", "UT"):
+        return [text] if text else []
+    return [v.strip() for v in text.split("\\") if v.strip()]
+
+
+def _put(ds: Dataset, btag: BaseTag, elem: DataElement) -> None:
+    """``ds[btag] = elem`` without Dataset.__setitem__'s checks for public, non-SQ tags."""
+    if btag >> 16 & 1 or elem.VR == "SQ" or btag in (0x7FE00010, 0x7FE00008, 0x7FE00009):
+        ds[btag] = elem
+    else:
+        ds._dict[btag] = elem
+
+
+def _method_code_items(codes: Sequence[str]) -> list[Dataset]:
+    items = []
+    for code in codes:
+        item = Dataset()
+        item.CodeValue = code
+        item.CodingSchemeDesignator = "DCM"
+        item.CodeMeaning = _METHOD_CODES[code]
+        items.append(item)
+    return items
+
+
+def _note_texts(changes: Changes, texts: list[str], vr: str) -> None:
+    for text in texts:
+        changes.removed_text.append(text)
+        if vr == "PN":
+            changes.removed_text.extend(_pn_parts(text))
+
+
 def _creator(ds: Dataset, block: int) -> str | None:
     """The private creator of a block, read without converting the element."""
     raw = ds.get_item(block, keep_deferred=True)
@@ -892,10 +950,20 @@ class _Tokens:
         self._found: list[tuple[str, list[str]]] = []
         if ds is not None:
             for tag in _CLEAN_SOURCE_TAGS:
-                if tag in ds:
-                    elem = ds[tag]
-                    if elem.VR != "SQ":
-                        self._found.append((str(elem.VR), _text_values(elem.value)))
+                item: Any = ds.get_item(tag, keep_deferred=True)
+                if item is None:
+                    continue
+                vr = str(item.VR or _entry(tag)[0])
+                if vr == "SQ":
+                    continue
+                texts = None
+                if type(item) is RawDataElement and item.value is not None:
+                    texts = _raw_texts(ds, item, vr) if vr in _TEXT_VRS else None
+                    if texts is None and vr in ("DA", "CS"):
+                        texts = [bytes(item.value).decode("latin-1").strip(" \x00")]
+                if texts is None:
+                    texts = _text_values(ds[tag].value)
+                self._found.append((vr, texts))
 
     def get(self) -> list[str]:
         if self._tokens is None:
@@ -957,6 +1025,11 @@ class Recipe:
         self._sources = sorted({r.source for r in self._header}, reverse=True)
         self._cache: dict[int, _Plan] = {}
         self._private_cache: dict[tuple[int, str | None], _Plan | None] = {}
+        self._code_items: dict[str, list[Dataset]] = {}
+        for rule in self._adds:  # validate literal ADD values once (pydicom warns)
+            if rule.value is not None and rule.value.kind == _LIT:
+                vr = _entry(rule.fields[0].tag)[0].split(" or ")[0]
+                DataElement(rule.fields[0].tag, vr, _typed(rule.value.text, vr, rule, None, 0))
         self._clean = any(r.value is not None and r.value.text == "clean_text" for r in rules)
         groups: list[str] = []
         for lab in labels:
@@ -1078,7 +1151,7 @@ class Recipe:
         assert value is not None
         if action is Action.JITTER:
             if value.kind == _LIT:
-                return (_K_JITTER, int(value.text), rule)
+                return (_K_JITTER, int(value.text), rule, "", "")
             if value.kind == _VAR:
                 return (_K_JITTER, value.text, rule, "", "")
             return (_K_JITTER, None, rule, "", "")
@@ -1130,17 +1203,17 @@ class Recipe:
         self._walk(ds, ctx, changes, "", _Tokens(ds if self._clean else None, ctx))
         for rule in self._adds:
             self._add(ds, rule, ctx)
-        sop = ds.get(_SOP_INSTANCE_UID)
+        sop = str(ds[_SOP_INSTANCE_UID].value or "") if _SOP_INSTANCE_UID in ds else ""
         meta = getattr(ds, "file_meta", None)
         if meta is not None:
             for tag in _FILE_META_DROP:
                 if tag in meta:
                     del meta[tag]
-            if sop is not None and sop.value:
-                meta.MediaStorageSOPInstanceUID = str(sop.value)
-            elif "MediaStorageSOPInstanceUID" in meta:
-                new = ctx.uid_map(str(meta.MediaStorageSOPInstanceUID))
-                meta.MediaStorageSOPInstanceUID = new
+            if sop:
+                meta[_MEDIA_SOP] = DataElement(_MEDIA_SOP, "UI", sop, validation_mode=_IGNORE)
+            elif _MEDIA_SOP in meta and meta[_MEDIA_SOP].value:
+                new = ctx.uid_map(str(meta[_MEDIA_SOP].value))
+                meta[_MEDIA_SOP] = DataElement(_MEDIA_SOP, "UI", new, validation_mode=_IGNORE)
                 ds.SOPInstanceUID = new
         return changes
 
@@ -1166,7 +1239,7 @@ class Recipe:
                     plan = self._public_plan(tag, str(getattr(raw, "VR", "") or ""))
                 if plan[0] != _K_KEEP:
                     if type(raw) is RawDataElement and raw.value is not None:
-                        if self._fast(ds, btag, raw, plan, ctx, changes, prefix):
+                        if self._fast(ds, btag, raw, plan, ctx, changes, prefix, tokens):
                             continue
                     self._do(ds, tag, plan, ctx, changes, prefix, tokens)
                 continue
@@ -1214,6 +1287,7 @@ class Recipe:
         ctx: DeidContext,
         changes: Changes,
         prefix: str,
+        tokens: _Tokens,
     ) -> bool:
         """Act on a not-yet-converted element without pydicom's conversion.
 
@@ -1223,18 +1297,20 @@ class Recipe:
         """
         kind, payload, rule, dvr, keyword = plan
         vr = raw.VR or dvr
-        if vr in _TEXT_VRS or vr == "SQ" or not vr:
+        if vr == "SQ" or not vr:
             return False
+        if vr in _TEXT_VRS:
+            return self._fast_text(ds, btag, raw, plan, vr, ctx, changes, prefix, tokens)
         if kind == _K_REMOVE:
             del ds[btag]
             return True
         if kind == _K_BLANK:
             empty = "" if vr in _STRING_VRS else None
-            ds[btag] = DataElement(btag, vr, empty, validation_mode=_IGNORE)
+            _put(ds, btag, DataElement(btag, vr, empty, validation_mode=_IGNORE))
             return True
         if vr not in ("UI", "DA", "DT", "TM", "AS"):
             return False
-        text = raw.value.decode("ascii", "replace").strip("\x00 ")
+        text = bytes(raw.value or b"").decode("ascii", "replace").strip("\x00 ")
         if not text:
             return True
         if kind in (_K_UID, _K_UID_DEFAULT) and vr == "UI":
@@ -1243,7 +1319,7 @@ class Recipe:
                 return True
             news = [ctx.uid_map(v) for v in olds]
             value: Any = news if len(news) > 1 else news[0]
-            ds[btag] = DataElement(btag, "UI", value, validation_mode=_IGNORE)
+            _put(ds, btag, DataElement(btag, "UI", value, validation_mode=_IGNORE))
             key = keyword or f"({btag >> 16:04X},{btag & 0xFFFF:04X})"
             changes.replaced[prefix + key] = ("\\".join(olds), "\\".join(news))
             return True
@@ -1257,14 +1333,59 @@ class Recipe:
                 return True
             values = text.split("\\")
             shifted = _shift(values if len(values) > 1 else text, vr, days)
-            ds[btag] = DataElement(btag, vr, shifted or "", validation_mode=_IGNORE)
+            _put(ds, btag, DataElement(btag, vr, shifted or "", validation_mode=_IGNORE))
             return True
         if kind == _K_AGE and vr == "AS":
             capped = age_over_89(text)
             if capped != text:
-                ds[btag] = DataElement(btag, vr, capped, validation_mode=_IGNORE)
+                _put(ds, btag, DataElement(btag, vr, capped, validation_mode=_IGNORE))
             return True
         return False
+
+    def _fast_text(
+        self,
+        ds: Dataset,
+        btag: BaseTag,
+        raw: RawDataElement,
+        plan: _Plan,
+        vr: str,
+        ctx: DeidContext,
+        changes: Changes,
+        prefix: str,
+        tokens: _Tokens,
+    ) -> bool:
+        """Text values (PN, LO, SH, ...) decoded from the raw bytes."""
+        kind, payload, rule, _dvr, keyword = plan
+        if kind not in (_K_REMOVE, _K_BLANK, _K_LIT, _K_VAR, _K_CLEAN):
+            return False
+        texts = _raw_texts(ds, raw, vr)
+        if texts is None:
+            return False
+        if kind == _K_CLEAN:
+            cleaned = [_clean_text(t, tokens.get(), changes) for t in texts]
+            if cleaned != texts:
+                value: Any = cleaned if len(cleaned) > 1 else (cleaned[0] if cleaned else "")
+                _put(ds, btag, DataElement(btag, vr, value))
+            return True
+        new = ""
+        if kind == _K_VAR:
+            found = ctx.variables.get(payload)
+            if found is None:
+                return False  # the general path raises the error
+            new = found
+        elif kind == _K_LIT:
+            new = str(payload)
+        _note_texts(changes, texts, vr)
+        if kind == _K_REMOVE:
+            del ds[btag]
+        elif kind == _K_BLANK:
+            _put(ds, btag, DataElement(btag, vr, "", validation_mode=_IGNORE))
+        else:
+            _put(ds, btag, DataElement(btag, vr, new))
+            if texts:
+                key = keyword or f"({btag >> 16:04X},{btag & 0xFFFF:04X})"
+                changes.replaced[prefix + key] = ("\\".join(texts), new)
+        return True
 
     def _private_plan(self, ds: Dataset, tag: int, creator: str | None) -> _Plan | None:
         rule = self._resolve(tag, "", "", "", creator)
@@ -1282,10 +1403,7 @@ class Recipe:
                 for sub in item:
                     self._record_removed(sub, changes)
         elif vr in _TEXT_VRS:
-            for text in _text_values(elem.value):
-                changes.removed_text.append(text)
-                if vr == "PN":
-                    changes.removed_text.extend(_pn_parts(text))
+            _note_texts(changes, _text_values(elem.value), vr)
 
     def _do(
         self,
@@ -1396,37 +1514,37 @@ class Recipe:
 
     def _add(self, ds: Dataset, rule: _Rule, ctx: DeidContext) -> None:
         tag = rule.fields[0].tag
+        btag = BaseTag(tag)
         vr, keyword, _name = _entry(tag)
         value = rule.value
         assert value is not None
         if value.kind == _FUNC and value.text == "method_codes":
-            items = []
-            for code in value.args:
-                item = Dataset()
-                item.CodeValue = code
-                item.CodingSchemeDesignator = "DCM"
-                item.CodeMeaning = _METHOD_CODES[code]
-                items.append(item)
-            ds.add_new(tag, "SQ", DicomSequence(items))
+            items = self._code_items.get(rule.where)
+            if items is None:
+                items = self._code_items[rule.where] = _method_code_items(value.args)
+            # The item datasets are built once per recipe and shared (read-only):
+            # building four Datasets per file costs more than the whole walk.
+            _put(ds, btag, DataElement(btag, "SQ", DicomSequence(items), validation_mode=_IGNORE))
             return
         if value.kind == _VAR:
-            text = ctx.variables.get(value.text)
-            if text is None:
+            found = ctx.variables.get(value.text)
+            if found is None:
                 raise RecipeError(
                     f"{rule.where}: ADD {tag_label(keyword, tag)} needs the variable "
                     f"'{value.text}', which the de-identification context does not provide"
                 )
+            text = found
         else:
             text = value.text
         if vr == "SQ":
             raise RecipeError(
                 f"{rule.where}: ADD cannot create the sequence {tag_label(keyword, tag)}"
             )
-        if tag in ds:
-            ds[tag].value = _typed(text, ds[tag].VR, rule, ds[tag], tag)
-        else:
-            vr = vr.split(" or ")[0]
-            ds.add_new(tag, vr, _typed(text, vr, rule, None, tag))
+        existing = ds.get_item(btag, keep_deferred=True)
+        vr = str(existing.VR) if existing is not None and existing.VR else vr.split(" or ")[0]
+        typed = _typed(text, vr, rule, None, tag)
+        mode = _IGNORE if value.kind == _LIT else None  # literals were validated at load
+        _put(ds, btag, DataElement(btag, vr, typed, validation_mode=mode))
 
     # ------------------------------------------------------------------ screen
     def screen(self, ds: Dataset) -> ScreenResult:
@@ -1486,9 +1604,34 @@ def _clean_text(text: str, tokens: list[str], changes: Changes) -> str:
         if found:
             changes.removed_text.extend(found)
             out = _GENERIC_PHI.sub(" ", out)
-    if out is text:
+    out = _VOCABULARY_WORD.sub(_keep_known_word, out)
+    if out == text:
         return text
     return re.sub(r"\s{2,}", " ", out).strip(" ^-_,;:/")
+
+
+_VOCABULARY_WORD = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{3,}(?![A-Za-z0-9])")
+
+
+@functools.lru_cache(maxsize=1)
+def descriptor_words() -> frozenset[str]:
+    """Words allowed in cleaned descriptors (``params/recipes/descriptor-words.txt``).
+
+    Clean Descriptors keeps a word of three or more letters only when it is
+    listed there; an unknown word (a surname, a site name) is dropped without
+    being recorded as identifying, since it is only unknown, not known PHI.
+    """
+    path = DEFAULT_RECIPE.parent / "descriptor-words.txt"
+    words: set[str] = set()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            words.update(w.lower() for w in re.split(r"[\s/]+", line) if w)
+    return frozenset(words)
+
+
+def _keep_known_word(match: re.Match[str]) -> str:
+    word = match.group()
+    return word if word.lower() in descriptor_words() else " "
 
 
 # --------------------------------------------------------------------------- filters

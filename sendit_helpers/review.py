@@ -31,6 +31,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -59,13 +60,17 @@ __all__ = [
     "Reviewer",
     "apply_decisions",
     "ensure_deidentified",
+    "item_file",
     "load_items",
+    "originals_dir",
     "pending_count",
+    "preview_png",
     "read_decisions_csv",
     "replay_decisions",
     "reviewer_name",
     "scrub_pixels",
     "status",
+    "waiting_message",
 ]
 
 #: Columns of ``phi/review/decisions.csv``.
@@ -364,7 +369,7 @@ class DecisionLog:
         str
             The decision's time stamp (ISO 8601, UTC, microseconds).
         """
-        return self.record_many([(item, Decision(decision), boxes)], reviewer=reviewer)
+        return self.record_many([(item, decision, boxes)], reviewer=reviewer)
 
     def record_many(
         self, decisions: Iterable[tuple[str, Decision | str, Sequence[Box]]], *, reviewer: str = ""
@@ -372,9 +377,15 @@ class DecisionLog:
         """Append several decisions (e.g. a series) in one durable write; return the last time."""
         rows: list[list[str]] = []
         time = ""
-        for item, decision, boxes in decisions:
+        for item, text, boxes in decisions:
+            decision = _decision(text)
+            if decision == Decision.SCRUB and not boxes:
+                raise ReviewError(
+                    f"scrub of {item} needs at least one rectangle (x, y, width, height); "
+                    "add one, or decide release or keep"
+                )
             time = self._next_time()
-            rows += self._rows(item, Decision(decision), boxes, reviewer or self.reviewer, time)
+            rows += self._rows(item, decision, boxes, reviewer or self.reviewer, time)
         if rows:
             self._append(rows)
         return time
@@ -442,6 +453,14 @@ class DecisionLog:
             r.item: (Decision(r.decision), list(r.boxes), r.reviewer)
             for r in _tuples(self.current())
         }
+
+
+def _decision(text: Decision | str) -> Decision:
+    try:
+        return Decision(str(text).strip().lower())
+    except ValueError:
+        choices = ", ".join(str(d) for d in Decision)
+        raise ReviewError(f"decision {text!r} is not one of {choices}") from None
 
 
 def pending_count(layout: BatchLayout) -> int:
@@ -1024,7 +1043,12 @@ class Reviewer:
         self.progress = labelled(w.HTML(), "progress")
         self.message = labelled(w.HTML(), "message")
         self.series_select = labelled(
-            w.Dropdown(options=[(labels[u], u) for u, _ in series], description="Series"), "series"
+            w.Dropdown(
+                options=[(labels[u], u) for u, _ in series],
+                description="Series",
+                layout=w.Layout(width="520px"),
+            ),
+            "series",
         )
         self.montage = labelled(
             w.Image(format="png", layout=w.Layout(max_width="900px")), "montage"
@@ -1192,7 +1216,7 @@ class Reviewer:
     @property
     def current(self) -> Any:
         """The row of :attr:`items` shown now."""
-        return self.items.iloc[self.index]
+        return _tuples(self.items.iloc[[self.index]])[0]
 
     def _update_progress(self) -> None:
         total = len(self.items)
@@ -1275,17 +1299,20 @@ class Reviewer:
                 )
             ]
             paths = [item_file(self.layout, p) for p in chosen["path"]]
-            fig = montage(
-                paths,
-                [f"#{n}" for n in chosen["instance"]],
-                int(self.settings.get("THUMBNAIL_SIZE", 128) or 128),
-                f"series {first['series']}",
-            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                fig = montage(
+                    paths,
+                    [f"#{n}" for n in chosen["instance"]],
+                    int(self.settings.get("THUMBNAIL_SIZE", 128) or 128),
+                    "",
+                )
             buffer = io.BytesIO()
             fig.savefig(buffer, format="png", dpi=80)
             plt.close(fig)
             self._montages[uid] = buffer.getvalue()
         self.montage.value = self._montages[uid]
+        self.montage.layout.width = f"{min(8, len(group)) * 150 + 40}px"
 
     def _set_window(self, row: Any) -> None:
         ds = self._ds(row)
@@ -1443,7 +1470,9 @@ class Reviewer:
         except (ReviewError, LeakError) as exc:
             self.apply_result.value = f"<span style='color:#b00020'>{_escape(str(exc))}</span>"
             return None
-        self.apply_result.value = f"<b>Applied:</b> {_escape(result.summary())}"
+        self.apply_result.value = (
+            f"<b>Applied:</b> {_escape(result.summary())}. {_escape(waiting_message(self.layout))}."
+        )
         self._say("decisions applied")
         return result
 

@@ -15,6 +15,7 @@ from typing import NamedTuple
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels.processing import convert_color_space
+from pydicom.pixels.utils import pixel_array
 from pydicom.uid import ExplicitVRLittleEndian
 
 from .errors import ReviewError, tag_label
@@ -123,6 +124,8 @@ def scrub_pixels(ds: Dataset, boxes: Sequence[Box]) -> Dataset:
             f"no {tag_label('PixelData', 0x7FE00010)} to scrub; only images can be scrubbed, "
             "decide release or keep for this item"
         )
+    if not boxes:
+        raise ReviewError("scrub needs at least one rectangle (x, y, width, height); add one")
     rows, columns = int(ds.Rows), int(ds.Columns)
     for box in boxes:
         problem = check_box(box, columns, rows)
@@ -139,7 +142,7 @@ def scrub_pixels(ds: Dataset, boxes: Sequence[Box]) -> Dataset:
     syntax = meta.get("TransferSyntaxUID")
     if syntax is not None and syntax.is_compressed:
         ds.decompress(as_rgb=True, generate_instance_uid=False)
-    pixels = np.array(ds.pixel_array, copy=True)
+    pixels = np.array(pixel_array(ds, raw=True), copy=True)  # raw: no colour conversion
     photometric = str(ds.get("PhotometricInterpretation", ""))
     if photometric.startswith("YBR") and pixels.ndim >= 3 and pixels.shape[-1] == 3:
         pixels = convert_color_space(pixels, photometric, "RGB")

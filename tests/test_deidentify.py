@@ -153,7 +153,7 @@ def test_age_over_89(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", ["JPEG2000.dcm", "MR_small_bigendian.dcm", "MR_small_RLE.dcm",
-                                  "ExplVR_BigEndNoMeta.dcm", "MR_small_implicit.dcm", "SC_rgb_jpeg_dcmtk.dcm"])
+                                  "MR_small_implicit.dcm", "SC_rgb_jpeg_dcmtk.dcm", "liver_expb_1frame.dcm"])
 def test_odd_transfer_syntaxes(tmp_path: Path, name: str) -> None:
     source = get_testdata_file(name)
     assert source is not None
@@ -172,3 +172,19 @@ def test_odd_transfer_syntaxes(tmp_path: Path, name: str) -> None:
     assert new.PixelData == old.PixelData
     assert new.file_meta.MediaStorageSOPInstanceUID == new.SOPInstanceUID
     assert "PatientName" not in new or str(new.PatientName) != str(old.get("PatientName", ""))
+
+
+def test_non_image_objects_are_skipped_with_reason(tmp_path: Path) -> None:
+    folder = tmp_path / "sr"
+    folder.mkdir()
+    for name in ("ExplVR_BigEndNoMeta.dcm", "rtplan.dcm", "test-SR.dcm"):
+        shutil.copy2(get_testdata_file(name), folder / name)  # type: ignore[arg-type]
+    layout = BatchLayout.for_batch(folder, tmp_path / "work").ensure()
+    from sendit_helpers.settings import load_settings
+
+    deidentify.deidentify_batch(layout, load_settings(overrides={"PROGRESS": False}, environ={}))
+    table = disposition.read(layout)
+    assert set(table["disposition"]) == {"skipped"}
+    assert set(table["reason"]) == {"no pixel data (non-image object); only images are released"}
+    assert not _released(layout)
+    assert leakgate.require_pass(layout)

@@ -102,3 +102,8 @@ def test_parse_override() -> None:
     assert parse_override("send_to_orthanc=true") == ("SEND_TO_ORTHANC", "true")
     with pytest.raises(SettingsError, match=r"--set 'oops' is not NAME=VALUE"):
         parse_override("oops")
+
+
+def test_examples_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    for example in sorted((DEFAULT_PARAMS.parent / "examples").glob("*.yml")):
+        assert load_settings([example], environ={}) is not None

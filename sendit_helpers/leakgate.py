@@ -196,7 +196,8 @@ def scan_file(path: Path, relative: str, scanner: Scanner) -> list[tuple[str, st
     if span is None:
         where = "table contents" if path.suffix == ".parquet" else "file contents"
         return hits + [(relative, where, c) for _o, c in scanner.find(data)]
-    start, end, header = span
+    tag_at, end, header = span
+    start = tag_at + (12 if data[tag_at + 4:tag_at + 6].isalpha() else 8)  # past the element header
     found = scanner.find(data[:start])
     pixels = data[start:end]
     if header.get("BitsAllocated") == 16 and not getattr(header, "file_meta", pydicom.Dataset()).get(

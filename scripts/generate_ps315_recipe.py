@@ -192,7 +192,7 @@ def _action(entry: dict[str, str]) -> tuple[str, str]:
     if keyword == "PatientBirthDate":
         return "BLANK", "never kept as written"
     if column == "rtnPatCharsOpt" and code == "K" and vr in FREE_TEXT_VRS | {"SH", "LO"}:
-        return "REMOVE", "free text: removed although the option keeps it, since text can name people"
+        return "REMOVE", "free text: removed although the option keeps it (text can name people)"
     if code == "C" and column == "rtnLongModifDatesOpt":
         if vr in ("DA", "DT"):
             return "JITTER {field} func:jitter", "date shift"

@@ -45,20 +45,52 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(str(stage), help=text, description=text)
         _common(cmd, "BATCH_DIR", "batch folder(s): one study's DICOM files each")
         if stage is Stage.REVIEW:
-            cmd.add_argument("--decisions", metavar="FILE", help="decisions CSV (item, decision, x, y, width, height)")
-    run = sub.add_parser("run", help="run every stage on many batches", description="run every stage on many batches")
+            cmd.add_argument(
+                "--decisions",
+                metavar="FILE",
+                help="decisions CSV (item, decision, x, y, width, height)",
+            )
+    run = sub.add_parser(
+        "run", help="run every stage on many batches", description="run every stage on many batches"
+    )
     _common(run, "BATCH_OR_ROOT", "batch folders, or roots searched for batches")
     return parser
 
 
 def _common(cmd: argparse.ArgumentParser, metavar: str, text: str) -> None:
     cmd.add_argument("batches", nargs="+", metavar=metavar, type=Path, help=text)
-    cmd.add_argument("--work", required=True, type=Path, metavar="WORK_DIR", help="work folder (phi/ and release/ per batch)")
-    cmd.add_argument("--params", action="append", default=[], type=Path, metavar="FILE", help="params YAML file; repeatable, later wins")
-    cmd.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override one setting; repeatable")
-    cmd.add_argument("--workers", type=int, metavar="N", help="worker processes for per-file work (0 = one per core)")
+    cmd.add_argument(
+        "--work",
+        required=True,
+        type=Path,
+        metavar="WORK_DIR",
+        help="work folder (phi/ and release/ per batch)",
+    )
+    cmd.add_argument(
+        "--params",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FILE",
+        help="params YAML file; repeatable, later wins",
+    )
+    cmd.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override one setting; repeatable",
+    )
+    cmd.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="worker processes for per-file work (0 = one per core)",
+    )
     cmd.add_argument("--executor", choices=("local", "dask"), help="where per-file work runs")
-    cmd.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler address (with --executor dask)")
+    cmd.add_argument(
+        "--scheduler", metavar="ADDRESS", help="Dask scheduler address (with --executor dask)"
+    )
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -46,11 +46,18 @@ GATE_VRS = frozenset({"PN", "LO", "SH", "LT", "ST", "UT", "UC", "DA", "DT", "UI"
 KEPT_VRS = GATE_VRS | {"CS", "AS", "IS", "DS"}
 #: Kept technical fields whose words are never treated as identifying (an
 #: InstitutionName "TOSHIBA" beside a Manufacturer "TOSHIBA_MEC").
-TECHNICAL_KEYWORDS = frozenset({
-    "Manufacturer", "ManufacturerModelName", "SoftwareVersions", "ConvolutionKernel",
-    "ImplementationVersionName", "SecondaryCaptureDeviceManufacturer",
-    "SecondaryCaptureDeviceManufacturerModelName", "SecondaryCaptureDeviceSoftwareVersions",
-})
+TECHNICAL_KEYWORDS = frozenset(
+    {
+        "Manufacturer",
+        "ManufacturerModelName",
+        "SoftwareVersions",
+        "ConvolutionKernel",
+        "ImplementationVersionName",
+        "SecondaryCaptureDeviceManufacturer",
+        "SecondaryCaptureDeviceManufacturerModelName",
+        "SecondaryCaptureDeviceSoftwareVersions",
+    }
+)
 _TOKENS = re.compile(r"[^0-9a-z]+")
 #: Value representations copied into the ``cleaned`` table.
 TABLE_SKIP_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN", "SQ"})
@@ -130,7 +137,11 @@ def snapshot(ds: Dataset, vrs: frozenset[str] = GATE_VRS) -> dict[str, tuple[str
     found = {}
     for path, elem in _walk(ds):
         if elem.VR in vrs:
-            found[path] = (elem.VR, elem.keyword or f"({elem.tag.group:04X},{elem.tag.element:04X})", _strings(elem))
+            found[path] = (
+                elem.VR,
+                elem.keyword or f"({elem.tag.group:04X},{elem.tag.element:04X})",
+                _strings(elem),
+            )
     return found
 
 
@@ -171,7 +182,11 @@ def _ensure_meta(ds: Dataset) -> None:
         if meta is not None:
             new.update(meta)
         new.TransferSyntaxUID = (
-            ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little is not False else ExplicitVRBigEndian
+            ImplicitVRLittleEndian
+            if implicit
+            else ExplicitVRLittleEndian
+            if little is not False
+            else ExplicitVRBigEndian
         )
         ds.file_meta = new
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
@@ -211,7 +226,11 @@ def deidentify_file(job: Job, config: WorkerConfig) -> Outcome:
         ds = read_full(job.source_path)
         before = snapshot(ds)
         ctx = DeidContext(
-            variables={"entity_id": job.entity_id, "item_id": job.item_id, "jitter": str(job.jitter_days)},
+            variables={
+                "entity_id": job.entity_id,
+                "item_id": job.item_id,
+                "jitter": str(job.jitter_days),
+            },
             date_shift_days=job.jitter_days,
             uid_map=_uid_mapper(config.secret),
         )
@@ -234,7 +253,9 @@ def _run_chunk(jobs: list[Job], config: WorkerConfig) -> list[Outcome]:
     return [deidentify_file(job, config) for job in jobs]
 
 
-def run_jobs(jobs: Sequence[Job], config: WorkerConfig, *, workers: int = 1, progress: bool = True) -> list[Outcome]:
+def run_jobs(
+    jobs: Sequence[Job], config: WorkerConfig, *, workers: int = 1, progress: bool = True
+) -> list[Outcome]:
     """De-identify many files, on a process pool when ``workers`` > 1."""
     workers = workers or os.cpu_count() or 1
     bar = tqdm(total=len(jobs), desc="deidentify", unit="file", disable=not progress)
@@ -245,7 +266,7 @@ def run_jobs(jobs: Sequence[Job], config: WorkerConfig, *, workers: int = 1, pro
             bar.update()
     else:
         size = max(8, min(128, len(jobs) // (workers * 8) or 8))
-        chunks = [list(jobs[i:i + size]) for i in range(0, len(jobs), size)]
+        chunks = [list(jobs[i : i + size]) for i in range(0, len(jobs), size)]
         with ProcessPoolExecutor(max_workers=workers) as pool:
             for part in pool.map(_run_chunk, chunks, [config] * len(chunks)):
                 outcomes.extend(part)
@@ -256,7 +277,9 @@ def run_jobs(jobs: Sequence[Job], config: WorkerConfig, *, workers: int = 1, pro
 
 # ------------------------------------------------------------------ planning
 def _patient_key(row: pd.Series) -> StudyKey:
-    patient = row["PatientID"] if isinstance(row["PatientID"], str) and row["PatientID"].strip() else ""
+    patient = (
+        row["PatientID"] if isinstance(row["PatientID"], str) and row["PatientID"].strip() else ""
+    )
     study = row["StudyInstanceUID"] if isinstance(row["StudyInstanceUID"], str) else ""
     accession = row["AccessionNumber"] if isinstance(row["AccessionNumber"], str) else ""
     date = row["StudyDate"] if isinstance(row["StudyDate"], str) else ""
@@ -274,14 +297,15 @@ def _names(candidates: pd.DataFrame, codes: Mapping[str, tuple[str, str, int]]) 
     names: dict[str, str] = {}
     taken: set[str] = set()
     for index, row in enumerate(candidates.itertuples(index=False)):
-        _entity, item, _jitter = codes[row.source_path]
+        source = str(row.source_path)
+        _entity, item, _jitter = codes[source]
         base = f"{item}_{_number(row.SeriesNumber, 0)}_{_number(row.InstanceNumber, index + 1)}"
         name, n = f"{base}.dcm", 1
         while name in taken:
             n += 1
             name = f"{base}_{n}.dcm"
         taken.add(name)
-        names[row.source_path] = name
+        names[source] = name
     return names
 
 
@@ -293,32 +317,58 @@ class Plan:
     skipped: list[Row]
 
 
-def plan(layout: BatchLayout, settings: Mapping[str, Any], files: pd.DataFrame, secret: bytes) -> Plan:
+def plan(
+    layout: BatchLayout, settings: Mapping[str, Any], files: pd.DataFrame, secret: bytes
+) -> Plan:
     """Choose the files to de-identify, get pseudonyms and name the outputs."""
     table = disposition.read(layout).set_index("source_path")
     dicom = files[files["source_path"].isin(table.index)]
-    dicom = dicom[table.loc[dicom["source_path"], "disposition"].isin(
-        [str(Disposition.PENDING), str(Disposition.RELEASED), str(Disposition.QUARANTINED), str(Disposition.SKIPPED)]
-    ).to_numpy()]
+    dicom = dicom[
+        table.loc[dicom["source_path"], "disposition"]
+        .isin(
+            [
+                str(Disposition.PENDING),
+                str(Disposition.RELEASED),
+                str(Disposition.QUARANTINED),
+                str(Disposition.SKIPPED),
+            ]
+        )
+        .to_numpy()
+    ]
     skipped = [
         Row(p, Disposition.SKIPPED, "media directory (DICOMDIR), not an image; not released")
         for p in dicom.loc[dicom["SOPClassUID"] == DICOMDIR_CLASS, "source_path"]
     ]
     skipped += [
         Row(p, Disposition.SKIPPED, "no pixel data (non-image object); only images are released")
-        for p in dicom.loc[(~dicom["has_pixels"]) & (dicom["SOPClassUID"] != DICOMDIR_CLASS), "source_path"]
+        for p in dicom.loc[
+            (~dicom["has_pixels"]) & (dicom["SOPClassUID"] != DICOMDIR_CLASS), "source_path"
+        ]
     ]
-    images = dicom[dicom["has_pixels"] & (dicom["SOPClassUID"] != DICOMDIR_CLASS)].sort_values("source_path")
-    keys = {row.source_path: _patient_key(pd.Series(row._asdict())) for row in images.itertuples(index=False)}
+    images = dicom[dicom["has_pixels"] & (dicom["SOPClassUID"] != DICOMDIR_CLASS)].sort_values(
+        "source_path"
+    )
+    keys = {
+        row.source_path: _patient_key(pd.Series(row._asdict()))
+        for row in images.itertuples(index=False)
+    }
     provider = make_provider(
-        settings["IDENTIFIER_PROVIDER"], secret=secret, prefix=settings["ENTITY_PREFIX"],
+        settings["IDENTIFIER_PROVIDER"],
+        secret=secret,
+        prefix=settings["ENTITY_PREFIX"],
         crosswalk_csv=Path(settings["CROSSWALK_CSV"]) if settings["CROSSWALK_CSV"] else None,
-        url=settings["IDENTIFIER_URL"], id_source=settings["IDENTIFIER_ID_SOURCE"],
-        token=settings["IDENTIFIER_TOKEN"] or None, timeout=float(settings["IDENTIFIER_TIMEOUT"]),
-        retries=int(settings["IDENTIFIER_RETRIES"]), max_jitter_days=int(settings["MAX_JITTER_DAYS"]),
+        url=settings["IDENTIFIER_URL"],
+        id_source=settings["IDENTIFIER_ID_SOURCE"],
+        token=settings["IDENTIFIER_TOKEN"] or None,
+        timeout=float(settings["IDENTIFIER_TIMEOUT"]),
+        retries=int(settings["IDENTIFIER_RETRIES"]),
+        max_jitter_days=int(settings["MAX_JITTER_DAYS"]),
     )
     pseudonyms = provider.pseudonymize(list(dict.fromkeys(keys.values()))) if keys else {}
-    codes = {p: (pseudonyms[k].entity_id, pseudonyms[k].item_id, pseudonyms[k].jitter_days) for p, k in keys.items()}
+    codes = {
+        p: (pseudonyms[k].entity_id, pseudonyms[k].item_id, pseudonyms[k].jitter_days)
+        for p, k in keys.items()
+    }
     names = _names(images, codes)
     quarantine = bool(settings["QUARANTINE_FLAGGED"])
     jobs = []
@@ -327,7 +377,9 @@ def plan(layout: BatchLayout, settings: Mapping[str, Any], files: pd.DataFrame, 
         held = quarantine and bool(row.flagged)
         root = layout.quarantine if held else layout.release
         output = root / entity / names[row.source_path]
-        jobs.append(Job(row.source_path, str(output), names[row.source_path], entity, item, jitter, held))
+        jobs.append(
+            Job(row.source_path, str(output), names[row.source_path], entity, item, jitter, held)
+        )
     return Plan(jobs, skipped)
 
 
@@ -339,9 +391,21 @@ def cleaned_table(outcomes: Sequence[Outcome], released: bool = True) -> pd.Data
         if o.error or o.job.quarantined == released:
             continue
         rel = f"{o.job.entity_id}/{o.job.name}"
-        rows.append({"name": o.job.name, "entity_id": o.job.entity_id, "item_id": o.job.item_id, "path": rel, **o.cleaned})
+        rows.append(
+            {
+                "name": o.job.name,
+                "entity_id": o.job.entity_id,
+                "item_id": o.job.item_id,
+                "path": rel,
+                **o.cleaned,
+            }
+        )
     table = pd.DataFrame(rows)
-    return table.astype("string") if not table.empty else pd.DataFrame(columns=["name", "entity_id", "item_id", "path"])
+    return (
+        table.astype("string")
+        if not table.empty
+        else pd.DataFrame(columns=["name", "entity_id", "item_id", "path"])
+    )
 
 
 def entities_table(cleaned: pd.DataFrame, agent: str) -> pd.DataFrame:
@@ -351,12 +415,14 @@ def entities_table(cleaned: pd.DataFrame, agent: str) -> pd.DataFrame:
         return pd.DataFrame(columns=columns)
     table = cleaned.reindex(columns=["entity_id", "PatientSex", "PatientAge", "name"])
     grouped = table.groupby("entity_id", sort=True)
-    out = pd.DataFrame({
-        "id": list(grouped.groups),
-        "PatientSex": grouped["PatientSex"].first().to_list(),
-        "PatientAge": grouped["PatientAge"].first().to_list(),
-        "IMAGE_COUNT": grouped["name"].size().astype("int64").to_list(),
-    })
+    out = pd.DataFrame(
+        {
+            "id": list(grouped.groups),
+            "PatientSex": grouped["PatientSex"].first().to_list(),
+            "PatientAge": grouped["PatientAge"].first().to_list(),
+            "IMAGE_COUNT": grouped["name"].size().astype("int64").to_list(),
+        }
+    )
     out["UPLOAD_AGENT"] = agent
     return out[columns]
 
@@ -366,11 +432,29 @@ def lookup_table(outcomes: Sequence[Outcome]) -> pd.DataFrame:
     rows = []
     for o in outcomes:
         j = o.job
-        rows.append({"source_path": j.source_path, "field": "(file)", "original": j.source_path,
-                     "new": j.name, "entity_id": j.entity_id, "item_id": j.item_id, "jitter_days": j.jitter_days})
-        rows.extend({"source_path": j.source_path, "field": f, "original": old, "new": new,
-                     "entity_id": j.entity_id, "item_id": j.item_id, "jitter_days": j.jitter_days}
-                    for f, old, new in o.lookup)
+        rows.append(
+            {
+                "source_path": j.source_path,
+                "field": "(file)",
+                "original": j.source_path,
+                "new": j.name,
+                "entity_id": j.entity_id,
+                "item_id": j.item_id,
+                "jitter_days": j.jitter_days,
+            }
+        )
+        rows.extend(
+            {
+                "source_path": j.source_path,
+                "field": f,
+                "original": old,
+                "new": new,
+                "entity_id": j.entity_id,
+                "item_id": j.item_id,
+                "jitter_days": j.jitter_days,
+            }
+            for f, old, new in o.lookup
+        )
     return pd.DataFrame(rows).astype({"jitter_days": "int64"}) if rows else pd.DataFrame()
 
 
@@ -426,16 +510,27 @@ def deidentify_batch(layout: BatchLayout, settings: Mapping[str, Any]) -> DeidRe
     if not inspect.is_current(layout):
         inspect.inspect_batch(layout, settings)
     files = inspect.load(layout)
-    secret = load_site_secret(layout.work, {"SENDIT_SITE_SECRET": settings["SENDIT_SITE_SECRET"]} if settings["SENDIT_SITE_SECRET"] else os.environ)
+    secret = load_site_secret(
+        layout.work,
+        {"SENDIT_SITE_SECRET": settings["SENDIT_SITE_SECRET"]}
+        if settings["SENDIT_SITE_SECRET"]
+        else os.environ,
+    )
     work = plan(layout, settings, files, secret)
     recipes = tuple(str(Path(p).resolve()) for p in settings["DEID_RECIPES"])
-    config = WorkerConfig(recipes, bool(settings["USE_DEFAULT_RECIPE"]), secret, tuple(settings["SAFE_PRIVATE_TAGS"]))
+    config = WorkerConfig(
+        recipes, bool(settings["USE_DEFAULT_RECIPE"]), secret, tuple(settings["SAFE_PRIVATE_TAGS"])
+    )
     _clear_outputs(layout)
-    outcomes = run_jobs(work.jobs, config, workers=int(settings["WORKERS"]), progress=bool(settings["PROGRESS"]))
+    outcomes = run_jobs(
+        work.jobs, config, workers=int(settings["WORKERS"]), progress=bool(settings["PROGRESS"])
+    )
     return finish(layout, settings, outcomes, work.skipped)
 
 
-def finish(layout: BatchLayout, settings: Mapping[str, Any], outcomes: list[Outcome], skipped: list[Row]) -> DeidResult:
+def finish(
+    layout: BatchLayout, settings: Mapping[str, Any], outcomes: list[Outcome], skipped: list[Row]
+) -> DeidResult:
     """Write tables and dispositions, then run the leak gate."""
     layout.deid_dir.mkdir(mode=0o700, exist_ok=True)
     cleaned = cleaned_table(outcomes, released=True)
@@ -452,7 +547,14 @@ def finish(layout: BatchLayout, settings: Mapping[str, Any], outcomes: list[Outc
         if o.error:
             rows.append(Row(o.job.source_path, Disposition.ERROR, o.error))
         elif o.job.quarantined:
-            rows.append(Row(o.job.source_path, Disposition.QUARANTINED, "pixel screen flagged possible burned-in PHI; awaiting review", o.job.name))
+            rows.append(
+                Row(
+                    o.job.source_path,
+                    Disposition.QUARANTINED,
+                    "pixel screen flagged possible burned-in PHI; awaiting review",
+                    o.job.name,
+                )
+            )
         else:
             rows.append(Row(o.job.source_path, Disposition.RELEASED, "", o.job.name))
     table = disposition.update(layout, rows)
@@ -465,8 +567,18 @@ def quarantine_reasons(result: DeidResult) -> pd.DataFrame:
     files = inspect.load(result.layout)
     table = result.dispositions[result.dispositions["disposition"] == str(Disposition.QUARANTINED)]
     merged = table.merge(files, on="source_path", how="left")
-    columns = ["output_name", "Modality", "SeriesNumber", "SeriesDescription", "group", "label", "reason_screen"]
-    return merged.reindex(columns=columns).rename(columns={"output_name": "item", "reason_screen": "rule"})
+    columns = [
+        "output_name",
+        "Modality",
+        "SeriesNumber",
+        "SeriesDescription",
+        "group",
+        "label",
+        "reason_screen",
+    ]
+    return merged.reindex(columns=columns).rename(
+        columns={"output_name": "item", "reason_screen": "rule"}
+    )
 
 
 def gate_summary(result: DeidResult) -> pd.DataFrame:

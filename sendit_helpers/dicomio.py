@@ -25,13 +25,38 @@ config.settings.reading_validation_mode = config.IGNORE
 config.settings.writing_validation_mode = config.IGNORE
 
 PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+_LONG_VRS = {
+    b"OB",
+    b"OD",
+    b"OF",
+    b"OL",
+    b"OV",
+    b"OW",
+    b"SQ",
+    b"SV",
+    b"UC",
+    b"UN",
+    b"UR",
+    b"UT",
+    b"UV",
+}
 _DELIMITER_LE = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 _DELIMITER_BE = b"\xff\xfe\xe0\xdd\x00\x00\x00\x00"
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 #: Errors pydicom raises on malformed input.
-READ_ERRORS = (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError,
-               struct.error, NotImplementedError, AttributeError, IndexError, OverflowError)
+READ_ERRORS = (
+    InvalidDicomError,
+    EOFError,
+    OSError,
+    ValueError,
+    KeyError,
+    TypeError,
+    struct.error,
+    NotImplementedError,
+    AttributeError,
+    IndexError,
+    OverflowError,
+)
 
 
 @dataclass
@@ -90,12 +115,19 @@ def _probe_raw(path: Path, size: int, fh: BinaryIO) -> Probe:
     fh.seek(0)
     head = fh.read(8)
     if len(head) < 8 or not _plausible_first_tag(head):
-        return Probe(path, size, "non_dicom", "not DICOM: no 'DICM' preamble and no data set at the start")
+        return Probe(
+            path, size, "non_dicom", "not DICOM: no 'DICM' preamble and no data set at the start"
+        )
     fh.seek(0)
     try:
         ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
     except READ_ERRORS as exc:
-        return Probe(path, size, "non_dicom", f"not DICOM: no preamble and no readable data set ({safe_reason(exc)})")
+        return Probe(
+            path,
+            size,
+            "non_dicom",
+            f"not DICOM: no preamble and no readable data set ({safe_reason(exc)})",
+        )
     if len(ds) == 0 or "SOPClassUID" not in ds and "Modality" not in ds:
         return Probe(path, size, "non_dicom", "not DICOM: no preamble and no SOP class or modality")
     probe_ = Probe(path, size, "dicom", "no DICOM preamble/file meta; read as a raw data set", ds)
@@ -104,8 +136,8 @@ def _probe_raw(path: Path, size: int, fh: BinaryIO) -> Probe:
 
 def _plausible_first_tag(head: bytes) -> bool:
     """True when the first bytes look like a little- or big-endian group 0x0002-0x0010 tag."""
-    little = struct.unpack("<H", head[:2])[0]
-    big = struct.unpack(">H", head[:2])[0]
+    little: int = struct.unpack("<H", head[:2])[0]
+    big: int = struct.unpack(">H", head[:2])[0]
     return 0x0002 <= little <= 0x0010 or 0x0002 <= big <= 0x0010
 
 

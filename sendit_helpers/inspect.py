@@ -28,14 +28,43 @@ from .layout import BatchLayout
 
 #: Header fields kept in ``files.parquet``: (column, keyword).
 FIELDS: tuple[str, ...] = (
-    "PatientID", "PatientName", "AccessionNumber", "StudyInstanceUID", "SeriesInstanceUID",
-    "SOPInstanceUID", "SOPClassUID", "StudyDate", "StudyTime", "StudyDescription",
-    "SeriesNumber", "SeriesDescription", "InstanceNumber", "Modality", "BodyPartExamined",
-    "PatientSex", "PatientAge", "Rows", "Columns", "NumberOfFrames", "SamplesPerPixel",
-    "BitsAllocated", "PhotometricInterpretation", "BurnedInAnnotation", "ImageType",
-    "Manufacturer", "ManufacturerModelName",
+    "PatientID",
+    "PatientName",
+    "AccessionNumber",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "SOPClassUID",
+    "StudyDate",
+    "StudyTime",
+    "StudyDescription",
+    "SeriesNumber",
+    "SeriesDescription",
+    "InstanceNumber",
+    "Modality",
+    "BodyPartExamined",
+    "PatientSex",
+    "PatientAge",
+    "Rows",
+    "Columns",
+    "NumberOfFrames",
+    "SamplesPerPixel",
+    "BitsAllocated",
+    "PhotometricInterpretation",
+    "BurnedInAnnotation",
+    "ImageType",
+    "Manufacturer",
+    "ManufacturerModelName",
 )
-_INTS = ("SeriesNumber", "InstanceNumber", "Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "BitsAllocated")
+_INTS = (
+    "SeriesNumber",
+    "InstanceNumber",
+    "Rows",
+    "Columns",
+    "NumberOfFrames",
+    "SamplesPerPixel",
+    "BitsAllocated",
+)
 _FINAL = {str(Disposition.RELEASED), str(Disposition.QUARANTINED), str(Disposition.SKIPPED)}
 
 
@@ -54,7 +83,15 @@ class InspectResult:
     @property
     def flagged(self) -> pd.DataFrame:
         """Images the pixel-PHI screen flagged."""
-        cols = ["relative_path", "SeriesNumber", "InstanceNumber", "Modality", "group", "label", "reason_screen"]
+        cols = [
+            "relative_path",
+            "SeriesNumber",
+            "InstanceNumber",
+            "Modality",
+            "group",
+            "label",
+            "reason_screen",
+        ]
         return self.files.loc[self.files["flagged"], cols]
 
     def summary_table(self) -> pd.DataFrame:
@@ -66,7 +103,7 @@ class InspectResult:
 
 # ------------------------------------------------------------------ discovery
 def discover(source: Path) -> list[Path]:
-    """Every file below ``source``, recursively, in a stable order (links not followed into folders)."""
+    """Every file below ``source``, recursively, in a stable order (folder links not followed)."""
     found: list[Path] = []
     for folder, dirs, files in os.walk(source):
         dirs.sort()
@@ -96,37 +133,51 @@ def _value(ds: Dataset, keyword: str) -> Any:
     return str(elem)
 
 
-def read_one(path: str, filter_recipes: tuple[str, ...] = (), use_deid: bool = True) -> dict[str, Any]:
+def read_one(
+    path: str, filter_recipes: tuple[str, ...] = (), use_deid: bool = True
+) -> dict[str, Any]:
     """Probe one file and, if DICOM, extract its row and screen it.
 
     Returns a plain dict (cheap to send between processes) with ``kind`` and
     ``reason`` always set.
     """
     found = probe(path)
-    row: dict[str, Any] = {"source_path": path, "size_bytes": found.size, "kind": found.kind, "reason": found.reason}
+    row: dict[str, Any] = {
+        "source_path": path,
+        "size_bytes": found.size,
+        "kind": found.kind,
+        "reason": found.reason,
+    }
     ds = found.dataset
     if found.kind != "dicom" or ds is None:
         return row
     meta = getattr(ds, "file_meta", None)
     tsyntax = meta.get("TransferSyntaxUID") if meta is not None else None
-    row["transfer_syntax"] = str(tsyntax.name) if tsyntax else "(none: implicit VR little endian assumed)"
+    row["transfer_syntax"] = (
+        str(tsyntax.name) if tsyntax else "(none: implicit VR little endian assumed)"
+    )
     row["has_pixels"] = found.pixel_offset is not None
     row.update({k: _value(ds, k) for k in FIELDS})
     if filter_recipes or use_deid:
         screen = _screener(filter_recipes, use_deid).screen(ds)
         row.update(
-            flagged=bool(screen.flagged), group=screen.group, label=screen.label,
-            reason_screen=screen.reason, coordinates=json.dumps([list(c) for c in screen.coordinates]),
+            flagged=bool(screen.flagged),
+            group=screen.group,
+            label=screen.label,
+            reason_screen=screen.reason,
+            coordinates=json.dumps([list(c) for c in screen.coordinates]),
         )
     return row
 
 
 def _chunks(items: Sequence[str], size: int) -> Iterator[list[str]]:
     for start in range(0, len(items), size):
-        yield list(items[start:start + size])
+        yield list(items[start : start + size])
 
 
-def _read_chunk(paths: list[str], filter_recipes: tuple[str, ...], use_deid: bool) -> list[dict[str, Any]]:
+def _read_chunk(
+    paths: list[str], filter_recipes: tuple[str, ...], use_deid: bool
+) -> list[dict[str, Any]]:
     return [read_one(p, filter_recipes, use_deid) for p in paths]
 
 
@@ -151,7 +202,9 @@ def read_all(
     else:
         size = max(16, min(256, len(names) // (workers * 8) or 16))
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(_read_chunk, chunk, recipes, use_deid) for chunk in _chunks(names, size)]
+            futures = [
+                pool.submit(_read_chunk, chunk, recipes, use_deid) for chunk in _chunks(names, size)
+            ]
             for future in futures:
                 part = future.result()
                 rows.extend(part)
@@ -164,12 +217,24 @@ def read_all(
 def files_table(rows: Iterable[Mapping[str, Any]], source: Path) -> pd.DataFrame:
     """The per-DICOM-file table from :func:`read_all` rows."""
     dicom = [dict(r) for r in rows if r["kind"] == "dicom"]
-    columns = ["source_path", "relative_path", "size_bytes", "transfer_syntax", "has_pixels", *FIELDS,
-               "flagged", "group", "label", "reason_screen", "coordinates", "reason"]
+    columns = [
+        "source_path",
+        "relative_path",
+        "size_bytes",
+        "transfer_syntax",
+        "has_pixels",
+        *FIELDS,
+        "flagged",
+        "group",
+        "label",
+        "reason_screen",
+        "coordinates",
+        "reason",
+    ]
     table = pd.DataFrame(dicom).reindex(columns=columns)
     table["relative_path"] = [Path(p).relative_to(source).as_posix() for p in table["source_path"]]
     for col in _INTS:
-        table[col] = pd.array(table[col], dtype="Int64")
+        table[col] = table[col].astype("Int64")
     table["flagged"] = table["flagged"].fillna(False).astype(bool)
     table["has_pixels"] = table["has_pixels"].fillna(False).astype(bool)
     table["size_bytes"] = table["size_bytes"].astype("int64")
@@ -192,7 +257,9 @@ def disposition_rows(rows: Iterable[Mapping[str, Any]]) -> list[Row]:
 def series_table(files: pd.DataFrame) -> pd.DataFrame:
     """Series like the original sendit QA: SeriesNumber, SeriesDescription, image count."""
     if files.empty:
-        return pd.DataFrame(columns=["SeriesNumber", "SeriesDescription", "Modality", "images", "flagged", "bytes"])
+        return pd.DataFrame(
+            columns=["SeriesNumber", "SeriesDescription", "Modality", "images", "flagged", "bytes"]
+        )
     grouped = files.groupby(["SeriesInstanceUID"], dropna=False)
     table = grouped.agg(
         SeriesNumber=("SeriesNumber", "first"),
@@ -211,7 +278,9 @@ def dates_table(files: pd.DataFrame) -> pd.DataFrame:
     return counts.rename_axis("StudyDate").reset_index(name="images")
 
 
-def qa_summary(files: pd.DataFrame, dispositions: pd.DataFrame, dates: pd.DataFrame) -> dict[str, Any]:
+def qa_summary(
+    files: pd.DataFrame, dispositions: pd.DataFrame, dates: pd.DataFrame
+) -> dict[str, Any]:
     """Counts, modalities, bytes and warnings for a batch."""
     counts = disposition.counts(dispositions)
     warnings = []
@@ -247,7 +316,8 @@ def inspect_batch(layout: BatchLayout, settings: Mapping[str, Any]) -> InspectRe
     layout : BatchLayout
         The batch (input folder and work folder).
     settings : mapping
-        Resolved settings (``WORKERS``, ``USE_DEID_FILTERS``, ``PIXEL_FILTER_RECIPES``, ``PROGRESS``).
+        Resolved settings (``WORKERS``, ``USE_DEID_FILTERS``, ``PIXEL_FILTER_RECIPES``,
+        ``PROGRESS``).
 
     Returns
     -------
@@ -274,13 +344,18 @@ def inspect_batch(layout: BatchLayout, settings: Mapping[str, Any]) -> InspectRe
 
 def _merge_dispositions(layout: BatchLayout, rows: list[Row]) -> pd.DataFrame:
     """Write inspect's rows, keeping later stages' outcomes for files still pending here."""
-    old = disposition.read(layout).set_index("source_path")
+    old = {str(r["source_path"]): r for r in disposition.read(layout).to_dict("records")}
     keep = {
-        r.source_path: Row(r.source_path, Disposition(old.at[r.source_path, "disposition"]),
-                           old.at[r.source_path, "reason"], old.at[r.source_path, "output_name"])
+        r.source_path: Row(
+            r.source_path,
+            Disposition(str(prev["disposition"])),
+            str(prev["reason"]),
+            str(prev["output_name"]),
+        )
         for r in rows
-        if r.disposition is Disposition.PENDING and r.source_path in old.index
-        and old.at[r.source_path, "disposition"] in _FINAL
+        if r.disposition is Disposition.PENDING
+        and (prev := old.get(r.source_path)) is not None
+        and prev["disposition"] in _FINAL
     }
     table = disposition.to_frame(keep.get(r.source_path, r) for r in rows)
     disposition.write(layout, table)

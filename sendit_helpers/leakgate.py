@@ -44,7 +44,9 @@ def release_files(layout: BatchLayout) -> list[Path]:
     root = layout.release
     if not root.exists():
         return []
-    return sorted((p for p in root.rglob("*") if p.is_file()), key=lambda p: p.relative_to(root).as_posix())
+    return sorted(
+        (p for p in root.rglob("*") if p.is_file()), key=lambda p: p.relative_to(root).as_posix()
+    )
 
 
 def release_digest(layout: BatchLayout) -> str:
@@ -197,12 +199,17 @@ def scan_file(path: Path, relative: str, scanner: Scanner) -> list[tuple[str, st
         where = "table contents" if path.suffix == ".parquet" else "file contents"
         return hits + [(relative, where, c) for _o, c in scanner.find(data)]
     tag_at, end, header = span
-    start = tag_at + (12 if data[tag_at + 4:tag_at + 6].isalpha() else 8)  # past the element header
+    start = tag_at + (
+        12 if data[tag_at + 4 : tag_at + 6].isalpha() else 8
+    )  # past the element header
     found = scanner.find(data[:start])
     pixels = data[start:end]
-    if header.get("BitsAllocated") == 16 and not getattr(header, "file_meta", pydicom.Dataset()).get(
-        "TransferSyntaxUID", pydicom.uid.ExplicitVRLittleEndian
-    ).is_compressed:
+    if (
+        header.get("BitsAllocated") == 16
+        and not getattr(header, "file_meta", pydicom.Dataset())
+        .get("TransferSyntaxUID", pydicom.uid.ExplicitVRLittleEndian)
+        .is_compressed
+    ):
         if _native_words_printable(pixels):
             found += [(start + o, c) for o, c in scanner.find(pixels)]
     else:
@@ -266,7 +273,7 @@ def load_values(layout: BatchLayout) -> dict[str, str]:
 def _chunks(items: list[tuple[str, str]], n: int) -> Iterable[list[tuple[str, str]]]:
     size = max(1, len(items) // (n * 4) or 1)
     for i in range(0, len(items), size):
-        yield items[i:i + size]
+        yield items[i : i + size]
 
 
 def run_gate(layout: BatchLayout, values: Mapping[str, str], *, workers: int = 1) -> GateReport:

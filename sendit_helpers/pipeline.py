@@ -76,7 +76,11 @@ def find_batches(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
 
     def walk(folder: Path) -> None:
         studies = _studies(folder, cache)
-        children = [p for p in sorted(folder.iterdir()) if p.is_dir() and not p.is_symlink() and _studies(p, cache)]
+        children = [
+            p
+            for p in sorted(folder.iterdir())
+            if p.is_dir() and not p.is_symlink() and _studies(p, cache)
+        ]
         has_files = any(p.is_file() for p in folder.iterdir())
         if len(studies) == 1 and (has_files or len(children) != 1):
             batches.append(folder)
@@ -122,7 +126,12 @@ def run_batches(
     for folder in find_batches(paths):
         layout = BatchLayout.for_batch(folder, work)
         status = run_batch(layout, stages, params, overrides or {})
-        log.info("batch %s: %s%s", status.batch, status.status, f" at {status.stage}" if status.status != "done" else "")
+        log.info(
+            "batch %s: %s%s",
+            status.batch,
+            status.status,
+            f" at {status.stage}" if status.status != "done" else "",
+        )
         statuses.append(status)
     table = pd.DataFrame([vars(s) for s in statuses])
     print(table.to_string(index=False))

@@ -20,7 +20,9 @@ from matplotlib.figure import Figure
 from .dicomio import READ_ERRORS, safe_reason
 
 
-def window(pixels: np.ndarray, center: float | None = None, width: float | None = None) -> np.ndarray:
+def window(
+    pixels: np.ndarray, center: float | None = None, width: float | None = None
+) -> np.ndarray:
     """Map pixel values to 0..1 with a window (percentiles 1-99 when none is given)."""
     data = pixels.astype(np.float32)
     if center is None or width is None or width <= 0:
@@ -50,7 +52,10 @@ def render(
         pixels = pixels[min(frame, frames - 1)]
     if pixels.ndim == 3:
         return pixels.astype(np.float32) / max(float(pixels.max()), 1.0)
-    slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+    slope, intercept = (
+        float(ds.get("RescaleSlope", 1) or 1),
+        float(ds.get("RescaleIntercept", 0) or 0),
+    )
     data = pixels * slope + intercept
     center = center if center is not None else _first(ds.get("WindowCenter"))
     width = width if width is not None else _first(ds.get("WindowWidth"))
@@ -71,7 +76,9 @@ def thumbnail(path: str | os.PathLike[str], size: int = 128) -> np.ndarray | str
     return image[::step, ::step]
 
 
-def montage(paths: Sequence[str | os.PathLike[str]], titles: Sequence[str], size: int = 128, title: str = "") -> Figure:
+def montage(
+    paths: Sequence[str | os.PathLike[str]], titles: Sequence[str], size: int = 128, title: str = ""
+) -> Figure:
     """A grid of thumbnails, one per path, captioned with ``titles``."""
     n = max(1, len(paths))
     cols = min(8, n)
@@ -101,7 +108,9 @@ def sample(table: pd.DataFrame, k: int) -> pd.DataFrame:
     return table.iloc[np.unique(idx)]
 
 
-def series_montages(files: pd.DataFrame, out_dir: Path, *, max_images: int = 16, size: int = 128) -> list[Path]:
+def series_montages(
+    files: pd.DataFrame, out_dir: Path, *, max_images: int = 16, size: int = 128
+) -> list[Path]:
     """Save one montage PNG per series under ``out_dir`` and return their paths.
 
     Flagged images are captioned with a ``!`` so they stand out.
@@ -116,7 +125,10 @@ def series_montages(files: pd.DataFrame, out_dir: Path, *, max_images: int = 16,
             for num, flagged in zip(chosen["InstanceNumber"], chosen["flagged"], strict=True)
         ]
         first = chosen.iloc[0]
-        title = f"series {first['SeriesNumber']} — {first['SeriesDescription']} ({first['Modality']}, {len(group)} images)"
+        title = (
+            f"series {first['SeriesNumber']} — {first['SeriesDescription']} "
+            f"({first['Modality']}, {len(group)} images)"
+        )
         fig = montage(list(chosen["source_path"]), captions, size, title)
         path = out_dir / f"montage_{index:03d}.png"
         fig.savefig(path, dpi=90)
@@ -142,4 +154,4 @@ def show(paths: Sequence[Path]) -> None:
     from IPython.display import Image, display
 
     for path in paths:
-        display(Image(filename=str(path)))
+        display(Image(filename=str(path)))  # type: ignore[no-untyped-call]

@@ -98,23 +98,21 @@ BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 class Settings(Mapping[str, Any]):
     """Resolved settings: a read-only mapping ``NAME -> value`` plus where each came from."""
 
-    values: dict[str, Any]
+    resolved: dict[str, Any]
     sources: dict[str, str] = field(default_factory=dict)
 
     def __getitem__(self, key: str) -> Any:
-        return self.values[key]
+        return self.resolved[key]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.values)
+        return iter(self.resolved)
 
     def __len__(self) -> int:
-        return len(self.values)
+        return len(self.resolved)
 
     def public(self) -> dict[str, Any]:
         """Settings safe to show or save: secrets replaced by ``"***"`` when set."""
-        return {
-            k: ("***" if BY_NAME[k].secret and v else v) for k, v in self.values.items()
-        }
+        return {k: ("***" if BY_NAME[k].secret and v else v) for k, v in self.resolved.items()}
 
 
 def _suggest(name: str) -> str:
@@ -226,7 +224,9 @@ def load_settings(
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
-    layers: list[tuple[str, Mapping[str, Any]]] = [(f"params file {DEFAULT_PARAMS}", _read_params(DEFAULT_PARAMS))]
+    layers: list[tuple[str, Mapping[str, Any]]] = [
+        (f"params file {DEFAULT_PARAMS}", _read_params(DEFAULT_PARAMS))
+    ]
     layers += [(f"params file {p}", _read_params(Path(p))) for p in params_files]
     for source, data in layers:
         for name, raw in data.items():
@@ -240,7 +240,9 @@ def load_settings(
             sources[setting.name] = source
     for setting in SETTINGS:
         if setting.name in env:
-            values[setting.name] = coerce(setting, env[setting.name], f"environment variable {setting.name}")
+            values[setting.name] = coerce(
+                setting, env[setting.name], f"environment variable {setting.name}"
+            )
             sources[setting.name] = "environment"
     for name, raw in (overrides or {}).items():
         setting = _declared(str(name), "command-line/notebook overrides")
@@ -282,9 +284,15 @@ def validate(settings: Settings) -> None:
         )
     if settings["SEND_TO_ORTHANC"]:
         if settings["ORTHANC_PROTOCOL"] == "rest":
-            _require(settings, "SEND_TO_ORTHANC is true with ORTHANC_PROTOCOL rest", ("ORTHANC_URL",))
+            _require(
+                settings, "SEND_TO_ORTHANC is true with ORTHANC_PROTOCOL rest", ("ORTHANC_URL",)
+            )
         else:
-            _require(settings, "SEND_TO_ORTHANC is true with ORTHANC_PROTOCOL dicom", ("ORTHANC_IPADDRESS",))
+            _require(
+                settings,
+                "SEND_TO_ORTHANC is true with ORTHANC_PROTOCOL dicom",
+                ("ORTHANC_IPADDRESS",),
+            )
         if settings["ORTHANC_PORT"] > 65535:
             raise SettingsError(
                 f"ORTHANC_PORT {settings['ORTHANC_PORT']} ({settings.sources['ORTHANC_PORT']}) "
@@ -301,7 +309,8 @@ def validate(settings: Settings) -> None:
             )
     if settings["EXECUTOR"] == "local" and settings["DASK_SCHEDULER"]:
         raise SettingsError(
-            "DASK_SCHEDULER is set but EXECUTOR is 'local'; set EXECUTOR to 'dask' or clear DASK_SCHEDULER"
+            "DASK_SCHEDULER is set but EXECUTOR is 'local'; "
+            "set EXECUTOR to 'dask' or clear DASK_SCHEDULER"
         )
     for name in ("DEID_RECIPES", "PIXEL_FILTER_RECIPES"):
         for recipe in settings[name]:
@@ -316,5 +325,7 @@ def parse_override(text: str) -> tuple[str, str]:
     """Split a ``NAME=VALUE`` command-line override."""
     name, sep, value = text.partition("=")
     if not sep or not name.strip():
-        raise SettingsError(f"--set {text!r} is not NAME=VALUE; write e.g. --set SEND_TO_ORTHANC=true")
+        raise SettingsError(
+            f"--set {text!r} is not NAME=VALUE; write e.g. --set SEND_TO_ORTHANC=true"
+        )
     return name.strip().upper(), value

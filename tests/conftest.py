@@ -18,7 +18,9 @@ QUIET = {"PROGRESS": False}
 def batch(tmp_path: Path) -> tuple[Path, synthetic.Planted]:
     """One generated study (with junk and burned-in images) and its planted identifiers."""
     folder = tmp_path / "input" / "DOE_JOHN_MRN12345"
-    planted = synthetic.make_batch(folder, synthetic.BatchSpec(n_series=2, images_per_series=3, rows=32, columns=32))
+    planted = synthetic.make_batch(
+        folder, synthetic.BatchSpec(n_series=2, images_per_series=3, rows=32, columns=32)
+    )
     return folder, planted
 
 

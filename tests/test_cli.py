@@ -17,7 +17,12 @@ from sendit_helpers.pipeline import find_batches
 
 
 def _sendit(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sendit_helpers.cli", *args], capture_output=True, text=True, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "sendit_helpers.cli", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
 
 
 def test_inspect_pydicom_test_files(tmp_path: Path) -> None:
@@ -29,48 +34,74 @@ def test_inspect_pydicom_test_files(tmp_path: Path) -> None:
         shutil.copy2(path, target)
     result = _sendit("inspect", str(batch), "--work", str(tmp_path / "work"))
     assert result.returncode == 0, result.stderr
-    table = pd.read_csv(tmp_path / "work" / "all_pydicom" / "phi" / "disposition.csv", keep_default_na=False)
+    table = pd.read_csv(
+        tmp_path / "work" / "all_pydicom" / "phi" / "disposition.csv", keep_default_na=False
+    )
     inputs = sorted(str(p) for p in batch.rglob("*") if p.is_file())
     assert sorted(table["source_path"]) == inputs
     assert (tmp_path / "work" / "all_pydicom" / "phi" / "notebooks" / "01_inspect.ipynb").exists()
 
 
-def test_missing_batch_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_batch_is_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code = main(["inspect", str(tmp_path / "nope"), "--work", str(tmp_path / "w")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
-    assert len(err) == 1 and err[0].startswith("sendit: error: batch folder") and "does not exist" in err[0]
+    assert (
+        len(err) == 1
+        and err[0].startswith("sendit: error: batch folder")
+        and "does not exist" in err[0]
+    )
 
 
-def test_broken_params_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_broken_params_is_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     params = tmp_path / "bad.yml"
     params.write_text("WORKERS: [1\n")
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "x").write_text("x")
-    code = main(["inspect", str(tmp_path / "b"), "--work", str(tmp_path / "w"), "--params", str(params)])
+    code = main(
+        ["inspect", str(tmp_path / "b"), "--work", str(tmp_path / "w"), "--params", str(params)]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and "bad.yml is not valid YAML" in err and "\n" not in err
 
 
 def test_bad_override(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "b").mkdir()
-    code = main(["inspect", str(tmp_path / "b"), "--work", str(tmp_path / "w"), "--set", "ORTHANC_PORT=x"])
+    code = main(
+        ["inspect", str(tmp_path / "b"), "--work", str(tmp_path / "w"), "--set", "ORTHANC_PORT=x"]
+    )
     assert code == 2 and "ORTHANC_PORT" in capsys.readouterr().err
 
 
 def test_find_batches_in_root(tmp_path: Path) -> None:
-    synthetic.make_batches(tmp_path / "root", n=2, spec=synthetic.BatchSpec(n_series=1, images_per_series=2, rows=16, columns=16))
+    synthetic.make_batches(
+        tmp_path / "root",
+        n=2,
+        spec=synthetic.BatchSpec(n_series=1, images_per_series=2, rows=16, columns=16),
+    )
     found = find_batches([tmp_path / "root"])
     assert [p.name for p in found] == ["batch_001", "batch_002"]
     assert find_batches([tmp_path / "root" / "batch_001"]) == [found[0]]
 
 
 def test_run_deidentify_and_upload_local(tmp_path: Path) -> None:
-    synthetic.make_batches(tmp_path / "root", n=1, spec=synthetic.BatchSpec(n_series=1, images_per_series=2, rows=16, columns=16))
+    synthetic.make_batches(
+        tmp_path / "root",
+        n=1,
+        spec=synthetic.BatchSpec(n_series=1, images_per_series=2, rows=16, columns=16),
+    )
     work = tmp_path / "work"
     result = _sendit("run", str(tmp_path / "root"), "--work", str(work))
     assert result.returncode == 0, result.stderr + result.stdout
     assert "done" in result.stdout
     phi = work / "batch_001" / "phi" / "notebooks"
-    assert {p.name for p in phi.glob("*.ipynb")} >= {"01_inspect.ipynb", "02_deidentify.ipynb", "04_upload.ipynb"}
+    assert {p.name for p in phi.glob("*.ipynb")} >= {
+        "01_inspect.ipynb",
+        "02_deidentify.ipynb",
+        "04_upload.ipynb",
+    }
     assert list((work / "storage").rglob("*.dcm"))

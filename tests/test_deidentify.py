@@ -15,11 +15,29 @@ from sendit_helpers.errors import GateError, LeakError
 from sendit_helpers.layout import BatchLayout
 from sendit_helpers.settings import Settings
 
-#: Planted categories that are not identifying by themselves (the identifying parts are planted elsewhere too).
+#: Planted categories that are not identifying by themselves
+#: (their identifying parts are planted elsewhere too).
 NOT_SEARCHED = {"file_names", "folder_names", "junk_files", "burned_in_text"}
-KEPT = ("PatientSex", "PatientAge", "Modality", "BodyPartExamined", "PixelSpacing", "SliceThickness", "KVP",
-        "ImageType", "Manufacturer", "ManufacturerModelName", "SeriesNumber", "InstanceNumber",
-        "ImagePositionPatient", "ImageOrientationPatient", "Rows", "Columns", "BitsStored", "RescaleIntercept")
+KEPT = (
+    "PatientSex",
+    "PatientAge",
+    "Modality",
+    "BodyPartExamined",
+    "PixelSpacing",
+    "SliceThickness",
+    "KVP",
+    "ImageType",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "SeriesNumber",
+    "InstanceNumber",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "Rows",
+    "Columns",
+    "BitsStored",
+    "RescaleIntercept",
+)
 
 
 def _released(layout: BatchLayout) -> list[Path]:
@@ -37,14 +55,24 @@ def done(opened: tuple[BatchLayout, Settings]) -> deidentify.DeidResult:
     return deidentify.deidentify_batch(layout, settings)
 
 
-def test_no_planted_value_leaks(done: deidentify.DeidResult, batch: tuple[Path, synthetic.Planted]) -> None:
+def test_no_planted_value_leaks(
+    done: deidentify.DeidResult, batch: tuple[Path, synthetic.Planted]
+) -> None:
     layout = done.layout
-    values = {v.lower() for k, vs in batch[1].values.items() if k not in NOT_SEARCHED for v in vs if len(v) >= 4}
+    values = {
+        v.lower()
+        for k, vs in batch[1].values.items()
+        if k not in NOT_SEARCHED
+        for v in vs
+        if len(v) >= 4
+    }
     values.add(layout.name.lower())
     files = [p for p in layout.release.rglob("*") if p.is_file()]
     assert len(_released(layout)) > 0
     for path in files:
-        data = path.read_bytes().lower() + path.relative_to(layout.release).as_posix().lower().encode()
+        data = (
+            path.read_bytes().lower() + path.relative_to(layout.release).as_posix().lower().encode()
+        )
         leaked = [v for v in values if v.encode() in data]
         assert not leaked, f"{path.name} leaks {len(leaked)} planted values"
 
@@ -88,7 +116,9 @@ def test_names_quarantine_and_dispositions(done: deidentify.DeidResult) -> None:
     table = disposition.read(layout)
     assert len(table) == len(inspect.discover(layout.source))
     assert not (table["disposition"] == "pending").any()
-    assert (table.loc[~table["disposition"].isin(["released", "quarantined"]), "reason"] != "").all()
+    assert (
+        table.loc[~table["disposition"].isin(["released", "quarantined"]), "reason"] != ""
+    ).all()
     names = [p.name for p in _released(layout)]
     assert len(names) == len(set(names))
     assert all(pd.Series(names).str.fullmatch(r"IR[0-9a-f]{6}_\d+_\d+(_\d+)?\.dcm"))
@@ -103,9 +133,17 @@ def test_tables(done: deidentify.DeidResult) -> None:
     cleaned = pd.read_parquet(done.layout.release / "cleaned.parquet")
     entities = pd.read_parquet(done.layout.release / "entities.parquet")
     assert len(cleaned) == len(_released(done.layout))
-    assert {"name", "entity_id", "item_id", "path", "PatientSex", "PatientAge", "Modality"} <= set(cleaned.columns)
+    assert {"name", "entity_id", "item_id", "path", "PatientSex", "PatientAge", "Modality"} <= set(
+        cleaned.columns
+    )
     assert any("." in c for c in cleaned.columns), "nested sequences are flattened"
-    assert list(entities.columns) == ["id", "PatientSex", "PatientAge", "IMAGE_COUNT", "UPLOAD_AGENT"]
+    assert list(entities.columns) == [
+        "id",
+        "PatientSex",
+        "PatientAge",
+        "IMAGE_COUNT",
+        "UPLOAD_AGENT",
+    ]
     assert int(entities["IMAGE_COUNT"].sum()) == len(cleaned)
     lookup = pd.read_parquet(done.layout.deid_dir / "lookup.parquet")
     assert (lookup["jitter_days"] != 0).all()
@@ -120,7 +158,9 @@ def test_rerun_is_idempotent(opened: tuple[BatchLayout, Settings]) -> None:
     assert first == second
 
 
-def test_gate_catches_a_planted_leak(done: deidentify.DeidResult, batch: tuple[Path, synthetic.Planted]) -> None:
+def test_gate_catches_a_planted_leak(
+    done: deidentify.DeidResult, batch: tuple[Path, synthetic.Planted]
+) -> None:
     layout = done.layout
     assert leakgate.require_pass(layout)
     target = _released(layout)[0]
@@ -130,7 +170,9 @@ def test_gate_catches_a_planted_leak(done: deidentify.DeidResult, batch: tuple[P
     ds.save_as(target)
     with pytest.raises(GateError, match=r"changed since the leak gate last passed"):
         leakgate.require_pass(layout)
-    with pytest.raises(LeakError, match=r"leak gate failed: 1 identifying value\(s\) found in 1 file\(s\)") as err:
+    with pytest.raises(
+        LeakError, match=r"leak gate failed: 1 identifying value\(s\) found in 1 file\(s\)"
+    ) as err:
         leakgate.run_gate(layout, leakgate.load_values(layout))
     assert patient_id not in str(err.value)
     report = pd.read_csv(layout.deid_dir / "leak_report.csv")
@@ -143,8 +185,18 @@ def test_gate_catches_a_planted_leak(done: deidentify.DeidResult, batch: tuple[P
 
 def test_age_over_89(tmp_path: Path) -> None:
     folder = tmp_path / "old"
-    synthetic.make_batch(folder, synthetic.BatchSpec(n_series=1, images_per_series=2, rows=16, columns=16,
-                                                     burned_in=False, junk=False, patient_age_years=93))
+    synthetic.make_batch(
+        folder,
+        synthetic.BatchSpec(
+            n_series=1,
+            images_per_series=2,
+            rows=16,
+            columns=16,
+            burned_in=False,
+            junk=False,
+            patient_age_years=93,
+        ),
+    )
     layout = BatchLayout.for_batch(folder, tmp_path / "work").ensure()
     from sendit_helpers.settings import load_settings
 
@@ -152,8 +204,17 @@ def test_age_over_89(tmp_path: Path) -> None:
     assert {pydicom.dcmread(p).PatientAge for p in _released(layout)} == {"090Y"}
 
 
-@pytest.mark.parametrize("name", ["JPEG2000.dcm", "MR_small_bigendian.dcm", "MR_small_RLE.dcm",
-                                  "MR_small_implicit.dcm", "SC_rgb_jpeg_dcmtk.dcm", "liver_expb_1frame.dcm"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "JPEG2000.dcm",
+        "MR_small_bigendian.dcm",
+        "MR_small_RLE.dcm",
+        "MR_small_implicit.dcm",
+        "SC_rgb_jpeg_dcmtk.dcm",
+        "liver_expb_1frame.dcm",
+    ],
+)
 def test_odd_transfer_syntaxes(tmp_path: Path, name: str) -> None:
     source = get_testdata_file(name)
     assert source is not None

@@ -49,7 +49,9 @@ def test_pixel_screen_flags_burned_in_images(opened: tuple[BatchLayout, Settings
     layout, settings = opened
     result = inspect.inspect_batch(layout, settings)
     flagged = result.flagged
-    assert set(result.files.loc[result.files["BurnedInAnnotation"] == "YES", "relative_path"]) <= set(flagged["relative_path"])
+    assert set(
+        result.files.loc[result.files["BurnedInAnnotation"] == "YES", "relative_path"]
+    ) <= set(flagged["relative_path"])
     assert flagged["label"].notna().all() and flagged["group"].notna().all()
 
 
@@ -96,16 +98,25 @@ def test_pydicom_test_files_all_accounted(tmp_path: Path) -> None:
     assert len(table) == len(inspect.discover(batch)) >= 80
     assert table["disposition"].isin(["pending", "error", "non_dicom"]).all()
     assert (table.loc[table["disposition"] != "pending", "reason"] != "").all()
-    by_name = {Path(p).name: d for p, d in zip(table["source_path"], table["disposition"], strict=True)}
+    by_name = {
+        Path(p).name: d for p, d in zip(table["source_path"], table["disposition"], strict=True)
+    }
     assert by_name["MR_small_bigendian.dcm"] == "pending"
     assert by_name["rtplan.dcm"] == "pending"
 
 
 @pytest.mark.parametrize(
     ("name", "kind"),
-    [("CT_small.dcm", "dicom"), ("MR_small_bigendian.dcm", "dicom"), ("JPEG2000.dcm", "dicom"),
-     ("rtplan.dcm", "dicom"), ("ExplVR_BigEndNoMeta.dcm", "dicom"), ("SC_rgb_jpeg.dcm", "dicom"),
-     ("MR_truncated.dcm", "error"), ("no_meta.dcm", "non_dicom")],
+    [
+        ("CT_small.dcm", "dicom"),
+        ("MR_small_bigendian.dcm", "dicom"),
+        ("JPEG2000.dcm", "dicom"),
+        ("rtplan.dcm", "dicom"),
+        ("ExplVR_BigEndNoMeta.dcm", "dicom"),
+        ("SC_rgb_jpeg.dcm", "dicom"),
+        ("MR_truncated.dcm", "error"),
+        ("no_meta.dcm", "non_dicom"),
+    ],
 )
 def test_probe_odd_files(name: str, kind: str) -> None:
     path = get_testdata_file(name)

@@ -19,7 +19,9 @@ def test_notebook_committed_clean_with_one_parameters_cell(name: str) -> None:
     nb = json.loads((ROOT / "notebooks" / f"{name}.ipynb").read_text())
     assert nb["metadata"]["kernelspec"]["name"] == "python3"
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
-    assert all(not c.get("outputs") and not c.get("execution_count") for c in code), "outputs can hold PHI"
+    assert all(not c.get("outputs") and not c.get("execution_count") for c in code), (
+        "outputs can hold PHI"
+    )
     params = [c for c in code if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(params) == 1
     for line in "".join(params[0]["source"]).splitlines():
@@ -45,7 +47,12 @@ def test_environment_yml_in_step_with_pyproject() -> None:
         else:
             listed |= _names([dep])
     assert wanted <= listed, f"environment.yml lacks {sorted(wanted - listed)}"
-    assert any(str(d).startswith("-e .") for dep in env["dependencies"] if isinstance(dep, dict) for d in dep["pip"])
+    assert any(
+        str(d).startswith("-e .")
+        for dep in env["dependencies"]
+        if isinstance(dep, dict)
+        for d in dep["pip"]
+    )
 
 
 def test_quick_start_and_ci() -> None:
@@ -54,3 +61,23 @@ def test_quick_start_and_ci() -> None:
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^demo:", makefile, re.M) and re.search(r"^test:", makefile, re.M)
+
+
+def test_lint_and_types() -> None:
+    """ruff and mypy --strict stay clean (pydicom and highdicom hold themselves to this too)."""
+    import subprocess
+    import sys
+
+    bin_dir = Path(sys.executable).parent
+    ruff = subprocess.run(
+        [str(bin_dir / "ruff"), "check", "sendit_helpers", "tests", "benchmarks", "scripts"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert ruff.returncode == 0, ruff.stdout[-3000:]
+    mypy = subprocess.run(
+        [str(bin_dir / "mypy")], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert mypy.returncode == 0, mypy.stdout[-3000:]

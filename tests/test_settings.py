@@ -21,13 +21,22 @@ def test_defaults_load_and_every_setting_is_documented() -> None:
     lines = text.splitlines()
     for index, line in enumerate(lines):
         if re.match(r"^[A-Z_]+:", line):
-            assert lines[index - 1].startswith("# "), f"{line.split(':')[0]} has no comment above it"
+            assert lines[index - 1].startswith("# "), (
+                f"{line.split(':')[0]} has no comment above it"
+            )
 
 
 def test_original_sendit_names_are_there() -> None:
     settings = load_settings(environ={})
-    for name in ("SEND_TO_ORTHANC", "ORTHANC_IPADDRESS", "ORTHANC_PORT", "SEND_TO_GOOGLE",
-                 "GOOGLE_CLOUD_STORAGE", "GOOGLE_PROJECT_NAME", "GOOGLE_STORAGE_COLLECTION"):
+    for name in (
+        "SEND_TO_ORTHANC",
+        "ORTHANC_IPADDRESS",
+        "ORTHANC_PORT",
+        "SEND_TO_GOOGLE",
+        "GOOGLE_CLOUD_STORAGE",
+        "GOOGLE_PROJECT_NAME",
+        "GOOGLE_STORAGE_COLLECTION",
+    ):
         assert name in settings
     assert settings["ORTHANC_PORT"] == 4747
 
@@ -42,14 +51,20 @@ def test_precedence_file_env_override(tmp_path: Path) -> None:
 
 
 def test_bad_type_names_setting_source_and_fix() -> None:
-    with pytest.raises(SettingsError, match=r"ORTHANC_PORT: 'abc' from environment variable ORTHANC_PORT is not a valid int"):
+    with pytest.raises(
+        SettingsError,
+        match=r"ORTHANC_PORT: 'abc' from environment variable ORTHANC_PORT is not a valid int",
+    ):
         load_settings(environ={"ORTHANC_PORT": "abc"})
 
 
 def test_unknown_setting_suggests(tmp_path: Path) -> None:
     params = tmp_path / "p.yml"
     params.write_text("ORTHANC_PROT: 1\n")
-    with pytest.raises(SettingsError, match=r"unknown setting 'ORTHANC_PROT' in params file .*did you mean ORTHANC_PORT\?"):
+    with pytest.raises(
+        SettingsError,
+        match=r"unknown setting 'ORTHANC_PROT' in params file .*did you mean ORTHANC_PORT\?",
+    ):
         load_settings([params], environ={})
 
 
@@ -68,21 +83,30 @@ def test_missing_params_file() -> None:
 def test_secret_in_file_refused(tmp_path: Path) -> None:
     params = tmp_path / "p.yml"
     params.write_text("ORTHANC_PASSWORD: hunter2\n")
-    with pytest.raises(SettingsError, match=r"ORTHANC_PASSWORD is a secret and must come from the environment") as err:
+    with pytest.raises(
+        SettingsError, match=r"ORTHANC_PASSWORD is a secret and must come from the environment"
+    ) as err:
         load_settings([params], environ={})
     assert "hunter2" not in str(err.value)
 
 
 def test_google_needs_its_companions() -> None:
-    with pytest.raises(SettingsError, match=r"SEND_TO_GOOGLE is true but GOOGLE_CLOUD_STORAGE is empty"):
+    with pytest.raises(
+        SettingsError, match=r"SEND_TO_GOOGLE is true but GOOGLE_CLOUD_STORAGE is empty"
+    ):
         load_settings(environ={"SEND_TO_GOOGLE": "true"})
 
 
 def test_choices_and_minimum() -> None:
-    with pytest.raises(SettingsError, match=r"ORTHANC_PROTOCOL: 'ftp' .* is not one of rest, dicom"):
+    with pytest.raises(
+        SettingsError, match=r"ORTHANC_PROTOCOL: 'ftp' .* is not one of rest, dicom"
+    ):
         load_settings(overrides={"ORTHANC_PROTOCOL": "ftp"}, environ={})
     with pytest.raises(SettingsError, match=r"ORTHANC_PORT .* is not a TCP port"):
-        load_settings(overrides={"ORTHANC_PORT": 70000, "SEND_TO_ORTHANC": True, "ORTHANC_PROTOCOL": "dicom"}, environ={})
+        load_settings(
+            overrides={"ORTHANC_PORT": 70000, "SEND_TO_ORTHANC": True, "ORTHANC_PROTOCOL": "dicom"},
+            environ={},
+        )
 
 
 def test_lists_from_environment(tmp_path: Path) -> None:

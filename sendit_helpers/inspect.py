@@ -25,6 +25,7 @@ from . import disposition
 from .dicomio import probe
 from .disposition import Disposition, Row
 from .layout import BatchLayout
+from .resources import shipped
 
 #: Header fields kept in ``files.parquet``: (column, keyword).
 FIELDS: tuple[str, ...] = (
@@ -65,6 +66,8 @@ _INTS = (
     "SamplesPerPixel",
     "BitsAllocated",
 )
+#: sendit's own %filter rules (modalities that usually carry burned-in text).
+SENDIT_FILTERS = shipped("params/recipes/sendit-filters.deid")
 _FINAL = {str(Disposition.RELEASED), str(Disposition.QUARANTINED), str(Disposition.SKIPPED)}
 
 
@@ -326,10 +329,11 @@ def inspect_batch(layout: BatchLayout, settings: Mapping[str, Any]) -> InspectRe
     layout.check_source()
     layout.ensure()
     paths = discover(layout.source)
+    filters = [str(SENDIT_FILTERS)] if settings["USE_SENDIT_FILTERS"] else []
     rows = read_all(
         paths,
         workers=int(settings["WORKERS"]),
-        filter_recipes=settings["PIXEL_FILTER_RECIPES"],
+        filter_recipes=[*filters, *settings["PIXEL_FILTER_RECIPES"]],
         use_deid=bool(settings["USE_DEID_FILTERS"]),
         progress=bool(settings["PROGRESS"]),
     )

@@ -46,6 +46,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PROGRESS", bool),
     # inspect
     Setting("USE_DEID_FILTERS", bool),
+    Setting("USE_SENDIT_FILTERS", bool),
     Setting("PIXEL_FILTER_RECIPES", list),
     Setting("THUMBNAILS", bool),
     Setting("THUMBNAIL_SIZE", int, minimum=16),

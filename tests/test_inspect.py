@@ -53,6 +53,10 @@ def test_pixel_screen_flags_burned_in_images(opened: tuple[BatchLayout, Settings
         result.files.loc[result.files["BurnedInAnnotation"] == "YES", "relative_path"]
     ) <= set(flagged["relative_path"])
     assert flagged["label"].notna().all() and flagged["group"].notna().all()
+    ultrasound = result.files[result.files["Modality"] == "US"]
+    assert len(ultrasound) >= 2 and ultrasound["flagged"].all(), (
+        "header-silent US must go to review"
+    )
 
 
 def test_phi_folder_is_owner_only(opened: tuple[BatchLayout, Settings]) -> None:

@@ -188,9 +188,12 @@ def test_load_items(held_batch: tuple[BatchLayout, dict[str, object]]) -> None:
     held = pd.read_parquet(layout.deid_dir / "quarantined.parquet")
     assert sorted(items["item"]) == sorted(held["name"])
     assert set(items["modality"]) == {"CT", "OT", "US"}
-    us = items[items["modality"] == "US"].iloc[0]
-    assert us["label"] and us["group"] == "blacklist"
-    assert us["triggers"]["BurnedInAnnotation"] == "YES"
+    ultrasound = items[items["modality"] == "US"]
+    assert len(ultrasound) == 2, "header-silent ultrasound is held too (sendit filters)"
+    us = next(
+        u for _, u in ultrasound.iterrows() if u["triggers"].get("BurnedInAnnotation") == "YES"
+    )
+    assert us["label"] and us["group"] in {"graylist", "blacklist"}
     assert us["series"].startswith("901")
     assert (us["columns"], us["rows"]) == (512, 384)
     assert review.pending_count(layout) == len(items)
@@ -209,21 +212,23 @@ def test_replay_and_apply(
     items = review.load_items(layout)
     ct = list(items.loc[items["modality"] == "CT", "item"])
     ot = next(items[items["modality"] == "OT"].itertuples())
-    us = items.loc[items["modality"] == "US", "item"].iloc[0]
+    us, us_silent = items.loc[items["modality"] == "US", "item"].iloc[:2]
     undecided = ct.pop()
     lines = [f"{name},release,,,," for name in ct]
     lines += [f"{ot.item},scrub,0,0,120,40", f"{ot.item},Scrub,0,200,50,20", f"{us},keep,,,,"]
+    lines += [f"{us_silent},keep,,,,"]
     decisions = write_csv(tmp_path / "decisions.csv", lines)
     before_cleaned = pd.read_parquet(layout.release / "cleaned.parquet")
     original = pydicom.dcmread(layout.quarantine / ot.path).pixel_array
 
-    assert review.replay_decisions(layout, decisions, "carol") == len(ct) + 2
+    assert review.replay_decisions(layout, decisions, "carol") == len(ct) + 3
     assert review.replay_decisions(layout, decisions, "carol") == 0  # same file: nothing new
     assert review.pending_count(layout) == 1
     result = review.apply_decisions(layout, settings)
 
     assert sorted(result.released) == sorted(ct)
-    assert result.scrubbed == [ot.item] and result.kept == [us] and result.undecided == [undecided]
+    assert result.scrubbed == [ot.item] and sorted(result.kept) == sorted([us, us_silent])
+    assert result.undecided == [undecided]
     entity = items["entity"].iloc[0]
     for name in [*ct, ot.item]:
         assert (layout.release / entity / name).is_file()
@@ -265,7 +270,7 @@ def test_replay_and_apply(
     assert review.status(layout).set_index("decision")["images"].to_dict() == {
         "release": len(ct),
         "scrub": 1,
-        "keep": 1,
+        "keep": 2,
         "undecided": 1,
     }
 
@@ -377,6 +382,7 @@ def test_reviewer_widget_saves_at_once(held_batch: tuple[BatchLayout, dict[str, 
     current = DecisionLog(layout).current().set_index("item")
     assert current.loc[ot.item, "boxes"] == [Box(0, 0, 100, 30)]
     ui.command.value = "k"
+    ui.command.value = "k"  # both ultrasound images
     assert ui.progress.value == f"<b>{total} of {total} decided</b>"
     result = ui.apply()
     assert result is not None and result.scrubbed == [ot.item]

@@ -66,7 +66,6 @@ from __future__ import annotations
 
 import codecs
 import datetime as _dt
-import functools
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -85,6 +84,7 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import BaseTag
 
+from . import descriptors
 from .errors import RecipeError, tag_label
 
 __all__ = [
@@ -1604,34 +1604,10 @@ def _clean_text(text: str, tokens: list[str], changes: Changes) -> str:
         if found:
             changes.removed_text.extend(found)
             out = _GENERIC_PHI.sub(" ", out)
-    out = _VOCABULARY_WORD.sub(_keep_known_word, out)
+    out = descriptors.clean_words(out)
     if out == text:
         return text
     return re.sub(r"\s{2,}", " ", out).strip(" ^-_,;:/")
-
-
-_VOCABULARY_WORD = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{3,}(?![A-Za-z0-9])")
-
-
-@functools.lru_cache(maxsize=1)
-def descriptor_words() -> frozenset[str]:
-    """Words allowed in cleaned descriptors (``params/recipes/descriptor-words.txt``).
-
-    Clean Descriptors keeps a word of three or more letters only when it is
-    listed there; an unknown word (a surname, a site name) is dropped without
-    being recorded as identifying, since it is only unknown, not known PHI.
-    """
-    path = DEFAULT_RECIPE.parent / "descriptor-words.txt"
-    words: set[str] = set()
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.startswith("#"):
-            words.update(w.lower() for w in re.split(r"[\s/]+", line) if w)
-    return frozenset(words)
-
-
-def _keep_known_word(match: re.Match[str]) -> str:
-    word = match.group()
-    return word if word.lower() in descriptor_words() else " "
 
 
 # --------------------------------------------------------------------------- filters

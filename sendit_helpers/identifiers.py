@@ -770,7 +770,8 @@ class RestProvider:
         for key in keys:
             pid, acc = _norm(key.patient_id), _norm(key.accession)
             code, jitter = item_answer[(pid, acc)]
-            out[key] = Pseudonyms(entity_code[pid], code, jitter)
+            item = code if self.prefix and code.startswith(self.prefix) else self.prefix + code
+            out[key] = Pseudonyms(entity_code[pid], item, jitter)
         return out
 
     def _absorb(

@@ -19,5 +19,6 @@ def pytest_configure(config: pytest.Config) -> None:
     if "SENDIT_DEMO_DIR" not in os.environ:
         os.environ["SENDIT_DEMO_DIR"] = tempfile.mkdtemp(prefix="sendit-demo-")
     os.environ.setdefault("PROGRESS", "false")
+    os.environ.setdefault("OCR_SCREEN", "off")  # tests that want OCR turn it on explicitly
     os.environ.setdefault("MPLBACKEND", "Agg")
     Path(os.environ["SENDIT_DEMO_DIR"]).mkdir(parents=True, exist_ok=True)

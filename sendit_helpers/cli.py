@@ -54,6 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="run every stage on many batches", description="run every stage on many batches"
     )
     _common(run, "BATCH_OR_ROOT", "batch folders, or roots searched for batches")
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="re-run every stage, also those unchanged since their last success",
+    )
+    run.epilog = (
+        "Resumable: a stage unchanged since its last success (inputs, settings, notebook) is "
+        "skipped. --workers N is split between batches and files: min(N, batches) batches at "
+        "once, N // that processes for each batch's files."
+    )
     return parser
 
 
@@ -109,6 +119,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sendit`` command; returns the exit status."""
     logging.basicConfig(level=logging.INFO, format="sendit: %(message)s", stream=sys.stderr)
+    for chatty in ("papermill", "distributed"):  # a line per cell / per worker event otherwise
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     try:
         overrides = _overrides(args)
@@ -116,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             from .pipeline import run_batches
 
-            return run_batches(args.batches, args.work, args.params, overrides)
+            return run_batches(args.batches, args.work, args.params, overrides, force=args.force)
         layouts = [BatchLayout.for_batch(b, args.work) for b in args.batches]
         for layout in layouts:
             layout.check_source()

@@ -3,13 +3,20 @@
 Every input file ends up as a :class:`Probe`: DICOM (readable header, with a
 note when something is odd), non-DICOM, or an error with a reason.  Reasons
 name what was wrong, never a value from the file.
+
+:func:`probe` reads the first :data:`HEAD_BYTES` of a file once and lets
+pydicom parse them from memory (faster than from a file object); it reads the
+file itself whenever that could give a different answer (see :func:`_probe_head`).
 """
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import struct
+import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -17,7 +24,7 @@ from typing import BinaryIO
 import pydicom
 from pydicom import config
 from pydicom.dataset import Dataset, FileDataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 
 # Odd values are read and written as they are: validation warnings would quote
 # values (possibly identifying) into logs, and refusing them would lose data.
@@ -58,6 +65,13 @@ READ_ERRORS = (
     OverflowError,
 )
 
+#: Errors a header parse or a value conversion may raise (pydicom's, a wrong-length binary value).
+PARSE_ERRORS: tuple[type[BaseException], ...] = (*READ_ERRORS, BytesLengthException)
+#: ... and zlib's, when a deflated data set is cut by the in-memory head.
+_HEAD_ERRORS: tuple[type[BaseException], ...] = (*PARSE_ERRORS, zlib.error)
+#: Bytes read at once from each file: its header is parsed from memory when it fits.
+HEAD_BYTES = 1 << 16
+
 
 @dataclass
 class Probe:
@@ -96,18 +110,59 @@ def probe(path: str | os.PathLike[str]) -> Probe:
         the kind ``"error"``).
     """
     path = Path(path)
-    size = path.stat().st_size
-    if size == 0:
-        return Probe(path, size, "non_dicom", "empty file (0 bytes)")
-    with path.open("rb") as fh:
+    try:
+        fh = open(path, "rb")  # closed by the with block below
+    except OSError as exc:
+        return Probe(path, 0, "error", f"cannot open the file ({safe_reason(exc)})")
+    with fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size == 0:
+            return Probe(path, size, "non_dicom", "empty file (0 bytes)")
+        head = fh.read(HEAD_BYTES)
+        found = _probe_head(path, size, head, fh)
+        if found is not None:
+            return found
+        fh.seek(0)
         try:
             ds = pydicom.dcmread(fh, stop_before_pixels=True)
-            note = ""
         except InvalidDicomError:
             return _probe_raw(path, size, fh)
         except READ_ERRORS as exc:
             return Probe(path, size, "error", f"unreadable DICOM header ({safe_reason(exc)})")
-        return _check_pixels(Probe(path, size, "dicom", note, ds), fh)
+        offset = fh.tell()
+        return _check_pixels(Probe(path, size, "dicom", "", ds), fh, offset, fh.read(12))
+
+
+def _probe_head(path: Path, size: int, head: bytes, fh: BinaryIO) -> Probe | None:
+    """Parse the header from the file's first bytes, already in memory.
+
+    pydicom parses an in-memory buffer markedly faster than a file object.  The
+    result is the one reading the file gives when ``head`` is the whole file, or
+    when pydicom stopped at the pixel data element with its element header
+    inside ``head`` (every byte it read was then in ``head``).  Otherwise (a
+    header longer than :data:`HEAD_BYTES`, no pixel data, any error or warning
+    on a partial buffer) this returns None and :func:`probe` reads the file
+    itself, so reasons and warnings are those of the plain read.
+    """
+    buffer = io.BytesIO(head)
+    whole = len(head) >= size
+    try:
+        if whole:
+            ds = pydicom.dcmread(buffer, stop_before_pixels=True)
+        else:
+            # (catch_warnings is process-wide; the inspect stage reads files on one thread.)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                ds = pydicom.dcmread(buffer, stop_before_pixels=True)
+            if caught:
+                return None
+    except _HEAD_ERRORS:
+        return None
+    offset = buffer.tell()
+    tail = head[offset : offset + 12]
+    if not whole and (len(tail) < 12 or not _at_pixels(tail, ds)):
+        return None
+    return _check_pixels(Probe(path, size, "dicom", "", ds), fh, offset, tail)
 
 
 def _probe_raw(path: Path, size: int, fh: BinaryIO) -> Probe:
@@ -131,7 +186,8 @@ def _probe_raw(path: Path, size: int, fh: BinaryIO) -> Probe:
     if len(ds) == 0 or "SOPClassUID" not in ds and "Modality" not in ds:
         return Probe(path, size, "non_dicom", "not DICOM: no preamble and no SOP class or modality")
     probe_ = Probe(path, size, "dicom", "no DICOM preamble/file meta; read as a raw data set", ds)
-    return _check_pixels(probe_, fh)
+    offset = fh.tell()
+    return _check_pixels(probe_, fh, offset, fh.read(12))
 
 
 def _plausible_first_tag(head: bytes) -> bool:
@@ -141,13 +197,20 @@ def _plausible_first_tag(head: bytes) -> bool:
     return 0x0002 <= little <= 0x0010 or 0x0002 <= big <= 0x0010
 
 
-def _check_pixels(probe_: Probe, fh: BinaryIO) -> Probe:
-    """Find the pixel data element after the header and check it is complete."""
+def _at_pixels(head: bytes, ds: Dataset) -> bool:
+    """True when ``head`` starts with a pixel data tag (in the data set's byte order)."""
+    group, elem = struct.unpack("<HH" if _encoding(ds)[1] else ">HH", head[:4])
+    return (group << 16 | elem) in PIXEL_TAGS
+
+
+def _check_pixels(probe_: Probe, fh: BinaryIO, offset: int, head: bytes) -> Probe:
+    """Check the pixel data element after the header is complete.
+
+    ``offset`` is where dcmread stopped (at the pixel data element, if any) and
+    ``head`` the (up to) 12 bytes found there.
+    """
     ds = probe_.dataset
     assert ds is not None
-    offset = fh.tell()
-    fh.seek(offset)
-    head = fh.read(12)
     if len(head) < 8:
         return probe_
     implicit, little = _encoding(ds)
@@ -159,6 +222,8 @@ def _check_pixels(probe_: Probe, fh: BinaryIO) -> Probe:
     if implicit or not head[4:6].isalpha():  # some writers put an implicit element in explicit data
         length, header = struct.unpack("<I" if little else ">I", head[4:8])[0], 8
     elif head[4:6] in _LONG_VRS:
+        if len(head) < 12:
+            return _truncated(probe_, "the pixel data element header is cut off")
         length, header = struct.unpack("<I" if little else ">I", head[8:12])[0], 12
     else:
         length, header = struct.unpack("<H" if little else ">H", head[6:8])[0], 8

@@ -10,22 +10,27 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pandas as pd
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from tqdm.auto import tqdm
+from pydicom.uid import UID
 
-from . import disposition
+from . import disposition, executors
 from .dicomio import probe
 from .disposition import Disposition, Row
 from .layout import BatchLayout
 from .resources import shipped
+from .screening import FieldError, FieldReader, Screener
+
+if TYPE_CHECKING:
+    from .recipes import Recipe
 
 #: Header fields kept in ``files.parquet``: (column, keyword).
 FIELDS: tuple[str, ...] = (
@@ -115,14 +120,49 @@ def discover(source: Path) -> list[Path]:
 
 
 # ------------------------------------------------------------------ per file
+_FIELD_TAGS: tuple[int, ...] = tuple(int(tag_for_keyword(k) or 0) for k in FIELDS)
+_INT_TAGS = frozenset(int(tag_for_keyword(k) or 0) for k in _INTS)
+_IMAGE_TYPE = 0x00080008
+
+
 @lru_cache(maxsize=4)
-def _screener(filter_recipes: tuple[str, ...], use_deid: bool) -> Any:
+def _screener(filter_recipes: tuple[str, ...], use_deid: bool) -> Recipe:
+    """The loaded filter recipes (the reference screen, :meth:`Recipe.screen`)."""
     from .recipes import Recipe
 
     return Recipe.load(filter_recipes, include_default=False, include_deid_filters=use_deid)
 
 
+class _Plan(NamedTuple):
+    reader: FieldReader
+    """Reads the table columns and every screened field once per file."""
+    screener: Screener | None
+
+
+@lru_cache(maxsize=4)
+def _plan(filter_recipes: tuple[str, ...], use_deid: bool) -> _Plan:
+    """Per-process compiled work for :func:`read_one` (one per recipe set)."""
+    screener = Screener(_screener(filter_recipes, use_deid)) if filter_recipes or use_deid else None
+    tags = [*_FIELD_TAGS, *(screener.tags if screener is not None else ())]
+    return _Plan(FieldReader(tags, cell=_cell), screener)
+
+
+def _cell(tag: int, value: Any) -> Hashable:
+    """A header value as a table cell: None, int (for :data:`_INTS`) or str."""
+    if value is None or value == "":
+        return None
+    if tag in _INT_TAGS:
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            return None
+    if tag == _IMAGE_TYPE:
+        return "\\".join(str(v) for v in value) if not isinstance(value, str) else value
+    return str(value)
+
+
 def _value(ds: Dataset, keyword: str) -> Any:
+    """One table cell read with ``Dataset.get``: the reference :func:`_cell` must agree with."""
     elem = ds.get(keyword)
     if elem is None or elem == "":
         return None
@@ -136,13 +176,36 @@ def _value(ds: Dataset, keyword: str) -> Any:
     return str(elem)
 
 
+@lru_cache(maxsize=64)
+def _syntax_name(uid: str) -> str:
+    return str(UID(uid).name)
+
+
+def _transfer_syntax(ds: Dataset) -> str:
+    """The name of the file's transfer syntax (from its file meta)."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is None:
+        tsyntax = None
+    else:
+        # dcmread has already decoded it (to choose the encoding): skip the keyword look-up.
+        elem = meta._dict.get(0x00020010)
+        tsyntax = elem.value if isinstance(elem, DataElement) else meta.get("TransferSyntaxUID")
+    return _syntax_name(str(tsyntax)) if tsyntax else "(none: implicit VR little endian assumed)"
+
+
+@lru_cache(maxsize=1024)
+def _coordinates_json(boxes: tuple[tuple[int, int, int, int], ...]) -> str:
+    return json.dumps([list(c) for c in boxes])
+
+
 def read_one(
     path: str, filter_recipes: tuple[str, ...] = (), use_deid: bool = True
 ) -> dict[str, Any]:
     """Probe one file and, if DICOM, extract its row and screen it.
 
     Returns a plain dict (cheap to send between processes) with ``kind`` and
-    ``reason`` always set.
+    ``reason`` always set.  A header value pydicom cannot decode makes the
+    file an ``error`` (the reason names the field, never its value).
     """
     found = probe(path)
     row: dict[str, Any] = {
@@ -154,28 +217,25 @@ def read_one(
     ds = found.dataset
     if found.kind != "dicom" or ds is None:
         return row
-    meta = getattr(ds, "file_meta", None)
-    tsyntax = meta.get("TransferSyntaxUID") if meta is not None else None
-    row["transfer_syntax"] = (
-        str(tsyntax.name) if tsyntax else "(none: implicit VR little endian assumed)"
-    )
+    plan = _plan(filter_recipes, use_deid)
+    try:
+        fields = plan.reader.read(ds)
+        screen = plan.screener.screen(ds, fields) if plan.screener is not None else None
+    except FieldError as exc:
+        row.update(kind="error", reason=f"unreadable header value: {exc}")
+        return row
+    row["transfer_syntax"] = _transfer_syntax(ds)
     row["has_pixels"] = found.pixel_offset is not None
-    row.update({k: _value(ds, k) for k in FIELDS})
-    if filter_recipes or use_deid:
-        screen = _screener(filter_recipes, use_deid).screen(ds)
+    row.update(zip(FIELDS, [fields[tag].cell for tag in _FIELD_TAGS], strict=True))
+    if screen is not None:
         row.update(
             flagged=bool(screen.flagged),
             group=screen.group,
             label=screen.label,
             reason_screen=screen.reason,
-            coordinates=json.dumps([list(c) for c in screen.coordinates]),
+            coordinates=_coordinates_json(screen.coordinates),
         )
     return row
-
-
-def _chunks(items: Sequence[str], size: int) -> Iterator[list[str]]:
-    for start in range(0, len(items), size):
-        yield list(items[start : start + size])
 
 
 def _read_chunk(
@@ -191,29 +251,24 @@ def read_all(
     filter_recipes: Sequence[str] = (),
     use_deid: bool = True,
     progress: bool = True,
+    executor: str = "local",
+    scheduler: str = "",
 ) -> list[dict[str, Any]]:
-    """Run :func:`read_one` over many files, on a process pool when ``workers`` > 1."""
+    """Run :func:`read_one` over many files, in order, on a process pool or Dask when
+    ``workers`` > 1 (see :func:`sendit_helpers.executors.map_chunks`)."""
     names = [os.fspath(p) for p in paths]
     recipes = tuple(os.fspath(r) for r in filter_recipes)
-    workers = workers or os.cpu_count() or 1
-    bar = tqdm(total=len(names), desc="inspect", unit="file", disable=not progress)
-    rows: list[dict[str, Any]] = []
-    if workers <= 1 or len(names) < 64:
-        for name in names:
-            rows.append(read_one(name, recipes, use_deid))
-            bar.update()
-    else:
-        size = max(16, min(256, len(names) // (workers * 8) or 16))
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [
-                pool.submit(_read_chunk, chunk, recipes, use_deid) for chunk in _chunks(names, size)
-            ]
-            for future in futures:
-                part = future.result()
-                rows.extend(part)
-                bar.update(len(part))
-    bar.close()
-    return rows
+    _plan(recipes, use_deid)  # compiled before the pool starts: forked workers inherit it
+    return executors.map_chunks(
+        partial(_read_chunk, filter_recipes=recipes, use_deid=use_deid),
+        names,
+        workers=workers,
+        executor=executor,
+        scheduler=scheduler,
+        progress=progress,
+        desc="inspect",
+        serial_below=64,
+    )
 
 
 # ------------------------------------------------------------------ tables
@@ -336,14 +391,52 @@ def inspect_batch(layout: BatchLayout, settings: Mapping[str, Any]) -> InspectRe
         filter_recipes=[*filters, *settings["PIXEL_FILTER_RECIPES"]],
         use_deid=bool(settings["USE_DEID_FILTERS"]),
         progress=bool(settings["PROGRESS"]),
+        executor=str(settings["EXECUTOR"]),
+        scheduler=str(settings["DASK_SCHEDULER"]),
     )
     files = files_table(rows, layout.source)
+    ocr_note = ocr_screen(layout, files, settings)
     table = _merge_dispositions(layout, disposition_rows(rows))
     dates = dates_table(files)
     result = InspectResult(layout, files, table, series_table(files), dates)
     result.summary = qa_summary(files, table, dates)
+    if ocr_note:
+        result.summary["warnings"].append(ocr_note)
     save(result)
     return result
+
+
+def ocr_screen(layout: BatchLayout, files: pd.DataFrame, settings: Mapping[str, Any]) -> str:
+    """OCR the images (``OCR_SCREEN``); flag those with text, in place. Returns a warning or "".
+
+    Found text is PHI: it is saved in ``phi/inspect/ocr.parquet`` and never
+    printed.  With ``OCR_SCREEN: auto`` a missing tesseract gives a warning for
+    the QA summary instead of an error; with ``on`` it is an error.
+    """
+    from . import ocr
+
+    mode = str(settings["OCR_SCREEN"])
+    if mode == "off" or files.empty:
+        return ""
+    if mode == "auto":
+        try:
+            ocr.require_tesseract()
+        except ocr.OcrUnavailableError as exc:
+            return f"OCR screen skipped: {exc}"
+    found = ocr.screen_files(
+        files[files["has_pixels"]],
+        sample_per_series=int(settings["OCR_SAMPLE_PER_SERIES"]),
+        workers=int(settings["WORKERS"]),
+        progress=bool(settings["PROGRESS"]),
+    )
+    ocr.save(layout, found)
+    hit = files["source_path"].isin(found.loc[found["ocr_flagged"], "source_path"])
+    new = hit & ~files["flagged"]
+    for column in ("group", "label", "reason_screen"):
+        files[column] = files[column].astype("string")
+    files.loc[new, ["group", "label", "reason_screen"]] = ["graylist", ocr.LABEL, ocr.LABEL]
+    files.loc[hit, "flagged"] = True
+    return ""
 
 
 def _merge_dispositions(layout: BatchLayout, rows: list[Row]) -> pd.DataFrame:

@@ -4,38 +4,131 @@ A folder whose DICOM files all belong to one study is a batch (a folder
 holding no files but one sub-folder is looked into: that sub-folder is the
 batch); any other folder given is a root, searched for batches below it.  A failing batch does
 not stop the others; the run ends with a status table.
+
+Resumable
+    After a stage succeeds, ``phi/stages/<stage>.json`` records a fingerprint
+    of what it ran on: its inputs (for inspect the batch's file list with
+    sizes and modification times; for later stages the previous stage's
+    stamp, so re-running a stage re-runs everything after it; for review
+    also the decisions log), the resolved settings (secrets and
+    ``WORKERS``/``EXECUTOR``/``DASK_SCHEDULER``/``PROGRESS`` excluded, the
+    contents of recipe, crosswalk and decisions files included), the
+    notebook's bytes and the package version.  A stage whose fingerprint
+    is unchanged and whose executed notebook is still there is skipped.  A
+    stage's stamp (and every later one) is removed before it runs, and written
+    only after it succeeded, so a run killed at any moment resumes with the
+    first stage that had not finished; the stages themselves are idempotent
+    (inspect rewrites its tables, deidentify clears and rewrites
+    ``release/``, upload has an exactly-once manifest).  A lock file
+    (``phi/stages/.lock``) keeps two runs off the same batch.
+
+Parallel
+    ``--workers N`` (0 = one per core) is split between batches and files,
+    batches first: ``min(N, batches)`` batches run at once and each gets
+    ``N // that`` worker processes for its per-file work (at least 1).  Whole
+    batches parallelise best (every part of a stage overlaps, kernel start-up
+    and leak gate included); left-over workers go to the files.  With
+    ``--executor local`` the batches run from threads of this process (each
+    drives its own notebook kernel); with ``--executor dask`` each batch is
+    one Dask task (a ``LocalCluster`` of that many single-threaded workers,
+    or the cluster at ``--scheduler``, where every worker thread takes one
+    batch at a time and ``--workers`` is the per-file pool of each batch).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pydicom
+from tqdm.auto import tqdm
 
+from . import __version__, executors
 from .dicomio import READ_ERRORS
 from .errors import BatchError, SenditError
+from .inspect import discover
 from .layout import BatchLayout
-from .runner import Stage, run_stage
+from .runner import Stage, notebook_path, run_stage
+from .settings import BY_NAME, Settings, load_settings
 
 log = logging.getLogger("sendit")
 
 PIPELINE = (Stage.INSPECT, Stage.DEIDENTIFY, Stage.REVIEW, Stage.UPLOAD)
+#: Extra notebook parameters per stage under ``sendit run`` (review runs unattended).
+STAGE_EXTRA: dict[Stage, dict[str, Any]] = {Stage.REVIEW: {"interactive": False}}
+#: Settings that change how fast a stage runs, not what it writes: not fingerprinted.
+EXECUTION_SETTINGS = frozenset({"WORKERS", "EXECUTOR", "DASK_SCHEDULER", "PROGRESS"})
+#: Settings naming files whose *contents* are fingerprinted too.
+FILE_SETTINGS = ("DEID_RECIPES", "PIXEL_FILTER_RECIPES", "CROSSWALK_CSV", "REVIEW_DECISIONS")
+STAMPS_DIR = "stages"
+LOCK_NAME = ".lock"
+#: Seconds a run waits for another process's lock on a batch before failing it.
+LOCK_TIMEOUT = 600.0
+
+
+class LockError(BatchError):
+    """Another ``sendit`` process holds a batch's lock."""
 
 
 @dataclass
 class BatchStatus:
-    """How one batch fared in a run."""
+    """How one batch fared in a run.
+
+    Attributes
+    ----------
+    batch : str
+        The batch name.
+    status : str
+        ``done`` or ``failed``.
+    stage : str
+        The failing stage, or the last stage when done.
+    seconds : float
+        Wall time spent on the batch.
+    notebook : str
+        The executed notebook of the failing stage (empty when done).
+    ran, skipped : list of str
+        Stages executed now (the failing one included), and stages skipped as
+        unchanged since their last success.
+    detail : str
+        The error message (value-free) when failed.
+    """
 
     batch: str
     status: str
     stage: str = ""
+    seconds: float = 0.0
+    notebook: str = ""
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
     detail: str = ""
+
+    def row(self) -> dict[str, Any]:
+        """The status-table row."""
+        return {
+            "batch": self.batch,
+            "status": self.status,
+            "stage": self.stage,
+            "seconds": round(self.seconds, 1),
+            "ran": len(self.ran),
+            "skipped": len(self.skipped),
+            "notebook": self.notebook,
+        }
 
 
 def _study_of(folder: Path) -> str | None:
@@ -99,19 +192,315 @@ def find_batches(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     return batches
 
 
+# ------------------------------------------------------------------ fingerprints and stamps
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _json_sha(value: Any) -> str:
+    return _sha(json.dumps(value, sort_keys=True, default=str).encode())
+
+
+def _file_sha(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+    except FileNotFoundError:
+        return "missing"
+    return digest.hexdigest()
+
+
+def inputs_fingerprint(source: Path) -> str:
+    """Hash of the batch's file list: relative path, size and mtime (ns) of every file.
+
+    Parameters
+    ----------
+    source : Path
+        The batch folder (walked like :func:`~sendit_helpers.inspect.discover`).
+    """
+    rows = []
+    for path in discover(source):
+        st = path.stat()
+        rows.append((path.relative_to(source).as_posix(), st.st_size, st.st_mtime_ns))
+    return _json_sha(rows)
+
+
+def settings_fingerprint(settings: Settings) -> str:
+    """Hash of the settings that shape a stage's output.
+
+    Secrets and :data:`EXECUTION_SETTINGS` are left out; the contents of the
+    files named by :data:`FILE_SETTINGS` are in.
+    """
+    public = {
+        name: value
+        for name, value in settings.resolved.items()
+        if not BY_NAME[name].secret and name not in EXECUTION_SETTINGS
+    }
+    files: dict[str, list[str]] = {}
+    for name in FILE_SETTINGS:
+        value = settings.resolved.get(name) or []
+        paths = [value] if isinstance(value, str) else list(value)
+        files[name] = [_file_sha(p) for p in paths if p]
+    return _json_sha({"settings": public, "files": files})
+
+
+def stamp_path(layout: BatchLayout, stage: Stage) -> Path:
+    """``phi/stages/<stage>.json``: the record of the stage's last success."""
+    return layout.phi / STAMPS_DIR / f"{stage}.json"
+
+
+def read_stamp(layout: BatchLayout, stage: Stage) -> dict[str, Any] | None:
+    """The stage's stamp, or None when it has none (or an unreadable one)."""
+    try:
+        data = json.loads(stamp_path(layout, stage).read_text())
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def fingerprint(
+    stage: Stage,
+    layout: BatchLayout,
+    settings: Settings,
+    stages: Sequence[Stage] = PIPELINE,
+    extra: Mapping[str, Any] | None = None,
+) -> str | None:
+    """The fingerprint of running ``stage`` on ``layout`` now; None if it cannot be current.
+
+    None means an earlier stage of ``stages`` has no stamp (it has not
+    succeeded, so this stage's inputs are not settled).
+
+    Parameters
+    ----------
+    stage : Stage
+    layout : BatchLayout
+    settings : Settings
+        Resolved as the notebook will resolve them.
+    stages : sequence of Stage
+        The pipeline ``stage`` is part of (its predecessor is the input).
+    extra : mapping, optional
+        Extra notebook parameters.
+    """
+    index = list(stages).index(stage)
+    parts: dict[str, Any] = {
+        "stage": str(stage),
+        "version": __version__,
+        "notebook": _file_sha(stage.source()),
+        "settings": settings_fingerprint(settings),
+        "extra": dict(extra if extra is not None else STAGE_EXTRA.get(stage, {})),
+    }
+    if index == 0:
+        parts["inputs"] = inputs_fingerprint(layout.source)
+    else:
+        previous = read_stamp(layout, stages[index - 1])
+        if previous is None:
+            return None
+        parts["inputs"] = previous.get("run_id", "")
+    if stage is Stage.REVIEW:
+        parts["decisions"] = _file_sha(layout.review_dir / "decisions.csv")
+    return _json_sha(parts)
+
+
+def is_current(
+    stage: Stage, layout: BatchLayout, settings: Settings, stages: Sequence[Stage] = PIPELINE
+) -> bool:
+    """True when ``stage`` succeeded before on exactly what it would run on now."""
+    stamp = read_stamp(layout, stage)
+    if stamp is None or not notebook_path(stage, layout).exists():
+        return False
+    key = fingerprint(stage, layout, settings, stages)
+    return key is not None and stamp.get("key") == key
+
+
+def clear_stamps(layout: BatchLayout, stage: Stage, stages: Sequence[Stage] = PIPELINE) -> None:
+    """Remove the stamps of ``stage`` and every stage after it."""
+    for later in list(stages)[list(stages).index(stage) :]:
+        stamp_path(layout, later).unlink(missing_ok=True)
+
+
+def write_stamp(
+    layout: BatchLayout,
+    stage: Stage,
+    settings: Settings,
+    seconds: float,
+    stages: Sequence[Stage] = PIPELINE,
+) -> dict[str, Any]:
+    """Record ``stage``'s success (atomically, flushed to disk) and return the record."""
+    key = fingerprint(stage, layout, settings, stages)
+    record = {
+        "stage": str(stage),
+        "key": key,
+        "run_id": uuid.uuid4().hex,
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "seconds": round(seconds, 3),
+        "notebook": str(notebook_path(stage, layout)),
+        "version": __version__,
+    }
+    path = stamp_path(layout, stage)
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(record, fh, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return record
+
+
+@contextlib.contextmanager
+def batch_lock(layout: BatchLayout, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+    """Hold ``phi/stages/.lock`` (an exclusive ``flock``) while running a batch.
+
+    The lock dies with its process, so a killed run never leaves it behind.
+
+    Raises
+    ------
+    LockError
+        When another process still holds it after ``timeout`` seconds.
+    """
+    folder = layout.phi / STAMPS_DIR
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        warned = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+                if time.monotonic() > deadline:
+                    raise LockError(
+                        f"batch {layout.name} is being run by another sendit process "
+                        f"({holder}); wait for it to finish or stop it, then rerun"
+                    ) from None
+                if not warned:
+                    log.info(
+                        "batch %s: waiting for another sendit process (%s)", layout.name, holder
+                    )
+                    warned = True
+                time.sleep(0.5)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+# ------------------------------------------------------------------ running
+def split_workers(
+    workers: int, n_batches: int, executor: str = "local", scheduler: str = ""
+) -> tuple[int, int]:
+    """How ``--workers`` splits into (batches at once, per-file workers of each batch).
+
+    Batches first: ``min(workers, n_batches)`` batches at once, each with
+    ``workers // that`` processes for its files (at least 1).  With an external
+    Dask scheduler the cluster decides how many batches run at once and
+    ``workers`` is each batch's per-file pool.
+
+    Parameters
+    ----------
+    workers : int
+        ``--workers`` / ``WORKERS`` (0 = one per core).
+    n_batches : int
+        Batches in the run.
+    executor : {"local", "dask"}
+    scheduler : str
+        Dask scheduler address, empty for a LocalCluster.
+
+    Returns
+    -------
+    tuple of (int, int)
+    """
+    total = executors.resolve_workers(workers)
+    if executor == "dask" and scheduler:
+        return max(1, n_batches), total
+    slots = max(1, min(total, n_batches))
+    return slots, max(1, total // slots)
+
+
+StageHook = Callable[[str, Stage, str], None]
+"""Called with (batch, stage, event) where event is ``start``, ``skip``, ``done`` or ``failed``."""
+
+
 def run_batch(
     layout: BatchLayout,
     stages: Sequence[Stage],
     params: Sequence[str | os.PathLike[str]],
     overrides: Mapping[str, Any],
+    *,
+    force: bool = False,
+    hook: StageHook | None = None,
 ) -> BatchStatus:
-    """Run ``stages`` in order on one batch; stop at the first failure."""
-    for stage in stages:
-        try:
-            run_stage(stage, layout, params_files=params, overrides=overrides)
-        except SenditError as exc:
-            return BatchStatus(layout.name, "failed", str(stage), str(exc))
-    return BatchStatus(layout.name, "done", str(stages[-1]) if stages else "")
+    """Run ``stages`` in order on one batch; skip current ones; stop at the first failure.
+
+    Parameters
+    ----------
+    layout : BatchLayout
+    stages : sequence of Stage
+        In pipeline order.
+    params, overrides
+        As for :func:`~sendit_helpers.runner.run_stage`.
+    force : bool
+        Run every stage even when its stamp is current.
+    hook : callable, optional
+        Told about each stage's start, skip, success or failure.
+
+    Returns
+    -------
+    BatchStatus
+        Never raises a :class:`SenditError` or :class:`OSError`: they make a
+        ``failed`` status naming the stage and the notebook.
+    """
+    start = time.perf_counter()
+    status = BatchStatus(layout.name, "done", str(stages[-1]) if stages else "")
+    stage: Stage | None = None
+
+    def tell(event: str) -> None:
+        if hook is not None and stage is not None:
+            hook(layout.name, stage, event)
+
+    try:
+        layout.check_source()
+        layout.ensure()
+        settings = load_settings(params, overrides)
+        with batch_lock(layout):
+            for stage in stages:
+                if not force and is_current(stage, layout, settings, stages):
+                    status.skipped.append(str(stage))
+                    tell("skip")
+                    continue
+                tell("start")
+                status.ran.append(str(stage))
+                clear_stamps(layout, stage, stages)
+                began = time.perf_counter()
+                run_stage(
+                    stage,
+                    layout,
+                    params_files=params,
+                    overrides=overrides,
+                    extra=STAGE_EXTRA.get(stage),
+                )
+                write_stamp(layout, stage, settings, time.perf_counter() - began, stages)
+                tell("done")
+    except (SenditError, OSError) as exc:
+        tell("failed")
+        status.status = "failed"
+        status.stage = str(stage) if stage is not None else "setup"
+        if stage is not None and notebook_path(stage, layout).exists():
+            status.notebook = str(notebook_path(stage, layout))
+        if isinstance(exc, SenditError):
+            status.detail = str(exc)
+        else:
+            where = f" on {exc.filename}" if exc.filename else ""
+            status.detail = f"{type(exc).__name__} ({exc.strerror}){where}; check the work folder"
+    status.seconds = time.perf_counter() - start
+    return status
 
 
 def run_batches(
@@ -119,20 +508,100 @@ def run_batches(
     work: str | os.PathLike[str],
     params: Sequence[str | os.PathLike[str]] = (),
     overrides: Mapping[str, Any] | None = None,
+    *,
+    force: bool = False,
 ) -> int:
-    """Run the pipeline on every batch found; print a status table; return the exit status."""
+    """Run the pipeline on every batch found; print a status table; return the exit status.
+
+    Parameters
+    ----------
+    paths : iterable of path-like
+        Batch folders and roots (:func:`find_batches`).
+    work : path-like
+        The work folder.
+    params, overrides
+        Settings for every stage; ``WORKERS``, ``EXECUTOR``, ``DASK_SCHEDULER``
+        and ``PROGRESS`` also shape the run itself (see :func:`split_workers`).
+    force : bool
+        Re-run stages whose stamps are current.
+
+    Returns
+    -------
+    int
+        0 when every batch is done, 1 when any failed.
+    """
+    settings = load_settings(params, overrides)
     stages = [s for s in PIPELINE if s.source().exists()]
-    statuses = []
-    for folder in find_batches(paths):
+    layouts = _unique_layouts(find_batches(paths), work)
+    executor = str(settings["EXECUTOR"])
+    scheduler = str(settings["DASK_SCHEDULER"])
+    slots, file_workers = split_workers(int(settings["WORKERS"]), len(layouts), executor, scheduler)
+    inner = dict(overrides or {})
+    inner.update({"WORKERS": file_workers, "EXECUTOR": "local", "DASK_SCHEDULER": ""})
+    show = bool(settings["PROGRESS"])
+    log.info(
+        "%d batch(es), %d at a time (%s executor), %d worker process(es) per batch for files",
+        len(layouts),
+        slots,
+        executor,
+        file_workers,
+    )
+    bar = tqdm(total=len(layouts), desc="sendit run", unit="batch", disable=not show)
+    hook: StageHook | None = None
+    if executor == "local":
+
+        def hook(batch: str, stage: Stage, event: str) -> None:
+            if event in ("start", "failed"):
+                bar.set_postfix_str(f"{batch}: {stage} {'running' if event == 'start' else event}")
+
+    work_one = partial(
+        run_batch, stages=stages, params=params, overrides=inner, force=force, hook=hook
+    )
+    statuses: list[BatchStatus | None] = [None] * len(layouts)
+    try:
+        for index, outcome in executors.run_each(
+            work_one, layouts, slots=slots, executor=executor, scheduler=scheduler, desc="batches"
+        ):
+            if isinstance(outcome, executors.ExecutorError):
+                outcome = BatchStatus(layouts[index].name, "failed", "setup", detail=str(outcome))
+            statuses[index] = outcome
+            bar.update()
+            bar.write(_line(outcome), file=sys.stderr)
+    finally:
+        bar.close()
+    done = [s for s in statuses if s is not None]
+    print(status_table(done))
+    for s in done:
+        if s.status != "done":
+            print(f"sendit: {s.batch}: {s.detail}", file=sys.stderr)
+    return 0 if len(done) == len(layouts) and all(s.status == "done" for s in done) else 1
+
+
+def _unique_layouts(folders: Sequence[Path], work: str | os.PathLike[str]) -> list[BatchLayout]:
+    """One layout per batch folder; two folders of one name would share WORK/<name>."""
+    layouts: dict[Path, BatchLayout] = {}
+    for folder in folders:
         layout = BatchLayout.for_batch(folder, work)
-        status = run_batch(layout, stages, params, overrides or {})
-        log.info(
-            "batch %s: %s%s",
-            status.batch,
-            status.status,
-            f" at {status.stage}" if status.status != "done" else "",
-        )
-        statuses.append(status)
-    table = pd.DataFrame([vars(s) for s in statuses])
-    print(table.to_string(index=False))
-    return 0 if all(s.status == "done" for s in statuses) else 1
+        other = layouts.get(layout.root)
+        if other is not None and other.source != layout.source:
+            raise BatchError(
+                f"batches {other.source} and {layout.source} are both named {layout.name} and "
+                f"would share the work folder {layout.root}; rename one or run them with "
+                "different --work folders"
+            )
+        layouts[layout.root] = layout
+    return list(layouts.values())
+
+
+def _line(status: BatchStatus) -> str:
+    if status.status == "done":
+        extra = f", {len(status.skipped)} stage(s) unchanged" if status.skipped else ""
+        return f"sendit: batch {status.batch}: done in {status.seconds:.1f} s{extra}"
+    return f"sendit: batch {status.batch}: failed at {status.stage}"
+
+
+def status_table(statuses: Sequence[BatchStatus]) -> str:
+    """The end-of-run table: batch, status, stage, seconds, stages run/skipped, failed notebook."""
+    rows = [s.row() for s in statuses]
+    columns = ["batch", "status", "stage", "seconds", "ran", "skipped", "notebook"]
+    return pd.DataFrame(rows, columns=columns).to_string(index=False)

@@ -45,7 +45,7 @@ import pandas as pd
 import pydicom
 from pydicom.dataset import Dataset
 
-from . import deidentify, disposition, leakgate
+from . import deidentify, disposition, leakgate, ocr
 from .dicomio import READ_ERRORS
 from .disposition import Disposition, Row
 from .errors import LeakError, ReviewError, SenditError
@@ -59,6 +59,7 @@ __all__ = [
     "DecisionLog",
     "Reviewer",
     "apply_decisions",
+    "auto_scrub_ocr",
     "ensure_deidentified",
     "item_file",
     "load_items",
@@ -86,6 +87,8 @@ TRIGGER_FIELDS = (
     "ManufacturerModelName",
 )
 AWAITING = "pixel screen flagged possible burned-in PHI; awaiting review"
+#: Reviewer name of the scrubs :func:`apply_decisions` makes itself when ``AUTO_SCRUB_OCR`` is on.
+AUTO_OCR_REVIEWER = "auto-ocr"
 _CONDITION_FIELD = re.compile(
     r"\b(?:contains|notcontains|equals|notequals|empty|missing|present|startswith|endswith)\s+([A-Za-z][A-Za-z0-9]*)"
 )
@@ -170,6 +173,7 @@ ITEM_COLUMNS = [
     "reason",
     "suggested",
     "triggers",
+    "ocr_boxes",
 ]
 
 
@@ -191,7 +195,9 @@ def load_items(layout: BatchLayout) -> pd.DataFrame:
         ``rows``, ``columns``, ``frames``, ``photometric``, the rule's ``group``,
         ``label`` and ``reason``, ``suggested`` (list of :class:`Box` from the
         recipe's coordinates) and ``triggers`` (dict of the header fields the
-        rule looks at and their de-identified values).
+        rule looks at and their de-identified values) and ``ocr_boxes`` (list of
+        :class:`Box`, the text the OCR screen found, from ``phi/inspect/ocr.parquet``;
+        they are part of ``suggested`` too).
 
     Raises
     ------
@@ -207,6 +213,7 @@ def load_items(layout: BatchLayout) -> pd.DataFrame:
         for src, name in zip(table["source_path"], table["output_name"], strict=True)
         if name
     }
+    ocr_boxes = ocr.boxes_by_source(ocr.load(layout))
     files_path = layout.inspect_dir / "files.parquet"
     files = (
         pd.read_parquet(files_path).set_index("source_path")
@@ -228,6 +235,9 @@ def load_items(layout: BatchLayout) -> pd.DataFrame:
             coordinates = []
         number = _text(record.get("SeriesNumber"))
         description = _text(record.get("SeriesDescription"))
+        found = boxes_from_coordinates(ocr_boxes.get(source, []), n_cols, n_rows)
+        suggested = boxes_from_coordinates(coordinates, n_cols, n_rows)
+        suggested += [b for b in found if b not in suggested]
         rows.append(
             {
                 "item": name,
@@ -248,8 +258,9 @@ def load_items(layout: BatchLayout) -> pd.DataFrame:
                 "group": _text(screen.get("group")),
                 "label": _text(screen.get("label")),
                 "reason": reason,
-                "suggested": boxes_from_coordinates(coordinates, n_cols, n_rows),
+                "suggested": suggested,
                 "triggers": _triggers(reason, record),
+                "ocr_boxes": found,
             }
         )
     items = pd.DataFrame(rows, columns=ITEM_COLUMNS)
@@ -709,7 +720,41 @@ def _scrub_file(source: Path, target: Path, boxes: Sequence[Box]) -> dict[str, A
     return deidentify.flatten(ds)
 
 
-def apply_decisions(layout: BatchLayout, settings: Mapping[str, Any]) -> ApplyResult:
+def auto_scrub_ocr(layout: BatchLayout, items: pd.DataFrame | None = None) -> list[str]:
+    """Decide *scrub* for every undecided item in which the OCR screen found text.
+
+    The rectangles are the item's suggested boxes: the OCR boxes and, when the
+    rule that flagged it gives some, the recipe's coordinates.  The decisions
+    are written to the log by reviewer :data:`AUTO_OCR_REVIEWER`, like a
+    person's; a later decision by a person wins as usual.
+
+    Parameters
+    ----------
+    layout : BatchLayout
+        A de-identified batch.
+    items : pandas.DataFrame, optional
+        :func:`load_items` of the batch (read when not given).
+
+    Returns
+    -------
+    list of str
+        The items decided now.
+    """
+    items = load_items(layout) if items is None else items
+    log = DecisionLog(layout, AUTO_OCR_REVIEWER)
+    decided = log.decisions()
+    todo = [
+        (row.item, Decision.SCRUB, list(row.suggested))
+        for row in _tuples(items)
+        if row.item not in decided and row.ocr_boxes
+    ]
+    log.record_many(todo)
+    return [item for item, _, _ in todo]
+
+
+def apply_decisions(
+    layout: BatchLayout, settings: Mapping[str, Any], *, auto_ocr: bool | None = None
+) -> ApplyResult:
     """Carry out the decisions in force and re-run the leak gate.
 
     ``release`` and ``scrub`` items go to ``release/<entity>/<name>`` (scrubbed
@@ -723,7 +768,12 @@ def apply_decisions(layout: BatchLayout, settings: Mapping[str, Any]) -> ApplyRe
     layout : BatchLayout
         A de-identified batch.
     settings : mapping
-        Resolved settings (``UPLOAD_AGENT``, ``WORKERS``).
+        Resolved settings (``UPLOAD_AGENT``, ``WORKERS``, ``AUTO_SCRUB_OCR``).
+    auto_ocr : bool, optional
+        Before applying, decide *scrub* for the undecided items in which the
+        OCR screen found text (:func:`auto_scrub_ocr`, reviewer
+        :data:`AUTO_OCR_REVIEWER`).  Default: the ``AUTO_SCRUB_OCR`` setting;
+        the interactive reviewer passes False.
 
     Returns
     -------
@@ -738,6 +788,8 @@ def apply_decisions(layout: BatchLayout, settings: Mapping[str, Any]) -> ApplyRe
         When the leak gate finds an identifying value in ``release/``.
     """
     items = load_items(layout)
+    if settings.get("AUTO_SCRUB_OCR", False) if auto_ocr is None else auto_ocr:
+        auto_scrub_ocr(layout, items)
     decided = DecisionLog(layout).decisions()
     originals = originals_dir(layout)
     released: list[str] = []
@@ -1466,7 +1518,7 @@ class Reviewer:
         """Apply the decisions in force (see :func:`apply_decisions`) and show the outcome."""
         self.apply_result.value = "applying…"
         try:
-            result = apply_decisions(self.layout, self.settings)
+            result = apply_decisions(self.layout, self.settings, auto_ocr=False)
         except (ReviewError, LeakError) as exc:
             self.apply_result.value = f"<span style='color:#b00020'>{_escape(str(exc))}</span>"
             return None

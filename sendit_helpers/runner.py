@@ -7,6 +7,8 @@ layout and settings the same way.
 
 from __future__ import annotations
 
+import importlib
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
@@ -82,8 +84,13 @@ def run_stage(
     params_files: Sequence[str | os.PathLike[str]] = (),
     overrides: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
+    html: bool = True,
 ) -> Path:
     """Execute one stage notebook for one batch with papermill.
+
+    The executed notebook, an offline-readable HTML copy of it and the
+    kernel's own log go to ``phi/notebooks/`` (``NN_stage.ipynb``,
+    ``NN_stage.html``, ``NN_stage.kernel.log``), also when a cell fails.
 
     Parameters
     ----------
@@ -95,7 +102,10 @@ def run_stage(
         Passed to the notebook's ``parameters`` cell, which resolves settings
         with :func:`~sendit_helpers.settings.load_settings`.
     extra : mapping, optional
-        Further stage-specific notebook parameters.
+        Further stage-specific notebook parameters (e.g. ``interactive=False``
+        for the review notebook).
+    html : bool
+        Also write the HTML copy (:func:`export_html`).
 
     Returns
     -------
@@ -105,16 +115,17 @@ def run_stage(
     Raises
     ------
     StageError
-        When a cell fails; names the cell and the exception type, not its
-        message (which may quote identifying values), and the executed
-        notebook to open.
+        When a cell fails or the kernel dies; names the cell and the exception
+        type, not its message (which may quote identifying values), and the
+        executed notebook to open.
     """
     import papermill as pm
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
     from papermill.exceptions import PapermillExecutionError
 
     layout.ensure()
     layout.notebooks_dir.mkdir(mode=0o700, exist_ok=True)
-    output = layout.notebooks_dir / stage.notebook
+    output = notebook_path(stage, layout)
     parameters: dict[str, Any] = {
         "batch_dir": str(layout.source),
         "work_dir": str(layout.work),
@@ -122,6 +133,7 @@ def run_stage(
         "overrides": dict(overrides or {}),
     }
     parameters.update(extra or {})
+    failure: StageError | None = None
     try:
         pm.execute_notebook(
             str(stage.source()),
@@ -131,10 +143,91 @@ def run_stage(
             cwd=str(layout.phi),
             progress_bar=False,
             log_output=False,
+            kernel_manager_class=_logging_kernel_manager(output.with_suffix(".kernel.log")),
         )
     except PapermillExecutionError as exc:
-        raise StageError(
+        failure = StageError(
             f"stage {stage} failed for batch {layout.name} in cell {exc.exec_count} "
             f"({exc.ename}); open the executed notebook {output} to see why"
-        ) from None
+        )
+    except (DeadKernelError, CellTimeoutError, RuntimeError, TimeoutError) as exc:
+        failure = StageError(
+            f"stage {stage} failed for batch {layout.name}: the kernel stopped "
+            f"({type(exc).__name__}); see {output.with_suffix('.kernel.log')} and {output}"
+        )
+    if html and output.exists():
+        export_html(output)
+    if failure is not None:
+        raise failure
     return output
+
+
+def notebook_path(stage: Stage, layout: BatchLayout) -> Path:
+    """Where :func:`run_stage` keeps the executed notebook of ``stage``."""
+    return layout.notebooks_dir / stage.notebook
+
+
+def export_html(notebook: Path) -> Path:
+    """Write an offline-readable HTML copy beside an executed notebook.
+
+    Widget state (``metadata.widgets``) is dropped: it needs the widget
+    JavaScript from the network and is large; the outputs' plain-text and
+    image fallbacks stay.  No script is loaded from the network (no
+    require.js, MathJax, Mermaid or widget renderer URLs), so opening a copy that shows
+    PHI contacts nobody.  Written atomically (temporary file, then rename),
+    owner-only like everything in ``phi/``.
+
+    Parameters
+    ----------
+    notebook : Path
+        An executed ``.ipynb``.
+
+    Returns
+    -------
+    Path
+        The ``.html`` file.
+    """
+    nbformat: Any = importlib.import_module("nbformat")
+    nbconvert: Any = importlib.import_module("nbconvert")
+
+    nb = nbformat.read(str(notebook), as_version=4)
+    nb.metadata.pop("widgets", None)
+    quiet = logging.getLogger("sendit.html")
+    quiet.setLevel(logging.ERROR)  # nbconvert warns about images without alt text
+    exporter = nbconvert.HTMLExporter(log=quiet)
+    for url in (
+        "widget_renderer_url",
+        "require_js_url",
+        "mathjax_url",
+        "mermaid_js_url",
+        "mermaid_layout_elk_js_url",
+    ):
+        if exporter.has_trait(url):
+            setattr(exporter, url, "")
+    body, _resources = exporter.from_notebook_node(nb)
+    target = notebook.with_suffix(".html")
+    tmp = target.with_name(f".{target.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(body)
+    os.replace(tmp, target)
+    return target
+
+
+def _logging_kernel_manager(log_path: Path) -> type[Any]:
+    """A kernel manager class whose kernel writes its stdout/stderr to ``log_path``.
+
+    Keeps kernel warnings out of the terminal (and the ``sendit run`` progress
+    bar) but on record in ``phi/`` beside the notebook.
+    """
+    from jupyter_client.manager import AsyncKernelManager
+
+    class LoggingKernelManager(AsyncKernelManager):
+        async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
+            fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                kw["stdout"] = fh
+                kw["stderr"] = fh
+                await super()._async_launch_kernel(kernel_cmd, **kw)
+
+    return LoggingKernelManager

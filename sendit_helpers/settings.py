@@ -51,7 +51,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("THUMBNAILS", bool),
     Setting("THUMBNAIL_SIZE", int, minimum=16),
     Setting("MONTAGE_MAX_IMAGES", int, minimum=1),
-    Setting("OCR_SCREEN", bool),
+    Setting("OCR_SCREEN", str, choices=("auto", "on", "off")),
     Setting("OCR_SAMPLE_PER_SERIES", int, minimum=0),
     # deidentify
     Setting("USE_DEFAULT_RECIPE", bool),

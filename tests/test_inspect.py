@@ -148,3 +148,134 @@ def test_probe_meta_less_dataset(tmp_path: Path) -> None:
     assert raw.read_bytes()[:4] == b"\x08\x00\x05\x00"
     found = probe(raw)
     assert found.kind == "dicom" and "no DICOM preamble" in found.reason
+
+
+def test_probe_unopenable_file_is_an_error(tmp_path: Path) -> None:
+    link = tmp_path / "PATIENT_NAME" / "gone.dcm"
+    link.parent.mkdir()
+    link.symlink_to(tmp_path / "missing.dcm")
+    found = probe(link)
+    assert found.kind == "error" and found.reason.startswith("cannot open the file")
+    assert "PATIENT_NAME" not in found.reason
+    row = inspect.read_one(str(link))
+    assert row["kind"] == "error"
+
+
+def _reference_row(path: str, filters: tuple[str, ...]) -> dict[str, object]:
+    """read_one the plain way: Dataset.get per column and Recipe.screen."""
+    import json
+
+    found = probe(path)
+    row: dict[str, object] = {
+        "source_path": path,
+        "size_bytes": found.size,
+        "kind": found.kind,
+        "reason": found.reason,
+    }
+    ds = found.dataset
+    if found.kind != "dicom" or ds is None:
+        return row
+    meta = getattr(ds, "file_meta", None)
+    tsyntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    row["transfer_syntax"] = (
+        str(tsyntax.name) if tsyntax else "(none: implicit VR little endian assumed)"
+    )
+    row["has_pixels"] = found.pixel_offset is not None
+    row.update({k: inspect._value(ds, k) for k in inspect.FIELDS})
+    screen = inspect._screener(filters, True).screen(ds)
+    row.update(
+        flagged=bool(screen.flagged),
+        group=screen.group,
+        label=screen.label,
+        reason_screen=screen.reason,
+        coordinates=json.dumps([list(c) for c in screen.coordinates]),
+    )
+    return row
+
+
+def test_read_one_matches_reference_rows(opened: tuple[BatchLayout, Settings]) -> None:
+    layout, _ = opened
+    source = Path(get_testdata_file("CT_small.dcm")).parent  # type: ignore[arg-type]
+    paths = [str(p) for p in inspect.discover(layout.source)]
+    paths += [str(p) for p in sorted(source.rglob("*")) if p.is_file()]
+    filters = (str(inspect.SENDIT_FILTERS),)
+    for _ in range(2):  # cold, then memoized
+        for path in paths:
+            assert inspect.read_one(path, filters) == _reference_row(path, filters), path
+
+
+def _probe_snapshot(path: Path) -> tuple[object, ...]:
+    from sendit_helpers.dicomio import probe as probe_
+
+    found = probe_(path)
+    ds = found.dataset
+    if ds is None:
+        return (found.kind, found.reason, found.size, found.pixel_offset)
+    return (
+        found.kind,
+        found.reason,
+        found.size,
+        found.pixel_offset,
+        dict(ds._dict),
+        ds.file_meta,
+        ds.preamble,
+        ds.original_encoding,
+        ds.original_character_set,
+    )
+
+
+@pytest.mark.parametrize("head_bytes", [64, 200, 700, 3000, 1 << 16])
+def test_probe_from_memory_equals_probe_from_file(
+    head_bytes: int,
+    opened: tuple[BatchLayout, Settings],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Parsing the first HEAD_BYTES in memory gives what reading the file gives."""
+    from sendit_helpers import dicomio
+
+    layout, _ = opened
+    source = Path(get_testdata_file("CT_small.dcm")).parent  # type: ignore[arg-type]
+    paths = inspect.discover(layout.source) + sorted(p for p in source.rglob("*") if p.is_file())
+    monkeypatch.setattr(dicomio, "HEAD_BYTES", 0)  # an empty head: always the plain file read
+    expected = [_probe_snapshot(p) for p in paths]
+    monkeypatch.setattr(dicomio, "HEAD_BYTES", head_bytes)
+    for path, want in zip(paths, expected, strict=True):
+        assert _probe_snapshot(path) == want, path
+
+
+def test_ocr_screen_flags_text_the_header_does_not_admit(tmp_path: Path) -> None:
+    from sendit_helpers import ocr, synthetic
+
+    folder = tmp_path / "ocr_batch"
+    synthetic.make_text_images(folder / "text", 2, with_text=True, seed=3)
+    synthetic.make_text_images(folder / "plain", 2, with_text=False, seed=4)
+    layout = BatchLayout.for_batch(folder, tmp_path / "work")
+    overrides = {
+        **QUIET,
+        "OCR_SCREEN": "on",
+        "OCR_SAMPLE_PER_SERIES": 0,
+        "USE_DEID_FILTERS": False,
+        "USE_SENDIT_FILTERS": False,
+    }
+    result = inspect.inspect_batch(layout, load_settings(overrides=overrides, environ={}))
+    files = result.files.set_index("relative_path")
+    text = files[files.index.str.startswith("text/")]
+    plain = files[files.index.str.startswith("plain/")]
+    assert text["flagged"].all() and set(text["label"]) == {ocr.LABEL}
+    assert not plain["flagged"].any()
+    assert len(ocr.load(layout)) == 4
+
+
+def test_ocr_auto_without_tesseract_warns(
+    opened: tuple[BatchLayout, Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pytesseract
+
+    layout, _ = opened
+    monkeypatch.setattr(pytesseract.pytesseract, "tesseract_cmd", "/nonexistent/tesseract")
+    settings = load_settings(overrides={**QUIET, "OCR_SCREEN": "auto"}, environ={})
+    result = inspect.inspect_batch(layout, settings)
+    assert any(
+        w.startswith("OCR screen skipped:") and "tesseract" in w for w in result.summary["warnings"]
+    )

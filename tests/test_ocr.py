@@ -1,0 +1,248 @@
+"""OCR screen (issue 7): text found in pixels, sampling, suggested boxes, auto-scrub."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+
+from sendit_helpers import deidentify, inspect, ocr, review, synthetic
+from sendit_helpers.layout import BatchLayout
+from sendit_helpers.review import Box, Decision, DecisionLog
+from sendit_helpers.runner import open_batch
+
+pytest.importorskip("pytesseract")
+SETTINGS = {"PROGRESS": False}
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def files_of(paths: list[Path], source: Path) -> pd.DataFrame:
+    """Inspect's files table of some files (header only)."""
+    return inspect.files_table(inspect.read_all(paths, use_deid=False, progress=False), source)
+
+
+def covered(line: synthetic.TextTruth, boxes: list[list[int]]) -> float:
+    """Share of a burned line's box that the boxes cover."""
+    x0, y0, x1, y1 = line.box
+    mask = np.zeros((y1 - y0, x1 - x0), dtype=bool)
+    for b in boxes:
+        mask[max(0, b[1] - y0) : max(0, b[3] - y0), max(0, b[0] - x0) : max(0, b[2] - x0)] = True
+    return float(mask.mean())
+
+
+# ------------------------------------------------------------------ generator
+def test_text_images_are_deterministic_and_recorded(tmp_path: Path) -> None:
+    a = synthetic.make_text_images(tmp_path / "a", 5, with_text=True, seed=3, size=256)
+    b = synthetic.make_text_images(tmp_path / "b", 5, with_text=True, seed=3, size=256)
+    assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
+    truth = synthetic.load_text_truth(tmp_path / "a")
+    assert len(truth) == 10 and {t.file for t in truth} == {p.name for p in a}
+    for line in truth:
+        ds = pydicom.dcmread(tmp_path / "a" / line.file)
+        x0, y0, x1, y1 = line.box
+        assert 0 <= x0 < x1 <= ds.Columns and 0 <= y0 < y1 <= ds.Rows
+        assert line.text.encode() not in (tmp_path / "a" / line.file).read_bytes()
+    plain = synthetic.make_text_images(tmp_path / "p", 3, with_text=False, size=64)
+    assert all(pydicom.dcmread(p).Modality == "CT" for p in plain)
+    assert synthetic.load_text_truth(tmp_path / "p") == []
+
+
+# ------------------------------------------------------------------ detection
+@pytest.fixture(scope="module")
+def screened(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
+    """Six images with text (sizes 8-24 px, three fonts and contrasts) and four plain CT slices."""
+    root = tmp_path_factory.mktemp("ocr")
+    text = synthetic.make_text_images(root / "text", 6, with_text=True, seed=11)
+    plain = synthetic.make_text_images(root / "plain", 4, with_text=False, seed=11)
+    table = pd.concat(
+        [
+            ocr.screen_files(files_of(text, root / "text"), progress=False),
+            ocr.screen_files(files_of(plain, root / "plain"), progress=False, workers=2),
+        ],
+        ignore_index=True,
+    )
+    return root, table
+
+
+def test_text_is_found_and_boxed(screened: tuple[Path, pd.DataFrame]) -> None:
+    root, table = screened
+    truth = synthetic.load_text_truth(root / "text")
+    assert len({(t.height, t.contrast) for t in truth}) >= 4, "several sizes and contrasts"
+    rows = table.set_index(table["source_path"].map(lambda p: Path(p).name))
+    text = rows[rows.index.str.startswith("text_")]
+    assert list(table.columns) == ocr.COLUMNS
+    assert text["ocr_flagged"].sum() >= 5, "at most one of six images missed"
+    assert text["ocr_sampled"].all() and (text["ocr_seconds"] > 0).all()
+    shares = [covered(t, json.loads(text.loc[t.file, "ocr_boxes"])) for t in truth]
+    flagged = [s for s, t in zip(shares, truth, strict=True) if text.loc[t.file, "ocr_flagged"]]
+    assert np.mean(flagged) >= 0.8, "the suggested boxes cover the burned lines"
+    assert all(text.loc[text["ocr_flagged"], "ocr_text"].str.len() > 0), "text kept (PHI)"
+
+
+def test_plain_ct_is_not_flagged(screened: tuple[Path, pd.DataFrame]) -> None:
+    _, table = screened
+    plain = table[table["source_path"].str.contains("plain_")]
+    assert len(plain) == 4 and not plain["ocr_flagged"].any()
+    assert (plain["ocr_boxes"] == "[]").all() and (plain["ocr_text"] == "").all()
+
+
+def test_find_text_maps_boxes_to_the_original_pixels(tmp_path: Path) -> None:
+    ds = pydicom.dcmread(synthetic.make_text_images(tmp_path, 1, with_text=True, seed=11)[0])
+    found = ocr.find_text(ds)
+    assert found and all(0 < b.confidence <= 100 for b in found)
+    for b in found:
+        assert 0 <= b.x < b.x + b.width <= ds.Columns and 0 <= b.y < b.y + b.height <= ds.Rows
+        assert b.text not in repr(b), "found text stays out of repr (and logs)"
+
+
+# ------------------------------------------------------------------ sampling
+def test_sampling_flags_the_rest_of_a_series(monkeypatch: pytest.MonkeyPatch) -> None:
+    files = pd.DataFrame(
+        {
+            "source_path": [f"s{s}_{i}.dcm" for s in (1, 2) for i in range(7)] + ["nopix.dcm"],
+            "SeriesInstanceUID": ["1"] * 7 + ["2"] * 7 + ["3"],
+            "InstanceNumber": [7, 1, 2, 3, 4, 5, 6] * 2 + [1],
+            "has_pixels": [True] * 14 + [False],
+        }
+    )
+    read: list[str] = []
+
+    def fake(path: str, min_confidence: float) -> dict[str, Any]:
+        read.append(path)
+        boxes = [[10, 10, 50, 20]] if path == "s1_0.dcm" else []  # instance 7: the last
+        if path == "s1_3.dcm":
+            boxes = [[40, 15, 90, 30]]
+        return {
+            "source_path": path,
+            "ocr_sampled": True,
+            "ocr_flagged": bool(boxes),
+            "ocr_boxes": json.dumps(boxes),
+            "ocr_text": "X" if boxes else "",
+            "ocr_seconds": 0.1,
+            "ocr_error": "",
+        }
+
+    monkeypatch.setattr(ocr, "_screen_one", fake)
+    table = ocr.screen_files(files, sample_per_series=3, progress=False).set_index("source_path")
+    # evenly spaced in instance order: instances 1, 4, 7 of each series
+    assert sorted(read) == sorted(
+        ["s1_1.dcm", "s1_4.dcm", "s1_0.dcm"] + ["s2_1.dcm", "s2_4.dcm", "s2_0.dcm"]
+    )
+    assert "nopix.dcm" not in table.index and len(table) == 14
+    assert table.loc["s1_3.dcm", "ocr_sampled"] == False  # noqa: E712  (numpy bool)
+    series1 = table[table.index.str.startswith("s1_")]
+    unsampled = series1[~series1["ocr_sampled"]]
+    assert unsampled["ocr_flagged"].all(), "a series with text: unread images count as flagged"
+    assert not series1.loc[["s1_1.dcm", "s1_4.dcm"], "ocr_flagged"].any(), "read: own result"
+    assert (unsampled["ocr_text"] == "").all()
+    assert {json.dumps(json.loads(b)) for b in unsampled["ocr_boxes"]} == {"[[10, 10, 50, 20]]"}
+    assert not table.loc[table.index.str.startswith("s2_"), "ocr_flagged"].any()
+    assert ocr.merge_boxes([[0, 0, 10, 10], [5, 5, 20, 20], [30, 0, 40, 5]]) == [
+        [0, 0, 20, 20],
+        [30, 0, 40, 5],
+    ]
+
+
+# ------------------------------------------------------------------ missing tesseract
+def test_missing_tesseract_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import pytesseract
+
+    monkeypatch.setattr(pytesseract.pytesseract, "tesseract_cmd", str(tmp_path / "no-tesseract"))
+    files = pd.DataFrame(
+        {"source_path": ["a.dcm"], "SeriesInstanceUID": ["1"], "InstanceNumber": [1]}
+    ).assign(has_pixels=True)
+    with pytest.raises(ocr.OcrUnavailableError, match=r"apt-get install tesseract-ocr") as info:
+        ocr.screen_files(files, progress=False)
+    assert "pip install 'sendit-notebooks[ocr]'" in str(info.value)
+    assert isinstance(info.value, ocr.SenditError)
+    with pytest.raises(ocr.OcrUnavailableError, match="no-tesseract"):
+        ocr.find_text(pydicom.Dataset())
+
+
+def test_missing_pytesseract_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pytesseract", None)
+    with pytest.raises(ocr.OcrUnavailableError, match=r"pip install 'sendit-notebooks\[ocr\]'"):
+        ocr.require_tesseract()
+
+
+# ------------------------------------------------------------------ review
+@pytest.fixture
+def held(tmp_path: Path) -> tuple[BatchLayout, dict[str, Any], pd.DataFrame]:
+    """A de-identified batch with an OCR table naming text in the header-silent ultrasound."""
+    source = tmp_path / "in" / "b1"
+    synthetic.make_batch(
+        source, synthetic.BatchSpec(n_series=1, images_per_series=2, rows=32, columns=32)
+    )
+    layout, settings = open_batch(source, tmp_path / "work", [], SETTINGS)
+    deidentify.deidentify_batch(layout, settings)
+    items = review.load_items(layout)
+    us = items[(items["modality"] == "US") & (items["photometric"] == "MONOCHROME2")]
+    ocr.save(
+        layout,
+        pd.DataFrame(
+            {
+                "source_path": [us["source_path"].iloc[0], "/elsewhere.dcm"],
+                "ocr_sampled": [True, True],
+                "ocr_flagged": [True, True],
+                "ocr_boxes": ["[[300, 340, 510, 380]]", "[[0, 0, 5, 5]]"],
+                "ocr_text": ["NAME", "OTHER"],
+                "ocr_seconds": [0.2, 0.2],
+                "ocr_error": ["", ""],
+            }
+        ),
+    )
+    return layout, dict(settings), us
+
+
+def test_ocr_boxes_reach_the_reviewer_and_auto_scrub(
+    held: tuple[BatchLayout, dict[str, Any], pd.DataFrame],
+) -> None:
+    layout, _, us = held
+    assert ocr.table_path(layout).is_relative_to(layout.phi)
+    assert ocr.load(layout)["ocr_flagged"].all()
+    items = review.load_items(layout).set_index("item")
+    row = items.loc[us["item"].iloc[0]]
+    assert row["ocr_boxes"] == [Box(300, 340, 210, 40)]
+    assert Box(300, 340, 210, 40) in row["suggested"]
+    others = items.drop(index=us["item"].iloc[0])
+    assert all(b == [] for b in others["ocr_boxes"])
+
+    # AUTO_SCRUB_OCR: undecided items with OCR boxes are scrubbed by "auto-ocr"
+    settings = held[1]
+    item = us["item"].iloc[0]
+    original = pydicom.dcmread(layout.quarantine / us["path"].iloc[0]).pixel_array
+    assert original[340:380, 300:510].max() > 0
+
+    off = review.apply_decisions(layout, {**settings, "AUTO_SCRUB_OCR": False})
+    assert item in off.undecided and not off.scrubbed
+
+    result = review.apply_decisions(layout, {**settings, "AUTO_SCRUB_OCR": True})
+    assert result.scrubbed == [item]
+    decision, boxes, who = DecisionLog(layout).decisions()[item]
+    assert (decision, who) == (Decision.SCRUB, review.AUTO_OCR_REVIEWER)
+    assert Box(300, 340, 210, 40) in boxes
+    scrubbed = pydicom.dcmread(layout.release / us["path"].iloc[0]).pixel_array
+    assert (scrubbed[340:380, 300:510] == 0).all()
+    assert np.array_equal(scrubbed[:300], original[:300])
+    assert len(result.undecided) == len(review.load_items(layout)) - 1, "no OCR box: no auto"
+
+
+# ------------------------------------------------------------------ benchmark
+def test_bench_ocr_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    bench = importlib.import_module("bench_ocr")
+    args = ["--n", "1", "--files", "8", "--rows", "64", "--workers", "2", "--out", str(tmp_path)]
+    assert bench.main(args) == 0
+    text = capsys.readouterr().out
+    for label in ("text (detection)", "plain CT (false pos.)", "1 per series", "2 workers"):
+        assert label in text

@@ -1,0 +1,247 @@
+"""sendit run: stage stamps, resume after SIGKILL, failing batches, parallel batches on Dask."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from sendit_helpers import deidentify, inspect, review, synthetic
+from sendit_helpers.layout import BatchLayout
+from sendit_helpers.pipeline import (
+    PIPELINE,
+    BatchStatus,
+    LockError,
+    batch_lock,
+    clear_stamps,
+    fingerprint,
+    is_current,
+    split_workers,
+    stamp_path,
+    status_table,
+    write_stamp,
+)
+from sendit_helpers.runner import Stage, notebook_path, open_batch
+from sendit_helpers.settings import load_settings
+
+SECRET_HEX = "706970656c696e652d746573742d736563726574"  # "pipeline-test-secret"
+TINY = synthetic.BatchSpec(n_series=1, images_per_series=2, rows=16, columns=16)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, PROGRESS="false", SENDIT_SITE_SECRET=SECRET_HEX)
+    env.pop("WORKERS", None)
+    return env
+
+
+def _run_cmd(root: Path, work: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "sendit_helpers.cli",
+        "run",
+        str(root),
+        "--work",
+        str(work),
+        *extra,
+    ]
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+# ------------------------------------------------------------------ units
+def test_split_workers_batches_first() -> None:
+    assert split_workers(2, 3) == (2, 1)
+    assert split_workers(2, 1) == (1, 2)
+    assert split_workers(8, 3) == (3, 2)
+    assert split_workers(1, 5) == (1, 1)
+    assert split_workers(4, 10, "dask", "tcp://h:8786") == (10, 4)
+    slots, per_batch = split_workers(0, 1)
+    assert slots == 1 and per_batch == (os.cpu_count() or 1)
+
+
+def test_fingerprints_follow_inputs_settings_and_chain(tmp_path: Path) -> None:
+    folder = tmp_path / "in" / "b1"
+    synthetic.make_batch(folder, TINY)
+    layout = BatchLayout.for_batch(folder, tmp_path / "work").ensure()
+    base = load_settings([], {"PROGRESS": False}, environ={})
+    key = fingerprint(Stage.INSPECT, layout, base)
+    assert key is not None
+    # execution settings and secrets do not count; output-shaping settings do
+    faster = load_settings(
+        [], {"WORKERS": 4, "PROGRESS": True}, environ={"SENDIT_SITE_SECRET": "x"}
+    )
+    assert fingerprint(Stage.INSPECT, layout, faster) == key
+    other = load_settings([], {"ENTITY_PREFIX": "ZZ"}, environ={})
+    assert fingerprint(Stage.INSPECT, layout, other) != key
+    # an input file touched
+    first = inspect.discover(folder)[0]
+    os.utime(first, ns=(first.stat().st_atime_ns, first.stat().st_mtime_ns + 10**9))
+    assert fingerprint(Stage.INSPECT, layout, base) != key
+    # later stages hang on the previous stage's stamp
+    assert fingerprint(Stage.DEIDENTIFY, layout, base) is None
+    notebook_path(Stage.INSPECT, layout).parent.mkdir(parents=True)
+    notebook_path(Stage.INSPECT, layout).write_text("{}")
+    write_stamp(layout, Stage.INSPECT, base, 1.0)
+    assert is_current(Stage.INSPECT, layout, base)
+    assert not is_current(Stage.INSPECT, layout, other)
+    deid = fingerprint(Stage.DEIDENTIFY, layout, base)
+    assert deid is not None
+    write_stamp(layout, Stage.INSPECT, base, 1.0)  # inspect ran again: deidentify must too
+    assert fingerprint(Stage.DEIDENTIFY, layout, base) != deid
+    clear_stamps(layout, Stage.INSPECT)
+    assert not stamp_path(layout, Stage.INSPECT).exists()
+
+
+def test_batch_lock_excludes_a_second_run(tmp_path: Path) -> None:
+    folder = tmp_path / "in" / "b1"
+    folder.mkdir(parents=True)
+    layout = BatchLayout.for_batch(folder, tmp_path / "work").ensure()
+    with batch_lock(layout):
+        with pytest.raises(LockError, match="another sendit process"):
+            with batch_lock(layout, timeout=0.2):
+                pass
+    with batch_lock(layout, timeout=0.2):
+        pass
+
+
+def test_status_table_columns() -> None:
+    text = status_table(
+        [
+            BatchStatus("b1", "done", "upload", 3.21, ran=["inspect"], skipped=["review"]),
+            BatchStatus("b2", "failed", "deidentify", 1.0, notebook="/w/b2/phi/notebooks/02.ipynb"),
+        ]
+    )
+    header = text.splitlines()[0].split()
+    assert header == ["batch", "status", "stage", "seconds", "ran", "skipped", "notebook"]
+    assert "/w/b2/phi/notebooks/02.ipynb" in text and "3.2" in text
+
+
+# ------------------------------------------------------------------ end to end
+def _reference(batches: list[Path], work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the stage notebooks do, in-process and uninterrupted (inspect, deidentify, review)."""
+    monkeypatch.setenv("SENDIT_SITE_SECRET", SECRET_HEX)
+    for folder in batches:
+        layout, settings = open_batch(folder, work, [], {"PROGRESS": False})
+        inspect.inspect_batch(layout, settings)
+        deidentify.deidentify_batch(layout, settings)
+        review.apply_decisions(layout, settings)
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _table(stdout: str) -> dict[str, list[str]]:
+    """The status table's rows by batch: batch, status, stage, seconds, ran, skipped[, notebook]."""
+    return {line.split()[0]: line.split() for line in stdout.splitlines()[1:] if line.strip()}
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_and_failing_batch_is_isolated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One scenario, to keep the suite fast (each stage starts a kernel).
+
+    Three batches; batch_003 cannot be de-identified (its ``phi/deidentify`` is
+    a file).  A local run is SIGKILLed as soon as a 02_deidentify notebook
+    appears; the rerun, on a 2-worker Dask LocalCluster, finishes batch_001 and
+    batch_002 with release/ equal to an uninterrupted run's and every image
+    stored once, reports batch_003's failure with its notebook and exits 1; a
+    third run re-runs nothing but the failed stage.
+    """
+    pytest.importorskip("distributed")
+    root = tmp_path / "root"
+    made = list(synthetic.make_batches(root, n=3, spec=TINY))
+    good, bad = made[:2], made[2]
+    work = tmp_path / "work"
+    (work / bad.name / "phi").mkdir(parents=True)
+    (work / bad.name / "phi" / "deidentify").write_text("not a folder")
+
+    # 1. killed midway
+    with (tmp_path / "run1.out").open("w") as out:
+        proc = subprocess.Popen(
+            _run_cmd(root, work, "--workers", "2"), env=_env(), stdout=out, stderr=out
+        )
+        deadline = time.monotonic() + 120
+        children: list[psutil.Process] = []
+        while time.monotonic() < deadline and proc.poll() is None:
+            children = _descendants(proc.pid) or children
+            if list(work.glob("*/phi/notebooks/02_deidentify.ipynb")):
+                break
+            time.sleep(0.05)
+        children = _descendants(proc.pid) or children
+        assert proc.poll() is None, "the run ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(30) == -signal.SIGKILL
+    _gone, alive = psutil.wait_procs(children, timeout=20)
+    assert not alive, "notebook kernels outlived the killed run"
+    assert not any(stamp_path(BatchLayout.for_batch(b, work), Stage.UPLOAD).exists() for b in made)
+
+    # 2. rerun, on Dask this time
+    again = subprocess.run(
+        _run_cmd(root, work, "--workers", "2", "--executor", "dask"),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=240,
+    )
+    rows = _table(again.stdout)
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert rows["batch_001"][1:3] == ["done", "upload"], again.stdout + again.stderr
+    assert rows["batch_002"][1:3] == ["done", "upload"], again.stdout + again.stderr
+    assert int(rows["batch_001"][5]) + int(rows["batch_002"][5]) >= 1, "finished stages reused"
+    failed_nb = notebook_path(Stage.DEIDENTIFY, BatchLayout.for_batch(bad, work))
+    assert rows[bad.name][1:3] == ["failed", "deidentify"]
+    assert rows[bad.name][-1] == str(failed_nb) and failed_nb.with_suffix(".html").exists()
+    assert f"{bad.name}: stage deidentify failed" in again.stderr
+    assert "FileExistsError" in again.stderr
+
+    reference = tmp_path / "reference"
+    _reference(good, reference, monkeypatch)
+    released = 0
+    for folder in good:
+        layout = BatchLayout.for_batch(folder, work)
+        assert _tree(layout.release) == _tree(reference / folder.name / "release")
+        released += len(list(layout.release.rglob("*.dcm")))
+        for stage in PIPELINE:
+            nb = notebook_path(stage, layout)
+            html = nb.with_suffix(".html")
+            assert nb.exists() and html.exists()
+            assert "application/vnd.jupyter.widget-state+json" not in html.read_text()
+    assert released > 0
+    with sqlite3.connect(work / "storage" / "index.sqlite") as conn:
+        images = conn.execute("SELECT COUNT(*), COUNT(DISTINCT url) FROM image").fetchone()
+    assert images == (released, released), "each released image stored exactly once"
+    assert len(list((work / "storage").rglob("*.dcm"))) == released
+
+    # 3. nothing changed: only the failed stage runs again
+    third = subprocess.run(
+        _run_cmd(root, work, "--workers", "2"),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    rows = _table(third.stdout)
+    assert third.returncode == 1
+    assert rows["batch_001"][4:6] == ["0", "4"] and rows["batch_002"][4:6] == ["0", "4"]
+    assert rows[bad.name][4:6] == ["1", "1"], third.stdout

@@ -6,6 +6,13 @@ uploaded *and verified* in the batch's append-only manifest
 (``phi/upload/manifest.csv``); a killed run therefore resumes where it stopped.
 Retryable failures (HTTP 429/5xx, dropped connections) are retried with
 exponential backoff, at most ``UPLOAD_RETRIES`` times per item.
+
+Targets go one after the other; a target whose ``check()`` fails (unreachable,
+refused credentials) gets nothing, the others still go, and one
+:class:`~sendit_helpers.errors.UploadError` at the end says, per target, how
+many items did not go and why.  Files are hashed once, by the thread sending
+them; metadata records of a target with ``entity_batch`` (Google) are written
+in the background while its uploads go on.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import pandas as pd
 from tqdm.auto import tqdm
@@ -28,7 +35,7 @@ from . import leakgate
 from .errors import UploadError
 from .layout import BatchLayout
 from .targets import Entity, Item, Receipt, Target, TransientError, make_targets
-from .targets.base import file_md5, plain, setting
+from .targets.base import plain, setting
 
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS = ["item", "target", "status", "checksum", "remote_id", "time"]
@@ -57,18 +64,29 @@ class Manifest:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
+        self._fh: TextIO | None = None
+        self._writer: Any = None
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def append(self, item: str, target: str, status: str, checksum: str, remote_id: str) -> None:
         """Append one row and flush it to the OS, so a killed run keeps it."""
         now = datetime.now(UTC).isoformat(timespec="milliseconds")
         with self._lock:
-            new = not self.path.exists() or self.path.stat().st_size == 0
-            with self.path.open("a", newline="") as fh:
-                writer = csv.writer(fh)
+            if self._fh is None:
+                new = not self.path.exists() or self.path.stat().st_size == 0
+                self._fh = self.path.open("a", newline="")
+                self._writer = csv.writer(self._fh)
                 if new:
-                    writer.writerow(MANIFEST_COLUMNS)
-                writer.writerow([item, target, status, checksum, remote_id, now])
+                    self._writer.writerow(MANIFEST_COLUMNS)
+            self._writer.writerow([item, target, status, checksum, remote_id, now])
+            self._fh.flush()
+
+    def close(self) -> None:
+        """Close the file (the next :meth:`append` opens it again)."""
+        with self._lock:
+            if self._fh is not None:
+                self._fh.close()
+                self._fh, self._writer = None, None
 
     def read(self) -> pd.DataFrame:
         """Every row so far (an empty table with the columns when there is none)."""
@@ -149,7 +167,6 @@ def _item(release: Path, row: Mapping[Any, Any]) -> Item:
         name=path.name,
         entity_id=str(row["entity_id"]),
         path=path,
-        md5=file_md5(path),
         size=path.stat().st_size,
         metadata=meta,
     )
@@ -201,25 +218,59 @@ class _Run:
     on_item: ItemHook | None
     errors: list[UploadError] = field(default_factory=list)
     failed: int = 0
+    went: int = 0
+    unusable: bool = False
+    """The target's check() or prepare() failed: nothing was sent to it."""
 
 
-def _put_all(run: _Run, todo: Sequence[Item]) -> list[tuple[Item, Receipt]]:
-    """Put every item with a thread pool; record each outcome as it completes."""
-    stop = threading.Event()
-    label = run.target.label
+Stored = list[tuple[Item, Receipt]]
+
+
+def _entities_of(entities: Sequence[Entity], stored: Stored) -> list[Entity]:
+    wanted = {i.entity_id for i, _ in stored}
+    return [e for e in entities if e.id in wanted]
+
+
+def _put_all(run: _Run, todo: Sequence[Item], entities: Sequence[Entity]) -> tuple[Stored, Stored]:
+    """Put every item with a thread pool; record each outcome as it completes.
+
+    When the target sets :attr:`Target.entity_batch`, metadata records of every
+    ``entity_batch`` stored items are written by one background thread while the
+    uploads go on.
+
+    Returns
+    -------
+    tuple[list, list]
+        Every stored ``(item, receipt)``, and those whose records are not written yet.
+    """
+    stop, refused = threading.Event(), threading.Event()
+    label, target = run.target.label, run.target
+    batch = max(0, int(target.entity_batch))
 
     def work(item: Item) -> Receipt:
         if stop.is_set():
             raise UploadError(f"{label} target: skipped release/{item.key} after earlier failures")
         try:
-            return with_retries(lambda: run.target.put(item), run.retries, stop)
+            return with_retries(lambda: target.put(item), run.retries, stop)
         except TransientError:
             stop.set()
             raise
 
-    stored: list[tuple[Item, Receipt]] = []
+    def write(chunk: Stored) -> None:
+        if refused.is_set():
+            raise UploadError(f"{label} target: metadata records skipped after earlier failures")
+        ents = _entities_of(entities, chunk)
+        try:
+            with_retries(lambda: target.put_entities(ents, chunk), run.retries, stop)
+        except UploadError:
+            refused.set()
+            raise
+
+    stored: Stored = []
+    pending: Stored = []
+    writes: list[tuple[Future[None], Stored]] = []
     bar = tqdm(total=len(todo), desc=f"upload to {label}", unit="img", disable=not run.progress)
-    with bar, ThreadPoolExecutor(run.threads) as pool:
+    with bar, ThreadPoolExecutor(1) as side, ThreadPoolExecutor(run.threads) as pool:
         futures: dict[Future[Receipt], Item] = {pool.submit(work, i): i for i in todo}
         for fut in as_completed(futures):
             item = futures[fut]
@@ -231,9 +282,21 @@ def _put_all(run: _Run, todo: Sequence[Item]) -> list[tuple[Item, Receipt]]:
                 continue
             run.manifest.append(item.key, label, receipt.status, item.md5, receipt.remote_id)
             stored.append((item, receipt))
+            pending.append((item, receipt))
+            if batch and len(pending) >= batch:
+                writes.append((side.submit(write, pending), pending))
+                pending = []
             if run.on_item is not None:
                 run.on_item(receipt)
-    return stored
+    for written, chunk in writes:  # both pools are shut down: every write has finished
+        error = written.exception()
+        if isinstance(error, UploadError):
+            _fail(run, [i for i, _ in chunk], error)
+            failed = {i.key for i, _ in chunk}
+            stored = [(i, r) for i, r in stored if i.key not in failed]
+        elif error is not None:
+            raise error
+    return stored, pending
 
 
 def _fail(run: _Run, items: Sequence[Item], exc: UploadError) -> None:
@@ -243,13 +306,13 @@ def _fail(run: _Run, items: Sequence[Item], exc: UploadError) -> None:
         run.manifest.append(item.key, run.target.label, FAILED, item.md5, "")
 
 
-def _finish(run: _Run, stored: Sequence[tuple[Item, Receipt]], entities: Sequence[Entity]) -> None:
-    """Write metadata records, verify, and record ``verified`` / ``unverified`` rows."""
+def _finish(run: _Run, stored: Stored, unwritten: Stored, entities: Sequence[Entity]) -> None:
+    """Write the remaining metadata records, verify, record ``verified`` / ``unverified``."""
     label, target = run.target.label, run.target
-    wanted = {i.entity_id for i, _ in stored}
-    ents = [e for e in entities if e.id in wanted]
+    ents = _entities_of(entities, unwritten)
     try:
-        with_retries(lambda: target.put_entities(ents, stored), run.retries)
+        if unwritten:
+            with_retries(lambda: target.put_entities(ents, unwritten), run.retries)
         receipts = [r for _, r in stored]
         ok = with_retries(lambda: target.verify(receipts), run.retries)
     except UploadError as exc:
@@ -270,16 +333,28 @@ def _finish(run: _Run, stored: Sequence[tuple[Item, Receipt]], entities: Sequenc
 
 
 def _upload_to(run: _Run, items: Sequence[Item], entities: Sequence[Entity]) -> None:
+    """Upload the items not yet verified on one target; record failures instead of raising.
+
+    A target that fails :meth:`Target.check` or :meth:`Target.prepare` gets nothing; its
+    pending items are recorded as ``failed`` so the other targets still go.
+    """
     target = run.target
-    target.check()
     done = run.manifest.verified(target.label)
-    todo = [i for i in items if done.get(i.key) != i.md5]
+    # hash only items with a verified row: the rest go anyway (and are hashed as they are sent)
+    todo = [i for i in items if i.key not in done or done[i.key] != i.md5]
     if not todo:
         return
-    target.prepare(todo)
-    stored = _put_all(run, todo)
+    try:
+        target.check()
+        target.prepare(todo)
+    except UploadError as exc:
+        run.unusable = True
+        _fail(run, todo, exc)
+        return
+    stored, unwritten = _put_all(run, todo, entities)
     if stored:
-        _finish(run, stored, entities)
+        _finish(run, stored, unwritten, entities)
+    run.went = len(todo) - run.failed
 
 
 # -- entry point ---------------------------------------------------------------------------
@@ -314,8 +389,9 @@ def upload_batch(
     GateError
         The leak gate has not passed on ``release/`` as it is now.
     UploadError
-        A target is unreachable or misconfigured, or some items did not go; the message
-        says how many and to which target.
+        Some items did not go: a target is unreachable or misconfigured (its ``check()``
+        failed: the other targets still get their items), or items failed on the way.
+        The message says, per target, how many did not go and the first cause.
     """
     leakgate.require_pass(layout)
     items, entities = load_release(layout, settings)
@@ -328,6 +404,7 @@ def upload_batch(
         for run in runs:
             _upload_to(run, items, entities)
     finally:
+        manifest.close()
         for target in targets:
             target.close()
     _raise_failures(runs, len(items), manifest.path)
@@ -335,12 +412,20 @@ def upload_batch(
 
 
 def _raise_failures(runs: Sequence[_Run], total: int, path: Path) -> None:
+    """Raise one :class:`UploadError` naming, per target, what did not go and why."""
     bad = [r for r in runs if r.failed]
     if not bad:
         return
-    parts = "; ".join(f"{r.failed} of {total} item(s) to {r.target.label}" for r in bad)
-    first = bad[0].errors[0] if bad[0].errors else None
+    parts = []
+    for run in bad:
+        cause = "target unusable" if run.unusable else "first error"
+        first = run.errors[0] if run.errors else "unknown"
+        parts.append(
+            f"{run.failed} of {total} item(s) to {run.target.label} did not go ({cause}: {first})"
+        )
+    fine = [r for r in runs if not r.failed]
+    went = "".join(f" All items are on {r.target.label} ({r.went} sent in this run)." for r in fine)
     raise UploadError(
-        f"upload incomplete: {parts} did not go (first error: {first}). {path} records what "
-        "went; fix the cause and run the upload again: verified items are skipped"
+        f"upload incomplete: {'; '.join(parts)}.{went} {path} records what went; fix the cause "
+        "and run the upload again: verified items are skipped"
     )

@@ -270,9 +270,20 @@ def fake_gcs_binary() -> Path:
 
 @dataclass
 class FakeGcsServer(Server):
-    """fake-gcs-server over plain HTTP with the in-memory backend."""
+    """fake-gcs-server over plain HTTP.
+
+    ``backend="memory"`` (the default) forgets everything when the server stops;
+    ``backend="filesystem"`` keeps buckets and objects under ``root/objects``, so a
+    restarted server (same ``root`` and port) still has them.
+    """
 
     port: int = 0
+    backend: str = "memory"
+
+    @property
+    def objects_root(self) -> Path:
+        """Where the filesystem backend keeps buckets and objects."""
+        return self.root / "objects"
 
     @property
     def url(self) -> str:
@@ -285,7 +296,8 @@ class FakeGcsServer(Server):
         cmd = [
             str(binary),
             "-scheme", "http",
-            "-backend", "memory",
+            "-backend", self.backend,
+            *(["-filesystem-root", str(self.objects_root)] if self.backend == "filesystem" else []),
             "-host", "127.0.0.1",
             "-port", str(self.port),
             "-external-url", self.url,

@@ -175,3 +175,97 @@ def test_receipt_kind_is_stable() -> None:
 
 def _keys(receipts: Sequence[Receipt]) -> list[str]:
     return [r.key for r in receipts]
+
+
+class BrokenTarget(LocalTarget):
+    """A local store whose check() fails, under its own label."""
+
+    @property
+    def label(self) -> str:
+        return "broken"
+
+    def check(self) -> None:
+        raise UploadError("broken target: cannot reach it; start it")
+
+
+def test_failed_check_lets_other_targets_go(
+    make_release: ReleaseFactory, upload_settings: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layout = make_release(entities=1, images=3)
+    monkeypatch.setattr(
+        "sendit_helpers.upload.make_targets", lambda s, w: [BrokenTarget(s, w), LocalTarget(s, w)]
+    )
+    with pytest.raises(UploadError) as err:
+        upload_batch(layout, upload_settings, progress=False)
+    text = str(err.value)
+    assert "3 of 3 item(s) to broken did not go (target unusable: broken target: cannot" in text
+    assert "All items are on local (3 sent in this run)" in text
+    latest = Manifest(layout.upload_dir / "manifest.csv").read()
+    assert summary(latest).to_dict("records") == [
+        {"target": "broken", "status": "failed", "count": 3},
+        {"target": "local", "status": "verified", "count": 3},
+    ]
+
+
+@pytest.mark.servers
+def test_unreachable_orthanc_does_not_stop_google(
+    orthanc: OrthancServer,
+    google_env: dict[str, Any],
+    make_release: ReleaseFactory,
+    upload_settings: dict[str, Any],
+) -> None:
+    """Orthanc down: Google still gets everything; once Orthanc is up, only Orthanc is sent."""
+    from tests.servers import free_port
+
+    layout = make_release(entities=2, images=3)
+    settings = {**upload_settings, **google_env, "SEND_TO_ORTHANC": True}
+    settings["ORTHANC_URL"] = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    with pytest.raises(
+        UploadError,
+        match=r"6 of 6 item\(s\) to orthanc did not go \(target unusable: orthanc target: "
+        r"cannot reach .*All items are on google \(6 sent in this run\)",
+    ):
+        upload_batch(layout, settings, progress=False)
+    assert orthanc.instance_count() == 0
+
+    settings["ORTHANC_URL"] = orthanc.url
+    manifest = upload_batch(layout, settings, progress=False)
+    assert summary(manifest).to_dict("records") == [
+        {"target": "google", "status": "verified", "count": 6},
+        {"target": "orthanc", "status": "verified", "count": 6},
+    ]
+    google_rows = manifest[manifest["target"] == "google"]
+    assert len(google_rows) == 12  # stored + verified once each: the rerun skipped google
+    assert orthanc.instance_count() == 6
+
+
+class BatchedLocal(LocalTarget):
+    """Local store writing its index every 2 stored items; the first ``refuse`` writes fail."""
+
+    entity_batch = 2
+    refuse = 0
+    writes: list[int] = []
+
+    def put_entities(self, entities: Any, stored: Any) -> None:
+        self.writes.append(len(stored))
+        if len(self.writes) <= self.refuse:
+            raise UploadError("local target: index locked")
+        super().put_entities(entities, stored)
+
+
+def test_records_written_while_uploading(
+    make_release: ReleaseFactory, upload_settings: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """entity_batch: records go in the background; a refused write fails only its items."""
+    layout = make_release(entities=1, images=5)
+    monkeypatch.setattr("sendit_helpers.upload.make_targets", lambda s, w: [BatchedLocal(s, w)])
+    BatchedLocal.writes, BatchedLocal.refuse = [], 1
+    with pytest.raises(UploadError, match=r"4 of 5 item\(s\) to local did not go"):
+        upload_batch(layout, upload_settings, progress=False)
+    assert BatchedLocal.writes == [2, 1]  # the second batch was skipped, the last 1 went at the end
+    BatchedLocal.writes, BatchedLocal.refuse = [], 0
+    manifest = upload_batch(layout, upload_settings, progress=False)
+    assert BatchedLocal.writes == [2, 2]  # only the 4 unverified items went again
+    assert summary(manifest).to_dict("records") == [
+        {"target": "local", "status": "verified", "count": 5}
+    ]

@@ -71,21 +71,39 @@ class Item:
         The de-identified entity (study) the image belongs to.
     path : Path
         Absolute path of the file under ``release/``.
-    md5 : str
-        Hex MD5 of the file's bytes.
     size : int
         File size in bytes.
     metadata : Mapping[str, Any]
         The image's row of ``cleaned.parquet`` (de-identified header fields).
+
+    Notes
+    -----
+    :attr:`md5` is computed on first use and kept, so the upload hashes each file
+    once, in the thread that sends it (:meth:`read` hashes the bytes it returns).
     """
 
     key: str
     name: str
     entity_id: str
     path: Path
-    md5: str
     size: int
     metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def md5(self) -> str:
+        """Hex MD5 of the file's bytes (read and hashed on first use, then kept)."""
+        known: str | None = self.__dict__.get("_md5")
+        if known is None:
+            known = file_md5(self.path)
+            object.__setattr__(self, "_md5", known)
+        return known
+
+    def read(self) -> bytes:
+        """The file's bytes; their MD5 becomes :attr:`md5` unless it is already known."""
+        data = self.path.read_bytes()
+        if "_md5" not in self.__dict__:
+            object.__setattr__(self, "_md5", hashlib.md5(data, usedforsecurity=False).hexdigest())
+        return data
 
 
 @dataclass(frozen=True)
@@ -133,10 +151,14 @@ class Target(ABC):
     """One upload destination.
 
     Implementations must make :meth:`put` safe to call from several threads at once;
-    every other method is called from one thread.
+    every other method is called from one thread at a time (with :attr:`entity_batch`
+    set, :meth:`put_entities` runs in a background thread while :meth:`put` calls go on).
     """
 
     kind: TargetKind
+    entity_batch: int = 0
+    """When > 0, :meth:`put_entities` is called for every ``entity_batch`` stored items,
+    from one background thread while :meth:`put` calls go on (0: once, after every put)."""
 
     @property
     def label(self) -> str:
@@ -158,6 +180,9 @@ class Target(ABC):
         self, entities: Sequence[Entity], stored: Sequence[tuple[Item, Receipt]]
     ) -> None:
         """Write entity and per-image metadata records for stored items (default: nothing).
+
+        Called once per :attr:`entity_batch` stored items (or once for all), so it must
+        upsert: writing a record twice leaves one record.
 
         Parameters
         ----------

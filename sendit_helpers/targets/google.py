@@ -10,6 +10,16 @@ fields plus its cleaned header fields.  Commits hold at most
 :data:`MAX_MUTATIONS` entities and :data:`MAX_COMMIT_BYTES` bytes (the emulator
 enforces neither, production refuses more than 500 mutations or 10 MiB).
 
+Speed: objects go in parallel (``UPLOAD_THREADS``), each file read and hashed
+once, its MD5 sent in the object's metadata so Cloud Storage checks the bytes;
+Image records of every :data:`ENTITY_BATCH` stored images are committed in the
+background while uploads go on; verification reads one listing per entity and
+parallel Datastore lookups.  The clients' own retries are off: the upload
+stage retries (``UPLOAD_RETRIES``), so a dead server fails in seconds.
+
+A 401/403 names the credentials file (``GOOGLE_APPLICATION_CREDENTIALS`` and
+its service account) and the IAM role to check (:func:`translate_error`).
+
 Credentials come from ``GOOGLE_APPLICATION_CREDENTIALS``; with
 ``STORAGE_EMULATOR_HOST`` / ``DATASTORE_EMULATOR_HOST`` set, anonymous
 credentials and the explicit project are used instead.
@@ -19,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import importlib
+import json
 import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -54,7 +65,12 @@ MAX_MUTATIONS = 500
 """Datastore's per-commit mutation limit."""
 MAX_COMMIT_BYTES = 3_500_000
 """Per-commit payload cap: under the emulator's 4 MiB request cap, so under production's 10 MiB."""
-MAX_LOOKUP = 1000
+SINGLE_REQUEST_BYTES = 8 << 20
+"""Files up to this size are read once and sent in one multipart request (the client's limit)."""
+LOOKUP_CHUNK = 100
+"""Keys per Datastore lookup when verifying (production allows 1000); chunks go in parallel."""
+ENTITY_BATCH = 200
+"""Stored images per metadata write while the uploads go on (one commit of <= 500 mutations)."""
 STORAGE_FIELDS = ("url", "md5", "crc32c", "size", "generation", "content_type")
 INSTALL_EXTRA = "google"
 
@@ -80,17 +96,102 @@ def _credentials_file() -> str:
     return path
 
 
-def _permission_fix(service: str, bucket: str, project: str) -> str:
-    path = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS", "") or "(not set)"
+def _key_account(path: str) -> str:
+    """The ``client_email`` of a service-account key file, or ``""`` when unreadable."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return ""
+    return str(data.get("client_email", "")) if isinstance(data, dict) else ""
+
+
+def permission_fix(service: str, bucket: str, project: str) -> str:
+    """What to check after a 401/403: the credentials file and the IAM role it needs.
+
+    Parameters
+    ----------
+    service : str
+        ``"storage"`` or ``"datastore"``.
+    bucket, project : str
+        ``GOOGLE_CLOUD_STORAGE`` and ``GOOGLE_PROJECT_NAME``.
+
+    Returns
+    -------
+    str
+        A sentence naming ``GOOGLE_APPLICATION_CREDENTIALS`` (its file and account, when
+        set) and the role: ``roles/storage.objectAdmin`` on the bucket or
+        ``roles/datastore.user`` in the project.
+    """
+    path = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS", "")
     role = (
-        f"roles/storage.objectAdmin on bucket {bucket}"
+        f"IAM role roles/storage.objectAdmin on bucket {bucket}"
         if service == "storage"
-        else f"roles/datastore.user in project {project}"
+        else f"IAM role roles/datastore.user in project {project}"
     )
+    if not path:
+        return (
+            "GOOGLE_APPLICATION_CREDENTIALS is not set, so Application Default Credentials "
+            "(gcloud login or the VM's service account) were used; set "
+            "GOOGLE_APPLICATION_CREDENTIALS to a service-account JSON key file whose account "
+            f"has the {role}"
+        )
+    account = _key_account(path)
+    who = f"its account {account}" if account else "its service account"
     return (
-        f"check that GOOGLE_APPLICATION_CREDENTIALS={path} is the right service-account key "
-        f"and that its account has {role}"
+        f"check that GOOGLE_APPLICATION_CREDENTIALS={path} is the right key file and that "
+        f"{who} has the {role}"
     )
+
+
+def translate_error(
+    exc: BaseException, *, service: str, what: str, bucket: str, project: str
+) -> UploadError | None:
+    """Map a Google client exception to the error the upload stage raises.
+
+    Parameters
+    ----------
+    exc : BaseException
+        What the Storage or Datastore client raised.
+    service : str
+        ``"storage"`` or ``"datastore"``.
+    what : str
+        What was being done, e.g. ``"uploading release/IR1/IR1_5_1.dcm"``.
+    bucket, project : str
+        ``GOOGLE_CLOUD_STORAGE`` and ``GOOGLE_PROJECT_NAME``, named in the message.
+
+    Returns
+    -------
+    UploadError or None
+        A :class:`TransientError` for 429/5xx and dropped connections; an
+        :class:`UploadError` naming the fix for 401/403 (the credentials file and IAM
+        role), 404 and missing credentials; ``None`` for anything else (re-raise it).
+    """
+    exc_mod = importlib.import_module("google.api_core.exceptions")
+    auth_exc = importlib.import_module("google.auth.exceptions")
+    where = f"google target ({service}, bucket {bucket}, project {project})"
+    if isinstance(exc, exc_mod.TooManyRequests | exc_mod.ServerError | exc_mod.RetryError):
+        return TransientError(f"{where}: {type(exc).__name__} while {what}")
+    if isinstance(exc, requests.ConnectionError | requests.Timeout | auth_exc.TransportError):
+        return TransientError(f"{where}: connection failed while {what}")
+    if isinstance(exc, exc_mod.Forbidden | exc_mod.Unauthorized):
+        code = getattr(exc, "code", None)
+        status = f"HTTP {int(code)}" if isinstance(code, int) else type(exc).__name__
+        return UploadError(
+            f"{where}: permission denied ({status}) while {what}; "
+            + permission_fix(service, bucket, project)
+        )
+    if isinstance(exc, exc_mod.NotFound):
+        return UploadError(
+            f"{where}: not found while {what}; create bucket {bucket} "
+            "or fix GOOGLE_CLOUD_STORAGE / GOOGLE_PROJECT_NAME"
+        )
+    if isinstance(exc, auth_exc.DefaultCredentialsError):
+        return UploadError(
+            f"{where}: no credentials while {what}; set GOOGLE_APPLICATION_CREDENTIALS to "
+            "a service-account JSON key file"
+        )
+    return None
 
 
 class GoogleTarget(Target):
@@ -104,6 +205,7 @@ class GoogleTarget(Target):
     """
 
     kind = TargetKind.GOOGLE
+    entity_batch = ENTITY_BATCH
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         self.bucket_name = str(setting(settings, "GOOGLE_CLOUD_STORAGE", "") or "")
@@ -117,6 +219,8 @@ class GoogleTarget(Target):
         self.collection = collection_name(settings)
         self.threads = max(1, int(setting(settings, "UPLOAD_THREADS", 8)))
         self._storage_mod, self._datastore_mod, self._exc = _modules()
+        self._no_retry = importlib.import_module("google.api_core.retry").Retry(predicate=_never)
+        """Datastore calls are not retried by the client: :func:`upload.with_retries` does."""
         self._local = threading.local()
         self._ds: Any = None
         self._clients: list[Any] = []
@@ -154,31 +258,17 @@ class GoogleTarget(Target):
     @contextmanager
     def _errors(self, service: str, what: str) -> Iterator[None]:
         """Translate Google client errors into Transient / Upload errors naming the fix."""
-        exc_mod = self._exc
-        from google.auth.exceptions import DefaultCredentialsError, TransportError
-
-        where = f"google target ({service}, bucket {self.bucket_name}, project {self.project})"
         try:
             yield
-        except (exc_mod.TooManyRequests, exc_mod.ServerError) as exc:
-            raise TransientError(f"{where}: {type(exc).__name__} while {what}") from exc
-        except (requests.ConnectionError, requests.Timeout, TransportError) as exc:
-            raise TransientError(f"{where}: connection failed while {what}") from exc
-        except (exc_mod.Forbidden, exc_mod.Unauthorized) as exc:
-            raise UploadError(
-                f"{where}: permission denied while {what}; "
-                + _permission_fix(service, self.bucket_name, self.project)
-            ) from exc
-        except exc_mod.NotFound as exc:
-            raise UploadError(
-                f"{where}: not found while {what}; create bucket {self.bucket_name} "
-                "or fix GOOGLE_CLOUD_STORAGE / GOOGLE_PROJECT_NAME"
-            ) from exc
-        except DefaultCredentialsError as exc:
-            raise UploadError(
-                f"{where}: no credentials while {what}; set GOOGLE_APPLICATION_CREDENTIALS to "
-                "a service-account JSON key file"
-            ) from exc
+        except UploadError:
+            raise
+        except Exception as exc:
+            mapped = translate_error(
+                exc, service=service, what=what, bucket=self.bucket_name, project=self.project
+            )
+            if mapped is None:
+                raise
+            raise mapped from exc
 
     # -- interface -----------------------------------------------------------------------
     def check(self) -> None:
@@ -191,7 +281,8 @@ class GoogleTarget(Target):
                 list(blobs)
             with self._errors("datastore", "reading the collection"):
                 client = self.datastore_client()
-                client.get(client.key("Collection", self.collection), retry=None, timeout=TIMEOUT)
+                key = client.key("Collection", self.collection)
+                client.get(key, retry=self._no_retry, timeout=TIMEOUT)
         except TransientError as exc:
             raise UploadError(f"{exc}; check the network or the emulator hosts") from exc
 
@@ -201,17 +292,23 @@ class GoogleTarget(Target):
         blob = self._storage().bucket(self.bucket_name).blob(name)
         what = f"uploading release/{item.key}"
         status = "stored"
+        options: dict[str, Any] = {
+            "content_type": CONTENT_TYPE,
+            "if_generation_match": 0,
+            "predefined_acl": ACL,
+            "retry": None,
+            "timeout": TIMEOUT,
+        }
         with self._errors("storage", what):
             try:
-                blob.upload_from_filename(
-                    str(item.path),
-                    content_type=CONTENT_TYPE,
-                    if_generation_match=0,
-                    predefined_acl=ACL,
-                    checksum="md5",
-                    retry=None,
-                    timeout=TIMEOUT,
-                )
+                if item.size <= SINGLE_REQUEST_BYTES:
+                    # one read, one hash: the MD5 goes with the object's metadata and
+                    # Cloud Storage refuses the upload when the bytes do not match it
+                    data = item.read()
+                    blob.md5_hash = _b64(item.md5)
+                    blob.upload_from_string(data, checksum=None, **options)
+                else:
+                    blob.upload_from_filename(str(item.path), checksum="md5", **options)
             except self._exc.PreconditionFailed:
                 blob.reload(retry=None, timeout=TIMEOUT)
                 status = "exists"
@@ -283,7 +380,7 @@ class GoogleTarget(Target):
             batch.begin()
             for entity, _ in chunk:
                 batch.put(entity)
-            batch.commit(timeout=TIMEOUT)
+            batch.commit(retry=self._no_retry, timeout=TIMEOUT)
         self.commits.append((len(chunk), sum(size for _, size in chunk)))
 
     def verify(self, receipts: Sequence[Receipt]) -> set[str]:
@@ -303,7 +400,10 @@ class GoogleTarget(Target):
         for eid in sorted(entity_ids):
             with self._errors("storage", f"listing entity {eid}"):
                 blobs = client.list_blobs(
-                    self.bucket_name, prefix=f"{self.collection}/{eid}/", timeout=TIMEOUT
+                    self.bucket_name,
+                    prefix=f"{self.collection}/{eid}/",
+                    retry=None,
+                    timeout=TIMEOUT,
                 )
                 found.update({b.name: b.md5_hash for b in blobs})
         return found
@@ -315,11 +415,16 @@ class GoogleTarget(Target):
             client.key("Entity", r.entity_id, "Image", r.name, parent=coll): r.key for r in receipts
         }
         key_list = list(keys)
-        found: dict[str, str] = {}
-        for start in range(0, len(key_list), MAX_LOOKUP):
+        chunks = [key_list[i : i + LOOKUP_CHUNK] for i in range(0, len(key_list), LOOKUP_CHUNK)]
+
+        def lookup(chunk: list[Any]) -> list[Any]:
             with self._errors("datastore", "reading image records"):
-                got = client.get_multi(key_list[start : start + MAX_LOOKUP], timeout=TIMEOUT)
-            found.update({keys[e.key]: str(e.get("md5")) for e in got})
+                return list(client.get_multi(chunk, retry=self._no_retry, timeout=TIMEOUT))
+
+        found: dict[str, str] = {}
+        with ThreadPoolExecutor(min(self.threads, max(1, len(chunks)))) as pool:
+            for got in pool.map(lookup, chunks):
+                found.update({keys[e.key]: str(e.get("md5")) for e in got})
         return found
 
     def close(self) -> None:
@@ -332,6 +437,11 @@ class GoogleTarget(Target):
         if self._ds is not None:
             self._ds.close()
             self._ds = None
+
+
+def _never(exc: BaseException) -> bool:
+    """Retry predicate that never retries."""
+    return False
 
 
 def _b64(md5_hex: str) -> str:

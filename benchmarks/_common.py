@@ -180,3 +180,32 @@ def settings(**overrides: Any) -> Any:
 def say(text: str = "") -> None:
     print(text, flush=True)
     sys.stdout.flush()
+
+
+def _spin(n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total
+
+
+def cpu_ceiling(workers: int = 2, n: int = 6_000_000, repeats: int = 3) -> float:
+    """Speed-up of ``workers`` processes over one on pure-Python CPU work, on this machine now.
+
+    The ceiling any process-parallel code can reach here: virtual cores that
+    share a physical one, or other jobs on the machine, pull it below
+    ``workers``.  Printed beside scaling results so they can be read honestly.
+    """
+    from concurrent.futures import ProcessPoolExecutor
+
+    serial = min(_timed(lambda: [_spin(n) for _ in range(workers)]) for _ in range(repeats))
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(_spin, [1000] * workers))  # start the workers first
+        parallel = min(_timed(lambda: list(pool.map(_spin, [n] * workers))) for _ in range(repeats))
+    return serial / parallel
+
+
+def _timed(func: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    func()
+    return time.perf_counter() - start

@@ -191,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         f"({loop_cpu / one_cpu:.2f}x); read_all split: probe {probe_us:.0f} us, fields {read_us:.0f} us, "
         f"screen {screen_us:.0f} us (cold memo)"
     )
+    c.say(f"machine ceiling: 2 processes run pure-Python work {c.cpu_ceiling(2):.2f}x one process, now")
     c.say(
         f"goal >= 0.80x per worker: {'met' if one / loop >= 0.8 else 'NOT met'} (1 worker {one / loop:.2f}x wall, "
         f"{loop_cpu / one_cpu:.2f}x CPU)"

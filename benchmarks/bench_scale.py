@@ -272,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     speed = throughput(args)
     c.say()
     c.say(c.table(["executor", "workers", "files", "seconds", "files/s", "speed-up"], speed))
+    c.say(f"machine ceiling: 2 processes run pure-Python work {c.cpu_ceiling(2):.2f}x one process, now")
     ratios = {row[0]: row[5] for row in speed if row[1] == 2}
     ok = all(float(r.rstrip("x")) >= 1.7 for r in ratios.values())
     c.say(

@@ -33,7 +33,7 @@ from typing import Any
 import _common as c
 import pydicom
 
-from sendit_helpers import deidentify, inspect, leakgate
+from sendit_helpers import deidentify, dicomwrite, inspect, leakgate
 from sendit_helpers.dicomio import read_full
 from sendit_helpers.identifiers import load_site_secret
 from sendit_helpers.layout import BatchLayout
@@ -66,47 +66,52 @@ class Steps:
 
 
 def per_file_steps(jobs: list[deidentify.Job], config: deidentify.WorkerConfig) -> Steps:
-    """The steps of ``deidentify_file``, each timed (same calls, same order)."""
+    """The steps of ``deidentify_file``'s fast path, each timed (same calls, same order)."""
     steps = Steps()
     recipe = deidentify._recipe(config.recipe_files, config.include_default)
-    mapper = deidentify._uid_mapper(config.secret)
     for job in jobs:
-        ds = steps("read_full (dcmread, pixels deferred)", read_full, job.source_path)
-        before = steps("snapshot before", deidentify.snapshot, ds)
-        ctx = DeidContext(
-            variables={
-                "entity_id": job.entity_id,
-                "item_id": job.item_id,
-                "jitter": str(job.jitter_days),
-            },
-            date_shift_days=job.jitter_days,
-            uid_map=mapper,
-        )
-        changes = steps("recipe.apply", recipe.apply, ds, ctx)
+        data = steps("read_bytes (whole file, once)", Path(job.source_path).read_bytes)
+        split = steps("split_file (dcmread header from memory)", dicomwrite.split_file, data)
+        assert split is not None, "the corpus takes the fast path"
+        ds = split.dataset
+        ctx = steps("context", deidentify._context, job, config)
+        changes = steps("recipe.apply (reports originals)", recipe.apply, ds, ctx)
         steps("_ensure_meta", deidentify._ensure_meta, ds)
-        steps("_write (save_as, reads deferred pixels)", deidentify._write, ds, Path(job.output))
-        steps("removed_values (snapshot after)", deidentify.removed_values, before, ds)
+        header = steps("encode_header (raw writer)", dicomwrite.encode_header, ds)
+        assert header is not None
         steps(
-            "lookup/removed_text",
+            "write header + original pixel bytes",
+            deidentify._write_parts,
+            job.output,
+            header,
+            memoryview(data)[split.pixel_at :],
+        )
+        row, kept = steps("describe (cleaned row + kept values)", deidentify.describe, ds)
+        steps("removed_from (gate values)", deidentify.removed_from, changes, kept)
+        steps(
+            "lookup",
             lambda ch=changes: [(k, o, n) for k, (o, n) in ch.replaced.items()],
         )
-        steps("flatten (cleaned row)", deidentify.flatten, ds)
     return steps
 
 
-def gate_steps(files: list[Path], root: Path, scanner: leakgate.Scanner) -> tuple[Steps, int]:
-    """The steps of ``leakgate.scan_file``, each timed."""
+def gate_steps(
+    files: list[Path], root: Path, scanner: leakgate.Scanner, spans: dict[str, leakgate.Span]
+) -> tuple[Steps, int]:
+    """The steps of ``leakgate.scan_file``, each timed (spans recorded at write time)."""
     steps = Steps()
     scanned_pixels = 0
     for path in files:
         rel = path.relative_to(root).as_posix()
         steps("scan file name", scanner.find, rel.encode())
         data = steps("read_bytes", path.read_bytes)
-        span = steps("_pixel_span (dcmread header again)", leakgate._pixel_span, data)
-        assert span is not None
-        start, end, header = span
+        found = steps("recorded pixel span, checked", leakgate._checked_span, data, spans.get(rel))
+        if found is None:
+            found = steps("_parsed_span (dcmread header again)", leakgate._parsed_span, data)
+        assert found is not None
+        start, _end, _native16 = found
         steps("scan header bytes", scanner.find, data[:start])
-        pixels = data[start:end]
+        pixels = data[start:]
         printable = steps(
             "pixel prefilter (numpy printable words)", leakgate._native_words_printable, pixels
         )
@@ -303,13 +308,13 @@ def alternatives(
         ]
     )
     # _pixel_span starts at the PixelData *tag*: its 'OW'/'OB' VR bytes are a printable word,
-    # so the prefilter always says "scan".  Skipping the element header (8/12 bytes):
+    # so the prefilter would always say "scan"; scan_file starts past the element header.
     passes = sum(leakgate._native_words_printable(px) for px in pixels)
     passes_value = sum(leakgate._native_words_printable(px[12:]) for px in pixels)
     out.append(
         [
-            f"gate: prefilter says scan: {passes}/{m} files as called today, "
-            f"{passes_value}/{m} on the value only",
+            f"gate: prefilter says scan: {passes}/{m} files from the element tag, "
+            f"{passes_value}/{m} on the value only (as scan_file calls it)",
             "-",
         ]
     )
@@ -362,6 +367,12 @@ def main(argv: list[str] | None = None) -> int:
             f"run_jobs(workers=1) itself: {run_s / n * 1e3:.3f} ms/file ({c.rate(n, run_s):.0f} files/s)"
         )
         values = deidentify.gate_values(outcomes, layout.name)
+        spans = {
+            f"{o.job.entity_id}/{o.job.name}": o.pixel_span
+            for o in outcomes
+            if o.pixel_span is not None
+        }
+        leakgate.save_spans(layout, spans)  # as deidentify.finish does
         scanner = leakgate.Scanner.build(values)
         released = leakgate.release_files(layout)
         start = time.perf_counter()
@@ -373,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{gate_s / m * 1e3:.3f} ms/file ({c.rate(report.files, gate_s):.0f} files/s), passed={report.passed}"
         )
         c.say()
-        gsteps, scanned = gate_steps(released, layout.release, scanner)
+        gsteps, scanned = gate_steps(released, layout.release, scanner, spans)
         gsteps.report(
             m,
             f"leak gate per released file ({m} files; pixel regex scan ran on {scanned} after the prefilter):",

@@ -5,43 +5,50 @@ For each readable DICOM image of a batch (``pending`` after inspect):
 1. pseudonyms come from the identifier provider, one call per batch
    (entity = patient, item = study; one date shift per patient);
 2. the recipe (PS3.15 Annex E by default) is applied to the header; pixel
-   data is never decoded, only copied byte for byte;
+   data is never decoded, only copied byte for byte (each file is read once;
+   the header is parsed from memory and written by :mod:`.dicomwrite`, the
+   original pixel data element bytes are appended; files with elements after
+   the pixel data, deflated or odd ones take pydicom's read/save_as path);
 3. the file is written to ``release/<entity>/<item>_<series>_<instance>.dcm``,
-   or to ``phi/quarantine/<entity>/`` when the pixel screen flagged it;
+   or to ``phi/quarantine/<entity>/`` when the pixel screen flagged it; the
+   recipe reports every original value it removed or changed
+   (:attr:`.recipes.Changes.originals`), which, less the values still in the
+   output, become the leak gate's values;
 4. the ``cleaned``, ``entities`` and PHI ``lookup`` tables are written and
    ``disposition.csv`` completed;
 5. the leak gate scans every byte and file name of ``release/`` for every
-   identifying value the recipe removed.
+   identifying value the recipe removed (using the pixel data spans recorded
+   at write time, ``phi/deidentify/pixel_spans.json``, instead of parsing
+   every header again).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from pydicom.dataelem import DataElement
+from pydicom.datadict import dictionary_has_tag, dictionary_keyword, dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from tqdm.auto import tqdm
 
-from . import disposition, inspect, leakgate
+from . import disposition, executors, inspect, leakgate
 from .dicomio import READ_ERRORS, read_full, safe_reason
+from .dicomwrite import encode_header, item_strings, plain_tag, split_file, table_text, text_codec
 from .disposition import Disposition, Row
 from .errors import RecipeError
 from .identifiers import StudyKey, UidMapper, load_site_secret, make_provider
 from .layout import BatchLayout
-from .recipes import DeidContext, Recipe
+from .recipes import GATE_VRS, Changes, DeidContext, Recipe
 
-#: Value representations whose removed values the leak gate looks for.
-GATE_VRS = frozenset({"PN", "LO", "SH", "LT", "ST", "UT", "UC", "DA", "DT", "UI", "AE"})
 #: Value representations whose kept values are never treated as identifying.
 KEPT_VRS = GATE_VRS | {"CS", "AS", "IS", "DS"}
 #: Kept technical fields whose words are never treated as identifying (an
@@ -99,7 +106,9 @@ class Outcome:
     """Identifying values removed from this file: value -> category (PHI)."""
     lookup: list[tuple[str, str, str]] = field(default_factory=list)
     """(field, original, new) pairs (PHI)."""
-    pixel_span: tuple[int, int] | None = None
+    pixel_span: tuple[int, int, int, bool] | None = None
+    """``(value start, value end, file size, 16-bit native)`` of the written pixel
+    data, for the leak gate (:func:`leakgate.save_spans`); None when unknown."""
 
 
 # ------------------------------------------------------------------ per file
@@ -193,23 +202,124 @@ def _ensure_meta(ds: Dataset) -> None:
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
 
 
-def flatten(ds: Dataset, prefix: str = "", out: dict[str, Any] | None = None) -> dict[str, Any]:
-    """De-identified header as a flat dict; nested sequences as ``Seq.Keyword``."""
+_KEYWORDS: dict[int, str] = {}
+
+
+def _key(tag: int) -> str:
+    """``Keyword``, or ``ggggeeee`` for a tag pydicom does not know (as ``flatten`` names it)."""
+    found = _KEYWORDS.get(tag)
+    if found is None:
+        keyword = dictionary_keyword(tag) if dictionary_has_tag(tag) else ""  # as elem.keyword
+        found = _KEYWORDS[tag] = keyword or f"{tag >> 16:04X}{tag & 0xFFFF:04X}"
+    return found
+
+
+def _vr(elem: Any, tag: int) -> str:
+    """The VR pydicom gives the element once converted, or "" when only converting tells."""
+    vr = elem.VR
+    if type(elem) is RawDataElement:
+        if vr == "UN":
+            return ""
+        if vr is None:
+            try:
+                vr = dictionary_VR(tag)
+            except KeyError:
+                return ""
+            if " or " in vr:
+                return ""
+    return str(vr)
+
+
+def describe(
+    ds: Dataset,
+    prefix: str = "",
+    out: dict[str, Any] | None = None,
+    kept: set[str] | None = None,
+) -> tuple[dict[str, Any], set[str]]:
+    """The cleaned-table row of a de-identified data set and its kept values, in one pass.
+
+    Parameters
+    ----------
+    ds : pydicom.Dataset
+        The de-identified data set (raw elements are decoded without being
+        converted where the bytes suffice).
+    prefix, out, kept
+        Used by the recursion into sequence items.
+
+    Returns
+    -------
+    row : dict of str to str
+        :func:`flatten`'s row.
+    kept : set of str
+        Case-folded values of every element (any depth, private ones too)
+        with a :data:`KEPT_VRS` VR, plus the words of CS values and of
+        :data:`TECHNICAL_KEYWORDS` fields: values still in the output are not
+        identifying under this recipe.
+    """
     out = {} if out is None else out
-    for elem in ds:
-        if elem.tag.group == 0x7FE0 or elem.tag.is_private:
+    kept = set() if kept is None else kept
+    items = ds._dict
+    codec: str | None = None
+    codec_known = False
+    for btag, elem in sorted(items.items(), key=plain_tag):
+        tag = btag.real
+        vr = _vr(elem, tag)
+        if not vr:
+            elem = ds[tag]
+            vr = str(elem.VR)
+        group = tag >> 16
+        public = not group & 1 and group != 0x7FE0
+        if vr == "SQ":
+            key = f"{prefix}{_key(tag)}." if public else ""
+            for item in ds[tag].value or ():
+                if public:
+                    describe(item, key, out, kept)
+                else:
+                    describe(item, "", {}, kept)
             continue
-        key = f"{prefix}{elem.keyword or f'{elem.tag.group:04X}{elem.tag.element:04X}'}"
-        if elem.VR == "SQ":
-            for item in elem.value or []:
-                flatten(item, f"{key}.", out)
+        if vr in TABLE_SKIP_VRS:
             continue
-        if elem.VR in TABLE_SKIP_VRS or elem.value is None:
+        if not codec_known:
+            codec, codec_known = text_codec(ds), True
+        if vr in KEPT_VRS:
+            values = item_strings(ds, tag, elem, vr, codec)[1]
+            folded = [v.casefold() for v in values]
+            kept.update(folded)
+            if vr == "CS" or (public and _key(tag) in TECHNICAL_KEYWORDS):
+                kept.update(t for v in folded for t in _TOKENS.split(v) if t)
+        if not public:
             continue
-        text = "\\".join(_strings(elem)) if elem.VM > 1 else str(elem.value)
+        text = table_text(elem, vr, codec, functools.partial(ds.__getitem__, tag))
+        if text is None:
+            continue
+        key = prefix + _key(tag)
         text = text[:_MAX_TABLE_TEXT]
         out[key] = f"{out[key]} | {text}" if key in out and out[key] != text else text
-    return out
+    return out, kept
+
+
+def flatten(ds: Dataset, prefix: str = "", out: dict[str, Any] | None = None) -> dict[str, Any]:
+    """De-identified header as a flat dict; nested sequences as ``Seq.Keyword``."""
+    return describe(ds, prefix, out)[0]
+
+
+def removed_from(changes: Changes, kept: set[str]) -> dict[str, str]:
+    """Values the recipe removed or changed: value -> category (its keyword or ``name``).
+
+    The same result as :func:`removed_values` on snapshots before and after:
+    a value still in the output (casefolded, see :func:`describe`) is not
+    identifying under this recipe and is left out.
+    """
+    removed: dict[str, str] = {}
+    for _vr, category, values in changes.originals:
+        for value in values:
+            if value.casefold() not in kept:
+                removed.setdefault(value, category)
+    for value in changes.removed_text:
+        text = value.strip()
+        if text and text.casefold() not in kept:
+            removed.setdefault(text, "free text")
+    return removed
 
 
 def _write(ds: Dataset, output: Path) -> None:
@@ -219,33 +329,96 @@ def _write(ds: Dataset, output: Path) -> None:
     os.replace(tmp, output)
 
 
-def deidentify_file(job: Job, config: WorkerConfig) -> Outcome:
-    """De-identify one file and write it; never raises for a bad input file."""
-    outcome = Outcome(job)
+def _write_parts(output: str, header: bytes, tail: memoryview) -> None:
+    parent = os.path.dirname(output)
+    tmp = os.path.join(parent, f".{os.path.basename(output)}.tmp")
     try:
-        ds = read_full(job.source_path)
-        before = snapshot(ds)
-        ctx = DeidContext(
-            variables={
-                "entity_id": job.entity_id,
-                "item_id": job.item_id,
-                "jitter": str(job.jitter_days),
-            },
-            date_shift_days=job.jitter_days,
-            uid_map=_uid_mapper(config.secret),
-        )
-        changes = _recipe(config.recipe_files, config.include_default).apply(ds, ctx)
-        _ensure_meta(ds)
-        _write(ds, Path(job.output))
+        fh = open(tmp, "wb")  # noqa: SIM115 (closed below; the folder usually exists)
+    except FileNotFoundError:
+        os.makedirs(parent, exist_ok=True)
+        fh = open(tmp, "wb")  # noqa: SIM115
+    with fh:
+        fh.write(header)
+        fh.write(tail)
+    os.replace(tmp, output)
+
+
+def _context(job: Job, config: WorkerConfig) -> DeidContext:
+    return DeidContext(
+        variables={
+            "entity_id": job.entity_id,
+            "item_id": job.item_id,
+            "jitter": str(job.jitter_days),
+        },
+        date_shift_days=job.jitter_days,
+        uid_map=_uid_mapper(config.secret),
+    )
+
+
+def _native16(ds: Dataset) -> bool:
+    meta = getattr(ds, "file_meta", None)
+    syntax = None if meta is None else meta.get("TransferSyntaxUID")
+    return bool(ds.get("BitsAllocated") == 16 and syntax is not None and not syntax.is_compressed)
+
+
+def _fast_path(
+    job: Job, config: WorkerConfig, recipe: Recipe
+) -> tuple[Dataset, Changes, tuple[int, int, int, bool]] | None:
+    """Read once, parse the header from memory, write header bytes + original pixel bytes.
+
+    None when the file needs the general path (see :func:`dicomwrite.split_file`).
+    """
+    data = Path(job.source_path).read_bytes()
+    try:
+        split = split_file(data)
+    except READ_ERRORS:
+        return None  # the general path reports it
+    if split is None:
+        return None
+    ds = split.dataset
+    changes = recipe.apply(ds, _context(job, config))
+    _ensure_meta(ds)
+    header = encode_header(ds)
+    if header is None:
+        return None
+    tail = memoryview(data)[split.pixel_at :]
+    _write_parts(job.output, header, tail)
+    start = len(header) + split.pixel_value_at - split.pixel_at
+    size = len(header) + len(tail)
+    return ds, changes, (start, size, size, _native16(ds))
+
+
+def deidentify_file(job: Job, config: WorkerConfig) -> Outcome:
+    """De-identify one file and write it; never raises for a bad input file.
+
+    Most files take the fast path (:func:`_fast_path`); files with elements
+    after the pixel data, deflated or unusual ones are read whole, de-identified
+    and written by pydicom.
+    """
+    outcome = Outcome(job)
+    recipe = _recipe(config.recipe_files, config.include_default)
+    try:
+        done = _fast_path(job, config, recipe)
+        if done is None:
+            ds: Dataset = read_full(job.source_path)
+            changes = recipe.apply(ds, _context(job, config))
+            _ensure_meta(ds)
+            _write(ds, Path(job.output))
+        else:
+            ds, changes, outcome.pixel_span = done
+        # Values of elements the recipe did not touch are decoded here for the first
+        # time: a malformed one fails this file (and its output goes), not the batch.
+        outcome.cleaned, kept = describe(ds)
     except RecipeError as exc:
         outcome.error = f"recipe could not be applied: {exc}"
         return outcome
     except (*READ_ERRORS, RuntimeError) as exc:
+        Path(job.output).unlink(missing_ok=True)
         outcome.error = f"could not de-identify: {safe_reason(exc)}"
+        outcome.pixel_span = None
         return outcome
-    outcome.removed = removed_values(before, ds, changes.removed_text)
+    outcome.removed = removed_from(changes, kept)
     outcome.lookup = [(k, old, new) for k, (old, new) in changes.replaced.items()]
-    outcome.cleaned = flatten(ds)
     return outcome
 
 
@@ -254,25 +427,26 @@ def _run_chunk(jobs: list[Job], config: WorkerConfig) -> list[Outcome]:
 
 
 def run_jobs(
-    jobs: Sequence[Job], config: WorkerConfig, *, workers: int = 1, progress: bool = True
+    jobs: Sequence[Job],
+    config: WorkerConfig,
+    *,
+    workers: int = 1,
+    progress: bool = True,
+    executor: str = "local",
+    scheduler: str = "",
 ) -> list[Outcome]:
-    """De-identify many files, on a process pool when ``workers`` > 1."""
-    workers = workers or os.cpu_count() or 1
-    bar = tqdm(total=len(jobs), desc="deidentify", unit="file", disable=not progress)
-    outcomes: list[Outcome] = []
-    if workers <= 1 or len(jobs) < 32:
-        for job in jobs:
-            outcomes.append(deidentify_file(job, config))
-            bar.update()
-    else:
-        size = max(8, min(128, len(jobs) // (workers * 8) or 8))
-        chunks = [list(jobs[i : i + size]) for i in range(0, len(jobs), size)]
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for part in pool.map(_run_chunk, chunks, [config] * len(chunks)):
-                outcomes.extend(part)
-                bar.update(len(part))
-    bar.close()
-    return outcomes
+    """De-identify many files, in order, on a process pool or Dask when ``workers`` > 1
+    (see :func:`sendit_helpers.executors.map_chunks`)."""
+    return executors.map_chunks(
+        partial(_run_chunk, config=config),
+        list(jobs),
+        workers=workers,
+        executor=executor,
+        scheduler=scheduler,
+        progress=progress,
+        desc="deidentify",
+        serial_below=32,
+    )
 
 
 # ------------------------------------------------------------------ planning
@@ -523,7 +697,12 @@ def deidentify_batch(layout: BatchLayout, settings: Mapping[str, Any]) -> DeidRe
     )
     _clear_outputs(layout)
     outcomes = run_jobs(
-        work.jobs, config, workers=int(settings["WORKERS"]), progress=bool(settings["PROGRESS"])
+        work.jobs,
+        config,
+        workers=int(settings["WORKERS"]),
+        progress=bool(settings["PROGRESS"]),
+        executor=str(settings["EXECUTOR"]),
+        scheduler=str(settings["DASK_SCHEDULER"]),
     )
     return finish(layout, settings, outcomes, work.skipped)
 
@@ -542,6 +721,14 @@ def finish(
     lookup_table(outcomes).to_parquet(layout.deid_dir / "lookup.parquet", index=False)
     values = gate_values(outcomes, layout.name)
     leakgate.save_values(layout, values)
+    leakgate.save_spans(
+        layout,
+        {
+            f"{o.job.entity_id}/{o.job.name}": o.pixel_span
+            for o in outcomes
+            if not o.error and o.pixel_span is not None
+        },
+    )
     rows = list(skipped)
     for o in outcomes:
         if o.error:

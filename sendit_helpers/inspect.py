@@ -293,8 +293,8 @@ def files_table(rows: Iterable[Mapping[str, Any]], source: Path) -> pd.DataFrame
     table["relative_path"] = [Path(p).relative_to(source).as_posix() for p in table["source_path"]]
     for col in _INTS:
         table[col] = table[col].astype("Int64")
-    table["flagged"] = table["flagged"].fillna(False).astype(bool)
-    table["has_pixels"] = table["has_pixels"].fillna(False).astype(bool)
+    table["flagged"] = table["flagged"].eq(True)
+    table["has_pixels"] = table["has_pixels"].eq(True)
     table["size_bytes"] = table["size_bytes"].astype("int64")
     for col in columns:
         if table[col].dtype == object:

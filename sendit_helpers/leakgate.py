@@ -37,6 +37,12 @@ _SPLIT = re.compile(rb"[._\-]")
 _WORD = re.compile(r"^[a-z0-9._\-]+$")
 _NAME_SPLIT = re.compile(r"[\^=,\s]+")
 _PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
+_PIXEL_TAG_BYTES = (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10")
+#: Three printable ASCII bytes: a value holding them is seen by the pixel prefilter.
+_PRINTABLE3 = re.compile(rb"[\x20-\x7e]{3}")
+SPANS_FILE = "pixel_spans.json"
+Span = tuple[int, int, int, bool]
+"""``(pixel value start, pixel value end, file size, 16-bit native)`` of a written file."""
 
 
 def release_files(layout: BatchLayout) -> list[Path]:
@@ -102,6 +108,24 @@ def require_pass(layout: BatchLayout) -> str:
 
 
 # ------------------------------------------------------------------ scanning
+def _encodings(value: str) -> set[bytes]:
+    """The byte forms a value can take in a file, lowered the way :meth:`Scanner.find` lowers data.
+
+    ``bytes.lower`` only folds ASCII, so a non-ASCII value is searched in its
+    lower-case, upper-case and written forms, in UTF-8 and (where it fits)
+    Latin-1 — the character sets DICOM files use most.
+    """
+    forms = {value, value.lower(), value.upper(), value.title(), value.capitalize()}
+    out = set()
+    for form in forms:
+        for codec in ("utf-8", "latin-1"):
+            try:
+                out.add(form.encode(codec).lower())
+            except UnicodeEncodeError:
+                continue
+    return out
+
+
 @dataclass
 class Scanner:
     """Finds identifying values in bytes, case-insensitively.
@@ -118,6 +142,10 @@ class Scanner:
     phrases: dict[bytes, str] = field(default_factory=dict)
     too_short: int = 0
     _phrase_re: re.Pattern[bytes] | None = None
+    prefilter_ok: bool = True
+    """False when a value has no run of three printable ASCII bytes (e.g. a
+    name in non-Latin script): the pixel prefilter could not see it, so pixel
+    data is then always scanned in full."""
 
     @classmethod
     def build(cls, values: Mapping[str, str]) -> Scanner:
@@ -128,6 +156,9 @@ class Scanner:
             if category == "name":
                 for part in _NAME_SPLIT.split(value.lower()):
                     scanner._add(part, "name part", MIN_NAME_PART)
+        scanner.prefilter_ok = all(
+            _PRINTABLE3.search(v) for v in (*scanner.tokens, *scanner.phrases)
+        )
         if scanner.phrases:
             alternatives = sorted(scanner.phrases, key=len, reverse=True)
             scanner._phrase_re = re.compile(b"|".join(re.escape(p) for p in alternatives))
@@ -137,11 +168,11 @@ class Scanner:
         if len(value) < minimum:
             self.too_short += bool(value)
             return
-        encoded = value.encode("utf-8")
         if _WORD.match(value):
-            self.tokens.setdefault(encoded, category)
-        else:
-            self.phrases.setdefault(encoded, category)
+            self.tokens.setdefault(value.encode("utf-8"), category)
+            return
+        for variant in _encodings(value):
+            self.phrases.setdefault(variant, category)
 
     def __len__(self) -> int:
         return len(self.tokens) + len(self.phrases)
@@ -167,7 +198,7 @@ class Scanner:
 
 
 def _pixel_span(data: bytes) -> tuple[int, int, pydicom.Dataset] | None:
-    """Byte span of the pixel data value and the header, or None when unparsable."""
+    """Byte span of the pixel data element and the header, or None when unparsable."""
     from io import BytesIO
 
     buffer = BytesIO(data)
@@ -181,8 +212,9 @@ def _pixel_span(data: bytes) -> tuple[int, int, pydicom.Dataset] | None:
 def _native_words_printable(pixels: bytes) -> bool:
     """True when 16-bit native pixel data holds any 2-byte word of printable ASCII.
 
-    A run of four printable bytes always contains such a word, so when there
-    is none, no searched value (at least four characters) can be there.
+    Any three consecutive printable bytes contain such a word, so when there
+    is none, no searched value can be there (:attr:`Scanner.prefilter_ok`
+    says every value holds three printable ASCII bytes).
     """
     words = np.frombuffer(pixels[: len(pixels) // 2 * 2], dtype="<u2")
     low_ok = ((words & 0xFF) - 0x20).astype(np.uint8) < 0x5F
@@ -190,45 +222,75 @@ def _native_words_printable(pixels: bytes) -> bool:
     return bool(np.any(low_ok & high_ok))
 
 
-def scan_file(path: Path, relative: str, scanner: Scanner) -> list[tuple[str, str, str]]:
-    """Scan one file's name and every byte; return ``(file, field, category)`` hits."""
-    hits = [(relative, "file name", c) for _o, c in scanner.find(relative.encode("utf-8"))]
-    data = path.read_bytes()
+def _checked_span(data: bytes, span: Span | None) -> tuple[int, int, bool] | None:
+    """A recorded span, when it still fits the file: same size, pixel data tag just before it."""
+    if span is None:
+        return None
+    start, end, size, native16 = span
+    if len(data) != size or not 12 <= start <= end <= size:
+        return None
+    if data[start - 12 : start - 8] in _PIXEL_TAG_BYTES or (
+        data[start - 8 : start - 4] in _PIXEL_TAG_BYTES
+    ):
+        return start, end, native16
+    return None
+
+
+def _parsed_span(data: bytes) -> tuple[int, int, bool] | None:
+    """Pixel value start, end of the scanned region and 16-bit-native flag, from pydicom."""
     span = _pixel_span(data) if data[128:132] == b"DICM" else None
     if span is None:
-        where = "table contents" if path.suffix == ".parquet" else "file contents"
-        return hits + [(relative, where, c) for _o, c in scanner.find(data)]
+        return None
     tag_at, end, header = span
     start = tag_at + (
         12 if data[tag_at + 4 : tag_at + 6].isalpha() else 8
     )  # past the element header
-    found = scanner.find(data[:start])
-    pixels = data[start:end]
-    if (
+    native16 = (
         header.get("BitsAllocated") == 16
         and not getattr(header, "file_meta", pydicom.Dataset())
         .get("TransferSyntaxUID", pydicom.uid.ExplicitVRLittleEndian)
         .is_compressed
-    ):
-        if _native_words_printable(pixels):
-            found += [(start + o, c) for o, c in scanner.find(pixels)]
-    else:
+    )
+    return min(start, end), end, bool(native16)
+
+
+def scan_file(
+    path: Path, relative: str, scanner: Scanner, span: Span | None = None
+) -> list[tuple[str, str, str]]:
+    """Scan one file's name and every byte; return ``(file, field, category)`` hits.
+
+    ``span`` is the pixel data span recorded when the file was written
+    (:func:`save_spans`); it spares parsing the header again and is only used
+    when the file still has the recorded size and the pixel data tag right
+    before the span.  Every byte is scanned either way: the header in full,
+    the pixel data (and anything after it) in full unless 16-bit native pixel
+    data holds no printable word at all.
+    """
+    hits = [(relative, "file name", c) for _o, c in scanner.find(relative.encode("utf-8"))]
+    data = path.read_bytes()
+    found_span = _checked_span(data, span) or _parsed_span(data)
+    if found_span is None:
+        where = "table contents" if path.suffix == ".parquet" else "file contents"
+        return hits + [(relative, where, c) for _o, c in scanner.find(data)]
+    start, _end, native16 = found_span
+    found = scanner.find(data[:start])
+    pixels = data[start:]
+    if not (native16 and scanner.prefilter_ok) or _native_words_printable(pixels):
         found += [(start + o, c) for o, c in scanner.find(pixels)]
     return hits + [(relative, _field_at(data, offset, start), c) for offset, c in found]
 
 
 def _field_at(data: bytes, offset: int, pixel_start: int) -> str:
     """Name the element holding byte ``offset`` (keyword and tag), best effort."""
-    if offset >= pixel_start:
-        return "PixelData (7FE0,0010)"
     from io import BytesIO
 
     from .errors import tag_label
 
+    whole = offset >= pixel_start
     try:
-        ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True, force=True)
+        ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=not whole, force=True)
     except (pydicom.errors.InvalidDicomError, EOFError, ValueError, OSError):
-        return "(header)"
+        return "PixelData (7FE0,0010)" if whole else "(header)"
     best, best_start = "(header)", -1
     for elem in ds.iterall():
         start = getattr(elem, "file_tell", None)
@@ -237,8 +299,10 @@ def _field_at(data: bytes, offset: int, pixel_start: int) -> str:
     return best
 
 
-def _scan_chunk(items: list[tuple[str, str]], scanner: Scanner) -> list[tuple[str, str, str]]:
-    return [hit for path, rel in items for hit in scan_file(Path(path), rel, scanner)]
+def _scan_chunk(
+    items: list[tuple[str, str, Span | None]], scanner: Scanner
+) -> list[tuple[str, str, str]]:
+    return [hit for path, rel, span in items for hit in scan_file(Path(path), rel, scanner, span)]
 
 
 @dataclass
@@ -261,6 +325,37 @@ def save_values(layout: BatchLayout, values: Mapping[str, str]) -> Path:
     return path
 
 
+def save_spans(layout: BatchLayout, spans: Mapping[str, Span]) -> Path:
+    """Record the pixel data span of each written file (``<entity>/<name>`` -> span).
+
+    Kept in ``phi/deidentify/`` (never in ``release/``); the gate uses a span
+    only while the file still matches it (:func:`scan_file`).
+    """
+    path = layout.deid_dir / SPANS_FILE
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({k: list(v) for k, v in sorted(spans.items())}))
+    os.replace(tmp, path)
+    return path
+
+
+def load_spans(layout: BatchLayout) -> dict[str, Span]:
+    """The spans saved by :func:`save_spans` (empty when there are none or they are unreadable)."""
+    path = layout.deid_dir / SPANS_FILE
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    spans: dict[str, Span] = {}
+    if isinstance(raw, dict):
+        for key, value in raw.items():
+            if isinstance(value, list) and len(value) == 4:
+                start, end, size, native16 = value
+                if all(isinstance(v, int) for v in (start, end, size)):
+                    spans[str(key)] = (start, end, size, bool(native16))
+    return spans
+
+
 def load_values(layout: BatchLayout) -> dict[str, str]:
     """The values saved by :func:`save_values`."""
     path = layout.deid_dir / "gate_values.json"
@@ -270,7 +365,9 @@ def load_values(layout: BatchLayout) -> dict[str, str]:
     return data
 
 
-def _chunks(items: list[tuple[str, str]], n: int) -> Iterable[list[tuple[str, str]]]:
+def _chunks(
+    items: list[tuple[str, str, Span | None]], n: int
+) -> Iterable[list[tuple[str, str, Span | None]]]:
     size = max(1, len(items) // (n * 4) or 1)
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -286,7 +383,11 @@ def run_gate(layout: BatchLayout, values: Mapping[str, str], *, workers: int = 1
     """
     scanner = Scanner.build(values)
     files = release_files(layout)
-    items = [(str(p), p.relative_to(layout.release).as_posix()) for p in files]
+    spans = load_spans(layout)
+    items: list[tuple[str, str, Span | None]] = []
+    for p in files:
+        rel = p.relative_to(layout.release).as_posix()
+        items.append((str(p), rel, spans.get(rel)))
     workers = workers or os.cpu_count() or 1
     if workers > 1 and len(items) >= 64:
         with ProcessPoolExecutor(max_workers=workers) as pool:

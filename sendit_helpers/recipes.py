@@ -85,6 +85,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import BaseTag
 
 from . import descriptors
+from .dicomwrite import element_strings, item_strings, text_codec
 from .errors import RecipeError, tag_label
 
 __all__ = [
@@ -93,6 +94,7 @@ __all__ = [
     "Changes",
     "DeidContext",
     "Recipe",
+    "GATE_VRS",
     "ScreenResult",
     "age_over_89",
 ]
@@ -185,10 +187,20 @@ class Changes:
     replaced : dict of str to (str, str)
         ``keyword`` (nested: ``Seq[i].Keyword``; private: ``(gggg,eeee)``) ->
         ``(old, new)`` for UIDs and identifiers; goes into the PHI lookup.
+    originals : list of (str, str, list of str)
+        ``(VR, category, values)``: the original values (stripped strings as
+        pydicom converts them) of every element with a :data:`GATE_VRS` VR
+        that the recipe removed, blanked or acted on (changed or not), at any
+        depth: nested elements of removed/blanked sequences, removed private
+        elements and creators, elements replaced by ADD.  Category is
+        ``"name"`` for PN, else the keyword or ``(gggg,eeee)``.  Untouched
+        elements are never listed; the de-identify stage drops values still
+        present in the output and gives the rest to the leak gate.
     """
 
     removed_text: list[str] = field(default_factory=list)
     replaced: dict[str, tuple[str, str]] = field(default_factory=dict)
+    originals: list[tuple[str, str, list[str]]] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -222,6 +234,8 @@ def age_over_89(value: str) -> str:
 
 
 _TEXT_VRS = frozenset({"PN", "LO", "SH", "LT", "ST", "UT", "UC", "AE"})
+#: Value representations whose removed or changed values :attr:`Changes.originals` reports.
+GATE_VRS = frozenset({"PN", "LO", "SH", "LT", "ST", "UT", "UC", "DA", "DT", "UI", "AE"})
 _STRING_VRS = _TEXT_VRS | frozenset({"CS", "DA", "DT", "TM", "UI", "UR", "AS", "DS", "IS"})
 _INT_VRS = frozenset({"US", "SS", "UL", "SL", "UV", "SV", "AT"})
 _FLOAT_VRS = frozenset({"FL", "FD"})
@@ -898,6 +912,38 @@ def _raw_texts(ds: Dataset, raw: RawDataElement, vr: str) -> list[str] | None:
     return [v.strip() for v in text.split("\\") if v.strip()]
 
 
+def _category(vr: str, keyword: str, tag: int) -> str:
+    return "name" if vr == "PN" else (keyword or f"({tag >> 16:04X},{tag & 0xFFFF:04X})")
+
+
+def _originals(
+    ds: Dataset,
+    tag: int,
+    dvr: str,
+    out: list[tuple[str, str, list[str]]],
+    codec: str | None | bool = False,
+) -> None:
+    """Append the gate-VR values element ``tag`` of ``ds`` holds now (nested ones too).
+
+    ``codec`` is ``text_codec(ds)`` taken before the walk changed anything
+    (False: look it up now).
+    """
+    item: Any = ds._dict.get(BaseTag(tag))  # as stored: a raw element stays unconverted
+    if item is None:
+        return
+    known = item.VR if item.VR not in (None, "UN") else (dvr if item.VR is None else "")
+    if known and known != "SQ" and known not in GATE_VRS and " or " not in known:
+        return  # not a value the gate looks for: no need to decode it
+    vr, values = item_strings(ds, tag, item, dvr, codec)
+    if vr == "SQ":
+        for child in ds[tag].value or ():
+            for sub in sorted(int(t) for t in child._dict):
+                _originals(child, sub, _entry(sub)[0], out)
+    elif vr in GATE_VRS and values:
+        keyword = _entry(tag)[1] if not (tag >> 16) & 1 else ""
+        out.append((vr, _category(vr, keyword, tag), values))
+
+
 def _put(ds: Dataset, btag: BaseTag, elem: DataElement) -> None:
     """``ds[btag] = elem`` without Dataset.__setitem__'s checks for public, non-SQ tags."""
     if btag >> 16 & 1 or elem.VR == "SQ" or btag in (0x7FE00010, 0x7FE00008, 0x7FE00009):
@@ -1202,7 +1248,7 @@ class Recipe:
         changes = Changes()
         self._walk(ds, ctx, changes, "", _Tokens(ds if self._clean else None, ctx))
         for rule in self._adds:
-            self._add(ds, rule, ctx)
+            self._add(ds, rule, ctx, changes)
         sop = str(ds[_SOP_INSTANCE_UID].value or "") if _SOP_INSTANCE_UID in ds else ""
         meta = getattr(ds, "file_meta", None)
         if meta is not None:
@@ -1231,6 +1277,7 @@ class Recipe:
         kept_blocks: set[int] = set()
         creator_tags: list[int] = []
         creators: dict[int, str | None] = {}
+        codec = text_codec(ds)  # the original character set, before any change
         for btag, raw in list(ds.items()):
             tag = int(btag)  # plain int: BaseTag.__eq__ is Python code, slow in dict lookups
             if not (tag >> 16) & 1:  # public
@@ -1238,6 +1285,8 @@ class Recipe:
                 if plan is None:
                     plan = self._public_plan(tag, str(getattr(raw, "VR", "") or ""))
                 if plan[0] != _K_KEEP:
+                    if plan[0] != _K_SEQ:
+                        _originals(ds, tag, plan[3], changes.originals, codec)
                     if type(raw) is RawDataElement and raw.value is not None:
                         if self._fast(ds, btag, raw, plan, ctx, changes, prefix, tokens):
                             continue
@@ -1265,17 +1314,21 @@ class Recipe:
                 if tag in safe:
                     kept_blocks.add(block)
                 else:
+                    _originals(ds, tag, "", changes.originals, codec)
                     del ds[btag]
                 continue
             if pplan[0] == _K_REMOVE:
+                _originals(ds, tag, "", changes.originals, codec)
                 del ds[btag]
                 continue
             if pplan[0] != _K_KEEP:
+                _originals(ds, tag, "", changes.originals, codec)
                 self._do(ds, tag, pplan, ctx, changes, prefix, tokens)
             if tag in ds:
                 kept_blocks.add(block)
         for ctag in creator_tags:
             if ctag not in kept_blocks:
+                _originals(ds, ctag, "", changes.originals, codec)
                 del ds[ctag]
 
     def _fast(
@@ -1400,8 +1453,21 @@ class Recipe:
         vr = elem.VR
         if vr == "SQ":
             for item in elem.value or ():
-                for sub in item:
-                    self._record_removed(sub, changes)
+                codec = text_codec(item)
+                for sub in sorted(int(t) for t in item._dict):
+                    raw: Any = item._dict[sub]
+                    sub_vr = raw.VR
+                    if (
+                        type(raw) is RawDataElement
+                        and sub_vr in _TEXT_VRS
+                        and (raw.value is not None or not raw.length)  # not deferred
+                    ):
+                        # decoded from the bytes: converting would cost more than the walk
+                        texts = element_strings(raw.value or b"", sub_vr, codec)
+                        if texts is not None:
+                            _note_texts(changes, texts, sub_vr)
+                            continue
+                    self._record_removed(item[sub], changes)
         elif vr in _TEXT_VRS:
             _note_texts(changes, _text_values(elem.value), vr)
 
@@ -1512,10 +1578,12 @@ class Recipe:
         key = elem.keyword or f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
         changes.replaced[prefix + key] = (old, new)
 
-    def _add(self, ds: Dataset, rule: _Rule, ctx: DeidContext) -> None:
+    def _add(self, ds: Dataset, rule: _Rule, ctx: DeidContext, changes: Changes) -> None:
         tag = rule.fields[0].tag
         btag = BaseTag(tag)
         vr, keyword, _name = _entry(tag)
+        if tag in ds._dict:
+            _originals(ds, tag, vr, changes.originals)
         value = rule.value
         assert value is not None
         if value.kind == _FUNC and value.text == "method_codes":

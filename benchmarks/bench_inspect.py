@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         return lambda: inspect.read_all(paths, workers=workers, use_deid=True, progress=False)
 
     def batch(workers: int) -> Callable[[Path, Any], Any]:
-        conf = c.settings(WORKERS=workers)
+        conf = c.settings(WORKERS=workers, OCR_SCREEN="off")  # OCR: benchmarks/bench_ocr.py
         return lambda work, _x: inspect.inspect_batch(BatchLayout.for_batch(folder, work), conf)
 
     # The repeats are interleaved (loop, read_all, ... loop, read_all, ...) so that a burst of
@@ -176,10 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{two / 2 / loop:.2f}x per worker)"
     )
     c.say(
-        f"inspect_batch 1 w : {b1:6.0f} files/s  ({b1 / loop:.2f}x pydicom loop; {batch1_s:.2f} s incl. tables + parquet)"
+        f"inspect_batch 1 w : {b1:6.0f} files/s  ({b1 / loop:.2f}x pydicom loop; {batch1_s:.2f} s incl. tables + parquet, OCR off)"
     )
     c.say(
-        f"inspect_batch 2 w : {b2:6.0f} files/s  ({b2 / loop:.2f}x pydicom loop; {batch2_s:.2f} s incl. tables + parquet)"
+        f"inspect_batch 2 w : {b2:6.0f} files/s  ({b2 / loop:.2f}x pydicom loop; {batch2_s:.2f} s incl. tables + parquet, OCR off)"
     )
     c.say(
         f"(one-time %filter recipe compile, not counted: {compile_s * 1000:.0f} ms; "

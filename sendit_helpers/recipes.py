@@ -1748,8 +1748,17 @@ def _label_matches(lab: _Label, ds: Dataset) -> bool:
 
 
 def _coordinates(lab: _Label, ds: Dataset) -> tuple[tuple[int, int, int, int], ...]:
+    return coordinate_boxes(lab.coordinates, ds)
+
+
+def coordinate_boxes(specs: Sequence[str], ds: Dataset) -> tuple[tuple[int, int, int, int], ...]:
+    """Scrub boxes ``(x0, y0, x1, y1)`` of a filter label's ``coordinates`` on ``ds``.
+
+    A spec is ``"x0,y0,x1,y1"``, ``"all"`` (the whole image) or ``"from:Keyword"``
+    (the regions of a sequence such as ``SequenceOfUltrasoundRegions``).
+    """
     boxes: list[tuple[int, int, int, int]] = []
-    for spec in lab.coordinates:
+    for spec in specs:
         if spec == "all":
             cols, rows = ds.get("Columns"), ds.get("Rows")
             boxes.append((0, 0, int(cols or 0), int(rows or 0)))

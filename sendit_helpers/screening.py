@@ -32,12 +32,11 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import BaseTag
 
 from .dicomio import PARSE_ERRORS, safe_reason
 from .errors import SenditError, tag_label
-from .recipes import Recipe, ScreenResult
+from .recipes import Recipe, ScreenResult, coordinate_boxes
 
 __all__ = ["ABSENT", "Field", "FieldError", "FieldReader", "Screener", "field_of"]
 
@@ -347,30 +346,7 @@ def _static_boxes(specs: tuple[str, ...]) -> tuple[_Box, ...] | None:
 
 def _boxes(specs: tuple[str, ...], ds: Dataset) -> tuple[_Box, ...]:
     """Scrub boxes of a label on ``ds`` (as ``Recipe.screen``)."""
-    boxes: list[_Box] = []
-    for spec in specs:
-        if spec == "all":
-            cols, rows = ds.get("Columns"), ds.get("Rows")
-            boxes.append((0, 0, int(cols or 0), int(rows or 0)))
-        elif spec.startswith("from:"):
-            regions = ds.get(spec[5:])
-            items = list(regions) if isinstance(regions, DicomSequence) else []
-            for region in items:
-                try:
-                    boxes.append(
-                        (
-                            int(region.RegionLocationMinX0),
-                            int(region.RegionLocationMinY0),
-                            int(region.RegionLocationMaxX1),
-                            int(region.RegionLocationMaxY1),
-                        )
-                    )
-                except AttributeError:
-                    continue
-        else:
-            x0, y0, x1, y1 = (int(v) for v in spec.split(",") if v.strip())
-            boxes.append((x0, y0, x1, y1))
-    return tuple(boxes)
+    return coordinate_boxes(specs, ds)
 
 
 class _Compiled(NamedTuple):

@@ -184,7 +184,7 @@ _TEXT_WRITE_VRS = frozenset({"SH", "LO", "ST", "LT", "UT", "UC"})
 @lru_cache(maxsize=64)
 def _plain_charset_of(encodings: str) -> bool:
     found = convert_encodings(encodings)
-    return len(found) == 1 and _simple_codec(found[0]) is not None
+    return len(found) == 1 and simple_codec(found[0]) is not None
 
 
 def _plain_charset(encodings: Any) -> bool:
@@ -372,7 +372,8 @@ def encode_header(ds: Dataset) -> bytes | None:
 
 # ------------------------------------------------------------------ reading values
 @lru_cache(maxsize=64)
-def _simple_codec(name: str) -> str | None:
+def simple_codec(name: str) -> str | None:
+    """Python codec for a single-byte/UTF-8 character set, None for ISO 2022 ones."""
     try:
         codec = codecs.lookup(name).name
     except LookupError:
@@ -387,7 +388,7 @@ def text_codec(ds: Dataset) -> str | None:
         if len(charset) != 1:
             return None
         charset = charset[0]
-    return _simple_codec(str(charset))
+    return simple_codec(str(charset))
 
 
 def element_strings(value: bytes, vr: str, codec: str | None) -> list[str] | None:

@@ -64,7 +64,6 @@ recompiles every regular expression for every file (~1 ms per file for the
 
 from __future__ import annotations
 
-import codecs
 import datetime as _dt
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -85,7 +84,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import BaseTag
 
 from . import descriptors
-from .dicomwrite import element_strings, item_strings, text_codec
+from .dicomwrite import simple_codec, element_strings, item_strings, text_codec
 from .errors import RecipeError, tag_label
 
 __all__ = [
@@ -883,16 +882,6 @@ def _shift(value: Any, vr: str, days: int) -> Any:
     return func(str(value), days)
 
 
-@lru_cache(maxsize=64)
-def _simple_codec(name: str) -> str | None:
-    """Python codec for a single-byte/UTF-8 character set, None for ISO 2022 ones."""
-    try:
-        codec = codecs.lookup(name).name
-    except LookupError:
-        return None
-    return codec if codec in ("iso8859-1", "utf-8", "ascii", "cp1252") else None
-
-
 def _raw_texts(ds: Dataset, raw: RawDataElement, vr: str) -> list[str] | None:
     """Decode a raw text element without pydicom's conversion.
 
@@ -903,7 +892,7 @@ def _raw_texts(ds: Dataset, raw: RawDataElement, vr: str) -> list[str] | None:
         if len(charset) != 1:
             return None
         charset = charset[0]
-    codec = _simple_codec(charset)
+    codec = simple_codec(charset)
     if codec is None:
         return None
     text = bytes(raw.value or b"").decode(codec, "replace").rstrip(" \x00")

@@ -84,7 +84,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import BaseTag
 
 from . import descriptors
-from .dicomwrite import simple_codec, element_strings, item_strings, text_codec
+from .dicomwrite import element_strings, item_strings, simple_codec, text_codec
 from .errors import RecipeError, tag_label
 
 __all__ = [

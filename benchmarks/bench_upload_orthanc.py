@@ -13,9 +13,9 @@ every file after it, so each run really stores:
   contexts (``-R``), ``TCP_NODELAY=1``;
 * ``sendit rest``: :func:`sendit_helpers.upload.upload_batch` with
   ``ORTHANC_PROTOCOL=rest`` (``UPLOAD_THREADS`` parallel ``POST /instances``),
-  including the MD5 verification and the manifest;
+  including the bulk verification (one ``GET /instances``, sampled MD5s) and the manifest;
 * ``sendit dicom``: the same with ``ORTHANC_PROTOCOL=dicom`` (pooled C-STORE
-  associations), verified with REST ``/tools/lookup``.
+  associations), verified with one REST ``GET /instances`` (IDs computed locally).
 
 Rounds are interleaved (each round runs every tool once), the best round of
 ``--repeats`` counts, and ratios are to ``storescu`` from the same run.
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     c.say()
     c.say(
-        f"sendit: UPLOAD_THREADS={args.threads}, includes verification (REST MD5 / lookup) and the manifest; "
+        f"sendit: UPLOAD_THREADS={args.threads}, includes verification (one GET /instances; REST: plus sampled MD5s) and the manifest; "
         "storescu: one association, -R, TCP_NODELAY=1. Goal: sendit >= 2x storescu."
     )
     return 0

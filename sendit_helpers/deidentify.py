@@ -27,6 +27,8 @@ from __future__ import annotations
 import functools
 import os
 import re
+import shutil
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
@@ -34,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from pydicom.datadict import dictionary_has_tag, dictionary_keyword, dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -109,6 +113,9 @@ class Outcome:
     pixel_span: tuple[int, int, int, bool] | None = None
     """``(value start, value end, file size, 16-bit native)`` of the written pixel
     data, for the leak gate (:func:`leakgate.save_spans`); None when unknown."""
+    part: str = ""
+    """Name of the spool part (:func:`spool_chunk`) holding this outcome's cleaned
+    and lookup rows, which then are no longer kept here; empty when they are."""
 
 
 # ------------------------------------------------------------------ per file
@@ -426,6 +433,10 @@ def _run_chunk(jobs: list[Job], config: WorkerConfig) -> list[Outcome]:
     return [deidentify_file(job, config) for job in jobs]
 
 
+def _run_chunk_spooled(jobs: list[Job], config: WorkerConfig, spool: str) -> list[Outcome]:
+    return spool_chunk([deidentify_file(job, config) for job in jobs], Path(spool))
+
+
 def run_jobs(
     jobs: Sequence[Job],
     config: WorkerConfig,
@@ -434,11 +445,38 @@ def run_jobs(
     progress: bool = True,
     executor: str = "local",
     scheduler: str = "",
+    spool: Path | None = None,
 ) -> list[Outcome]:
     """De-identify many files, in order, on a process pool or Dask when ``workers`` > 1
-    (see :func:`sendit_helpers.executors.map_chunks`)."""
+    (see :func:`sendit_helpers.executors.map_chunks`).
+
+    Parameters
+    ----------
+    jobs : sequence of Job
+        The files to de-identify.
+    config : WorkerConfig
+        What every worker needs.
+    workers, progress, executor, scheduler
+        As :func:`sendit_helpers.executors.map_chunks`.
+    spool : Path, optional
+        A folder (shared with the workers) where each chunk's cleaned and
+        lookup rows are written as it finishes (:func:`spool_chunk`); the
+        outcomes returned then keep only what dispositions and the gate need,
+        so memory does not grow with the batch.  None keeps every row in the
+        outcomes.
+
+    Returns
+    -------
+    list of Outcome
+        One per job, in job order.
+    """
+    func = (
+        partial(_run_chunk, config=config)
+        if spool is None
+        else partial(_run_chunk_spooled, config=config, spool=str(spool))
+    )
     return executors.map_chunks(
-        partial(_run_chunk, config=config),
+        func,
         list(jobs),
         workers=workers,
         executor=executor,
@@ -558,23 +596,42 @@ def plan(
 
 
 # ------------------------------------------------------------------ tables
+def _cleaned_rows(outcomes: Sequence[Outcome], released: bool) -> list[dict[str, Any]]:
+    """The cleaned-table rows of the released (or quarantined) images among ``outcomes``."""
+    return [
+        {
+            "name": o.job.name,
+            "entity_id": o.job.entity_id,
+            "item_id": o.job.item_id,
+            "path": f"{o.job.entity_id}/{o.job.name}",
+            **o.cleaned,
+        }
+        for o in outcomes
+        if not o.error and o.job.quarantined != released
+    ]
+
+
+def _lookup_rows(outcomes: Sequence[Outcome]) -> list[dict[str, Any]]:
+    """The lookup-table rows of ``outcomes``: one ``(file)`` row per job, then its replacements."""
+    rows: list[dict[str, Any]] = []
+    for o in outcomes:
+        j = o.job
+        common = {"entity_id": j.entity_id, "item_id": j.item_id, "jitter_days": j.jitter_days}
+        rows.append(
+            {"source_path": j.source_path, "field": "(file)", "original": j.source_path}
+            | {"new": j.name}
+            | common
+        )
+        rows.extend(
+            {"source_path": j.source_path, "field": f, "original": old, "new": new} | common
+            for f, old, new in o.lookup
+        )
+    return rows
+
+
 def cleaned_table(outcomes: Sequence[Outcome], released: bool = True) -> pd.DataFrame:
     """One row per written image: name, entity, item, path and de-identified header fields."""
-    rows = []
-    for o in outcomes:
-        if o.error or o.job.quarantined == released:
-            continue
-        rel = f"{o.job.entity_id}/{o.job.name}"
-        rows.append(
-            {
-                "name": o.job.name,
-                "entity_id": o.job.entity_id,
-                "item_id": o.job.item_id,
-                "path": rel,
-                **o.cleaned,
-            }
-        )
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(_cleaned_rows(outcomes, released))
     return (
         table.astype("string")
         if not table.empty
@@ -603,32 +660,7 @@ def entities_table(cleaned: pd.DataFrame, agent: str) -> pd.DataFrame:
 
 def lookup_table(outcomes: Sequence[Outcome]) -> pd.DataFrame:
     """PHI lookup: source path and original IDs/UIDs -> new names and values, date offset."""
-    rows = []
-    for o in outcomes:
-        j = o.job
-        rows.append(
-            {
-                "source_path": j.source_path,
-                "field": "(file)",
-                "original": j.source_path,
-                "new": j.name,
-                "entity_id": j.entity_id,
-                "item_id": j.item_id,
-                "jitter_days": j.jitter_days,
-            }
-        )
-        rows.extend(
-            {
-                "source_path": j.source_path,
-                "field": f,
-                "original": old,
-                "new": new,
-                "entity_id": j.entity_id,
-                "item_id": j.item_id,
-                "jitter_days": j.jitter_days,
-            }
-            for f, old, new in o.lookup
-        )
+    rows = _lookup_rows(outcomes)
     return pd.DataFrame(rows).astype({"jitter_days": "int64"}) if rows else pd.DataFrame()
 
 
@@ -642,6 +674,198 @@ def gate_values(outcomes: Sequence[Outcome], batch_name: str) -> dict[str, str]:
     return values
 
 
+# ------------------------------------------------------------------ spooled tables
+#: Spool part kinds: the released images' cleaned rows, the quarantined ones', the lookup
+#: rows, the removed values (value, category; first category per value in the chunk).
+SPOOL_KINDS = ("cleaned", "held", "lookup", "removed")
+#: Outcomes spooled at a time by :func:`finish` when they still hold their rows.
+SPOOL_CHUNK = 256
+_LOOKUP_COLUMNS = ("source_path", "field", "original", "new", "entity_id", "item_id")
+
+
+def _string_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
+    """Rows as an Arrow table of string columns, columns in order of first appearance."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    return pa.table({c: pa.array([row.get(c) for row in rows], pa.string()) for c in columns})
+
+
+def spool_chunk(outcomes: Sequence[Outcome], spool: Path) -> list[Outcome]:
+    """Write the rows and removed values of ``outcomes`` to one spool part; return them slimmed.
+
+    Parameters
+    ----------
+    outcomes : sequence of Outcome
+        Consecutive outcomes of a batch (one chunk); those already spooled
+        (:attr:`Outcome.part` set) pass through unchanged.
+    spool : Path
+        The spool folder; created if missing.  Each call writes up to three
+        files ``<part>.<kind>.parquet`` (:data:`SPOOL_KINDS`) under a fresh
+        part name, so a chunk run twice (a retried Dask task) leaves an
+        unused part rather than a mixed one.
+
+    Returns
+    -------
+    list of Outcome
+        The same outcomes without their cleaned and lookup rows and removed
+        values, naming the part.
+    """
+    fresh = [o for o in outcomes if not o.part]
+    if not fresh:
+        return list(outcomes)
+    part = uuid.uuid4().hex
+    spool.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tables = {
+        "cleaned": _cleaned_rows(fresh, released=True),
+        "held": _cleaned_rows(fresh, released=False),
+        "lookup": _lookup_rows(fresh),
+    }
+    removed: dict[str, str] = {}
+    for o in fresh:
+        for value, category in o.removed.items():
+            removed.setdefault(value, category)
+    for kind, rows in tables.items():
+        if not rows:
+            continue
+        table = _string_table(rows) if kind != "lookup" else _lookup_arrow(rows)
+        tmp = spool / f".{part}.{kind}.tmp"
+        pq.write_table(table, tmp)
+        os.replace(tmp, spool / f"{part}.{kind}.parquet")
+    if removed:
+        table = pa.table(
+            {
+                "value": pa.array(list(removed), pa.string()),
+                "category": pa.array(list(removed.values()), pa.string()),
+            }
+        )
+        pq.write_table(table, spool / f".{part}.removed.tmp")
+        os.replace(spool / f".{part}.removed.tmp", spool / f"{part}.removed.parquet")
+    return [
+        o if o.part else Outcome(o.job, o.error, pixel_span=o.pixel_span, part=part)
+        for o in outcomes
+    ]
+
+
+def spooled_gate_values(
+    outcomes: Sequence[Outcome], spool: Path, batch_name: str
+) -> dict[str, str]:
+    """:func:`gate_values` of spooled outcomes, read part by part from the spool.
+
+    Parameters
+    ----------
+    outcomes : sequence of Outcome
+        Every outcome of the batch, spooled (:func:`spool_chunk`).
+    spool : Path
+        The spool folder.
+    batch_name : str
+        The batch folder's name, itself an identifying value.
+
+    Returns
+    -------
+    dict of str to str
+        Every identifying value removed anywhere in the batch -> its category
+        (the first one met, in job order).
+    """
+    values: dict[str, str] = {}
+    for path in _spooled(outcomes, spool, "removed"):
+        table = pq.read_table(path)
+        for value, category in zip(
+            table.column("value").to_pylist(), table.column("category").to_pylist(), strict=True
+        ):
+            values.setdefault(value, category)
+    for o in outcomes:
+        for value, category in o.removed.items():
+            values.setdefault(value, category)
+    values.setdefault(batch_name, "batch folder name")
+    return values
+
+
+def _lookup_arrow(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
+    """Lookup rows as an Arrow table (string columns, ``jitter_days`` int64)."""
+    arrays = {c: pa.array([row[c] for row in rows], pa.string()) for c in _LOOKUP_COLUMNS}
+    arrays["jitter_days"] = pa.array([row["jitter_days"] for row in rows], pa.int64())
+    return pa.table(arrays)
+
+
+def _spooled(outcomes: Sequence[Outcome], spool: Path, kind: str) -> list[Path]:
+    """The spool files of one kind that belong to ``outcomes``, in outcome order."""
+    names = dict.fromkeys(o.part for o in outcomes if o.part)
+    paths = (spool / f"{name}.{kind}.parquet" for name in names)
+    return [path for path in paths if path.exists()]
+
+
+def _combine(parts: Sequence[Path], out: Path, schema: pa.Schema) -> None:
+    """Write ``parts`` one after another into ``out`` with ``schema`` (missing columns null)."""
+    tmp = out.with_name(f".{out.name}.tmp")
+    with pq.ParquetWriter(tmp, schema) as writer:
+        for path in parts:
+            table = pq.read_table(path)
+            columns = [
+                table.column(f.name).cast(f.type)
+                if f.name in table.column_names
+                else pa.nulls(table.num_rows, f.type)
+                for f in schema
+            ]
+            writer.write_table(pa.Table.from_arrays(columns, schema=schema))
+            del table, columns
+    os.replace(tmp, out)
+
+
+def write_cleaned(outcomes: Sequence[Outcome], spool: Path, out: Path, released: bool) -> None:
+    """Write the ``cleaned`` (or ``quarantined``) table of spooled outcomes, part by part.
+
+    The file holds the same columns, values and pandas metadata as
+    ``cleaned_table(outcomes, released).to_parquet(out, index=False)`` would,
+    without the whole table ever being in memory.
+
+    Parameters
+    ----------
+    outcomes : sequence of Outcome
+        Every outcome of the batch, spooled (:func:`spool_chunk`).
+    spool : Path
+        The spool folder.
+    out : Path
+        The Parquet file to write.
+    released : bool
+        The released images' table, or the quarantined ones'.
+    """
+    parts = _spooled(outcomes, spool, "cleaned" if released else "held")
+    if not parts:
+        cleaned_table([], released).to_parquet(out, index=False)
+        return
+    names = dict.fromkeys(name for path in parts for name in pq.read_schema(path).names)
+    like = pd.DataFrame([dict.fromkeys(names, "x")]).astype("string")
+    _combine(parts, out, pa.Schema.from_pandas(like, preserve_index=False))
+
+
+def write_lookup(outcomes: Sequence[Outcome], spool: Path, out: Path) -> None:
+    """Write the PHI lookup table of spooled outcomes, part by part (as :func:`lookup_table`).
+
+    Parameters
+    ----------
+    outcomes : sequence of Outcome
+        Every outcome of the batch, spooled (:func:`spool_chunk`).
+    spool : Path
+        The spool folder.
+    out : Path
+        The Parquet file to write.
+    """
+    parts = _spooled(outcomes, spool, "lookup")
+    if not parts:
+        lookup_table([]).to_parquet(out, index=False)
+        return
+    like = pd.DataFrame([dict.fromkeys(_LOOKUP_COLUMNS, "x") | {"jitter_days": 0}])
+    like = like.astype({"jitter_days": "int64"})
+    _combine(parts, out, pa.Schema.from_pandas(like, preserve_index=False))
+
+
+def _entities(cleaned: Path, agent: str) -> pd.DataFrame:
+    """:func:`entities_table` of a written cleaned table, reading only the columns it needs."""
+    present = set(pq.read_schema(cleaned).names)
+    wanted = [c for c in ("entity_id", "PatientSex", "PatientAge", "name") if c in present]
+    table = pd.read_parquet(cleaned, columns=wanted) if wanted else pd.DataFrame()
+    return entities_table(table, agent)
+
+
 # ------------------------------------------------------------------ the stage
 @dataclass
 class DeidResult:
@@ -649,11 +873,21 @@ class DeidResult:
 
     layout: BatchLayout
     outcomes: list[Outcome]
-    cleaned: pd.DataFrame
+    """One per job; spooled (:func:`spool_chunk`): their cleaned and lookup rows are in
+    the tables written, not here."""
     entities: pd.DataFrame
-    quarantined: pd.DataFrame
     dispositions: pd.DataFrame
     gate: leakgate.GateReport
+
+    @functools.cached_property
+    def cleaned(self) -> pd.DataFrame:
+        """The released images' table, ``release/cleaned.parquet``, read on first use."""
+        return pd.read_parquet(self.layout.release / "cleaned.parquet")
+
+    @functools.cached_property
+    def quarantined(self) -> pd.DataFrame:
+        """The quarantined images' table (``phi/deidentify/quarantined.parquet``), read lazily."""
+        return pd.read_parquet(self.layout.deid_dir / "quarantined.parquet")
 
     @property
     def counts(self) -> pd.Series:
@@ -696,6 +930,7 @@ def deidentify_batch(layout: BatchLayout, settings: Mapping[str, Any]) -> DeidRe
         recipes, bool(settings["USE_DEFAULT_RECIPE"]), secret, tuple(settings["SAFE_PRIVATE_TAGS"])
     )
     _clear_outputs(layout)
+    spool = _fresh_spool(layout)
     outcomes = run_jobs(
         work.jobs,
         config,
@@ -703,23 +938,45 @@ def deidentify_batch(layout: BatchLayout, settings: Mapping[str, Any]) -> DeidRe
         progress=bool(settings["PROGRESS"]),
         executor=str(settings["EXECUTOR"]),
         scheduler=str(settings["DASK_SCHEDULER"]),
+        spool=spool,
     )
     return finish(layout, settings, outcomes, work.skipped)
+
+
+def _fresh_spool(layout: BatchLayout) -> Path:
+    """An empty ``phi/deidentify/spool/`` (PHI: cleaned and lookup rows until :func:`finish`)."""
+    layout.deid_dir.mkdir(mode=0o700, exist_ok=True)
+    spool = layout.deid_dir / "spool"
+    shutil.rmtree(spool, ignore_errors=True)
+    spool.mkdir(mode=0o700)
+    return spool
 
 
 def finish(
     layout: BatchLayout, settings: Mapping[str, Any], outcomes: list[Outcome], skipped: list[Row]
 ) -> DeidResult:
-    """Write tables and dispositions, then run the leak gate."""
+    """Write tables and dispositions, then run the leak gate.
+
+    Outcomes that still hold their rows are spooled here first, a chunk at a
+    time; the tables are then written part by part from the spool
+    (``phi/deidentify/spool/``, removed afterwards), so the whole batch's rows
+    are never in memory together.
+    """
     layout.deid_dir.mkdir(mode=0o700, exist_ok=True)
-    cleaned = cleaned_table(outcomes, released=True)
-    held = cleaned_table(outcomes, released=False)
-    entities = entities_table(cleaned, str(settings["UPLOAD_AGENT"]))
-    cleaned.to_parquet(layout.release / "cleaned.parquet", index=False)
+    spool = layout.deid_dir / "spool"
+    if any(not o.part for o in outcomes):
+        outcomes = [
+            slim
+            for start in range(0, len(outcomes), SPOOL_CHUNK)
+            for slim in spool_chunk(outcomes[start : start + SPOOL_CHUNK], spool)
+        ]
+    write_cleaned(outcomes, spool, layout.release / "cleaned.parquet", released=True)
+    write_cleaned(outcomes, spool, layout.deid_dir / "quarantined.parquet", released=False)
+    write_lookup(outcomes, spool, layout.deid_dir / "lookup.parquet")
+    values = spooled_gate_values(outcomes, spool, layout.name)
+    shutil.rmtree(spool, ignore_errors=True)
+    entities = _entities(layout.release / "cleaned.parquet", str(settings["UPLOAD_AGENT"]))
     entities.to_parquet(layout.release / "entities.parquet", index=False)
-    held.to_parquet(layout.deid_dir / "quarantined.parquet", index=False)
-    lookup_table(outcomes).to_parquet(layout.deid_dir / "lookup.parquet", index=False)
-    values = gate_values(outcomes, layout.name)
     leakgate.save_values(layout, values)
     leakgate.save_spans(
         layout,
@@ -746,7 +1003,7 @@ def finish(
             rows.append(Row(o.job.source_path, Disposition.RELEASED, "", o.job.name))
     table = disposition.update(layout, rows)
     report = leakgate.run_gate(layout, values, workers=int(settings["WORKERS"]))
-    return DeidResult(layout, outcomes, cleaned, entities, held, table, report)
+    return DeidResult(layout, outcomes, entities, table, report)
 
 
 def quarantine_reasons(result: DeidResult) -> pd.DataFrame:

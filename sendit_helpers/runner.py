@@ -20,6 +20,10 @@ from .layout import BatchLayout
 from .resources import shipped
 from .settings import Settings, load_settings
 
+#: Seconds a notebook kernel may take to start: generous, since batches running in
+#: parallel on a small, busy machine start several kernels at once.
+KERNEL_START_TIMEOUT = 300
+
 
 class Stage(StrEnum):
     """The pipeline stages, in order."""
@@ -144,6 +148,7 @@ def run_stage(
             progress_bar=False,
             log_output=False,
             kernel_manager_class=_logging_kernel_manager(output.with_suffix(".kernel.log")),
+            start_timeout=KERNEL_START_TIMEOUT,
         )
     except PapermillExecutionError as exc:
         failure = StageError(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import random
+import stat
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -70,6 +71,14 @@ class Manifest:
 
     def append(self, item: str, target: str, status: str, checksum: str, remote_id: str) -> None:
         """Append one row and flush it to the OS, so a killed run keeps it."""
+        self.append_many([(item, target, status, checksum, remote_id)])
+
+    def append_many(self, rows: Sequence[tuple[str, str, str, str, str]]) -> None:
+        """Append ``(item, target, status, checksum, remote_id)`` rows with one flush.
+
+        Rows are flushed to the OS (not fsynced): a killed process keeps them, and a row
+        lost with the machine only makes the next run send and verify that item again.
+        """
         now = datetime.now(UTC).isoformat(timespec="milliseconds")
         with self._lock:
             if self._fh is None:
@@ -78,7 +87,7 @@ class Manifest:
                 self._writer = csv.writer(self._fh)
                 if new:
                     self._writer.writerow(MANIFEST_COLUMNS)
-            self._writer.writerow([item, target, status, checksum, remote_id, now])
+            self._writer.writerows([*row, now] for row in rows)
             self._fh.flush()
 
     def close(self) -> None:
@@ -136,7 +145,8 @@ def load_release(
     """
     release = layout.release
     cleaned = _table(release / "cleaned.parquet")
-    items = [_item(release, row) for row in cleaned.to_dict("records")]
+    root = release.resolve()
+    items = [_item(release, row, root) for row in cleaned.to_dict("records")]
     listed = {i.path for i in items}
     extra = [p for p in release.rglob("*.dcm") if p not in listed]
     if extra:
@@ -153,10 +163,16 @@ def _table(path: Path) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
-def _item(release: Path, row: Mapping[Any, Any]) -> Item:
+def _item(release: Path, row: Mapping[Any, Any], root: Path | None = None) -> Item:
+    """The :class:`Item` of one row; ``root`` is ``release.resolve()``, computed once."""
     rel = str(row["path"])
+    root = release.resolve() if root is None else root
     path = (release / rel).resolve()
-    if not path.is_relative_to(release.resolve()) or not path.is_file():
+    try:
+        info = path.stat() if path.is_relative_to(root) else None
+    except OSError:
+        info = None
+    if info is None or not stat.S_ISREG(info.st_mode):
         raise UploadError(
             f"cleaned.parquet names {rel}, which is not a file under {release}; "
             "re-run de-identification so the tables match release/"
@@ -167,7 +183,7 @@ def _item(release: Path, row: Mapping[Any, Any]) -> Item:
         name=path.name,
         entity_id=str(row["entity_id"]),
         path=path,
-        size=path.stat().st_size,
+        size=info.st_size,
         metadata=meta,
     )
 
@@ -302,8 +318,8 @@ def _put_all(run: _Run, todo: Sequence[Item], entities: Sequence[Entity]) -> tup
 def _fail(run: _Run, items: Sequence[Item], exc: UploadError) -> None:
     run.errors.append(exc)
     run.failed += len(items)
-    for item in items:
-        run.manifest.append(item.key, run.target.label, FAILED, item.md5, "")
+    label = run.target.label
+    run.manifest.append_many([(item.key, label, FAILED, item.md5, "") for item in items])
 
 
 def _finish(run: _Run, stored: Stored, unwritten: Stored, entities: Sequence[Entity]) -> None:
@@ -319,9 +335,12 @@ def _finish(run: _Run, stored: Stored, unwritten: Stored, entities: Sequence[Ent
         _fail(run, [i for i, _ in stored], exc)
         return
     bad = [i for i, _ in stored if i.key not in ok]
-    for item, receipt in stored:
-        status = VERIFIED if item.key in ok else UNVERIFIED
-        run.manifest.append(item.key, label, status, item.md5, receipt.remote_id)
+    run.manifest.append_many(
+        [
+            (item.key, label, VERIFIED if item.key in ok else UNVERIFIED, item.md5, r.remote_id)
+            for item, r in stored
+        ]
+    )
     if bad:
         run.failed += len(bad)
         run.errors.append(

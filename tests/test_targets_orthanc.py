@@ -107,3 +107,45 @@ def test_dicom_socket_has_tcp_nodelay(
         assert target.verify(receipts) == {i.key for i in items}
     finally:
         target.close()
+
+
+def test_rest_verify_in_bulk_rejects_absent_and_changed(
+    orthanc: OrthancServer, make_release: ReleaseFactory, upload_settings: dict[str, Any]
+) -> None:
+    """Absent IDs fail presence; every ``exists`` and a sample of ``stored`` get an MD5 check."""
+    from dataclasses import replace
+
+    layout = make_release(entities=1, images=3)
+    items, _ = load_release(layout, upload_settings)
+    target = OrthancRestTarget(_settings(upload_settings, orthanc, "rest"))
+    try:
+        good, other, last = (target.put(i) for i in items)
+        absent = replace(other, remote_id="0" * 8 + "-" + "0" * 8)
+        changed = replace(last, status="exists", checksum="0" * 32)
+        assert target.verify([good, absent, changed]) == {good.key}
+        rewritten = replace(good, checksum="0" * 32)  # in the sample: every MD5 is read
+        assert target.verify([rewritten, other]) == {other.key}
+        assert target.verify([]) == set()
+    finally:
+        target.close()
+
+
+def test_dicom_verify_computes_orthanc_ids(
+    orthanc: OrthancServer, make_release: ReleaseFactory, upload_settings: dict[str, Any]
+) -> None:
+    """The IDs computed in prepare() are Orthanc's: verify needs no per-instance lookup."""
+    from dataclasses import replace
+
+    layout = make_release(entities=1, images=2)
+    items, _ = load_release(layout, upload_settings)
+    target = OrthancDicomTarget(_settings(upload_settings, orthanc, "dicom"))
+    try:
+        target.prepare(items)
+        receipts = [target.put(i) for i in items]
+        listed = requests.get(f"{orthanc.url}/instances", auth=orthanc.auth, timeout=5).json()
+        assert sorted(target._ids.values()) == sorted(listed)
+        target._ids[items[0].key] = "not-an-id"  # falls back to /tools/lookup, still found
+        ghost = replace(receipts[1], key="ghost", remote_id="1.2.3.4")
+        assert target.verify([*receipts, ghost]) == {i.key for i in items}
+    finally:
+        target.close()

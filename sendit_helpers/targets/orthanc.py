@@ -8,9 +8,11 @@ both targets are create-once.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import queue
+import random
 import socket
 import threading
 from collections.abc import Mapping, Sequence
@@ -26,6 +28,8 @@ from .base import Item, Receipt, Target, TargetKind, TransientError, missing_cli
 
 TIMEOUT = 60.0
 VERIFY_CHUNK = 200
+VERIFY_SAMPLE = 8
+"""Stored REST instances whose attachment MD5 is read back at verification (all if one differs)."""
 MAX_CONTEXTS = 128
 MAX_ASSOCIATIONS = 4
 """Concurrent associations per upload; Orthanc serves 4 at once by default (DicomThreadsCount)."""
@@ -148,7 +152,7 @@ class OrthancRest:
 
 
 class OrthancRestTarget(Target):
-    """Upload with ``POST /instances``; verify with the stored attachment's MD5.
+    """Upload with ``POST /instances``; verify in bulk (one listing plus sampled MD5s).
 
     Parameters
     ----------
@@ -199,12 +203,54 @@ class OrthancRestTarget(Target):
         )
 
     def verify(self, receipts: Sequence[Receipt]) -> set[str]:
-        """Keys whose instance exists and whose stored MD5 equals the sent file's."""
+        """Keys whose instance Orthanc holds, with the bytes sent (in bulk, see Notes).
+
+        Notes
+        -----
+        A key is verified when both hold:
+
+        * **presence**: the instance ID Orthanc answered to our ``POST /instances`` is in
+          one ``GET /instances`` listing taken after every upload.  Orthanc derives that ID
+          from the patient, study, series and SOP instance UIDs of the file it parsed, so
+          presence proves Orthanc indexed an instance with this file's identity;
+        * **content**: Orthanc's own MD5 of the stored DICOM attachment
+          (``/instances/{id}/attachments/dicom/md5``, computed by Orthanc from the bytes it
+          received) equals the MD5 of the file we sent.  It is read for *every* receipt
+          whose status is ``"exists"`` (Orthanc kept an earlier copy, which may differ)
+          and for a random sample of :data:`VERIFY_SAMPLE` ``"stored"`` ones.  A
+          ``"stored"`` receipt means Orthanc answered ``Success`` to the request carrying
+          exactly these bytes, so its attachment is those bytes unless something rewrites
+          them on the way or on ingest (a proxy, ``IngestTranscoding``): such a rewrite
+          affects every file, the sample catches it, and then every receipt's MD5 is read.
+        """
+        if not receipts:
+            return set()
+        listing = self.rest.request("GET", "/instances", what="GET /instances")
+        if listing.status_code != 200:
+            raise TransientError(
+                f"orthanc target: GET {self.rest.url}/instances answered HTTP "
+                f"{listing.status_code} while verifying"
+            )
+        held = set(map(str, listing.json()))
+        present = [r for r in receipts if r.remote_id in held]
+        fresh = [r for r in present if r.status == "stored"]
+        check = [r for r in present if r.status != "stored"]
+        sample = random.sample(fresh, min(VERIFY_SAMPLE, len(fresh)))
+        bad = self._md5_mismatches(check + sample)
+        if bad & {r.key for r in sample}:
+            sampled = {r.key for r in sample}
+            bad |= self._md5_mismatches([r for r in fresh if r.key not in sampled])
+        return {r.key for r in present} - bad
+
+    def _md5_mismatches(self, receipts: Sequence[Receipt]) -> set[str]:
+        """Keys whose stored attachment MD5 (read in parallel) differs from the sent one."""
 
         def one(receipt: Receipt) -> str | None:
-            return receipt.key if self.rest.md5_of(receipt.remote_id) == receipt.checksum else None
+            return None if self.rest.md5_of(receipt.remote_id) == receipt.checksum else receipt.key
 
-        with ThreadPoolExecutor(self.threads) as pool:
+        if not receipts:
+            return set()
+        with ThreadPoolExecutor(min(self.threads, len(receipts))) as pool:
             return {key for key in pool.map(one, receipts) if key}
 
     def close(self) -> None:
@@ -218,7 +264,7 @@ class OrthancDicomTarget(Target):
     ``TCP_NODELAY`` is set on each association's socket (pynetdicom leaves Nagle on,
     which costs ~90 ms per store).  Files are streamed as they are on disk (pynetdicom's
     ``STORE_SEND_CHUNKED_DATASET``), never decoded and re-encoded.  Verification uses
-    REST ``/tools/lookup`` when ``ORTHANC_URL`` is set, else a C-FIND at IMAGE level.
+    one REST ``GET /instances`` when ``ORTHANC_URL`` is set, else a C-FIND at IMAGE level.
 
     Parameters
     ----------
@@ -240,6 +286,7 @@ class OrthancDicomTarget(Target):
         self.where = f"{self.called}@{self.host}:{self.port}"
         self._contexts: set[tuple[str, str]] = set()
         self._uids: dict[str, str] = {}
+        self._ids: dict[str, str] = {}
         self._idle: queue.LifoQueue[Any] = queue.LifoQueue()
         self._slots = threading.BoundedSemaphore(min(MAX_ASSOCIATIONS, self.threads))
         self._ae: Any = None
@@ -265,6 +312,12 @@ class OrthancDicomTarget(Target):
             meta = ds.file_meta
             self._contexts.add((str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)))
             self._uids[item.key] = str(meta.MediaStorageSOPInstanceUID)
+            self._ids[item.key] = orthanc_id(
+                str(ds.get("PatientID", "") or ""),
+                str(ds.get("StudyInstanceUID", "") or ""),
+                str(ds.get("SeriesInstanceUID", "") or ""),
+                str(ds.get("SOPInstanceUID", "") or meta.MediaStorageSOPInstanceUID),
+            )
         if len(self._contexts) > MAX_CONTEXTS:
             raise UploadError(
                 f"orthanc target: the batch needs {len(self._contexts)} (SOP class, transfer "
@@ -357,16 +410,31 @@ class OrthancDicomTarget(Target):
         )
 
     def verify(self, receipts: Sequence[Receipt]) -> set[str]:
-        """Keys whose SOPInstanceUID Orthanc holds (REST lookup, else C-FIND)."""
+        """Keys whose SOPInstanceUID Orthanc holds (over REST when set, else C-FIND).
+
+        Presence only: C-STORE gives no checksum to compare.  Over REST, one
+        ``GET /instances`` listing is compared with the Orthanc IDs computed in
+        :meth:`prepare` (:func:`orthanc_id`); a receipt whose ID is not listed is
+        looked up by SOPInstanceUID (``/tools/lookup``), so a wrongly computed ID
+        costs a request, never a false answer.
+        """
         self._release_idle()
+        if not receipts:
+            return set()
         if self.rest is not None:
             rest = self.rest
+            listing = rest.request("GET", "/instances", what="GET /instances")
+            held = set(map(str, listing.json())) if listing.status_code == 200 else set()
+            listed = {r.key for r in receipts if self._ids.get(r.key) in held}
+            rest_of = [r for r in receipts if r.key not in listed]
 
             def one(receipt: Receipt) -> str | None:
                 return receipt.key if rest.lookup(receipt.remote_id) is not None else None
 
-            with ThreadPoolExecutor(self.threads) as pool:
-                return {key for key in pool.map(one, receipts) if key}
+            if rest_of:
+                with ThreadPoolExecutor(min(self.threads, len(rest_of))) as pool:
+                    listed.update(key for key in pool.map(one, rest_of) if key)
+            return listed
         found: set[str] = set()
         for start in range(0, len(receipts), VERIFY_CHUNK):
             chunk = receipts[start : start + VERIFY_CHUNK]
@@ -408,6 +476,17 @@ class OrthancDicomTarget(Target):
         self._release_idle()
         if self.rest is not None:
             self.rest.close()
+
+
+def orthanc_id(patient_id: str, study_uid: str, series_uid: str, sop_uid: str) -> str:
+    """The ID Orthanc gives an instance: SHA-1 of its four identifiers, in 5 dashed groups.
+
+    Orthanc's ``DicomInstanceHasher``: ``sha1("PatientID|StudyUID|SeriesUID|SOPUID")``
+    as lower-case hex, ``-`` after every 8 digits.
+    """
+    text = "|".join(v.strip() for v in (patient_id, study_uid, series_uid, sop_uid))
+    digest = hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
+    return "-".join(digest[i : i + 8] for i in range(0, 40, 8))
 
 
 def _pynetdicom() -> Any:

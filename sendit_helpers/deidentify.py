@@ -149,7 +149,12 @@ def _strings(elem: DataElement) -> list[str]:
 
 
 def snapshot(ds: Dataset, vrs: frozenset[str] = GATE_VRS) -> dict[str, tuple[str, str, list[str]]]:
-    """Textual values by element path: path -> (VR, keyword, values)."""
+    """Textual values by element path: path -> (VR, keyword, values).
+
+    With :func:`removed_values` this is the slow, obvious *reference* for the
+    gate values the stage now gets from ``Changes.originals`` in one pass;
+    tests/test_dicomwrite.py checks the two agree.  The stage does not call it.
+    """
     found = {}
     for path, elem in _walk(ds):
         if elem.VR in vrs:

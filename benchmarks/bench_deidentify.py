@@ -7,9 +7,11 @@ its own fresh output folder:
 
 * ``sendit run_jobs``: the stage's per-file work (read, recipe, write, removed
   values, cleaned row), :func:`sendit_helpers.deidentify.run_jobs`; the note
-  says how many files took the fast path (bytes read once, header parsed from
-  memory, raw header writer, original pixel bytes appended) rather than the
-  general pydicom read/save_as path;
+  says how many files the element cache (:mod:`sendit_helpers.elementcache`:
+  header scanned as bytes, each distinct element de-identified once, original
+  pixel bytes appended) served and what share of their elements it had to
+  compute; ``engine`` is the same work with the cache off (every element
+  through the recipe engine, the path before the cache);
 * ``sendit deidentify_batch``: the whole stage after inspect (planning and
   pseudonyms, per-file work, tables, disposition.csv, leak gate), with its
   phases;
@@ -225,18 +227,45 @@ def main(argv: list[str] | None = None) -> int:
             for j in jobs
         ]
 
-    for workers in (1, 2):
+    engine = replace(config, element_cache=False)
+    for label, workers, conf in (
+        ("sendit run_jobs", 1, config),
+        ("sendit run_jobs", 2, config),
+        ("sendit run_jobs, engine", 1, engine),
+    ):
+        stats = deidentify._element_cache((), True).stats  # 1 worker runs in this process
+        before = (stats.files, stats.general, stats.elements, stats.computed)
 
-        def run(_dest: Path, mine: list[deidentify.Job], workers: int = workers) -> int:
-            outcomes = deidentify.run_jobs(mine, config, workers=workers, progress=False)
+        def run(
+            _dest: Path,
+            mine: list[deidentify.Job],
+            workers: int = workers,
+            conf: deidentify.WorkerConfig = conf,
+        ) -> int:
+            outcomes = deidentify.run_jobs(mine, conf, workers=workers, progress=False)
             bad = [o.error for o in outcomes if o.error]
             assert not bad, bad[:3]
             return sum(o.pixel_span is not None for o in outcomes)
 
-        seconds, fast = timed(f"runjobs{workers}", run, moved)
-        results.append(
-            Result("sendit run_jobs", workers, n, seconds, f"per-file work, fast path {fast}/{n}")
-        )
+        seconds, fast = timed(f"runjobs{workers}{conf.element_cache}", run, moved)
+        if not conf.element_cache:
+            note = f"per-file work, every element through the recipe engine, fast path {fast}/{n}"
+        elif workers == 1:
+            files, general, elements, computed = (
+                now - then
+                for now, then in zip(
+                    (stats.files, stats.general, stats.elements, stats.computed),
+                    before,
+                    strict=True,
+                )
+            )
+            note = (
+                f"per-file work, element cache {files - general}/{files} files, "
+                f"{computed / max(1, elements):.1%} of elements computed"
+            )
+        else:
+            note = f"per-file work, fast path {fast}/{n}"
+        results.append(Result(label, workers, n, seconds, note))
 
     phases_of: dict[int, dict[str, float]] = {}
     for workers, conf in ((1, conf1), (2, conf2)):

@@ -5,10 +5,14 @@ For each readable DICOM image of a batch (``pending`` after inspect):
 1. pseudonyms come from the identifier provider, one call per batch
    (entity = patient, item = study; one date shift per patient);
 2. the recipe (PS3.15 Annex E by default) is applied to the header; pixel
-   data is never decoded, only copied byte for byte (each file is read once;
-   the header is parsed from memory and written by :mod:`.dicomwrite`, the
-   original pixel data element bytes are appended; files with elements after
-   the pixel data, deflated or odd ones take pydicom's read/save_as path);
+   data is never decoded, only copied byte for byte (each file is read once).
+   Three paths give the same bytes: the element cache (:mod:`.elementcache`:
+   the header scanned as bytes, each distinct element of a study
+   de-identified by the recipe engine once and remembered, the original pixel
+   data element bytes appended) takes explicit VR little endian files; the
+   rest have their header parsed from memory by pydicom and written by
+   :mod:`.dicomwrite`; files with elements after the pixel data, deflated or
+   odd ones take pydicom's read/save_as path;
 3. the file is written to ``release/<entity>/<item>_<series>_<instance>.dcm``,
    or to ``phi/quarantine/<entity>/`` when the pixel screen flagged it; the
    recipe reports every original value it removed or changed
@@ -26,7 +30,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import shutil
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -38,42 +41,23 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydicom.datadict import dictionary_has_tag, dictionary_keyword, dictionary_VR
-from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from . import disposition, executors, inspect, leakgate
+from .cleaned import KEPT_VRS, TECHNICAL_KEYWORDS, WORDS, describe
 from .dicomio import READ_ERRORS, read_full, safe_reason
-from .dicomwrite import encode_header, item_strings, plain_tag, split_file, table_text, text_codec
+from .dicomwrite import encode_header, split_file
 from .disposition import Disposition, Row
+from .elementcache import ElementCache
 from .errors import RecipeError
 from .identifiers import StudyKey, UidMapper, load_site_secret, make_provider
 from .layout import BatchLayout
 from .recipes import GATE_VRS, Changes, DeidContext, Recipe
 
-#: Value representations whose kept values are never treated as identifying.
-KEPT_VRS = GATE_VRS | {"CS", "AS", "IS", "DS"}
-#: Kept technical fields whose words are never treated as identifying (an
-#: InstitutionName "TOSHIBA" beside a Manufacturer "TOSHIBA_MEC").
-TECHNICAL_KEYWORDS = frozenset(
-    {
-        "Manufacturer",
-        "ManufacturerModelName",
-        "SoftwareVersions",
-        "ConvolutionKernel",
-        "ImplementationVersionName",
-        "SecondaryCaptureDeviceManufacturer",
-        "SecondaryCaptureDeviceManufacturerModelName",
-        "SecondaryCaptureDeviceSoftwareVersions",
-    }
-)
-_TOKENS = re.compile(r"[^0-9a-z]+")
-#: Value representations copied into the ``cleaned`` table.
-TABLE_SKIP_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN", "SQ"})
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
-_MAX_TABLE_TEXT = 256
 
 
 @dataclass(frozen=True)
@@ -97,6 +81,8 @@ class WorkerConfig:
     include_default: bool
     secret: bytes
     safe_private: tuple[str, ...] = ()
+    element_cache: bool = True
+    """Use :mod:`.elementcache` (False: every file through the recipe engine, for comparison)."""
 
 
 @dataclass
@@ -180,7 +166,7 @@ def removed_values(
     for vr, keyword, values in snapshot(after, KEPT_VRS).values():
         kept.update(v.casefold() for v in values)
         if vr == "CS" or keyword in TECHNICAL_KEYWORDS:
-            kept.update(t for v in values for t in _TOKENS.split(v.casefold()) if t)
+            kept.update(t for v in values for t in WORDS.split(v.casefold()) if t)
     removed: dict[str, str] = {}
     for path, (vr, keyword, values) in before.items():
         current = now.get(path, ("", "", []))[2]
@@ -212,107 +198,6 @@ def _ensure_meta(ds: Dataset) -> None:
         ds.file_meta = new
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-
-
-_KEYWORDS: dict[int, str] = {}
-
-
-def _key(tag: int) -> str:
-    """``Keyword``, or ``ggggeeee`` for a tag pydicom does not know (as ``flatten`` names it)."""
-    found = _KEYWORDS.get(tag)
-    if found is None:
-        keyword = dictionary_keyword(tag) if dictionary_has_tag(tag) else ""  # as elem.keyword
-        found = _KEYWORDS[tag] = keyword or f"{tag >> 16:04X}{tag & 0xFFFF:04X}"
-    return found
-
-
-def _vr(elem: Any, tag: int) -> str:
-    """The VR pydicom gives the element once converted, or "" when only converting tells."""
-    vr = elem.VR
-    if type(elem) is RawDataElement:
-        if vr == "UN":
-            return ""
-        if vr is None:
-            try:
-                vr = dictionary_VR(tag)
-            except KeyError:
-                return ""
-            if " or " in vr:
-                return ""
-    return str(vr)
-
-
-def describe(
-    ds: Dataset,
-    prefix: str = "",
-    out: dict[str, Any] | None = None,
-    kept: set[str] | None = None,
-) -> tuple[dict[str, Any], set[str]]:
-    """The cleaned-table row of a de-identified data set and its kept values, in one pass.
-
-    Parameters
-    ----------
-    ds : pydicom.Dataset
-        The de-identified data set (raw elements are decoded without being
-        converted where the bytes suffice).
-    prefix, out, kept
-        Used by the recursion into sequence items.
-
-    Returns
-    -------
-    row : dict of str to str
-        :func:`flatten`'s row.
-    kept : set of str
-        Case-folded values of every element (any depth, private ones too)
-        with a :data:`KEPT_VRS` VR, plus the words of CS values and of
-        :data:`TECHNICAL_KEYWORDS` fields: values still in the output are not
-        identifying under this recipe.
-    """
-    out = {} if out is None else out
-    kept = set() if kept is None else kept
-    items = ds._dict
-    codec: str | None = None
-    codec_known = False
-    for btag, elem in sorted(items.items(), key=plain_tag):
-        tag = btag.real
-        vr = _vr(elem, tag)
-        if not vr:
-            elem = ds[tag]
-            vr = str(elem.VR)
-        group = tag >> 16
-        public = not group & 1 and group != 0x7FE0
-        if vr == "SQ":
-            key = f"{prefix}{_key(tag)}." if public else ""
-            for item in ds[tag].value or ():
-                if public:
-                    describe(item, key, out, kept)
-                else:
-                    describe(item, "", {}, kept)
-            continue
-        if vr in TABLE_SKIP_VRS:
-            continue
-        if not codec_known:
-            codec, codec_known = text_codec(ds), True
-        if vr in KEPT_VRS:
-            values = item_strings(ds, tag, elem, vr, codec)[1]
-            folded = [v.casefold() for v in values]
-            kept.update(folded)
-            if vr == "CS" or (public and _key(tag) in TECHNICAL_KEYWORDS):
-                kept.update(t for v in folded for t in _TOKENS.split(v) if t)
-        if not public:
-            continue
-        text = table_text(elem, vr, codec, functools.partial(ds.__getitem__, tag))
-        if text is None:
-            continue
-        key = prefix + _key(tag)
-        text = text[:_MAX_TABLE_TEXT]
-        out[key] = f"{out[key]} | {text}" if key in out and out[key] != text else text
-    return out, kept
-
-
-def flatten(ds: Dataset, prefix: str = "", out: dict[str, Any] | None = None) -> dict[str, Any]:
-    """De-identified header as a flat dict; nested sequences as ``Seq.Keyword``."""
-    return describe(ds, prefix, out)[0]
 
 
 def removed_from(changes: Changes, kept: set[str]) -> dict[str, str]:
@@ -373,14 +258,41 @@ def _native16(ds: Dataset) -> bool:
     return bool(ds.get("BitsAllocated") == 16 and syntax is not None and not syntax.is_compressed)
 
 
+@lru_cache(maxsize=4)
+def _element_cache(files: tuple[str, ...], include_default: bool) -> ElementCache:
+    return ElementCache(_recipe(files, include_default))
+
+
+def _cached_path(job: Job, config: WorkerConfig, data: bytes, outcome: Outcome) -> Changes | None:
+    """De-identify from remembered elements (:mod:`.elementcache`); None: another path must.
+
+    A file the cache cannot handle, or one whose values raise, goes to the
+    paths below, which then report it exactly as they always have.
+    """
+    cache = _element_cache(config.recipe_files, config.include_default)
+    try:
+        done = cache.deidentify(data, _context(job, config))
+    except (*READ_ERRORS, RuntimeError, RecipeError):
+        return None
+    if done is None:
+        return None
+    tail = memoryview(data)[done.pixel_at :]
+    _write_parts(job.output, done.header, tail)
+    size = len(done.header) + len(tail)
+    outcome.pixel_span = (len(done.header) + done.pixel_value_offset, size, size, done.native16)
+    outcome.cleaned = done.cleaned
+    outcome.removed = removed_from(done.changes, done.kept)
+    outcome.lookup = [(k, old, new) for k, (old, new) in done.changes.replaced.items()]
+    return done.changes
+
+
 def _fast_path(
-    job: Job, config: WorkerConfig, recipe: Recipe
+    job: Job, config: WorkerConfig, recipe: Recipe, data: bytes
 ) -> tuple[Dataset, Changes, tuple[int, int, int, bool]] | None:
-    """Read once, parse the header from memory, write header bytes + original pixel bytes.
+    """Parse the header from memory, write header bytes + original pixel bytes.
 
     None when the file needs the general path (see :func:`dicomwrite.split_file`).
     """
-    data = Path(job.source_path).read_bytes()
     try:
         split = split_file(data)
     except READ_ERRORS:
@@ -403,14 +315,18 @@ def _fast_path(
 def deidentify_file(job: Job, config: WorkerConfig) -> Outcome:
     """De-identify one file and write it; never raises for a bad input file.
 
-    Most files take the fast path (:func:`_fast_path`); files with elements
-    after the pixel data, deflated or unusual ones are read whole, de-identified
-    and written by pydicom.
+    Most files are served by the element cache (:func:`_cached_path`), the
+    other well-formed ones by :func:`_fast_path`; files with elements after
+    the pixel data, deflated or unusual ones are read whole, de-identified and
+    written by pydicom.
     """
     outcome = Outcome(job)
     recipe = _recipe(config.recipe_files, config.include_default)
     try:
-        done = _fast_path(job, config, recipe)
+        data = Path(job.source_path).read_bytes()
+        if config.element_cache and _cached_path(job, config, data, outcome) is not None:
+            return outcome
+        done = _fast_path(job, config, recipe, data)
         if done is None:
             ds: Dataset = read_full(job.source_path)
             changes = recipe.apply(ds, _context(job, config))
@@ -493,7 +409,7 @@ def run_jobs(
 
 
 # ------------------------------------------------------------------ planning
-def _patient_key(row: pd.Series) -> StudyKey:
+def _patient_key(row: Mapping[str, Any]) -> StudyKey:
     patient = (
         row["PatientID"] if isinstance(row["PatientID"], str) and row["PatientID"].strip() else ""
     )
@@ -566,7 +482,7 @@ def plan(
         "source_path"
     )
     keys = {
-        row.source_path: _patient_key(pd.Series(row._asdict()))
+        row.source_path: _patient_key(row._asdict())
         for row in images.itertuples(index=False)
     }
     provider = make_provider(

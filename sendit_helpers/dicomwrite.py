@@ -55,14 +55,18 @@ from pydicom.uid import (
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
 __all__ = [
+    "PIXEL_DATA",
     "Split",
     "element_strings",
+    "encapsulated_end",
     "encode_header",
+    "encode_meta",
     "item_strings",
     "plain_tag",
     "split_file",
     "text_codec",
     "value_strings",
+    "write_elements",
 ]
 
 PIXEL_DATA = 0x7FE00010
@@ -137,7 +141,7 @@ def split_file(data: bytes) -> Split | None:
             return None
         length, value_at = struct.unpack(end + "L", head[8:12])[0], at + 12
     if length == _UNDEFINED:
-        stop = _encapsulated_end(data, value_at, end)
+        stop = encapsulated_end(data, value_at, end)
     else:
         stop = value_at + length
     if stop is None or stop != len(data):
@@ -145,7 +149,7 @@ def split_file(data: bytes) -> Split | None:
     return Split(ds, at, value_at, stop)
 
 
-def _encapsulated_end(data: bytes, pos: int, end: str) -> int | None:
+def encapsulated_end(data: bytes, pos: int, end: str) -> int | None:
     """End of an undefined-length pixel data value (past its sequence delimiter)."""
     item = struct.Struct(end + "HHL")
     size = len(data)
@@ -208,7 +212,7 @@ def _sequence(elem: DataElement, implicit: bool, little: bool, encodings: Any) -
     for item in elem.value:
         body = DicomBytesIO()
         body.is_implicit_VR, body.is_little_endian = implicit, little
-        _write_elements(body, item, implicit, little, encodings)
+        write_elements(body, item, implicit, little, encodings)
         data = body.getvalue()
         out.write(_ITEM[little])
         if getattr(item, "is_undefined_length_sequence_item", False):
@@ -221,7 +225,7 @@ def _sequence(elem: DataElement, implicit: bool, little: bool, encodings: Any) -
     return out.getvalue()
 
 
-def _write_elements(
+def write_elements(
     fp: DicomBytesIO, ds: Dataset, implicit: bool, little: bool, parent: Any = "iso8859"
 ) -> None:
     """``pydicom.filewriter.write_dataset`` with untouched raw elements written directly."""
@@ -322,7 +326,7 @@ def _write_meta(fp: DicomBytesIO, meta: FileMetaDataset) -> None:
         meta.FileMetaInformationGroupLength = 0
     buffer = DicomBytesIO()
     buffer.is_implicit_VR, buffer.is_little_endian = False, True
-    _write_elements(buffer, meta, False, True)
+    write_elements(buffer, meta, False, True)
     data = buffer.getvalue()
     if data[:8] != b"\x02\x00\x00\x00UL\x04\x00":
         write_file_meta_info(fp, meta, enforce_standard=True)
@@ -331,6 +335,19 @@ def _write_meta(fp: DicomBytesIO, meta: FileMetaDataset) -> None:
     fp.write(data[:8])
     fp.write(struct.pack("<L", len(data) - 12))
     fp.write(data[12:])
+
+
+def encode_meta(meta: FileMetaDataset) -> bytes:
+    """File meta information as ``save_as(..., enforce_file_format=True)`` writes it.
+
+    ``meta`` is validated (missing version and implementation elements are
+    added) and its group length set.
+    """
+    validate_file_meta(meta, enforce_standard=True)
+    fp = DicomBytesIO()
+    fp.is_implicit_VR, fp.is_little_endian = False, True
+    _write_meta(fp, meta)
+    return fp.getvalue()
 
 
 def encode_header(ds: Dataset) -> bytes | None:
@@ -356,17 +373,15 @@ def encode_header(ds: Dataset) -> bytes | None:
     ds_instance = ds.get("SOPInstanceUID", None)
     if meta_instance is None or (ds_instance and ds_instance != meta_instance):
         meta.MediaStorageSOPInstanceUID = ds_instance
-    validate_file_meta(meta, enforce_standard=True)
-    fp = DicomBytesIO()
     preamble = getattr(ds, "preamble", None)
     if preamble is not None and len(preamble) != 128:
         return None
+    fp = DicomBytesIO()
     fp.write(preamble or b"\x00" * 128)
     fp.write(b"DICM")
-    fp.is_implicit_VR, fp.is_little_endian = False, True
-    _write_meta(fp, meta)
+    fp.write(encode_meta(meta))
     fp.is_implicit_VR, fp.is_little_endian = implicit, little
-    _write_elements(fp, ds, implicit, little)
+    write_elements(fp, ds, implicit, little)
     return fp.getvalue()
 
 
@@ -476,7 +491,7 @@ def item_strings(
 
 
 def table_text(elem: Any, vr: str, codec: str | None, convert: Callable[[], Any]) -> str | None:
-    """The ``cleaned`` table text of an element, as ``deidentify.flatten`` always wrote it.
+    """The ``cleaned`` table text of an element, as ``cleaned.flatten`` always wrote it.
 
     ``"\\\\".join(stripped values)`` for multi-valued elements, else
     ``str(value)``; None when the element has no value (left out).

@@ -256,13 +256,14 @@ _METHOD_CODES = {
 _FUNCS = frozenset({"uid", "clean_text", "jitter", "method_codes"})
 _UID_KEEP_SUFFIXES = ("ClassUID", "TransferSyntaxUID", "TransferSyntaxUIDInFile")
 _UID_KEEP_KEYWORDS = frozenset({"CodingSchemeUID", "ContextGroupExtensionCreatorUID"})
-_FILE_META_DROP = (0x00020016, 0x00020017, 0x00020018, 0x00020100, 0x00020102)
+#: File meta elements the de-identified file does not carry over.
+FILE_META_DROP = (0x00020016, 0x00020017, 0x00020018, 0x00020100, 0x00020102)
 _AGE_TAG = 0x00101010
 _SOP_INSTANCE_UID = 0x00080018
 _MEDIA_SOP = BaseTag(0x00020003)
 
-# Identifying values taken from the file itself for func:clean_text.
-_CLEAN_SOURCE_TAGS = (
+#: Identifying values taken from the file itself for func:clean_text.
+CLEAN_SOURCE_TAGS = (
     0x00100010,
     0x00100020,
     0x00101000,
@@ -984,7 +985,7 @@ class _Tokens:
         self._tokens: list[str] | None = None
         self._found: list[tuple[str, list[str]]] = []
         if ds is not None:
-            for tag in _CLEAN_SOURCE_TAGS:
+            for tag in CLEAN_SOURCE_TAGS:
                 item: Any = ds.get_item(tag, keep_deferred=True)
                 if item is None:
                     continue
@@ -1241,7 +1242,7 @@ class Recipe:
         sop = str(ds[_SOP_INSTANCE_UID].value or "") if _SOP_INSTANCE_UID in ds else ""
         meta = getattr(ds, "file_meta", None)
         if meta is not None:
-            for tag in _FILE_META_DROP:
+            for tag in FILE_META_DROP:
                 if tag in meta:
                     del meta[tag]
             if sop:
@@ -1274,12 +1275,7 @@ class Recipe:
                 if plan is None:
                     plan = self._public_plan(tag, str(getattr(raw, "VR", "") or ""))
                 if plan[0] != _K_KEEP:
-                    if plan[0] != _K_SEQ:
-                        _originals(ds, tag, plan[3], changes.originals, codec)
-                    if type(raw) is RawDataElement and raw.value is not None:
-                        if self._fast(ds, btag, raw, plan, ctx, changes, prefix, tokens):
-                            continue
-                    self._do(ds, tag, plan, ctx, changes, prefix, tokens)
+                    self._public_step(ds, btag, raw, plan, ctx, changes, prefix, tokens, codec)
                 continue
             # private group: creators (gggg,0010-00FF) are decided after their blocks
             elem_no = tag & 0xFFFF
@@ -1320,6 +1316,104 @@ class Recipe:
                 _originals(ds, ctag, "", changes.originals, codec)
                 del ds[ctag]
 
+    def _public_step(
+        self,
+        ds: Dataset,
+        btag: BaseTag,
+        raw: Any,
+        plan: _Plan,
+        ctx: DeidContext,
+        changes: Changes,
+        prefix: str,
+        tokens: _Tokens,
+        codec: str | None,
+    ) -> None:
+        """Act on one public element whose plan is not KEEP."""
+        tag = int(btag)
+        if plan[0] != _K_SEQ:
+            _originals(ds, tag, plan[3], changes.originals, codec)
+        if type(raw) is RawDataElement and raw.value is not None:
+            if self._fast(ds, btag, raw, plan, ctx, changes, prefix, tokens):
+                return
+        self._do(ds, tag, plan, ctx, changes, prefix, tokens)
+
+    # ------------------------------------------------------------------ one element
+    @property
+    def add_tags(self) -> frozenset[int]:
+        """Tags the recipe's ADD rules write."""
+        return frozenset(rule.fields[0].tag for rule in self._adds)
+
+    @property
+    def cleans_text(self) -> bool:
+        """Whether a rule uses ``func:clean_text`` (tokens from :data:`CLEAN_SOURCE_TAGS`)."""
+        return self._clean
+
+    def keeps(self, tag: int, vr: str) -> bool:
+        """Whether the public element ``tag`` (read with VR ``vr``) is kept as it is."""
+        plan = self._cache.get(tag)
+        if plan is None:
+            plan = self._public_plan(tag, vr)
+        return plan[0] == _K_KEEP
+
+    def clean_tokens(self, ds: Dataset, ctx: DeidContext) -> _Tokens:
+        """The ``func:clean_text`` tokens of ``ds`` (its :data:`CLEAN_SOURCE_TAGS` are read)."""
+        return _Tokens(ds if self._clean else None, ctx)
+
+    def apply_element(
+        self, ds: Dataset, tag: int, ctx: DeidContext, changes: Changes, tokens: _Tokens
+    ) -> bool:
+        """De-identify the one top-level element ``tag`` of ``ds`` exactly as :meth:`apply` would.
+
+        For callers that de-identify a file element by element
+        (:mod:`sendit_helpers.elementcache`): ``ds`` holds the element (and,
+        for a private one, its creator; for text, the character set); the
+        result is the element left in ``ds`` (or gone) and what ``changes``
+        received.  ADD rules and the file meta are not handled here.
+
+        Returns
+        -------
+        bool
+            False when the result depends on other elements: a private
+            element (or creator) the recipe or the safe list keeps.
+        """
+        btag = BaseTag(tag)
+        raw = ds.get_item(btag, keep_deferred=True)
+        if raw is None:
+            return True
+        codec = text_codec(ds)
+        if not (tag >> 16) & 1:
+            plan = self._cache.get(tag)
+            if plan is None:
+                plan = self._public_plan(tag, str(getattr(raw, "VR", "") or ""))
+            if plan[0] != _K_KEEP:
+                self._public_step(ds, btag, raw, plan, ctx, changes, "", tokens, codec)
+            return True
+        elem_no = tag & 0xFFFF
+        if 0x0010 <= elem_no <= 0x00FF:  # a creator: removed when its block keeps nothing
+            _originals(ds, tag, "", changes.originals, codec)
+            del ds[btag]
+            return True
+        block = (tag & 0xFFFF0000) | (elem_no >> 8)
+        creator = _creator(ds, block) if elem_no >= 0x1000 else None
+        key = (tag, creator)
+        if key in self._private_cache:
+            pplan = self._private_cache[key]
+        else:
+            pplan = self._private_cache[key] = self._private_plan(ds, tag, creator)
+        removed = (pplan is None and tag not in ctx.safe_private) or (
+            pplan is not None and pplan[0] == _K_REMOVE
+        )
+        if not removed:
+            return False
+        _originals(ds, tag, "", changes.originals, codec)
+        del ds[btag]
+        return True
+
+    def apply_adds(self, ds: Dataset, ctx: DeidContext, changes: Changes) -> None:
+        """Apply the ADD rules to ``ds`` as :meth:`apply` does after the walk."""
+        for rule in self._adds:
+            self._add(ds, rule, ctx, changes)
+
     def _fast(
         self,
         ds: Dataset,
@@ -1339,8 +1433,8 @@ class Recipe:
         """
         kind, payload, rule, dvr, keyword = plan
         vr = raw.VR or dvr
-        if vr == "SQ" or not vr:
-            return False
+        if vr in ("SQ", "UN") or not vr:
+            return False  # UN: pydicom gives a known tag its VR when converting
         if vr in _TEXT_VRS:
             return self._fast_text(ds, btag, raw, plan, vr, ctx, changes, prefix, tokens)
         if kind == _K_REMOVE:

@@ -45,7 +45,7 @@ import pandas as pd
 import pydicom
 from pydicom.dataset import Dataset
 
-from . import deidentify, disposition, leakgate, ocr
+from . import cleaned, deidentify, disposition, leakgate, ocr
 from .dicomio import READ_ERRORS
 from .disposition import Disposition, Row
 from .errors import LeakError, ReviewError, SenditError
@@ -717,7 +717,7 @@ def _scrub_file(source: Path, target: Path, boxes: Sequence[Box]) -> dict[str, A
     ds = pydicom.dcmread(source)
     scrub_pixels(ds, boxes)
     _write_dataset(ds, target)
-    return deidentify.flatten(ds)
+    return cleaned.flatten(ds)
 
 
 def auto_scrub_ocr(layout: BatchLayout, items: pd.DataFrame | None = None) -> list[str]:

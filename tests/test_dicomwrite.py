@@ -13,7 +13,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
-from sendit_helpers import deidentify, dicomwrite, disposition, leakgate, synthetic
+from sendit_helpers import cleaned, deidentify, dicomwrite, disposition, leakgate, synthetic
 from sendit_helpers.dicomio import read_full
 from sendit_helpers.errors import LeakError
 from sendit_helpers.layout import BatchLayout
@@ -55,7 +55,7 @@ def _reference_flatten(ds: Dataset, prefix: str = "", out: dict[str, Any] | None
             for item in elem.value or []:
                 _reference_flatten(item, f"{key}.", out)
             continue
-        if elem.VR in deidentify.TABLE_SKIP_VRS or elem.value is None:
+        if elem.VR in cleaned.TABLE_SKIP_VRS or elem.value is None:
             continue
         text = "\\".join(deidentify._strings(elem)) if elem.VM > 1 else str(elem.value)
         text = text[:256]

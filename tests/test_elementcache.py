@@ -1,0 +1,172 @@
+"""The element cache (de-identify's fast path) gives exactly what the recipe engine gives."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import shutil
+import struct
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file, get_testdata_files
+from test_leaks_harsh import build
+
+from sendit_helpers import deidentify, elementcache, synthetic
+
+CONFIG = deidentify.WorkerConfig((), True, b"test-secret")
+ENGINE = dataclasses.replace(CONFIG, element_cache=False)
+PYDICOM_FILES = sorted(
+    {Path(p).name: p for p in get_testdata_files("*.dcm") if Path(p).stat().st_size < 4_000_000}
+)
+
+
+def _job(source: Path, output: Path, item: str = "ITEM") -> deidentify.Job:
+    return deidentify.Job(str(source), str(output), output.name, "ENT", item, 17, False)
+
+
+def _same(source: Path, tmp_path: Path, item: str = "ITEM") -> bool:
+    """Both paths on one file: identical bytes, rows, gate values, lookup and spans.
+
+    Returns whether the cache handled the file.
+    """
+    cache = deidentify._element_cache((), True)
+    before = cache.stats.general
+    a = deidentify.deidentify_file(_job(source, tmp_path / "cache.dcm", item), CONFIG)
+    handled = cache.stats.general == before
+    b = deidentify.deidentify_file(_job(source, tmp_path / "engine.dcm", item), ENGINE)
+    assert a.error == b.error
+    for name in ("cache.dcm", "engine.dcm"):
+        assert (tmp_path / name).exists() == (not a.error)
+    if not a.error:
+        assert (tmp_path / "cache.dcm").read_bytes() == (tmp_path / "engine.dcm").read_bytes()
+    assert list(a.cleaned.items()) == list(b.cleaned.items())
+    assert list(a.removed.items()) == list(b.removed.items())
+    assert a.lookup == b.lookup
+    assert a.pixel_span == b.pixel_span
+    for name in ("cache.dcm", "engine.dcm"):
+        (tmp_path / name).unlink(missing_ok=True)
+    return handled
+
+
+@pytest.mark.parametrize("name", PYDICOM_FILES)
+def test_same_as_the_engine_on_pydicom_files(name: str, tmp_path: Path) -> None:
+    source = get_testdata_file(name)
+    assert source is not None
+    for item in ("ITEM", "OTHER"):  # a second context: remembered elements are not reused
+        _same(Path(source), tmp_path, item)
+
+
+def test_same_as_the_engine_on_a_generated_batch(
+    batch: tuple[Path, synthetic.Planted], tmp_path: Path
+) -> None:
+    handled = 0
+    files = sorted(p for p in batch[0].rglob("*") if p.is_file())
+    for _round in range(2):  # the second round is served from memory
+        for path in files:
+            handled += _same(path, tmp_path)
+    assert handled >= 10
+
+
+def test_same_as_the_engine_on_the_harsh_corpus(tmp_path: Path) -> None:
+    """Planted identifiers everywhere, three patients: nothing crosses from one to another."""
+    planted: dict[str, str] = {}
+
+    def plant(where: str) -> str:
+        token = f"ZQX{len(planted):04d}PHI"
+        planted[token] = where
+        return token
+
+    sources = []
+    for i in range(3):
+        target = tmp_path / "in" / f"p{i}.dcm"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        build(target, plant)
+        sources.append(target)
+    for _round in range(2):
+        for source in sources:
+            _same(source, tmp_path)
+
+
+def test_series_is_served_from_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(elementcache, "VOLATILE_AFTER", 3)
+    folder = tmp_path / "in"
+    synthetic.make_batch(
+        folder,
+        synthetic.BatchSpec(
+            n_series=1, images_per_series=12, rows=16, columns=16, junk=False, burned_in=False
+        ),
+    )
+    files = sorted(folder.rglob("*.dcm"))
+    cache = elementcache.ElementCache(deidentify._recipe((), True))
+    ctx = deidentify._context(_job(files[0], tmp_path / "x.dcm"), CONFIG)
+    cache.deidentify(files[0].read_bytes(), ctx)
+    first = cache.stats.computed
+    for path in files[1:]:
+        assert cache.deidentify(path.read_bytes(), ctx) is not None
+    per_file = (cache.stats.computed - first) / (len(files) - 1)
+    assert first > 50
+    assert per_file < 8  # SOPInstanceUID, InstanceNumber, position, ... only
+    context = next(iter(cache._contexts.values()))
+    volatile = [tag for tag, n in context.misses.items() if n > elementcache.VOLATILE_AFTER]
+    assert 0x00080018 in volatile
+    assert len(context.memo) <= first + len(volatile) * elementcache.VOLATILE_AFTER
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "MR_small_implicit.dcm",  # implicit VR
+        "MR_small_bigendian.dcm",  # big endian
+        "image_dfl.dcm",  # deflated
+    ],
+)
+def test_other_encodings_go_to_the_general_path(name: str) -> None:
+    source = get_testdata_file(name)
+    assert source is not None
+    assert elementcache.scan_header(Path(source).read_bytes()) is None
+
+
+def test_elements_after_pixel_data_go_to_the_general_path() -> None:
+    source = get_testdata_file("JPEG2000.dcm")
+    assert source is not None
+    data = Path(source).read_bytes()
+    assert elementcache.scan_header(data) is not None
+    trailing = struct.pack("<HH2sH", 0xFFFA, 0xFFFA, b"LO", 4) + b"ABCD"
+    assert elementcache.scan_header(data + trailing) is None
+    assert elementcache.scan_header(data[:-2]) is None  # truncated pixel data
+
+
+def _saved(ds: pydicom.Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_kept_private_element_and_add_target_go_to_the_general_path() -> None:
+    source = get_testdata_file("JPEG2000.dcm")
+    assert source is not None
+    ds = pydicom.dcmread(source)
+    cache = elementcache.ElementCache(deidentify._recipe((), True))
+    ctx = deidentify._context(_job(Path(source), Path("y")), CONFIG)
+    assert cache.deidentify(_saved(ds), ctx) is not None
+    private = next(int(e.tag) for e in ds if e.tag.is_private and e.tag.element >= 0x1000)
+    safe = dataclasses.replace(ctx, safe_private=frozenset({private}))
+    assert cache.deidentify(_saved(ds), safe) is None
+    ds.PatientIdentityRemoved = "NO"  # an ADD rule writes it: the engine decides
+    assert cache.deidentify(_saved(ds), ctx) is None
+
+
+def test_missing_preamble_or_meta_goes_to_the_general_path(tmp_path: Path) -> None:
+    source = get_testdata_file("JPEG2000.dcm")
+    assert source is not None
+    data = Path(source).read_bytes()
+    found = elementcache.scan_header(data)
+    assert found is not None
+    assert elementcache.scan_header(data[128:]) is None
+    body = data[found.elements[0][1] :]
+    assert elementcache.scan_header(b"\0" * 128 + b"DICM" + body) is None
+    copy = tmp_path / "copy.dcm"
+    shutil.copyfile(source, copy)
+    assert _same(copy, tmp_path)

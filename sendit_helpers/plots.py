@@ -1,11 +1,14 @@
 """Pictures: windowed renderings, thumbnail montages per series, and summary plots.
 
-Used by the inspect notebook (montage per series) and the reviewer.  Renders
-may show PHI burned into pixels: they are saved under ``phi/`` only.
+Used by the inspect notebook (montage per series) and the reviewer
+(:mod:`~sendit_helpers.reviewer`: montages, and :func:`preview_png` with the
+rectangles to scrub drawn).  Renders may show PHI burned into pixels: they are
+saved under ``phi/`` only.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,11 +16,13 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import pydicom
 from matplotlib.figure import Figure
 
 from .dicomio import READ_ERRORS, safe_reason
+from .scrub import Box
 
 
 def window(
@@ -63,6 +68,64 @@ def render(
     if ds.get("PhotometricInterpretation") == "MONOCHROME1":
         image = 1 - image
     return image
+
+
+_BOX_COLOUR = np.array([1.0, 0.15, 0.15], dtype=np.float32)
+_SUGGEST_COLOUR = np.array([1.0, 0.8, 0.0], dtype=np.float32)
+
+
+def _draw(
+    image: npt.NDArray[np.floating[Any]],
+    boxes: Sequence[Box],
+    colour: npt.NDArray[np.float32],
+    fill: bool,
+) -> npt.NDArray[np.float32]:
+    """``image`` as RGB with the edges of ``boxes`` in ``colour`` (darkened inside if ``fill``)."""
+    rgb = np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image[:, :, :3]
+    rgb = np.asarray(rgb, dtype=np.float32).copy()
+    rows, cols = rgb.shape[:2]
+    edge = max(1, min(rows, cols) // 200)
+    for b in boxes:
+        x0, y0 = max(0, b.x), max(0, b.y)
+        x1, y1 = min(cols, b.x + b.width), min(rows, b.y + b.height)
+        if x1 <= x0 or y1 <= y0:
+            continue
+        if fill:
+            rgb[y0:y1, x0:x1] = rgb[y0:y1, x0:x1] * 0.15
+        rgb[y0 : y0 + edge, x0:x1] = colour
+        rgb[max(y0, y1 - edge) : y1, x0:x1] = colour
+        rgb[y0:y1, x0 : x0 + edge] = colour
+        rgb[y0:y1, max(x0, x1 - edge) : x1] = colour
+    return rgb
+
+
+def _png(image: npt.NDArray[np.floating[Any]], max_size: int = 640) -> bytes:
+    """``image`` (0..1) as PNG bytes, downsampled to at most ``max_size`` pixels a side."""
+    step = max(1, int(np.ceil(max(image.shape[:2]) / max_size)))
+    buffer = io.BytesIO()
+    data = np.clip(image[::step, ::step], 0, 1)
+    plt.imsave(buffer, data, cmap="gray" if data.ndim == 2 else None, vmin=0, vmax=1, format="png")
+    return buffer.getvalue()
+
+
+def preview_png(
+    ds: pydicom.Dataset,
+    boxes: Sequence[Box] = (),
+    suggested: Sequence[Box] = (),
+    *,
+    frame: int = 0,
+    center: float | None = None,
+    width: float | None = None,
+) -> bytes:
+    """The image rendered as PNG, with the rectangles to scrub drawn (darkened, red edge).
+
+    Suggested rectangles that are not among ``boxes`` get a yellow edge.
+    """
+    image = render(ds, frame, center, width)
+    if boxes or suggested:
+        image = _draw(image, [b for b in suggested if b not in boxes], _SUGGEST_COLOUR, False)
+        image = _draw(image, boxes, _BOX_COLOUR, True)
+    return _png(image)
 
 
 def thumbnail(path: str | os.PathLike[str], size: int = 128) -> np.ndarray | str:

@@ -22,6 +22,7 @@ from sendit_helpers import deidentify, disposition, leakgate, review, synthetic
 from sendit_helpers.errors import ReviewError
 from sendit_helpers.layout import BatchLayout
 from sendit_helpers.review import Box, Decision, DecisionLog
+from sendit_helpers.reviewer import Reviewer
 from sendit_helpers.runner import open_batch
 
 SETTINGS = {"PROGRESS": False}
@@ -365,7 +366,7 @@ def test_decisions_file_header_is_checked(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ widgets and notebook
 def test_reviewer_widget_saves_at_once(held_batch: tuple[BatchLayout, dict[str, object]]) -> None:
     layout, settings = held_batch
-    ui = review.Reviewer(layout, settings, reviewer="gil")
+    ui = Reviewer(layout, settings, reviewer="gil")
     total = len(ui.items)
     assert ui.progress.value == f"<b>0 of {total} decided</b>"
     assert bytes(ui.image.value)[:4] == b"\x89PNG" and bytes(ui.montage.value)[:4] == b"\x89PNG"

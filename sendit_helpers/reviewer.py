@@ -1,0 +1,681 @@
+"""The review stage's user interface: ipywidgets for deciding on quarantined images.
+
+Stage 3 has two modules.  :mod:`~sendit_helpers.review` holds the logic (the
+items, the decision log, decisions files, applying); this module is only what
+a person sees and clicks in ``03_review_phi`` (in Jupyter or Voilà): a montage
+per series, one image at a time with the rule that flagged it and the header
+values that made it fire, level/window and frame sliders, rectangles to scrub,
+decision buttons with access keys, and a command box.
+
+The interface decides and changes nothing by itself: every decision goes
+through :class:`review.DecisionLog <sendit_helpers.review.DecisionLog>` (saved
+the moment it is made), and every effect on the batch through
+:func:`review.apply_decisions <sendit_helpers.review.apply_decisions>`.  The
+pictures come from :mod:`~sendit_helpers.plots`.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pydicom
+from IPython.display import Javascript, display
+from pydicom.dataset import Dataset
+
+from .dicomio import READ_ERRORS
+from .errors import LeakError, ReviewError
+from .layout import BatchLayout
+from .plots import montage, preview_png
+from .review import (
+    ApplyResult,
+    Decision,
+    DecisionLog,
+    apply_decisions,
+    item_file,
+    load_items,
+    reviewer_name,
+    waiting_message,
+)
+from .scrub import Box, check_box
+
+__all__ = ["Reviewer"]
+
+#: Access key (Alt+key in most browsers) of each button, by its CSS class ``sendit-<name>``.
+_KEYS = {
+    "release": "r",
+    "scrub": "s",
+    "keep": "k",
+    "release-series": "R",
+    "scrub-series": "S",
+    "keep-series": "K",
+    "next": "n",
+    "prev": "p",
+    "add-box": "b",
+    "apply": "a",
+}
+_ACCESS_JS = """
+(function () {
+  const keys = %s;
+  function tag() {
+    for (const [name, key] of Object.entries(keys)) {
+      document.querySelectorAll('.sendit-' + name).forEach(function (el) {
+        const button = el.tagName === 'BUTTON' ? el : el.querySelector('button');
+        if (button && !button.accessKey) { button.accessKey = key.toLowerCase(); }
+      });
+    }
+  }
+  tag();
+  new MutationObserver(tag).observe(document.body, {childList: true, subtree: true});
+})();
+"""
+_COMMAND_HINT = (
+    "keys + Enter: r release · s scrub · k keep · R/S/K whole series "
+    "· n next · p previous · b X Y W H add box · a apply"
+)
+_ERROR_COLOUR = "#b00020"
+_OK_COLOUR = "#1b5e20"
+
+
+# ------------------------------------------------------------------ small helpers
+def _escape(text: Any) -> str:
+    """``text`` safe to put in HTML."""
+    return html.escape(str(text))
+
+
+def _rows(table: pd.DataFrame) -> list[Any]:
+    """Rows as named tuples (typed loosely: columns vary)."""
+    return list(table.itertuples(index=False))
+
+
+def _is_colour(ds: Dataset) -> bool:
+    """Whether the image has several samples per pixel (no level/window then)."""
+    return int(ds.get("SamplesPerPixel", 1) or 1) > 1
+
+
+def _button(text: str, name: str, tip: str, style: str = "") -> Any:
+    """A button with CSS class ``sendit-<name>``; its tooltip names its access key."""
+    key = _KEYS.get(name, "")
+    button = widgets.Button(
+        description=text, tooltip=f"{tip} (Alt+{key})" if key else tip, button_style=style
+    )
+    button.add_class(f"sendit-{name}")
+    return button
+
+
+def _labelled(widget: Any, name: str) -> Any:
+    """``widget`` with CSS class ``sendit-<name>`` (for shortcuts and browser tests)."""
+    widget.add_class(f"sendit-{name}")
+    return widget
+
+
+def _box_field(description: str, name: str, low: int) -> Any:
+    """A whole-number field of the rectangle (``x``, ``y``: from 0; ``w``, ``h``: from 1)."""
+    field = _labelled(
+        widgets.BoundedIntText(
+            description=description,
+            value=low,
+            min=low,
+            max=100000,
+            layout=widgets.Layout(width="130px"),
+        ),
+        name,
+    )
+    field.style.description_width = "20px"
+    return field
+
+
+def _series_options(items: pd.DataFrame) -> list[tuple[str, str]]:
+    """``(label, SeriesInstanceUID)`` per series of the items, in their order."""
+    series = list(dict.fromkeys(zip(items["series_uid"], items["series"], strict=True)))
+    options = []
+    for uid, name in series:
+        count = int((items["series_uid"] == uid).sum())
+        options.append((f"series {name} ({count} image{'s' if count != 1 else ''})", uid))
+    return options
+
+
+def _montage_png(layout: BatchLayout, group: pd.DataFrame, settings: Mapping[str, Any]) -> bytes:
+    """Thumbnails of at most ``MONTAGE_MAX_IMAGES`` images of one series, evenly spaced, as PNG."""
+    limit = int(settings.get("MONTAGE_MAX_IMAGES", 16) or 16)
+    chosen = group.iloc[
+        np.unique(np.linspace(0, len(group) - 1, min(limit, len(group))).round().astype(int))
+    ]
+    paths = [item_file(layout, p) for p in chosen["path"]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        fig = montage(
+            paths,
+            [f"#{n}" for n in chosen["instance"]],
+            int(settings.get("THUMBNAIL_SIZE", 128) or 128),
+            "",
+        )
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _window_bounds(ds: Dataset) -> tuple[float, float, float, float] | None:
+    """``(lowest, highest, 1st percentile, 99th percentile)`` of the rescaled pixel values.
+
+    None when the pixels cannot be decoded.
+    """
+    try:
+        data = ds.pixel_array.astype(np.float32)
+    except (*READ_ERRORS, RuntimeError):
+        return None
+    slope, intercept = (
+        float(ds.get("RescaleSlope", 1) or 1),
+        float(ds.get("RescaleIntercept", 0) or 0),
+    )
+    lo, hi = float(data.min()) * slope + intercept, float(data.max()) * slope + intercept
+    hi = hi if hi > lo else lo + 1
+    p1, p99 = (float(v) * slope + intercept for v in np.percentile(data, (1, 99)))
+    return lo, hi, p1, p99
+
+
+def _series_scrub(row: Any, shown: Sequence[Box]) -> tuple[list[Box], str]:
+    """The rectangles a series scrub gives ``row`` (``shown``, else its suggested boxes).
+
+    Returns
+    -------
+    tuple of (list of Box, str)
+        The rectangles, and why they cannot be used (``""`` when they can).
+    """
+    boxes = list(shown) or list(row.suggested)
+    problems = [p for p in (check_box(b, int(row.columns), int(row.rows)) for b in boxes) if p]
+    if not boxes or problems:
+        why = problems[0] if problems else "no rectangle to scrub; add one first"
+        return boxes, f"{row.item}: {why}"
+    return boxes, ""
+
+
+def _rule_details(row: Any) -> str:
+    """HTML: the rule that flagged ``row``, its condition, and the header values it looked at."""
+    triggers = "".join(
+        f"<tr><td>{_escape(k)}</td><td>{_escape(v)}</td></tr>" for k, v in row.triggers.items()
+    )
+    return (
+        f"<b>Rule</b>: {_escape(row.label)} <i>({_escape(row.group)})</i><br>"
+        f"<small>{_escape(row.reason)}</small><table>{triggers}</table>"
+    )
+
+
+def _box_summary(boxes: Sequence[Box], suggested: Sequence[Box]) -> str:
+    """HTML: the rectangles to scrub, and the ones the rule suggests."""
+    shown = ", ".join(str(b) for b in boxes) or "none (enter x, y, w, h and press Add box)"
+    hint = " · rule suggests: " + ", ".join(str(b) for b in suggested) if suggested else ""
+    return f"Rectangles to scrub: {_escape(shown)}{_escape(hint)}"
+
+
+# ------------------------------------------------------------------ the reviewer
+class Reviewer:
+    """The review user interface (ipywidgets): series montages, one image, decisions.
+
+    Every decision is saved the moment it is made (:class:`~sendit_helpers.review.DecisionLog`);
+    "Apply decisions" calls :func:`~sendit_helpers.review.apply_decisions`.  Widgets carry
+    stable CSS classes (``sendit-release``, ``sendit-scrub``, ``sendit-keep``,
+    ``sendit-release-series`` …, ``sendit-box-x`` …, ``sendit-add-box``,
+    ``sendit-apply``, ``sendit-progress``, ``sendit-item``, ``sendit-series``,
+    ``sendit-command``) for keyboard shortcuts and browser tests.
+
+    Parameters
+    ----------
+    layout : BatchLayout
+        A de-identified batch.
+    settings : mapping
+        Resolved settings (``REVIEWER``, ``MONTAGE_MAX_IMAGES``, ``THUMBNAIL_SIZE``, ...).
+    reviewer : str, optional
+        Name written with each decision (default ``REVIEWER`` or the login name).
+    """
+
+    def __init__(
+        self, layout: BatchLayout, settings: Mapping[str, Any], reviewer: str = ""
+    ) -> None:
+        self.layout = layout
+        self.settings = settings
+        self.items = load_items(layout)
+        self.log = DecisionLog(layout, reviewer or reviewer_name(settings))
+        self.decided = self.log.decisions()
+        self.boxes: dict[str, list[Box]] = {}
+        self.index = 0
+        self._montages: dict[str, bytes] = {}
+        self._dataset: tuple[str, Dataset] | None = None
+        self._busy = False
+        self._make_series_widgets()
+        self._make_image_widgets()
+        self._make_box_widgets()
+        self._make_decision_widgets()
+        self._connect()
+        self.widget = self._assemble()
+        if self.items.empty:
+            self.message.value = "No image is quarantined in this batch: nothing to review."
+            for b in (
+                self.release,
+                self.scrub,
+                self.keep,
+                self.release_series,
+                self.scrub_series,
+                self.keep_series,
+            ):
+                b.disabled = True
+        else:
+            self.go(0)
+        self._update_progress()
+
+    # -- building
+    def _make_series_widgets(self) -> None:
+        self.progress = _labelled(widgets.HTML(), "progress")
+        self.message = _labelled(widgets.HTML(), "message")
+        self.series_select = _labelled(
+            widgets.Dropdown(
+                options=_series_options(self.items),
+                description="Series",
+                layout=widgets.Layout(width="520px"),
+            ),
+            "series",
+        )
+        self.montage = _labelled(
+            widgets.Image(format="png", layout=widgets.Layout(max_width="900px")), "montage"
+        )
+        self.series_info = _labelled(widgets.HTML(), "series-info")
+        self.release_series = _button(
+            "Release series",
+            "release-series",
+            "release every image of this series as it is",
+            "success",
+        )
+        self.scrub_series = _button(
+            "Scrub series",
+            "scrub-series",
+            "scrub the rectangles on every image of this series",
+            "warning",
+        )
+        self.keep_series = _button(
+            "Keep series", "keep-series", "keep every image of this series in quarantine", "danger"
+        )
+
+    def _make_image_widgets(self) -> None:
+        self.image = _labelled(
+            widgets.Image(format="png", layout=widgets.Layout(width="512px")), "image"
+        )
+        self.item_label = _labelled(widgets.HTML(), "item")
+        self.details = _labelled(widgets.HTML(), "details")
+        self.center = _labelled(
+            widgets.FloatSlider(description="Level", continuous_update=False, readout_format=".0f"),
+            "level",
+        )
+        self.width = _labelled(
+            widgets.FloatSlider(
+                description="Window", continuous_update=False, min=1, readout_format=".0f"
+            ),
+            "window",
+        )
+        self.frame = _labelled(
+            widgets.IntSlider(description="Frame", min=0, max=0, continuous_update=False), "frame"
+        )
+
+    def _make_box_widgets(self) -> None:
+        self.box_x = _box_field("x", "box-x", 0)
+        self.box_y = _box_field("y", "box-y", 0)
+        self.box_w = _box_field("w", "box-w", 1)
+        self.box_h = _box_field("h", "box-h", 1)
+        self.add_box = _button("Add box", "add-box", "add the rectangle x, y, w, h to this image")
+        self.clear_boxes = _button("Clear boxes", "clear-boxes", "remove this image's rectangles")
+        self.box_list = _labelled(widgets.HTML(), "boxes")
+
+    def _make_decision_widgets(self) -> None:
+        self.release = _button("Release", "release", "release this image as it is", "success")
+        self.scrub = _button("Scrub", "scrub", "black out the rectangles, then release", "warning")
+        self.keep = _button("Keep", "keep", "keep this image in quarantine", "danger")
+        self.prev = _button("◀ Previous", "prev", "previous image")
+        self.next = _button("Next ▶", "next", "next image")
+        self.next_open = _button(
+            "Next undecided", "next-undecided", "next image without a decision"
+        )
+        self.command = _labelled(
+            widgets.Text(
+                placeholder=_COMMAND_HINT,
+                continuous_update=False,
+                layout=widgets.Layout(width="640px"),
+            ),
+            "command",
+        )
+        self.apply_button = _button(
+            "Apply decisions",
+            "apply",
+            "move released/scrubbed images to release/ and re-run the leak gate",
+            "primary",
+        )
+        self.apply_result = _labelled(widgets.HTML(), "apply-result")
+
+    def _connect(self) -> None:
+        self.release.on_click(lambda _b: self.decide(Decision.RELEASE))
+        self.scrub.on_click(lambda _b: self.decide(Decision.SCRUB))
+        self.keep.on_click(lambda _b: self.decide(Decision.KEEP))
+        self.release_series.on_click(lambda _b: self.decide_series(Decision.RELEASE))
+        self.scrub_series.on_click(lambda _b: self.decide_series(Decision.SCRUB))
+        self.keep_series.on_click(lambda _b: self.decide_series(Decision.KEEP))
+        self.prev.on_click(lambda _b: self.go(self.index - 1))
+        self.next.on_click(lambda _b: self.go(self.index + 1))
+        self.next_open.on_click(lambda _b: self.go_undecided())
+        self.add_box.on_click(
+            lambda _b: self.add(
+                Box(self.box_x.value, self.box_y.value, self.box_w.value, self.box_h.value)
+            )
+        )
+        self.clear_boxes.on_click(lambda _b: self.clear())
+        self.apply_button.on_click(lambda _b: self.apply())
+        self.series_select.observe(self._on_series, names="value")
+        for slider in (self.center, self.width, self.frame):
+            slider.observe(lambda _c: self._redraw(), names="value")
+        self.command.observe(self._on_command, names="value")
+
+    def _assemble(self) -> Any:
+        series_box = widgets.VBox(
+            [
+                widgets.HTML(
+                    "<b>Series</b> — pick a series; its flagged images are shown together."
+                ),
+                self.series_select,
+                self.series_info,
+                self.montage,
+                widgets.HBox([self.release_series, self.scrub_series, self.keep_series]),
+            ]
+        )
+        image_box = widgets.VBox(
+            [
+                self.item_label,
+                widgets.HBox(
+                    [self.image, widgets.VBox([self.details, self.center, self.width, self.frame])]
+                ),
+                widgets.HBox(
+                    [self.box_x, self.box_y, self.box_w, self.box_h, self.add_box, self.clear_boxes]
+                ),
+                self.box_list,
+                widgets.HBox(
+                    [self.prev, self.release, self.scrub, self.keep, self.next, self.next_open]
+                ),
+                self.command,
+            ]
+        )
+        whole = widgets.VBox(
+            [
+                widgets.HBox([self.progress, self.message]),
+                series_box,
+                widgets.HTML("<hr>"),
+                image_box,
+                widgets.HTML("<hr>"),
+                widgets.HBox([self.apply_button, self.apply_result]),
+            ]
+        )
+        whole.add_class("sendit-reviewer")
+        return whole
+
+    # -- display
+    def show(self) -> None:
+        """Display the reviewer (and the access-key helper) in a notebook."""
+        display(self.widget)  # type: ignore[no-untyped-call]
+        display(Javascript(_ACCESS_JS % json.dumps(_KEYS)))  # type: ignore[no-untyped-call]
+
+    def _ipython_display_(self) -> None:
+        self.show()
+
+    # -- state
+    @property
+    def current(self) -> Any:
+        """The row of :attr:`items` shown now."""
+        return _rows(self.items.iloc[[self.index]])[0]
+
+    def _update_progress(self) -> None:
+        total = len(self.items)
+        done = sum(1 for item in self.items["item"] if item in self.decided)
+        self.progress.value = f"<b>{done} of {total} decided</b>"
+
+    def _say(self, text: str, error: bool = False) -> None:
+        colour = _ERROR_COLOUR if error else _OK_COLOUR
+        self.message.value = f"<span style='color:{colour}'>{_escape(text)}</span>"
+
+    def _boxes_of(self, row: Any) -> list[Box]:
+        if row.item not in self.boxes:
+            decided = self.decided.get(row.item)
+            start = decided[1] if decided and decided[0] == Decision.SCRUB else list(row.suggested)
+            self.boxes[row.item] = list(start)
+        return self.boxes[row.item]
+
+    def _ds(self, row: Any) -> Dataset:
+        if self._dataset is None or self._dataset[0] != row.item:
+            self._dataset = (row.item, pydicom.dcmread(item_file(self.layout, row.path)))
+        return self._dataset[1]
+
+    # -- navigation
+    def go(self, index: int) -> None:
+        """Show image ``index`` (clamped to the list)."""
+        if self.items.empty:
+            return
+        self.index = max(0, min(index, len(self.items) - 1))
+        row = self.current
+        self._busy = True
+        try:
+            if self.series_select.value != row.series_uid:
+                self.series_select.value = row.series_uid
+            self._show_series(row.series_uid)
+            self._set_window(row)
+        finally:
+            self._busy = False
+        self._redraw()
+
+    def go_undecided(self) -> None:
+        """Show the next image without a decision (wrapping around)."""
+        n = len(self.items)
+        for step in range(1, n + 1):
+            index = (self.index + step) % n
+            if self.items.iloc[index]["item"] not in self.decided:
+                self.go(index)
+                return
+        self._say("Every image has a decision. Press Apply decisions.")
+
+    def select(self, item: str) -> None:
+        """Show the image named ``item``."""
+        matches = np.flatnonzero(self.items["item"].to_numpy() == item)
+        if not len(matches):
+            raise ReviewError(f"{item} is not a quarantined image of batch {self.layout.name}")
+        self.go(int(matches[0]))
+
+    def _on_series(self, change: Mapping[str, Any]) -> None:
+        if self._busy or change.get("new") is None:
+            return
+        matches = np.flatnonzero(self.items["series_uid"].to_numpy() == change["new"])
+        if len(matches):
+            self.go(int(matches[0]))
+
+    def _show_series(self, uid: str) -> None:
+        group = self.items[self.items["series_uid"] == uid]
+        first = group.iloc[0]
+        self.series_info.value = (
+            f"{len(group)} flagged image(s), {_escape(first['modality'])}; rule: "
+            f"<i>{_escape(first['label'])}</i> ({_escape(first['group'])})"
+        )
+        if uid not in self._montages:
+            self._montages[uid] = _montage_png(self.layout, group, self.settings)
+        self.montage.value = self._montages[uid]
+        self.montage.layout.width = f"{min(8, len(group)) * 150 + 40}px"
+
+    def _set_window(self, row: Any) -> None:
+        ds = self._ds(row)
+        colour = _is_colour(ds)
+        self.center.disabled = self.width.disabled = colour
+        self.frame.max = max(0, int(row.frames) - 1)
+        self.frame.value = 0
+        bounds = None if colour else _window_bounds(ds)
+        if bounds is None:
+            return
+        lo, hi, p1, p99 = bounds
+        self.center.min, self.center.max = -1e9, 1e9
+        self.width.max = 1e9
+        self.center.min, self.center.max = lo, hi
+        self.width.max = max(2.0, hi - lo) * 2
+        self.center.step = self.width.step = max((hi - lo) / 256, 0.01)
+        self.center.value = (p1 + p99) / 2
+        self.width.value = max(p99 - p1, 1.0)
+
+    def _redraw(self) -> None:
+        if self._busy or self.items.empty:
+            return
+        row = self.current
+        boxes = self._boxes_of(row)
+        self._draw_image(row, boxes)
+        decision = self.decided.get(row.item)
+        state = (
+            f"decided: <b>{decision[0]}</b> by {_escape(decision[2])}"
+            if decision
+            else "<b>no decision yet</b>"
+        )
+        self.item_label.value = (
+            f"<b>{self.index + 1} / {len(self.items)}</b> · "
+            f"<code class='sendit-item-name'>{_escape(row.item)}</code>"
+            f" · series {_escape(row.series)} #{row.instance} · {row.columns}×{row.rows} · {state}"
+        )
+        self.details.value = _rule_details(row)
+        self.box_list.value = _box_summary(boxes, row.suggested)
+
+    def _draw_image(self, row: Any, boxes: Sequence[Box]) -> None:
+        ds = self._ds(row)
+        colour = _is_colour(ds)
+        try:
+            self.image.value = preview_png(
+                ds,
+                boxes,
+                row.suggested,
+                frame=self.frame.value,
+                center=None if colour else self.center.value,
+                width=None if colour else self.width.value,
+            )
+        except (*READ_ERRORS, RuntimeError) as exc:
+            self._say(f"cannot draw {row.item}: {type(exc).__name__}", error=True)
+
+    # -- actions
+    def add(self, box: Box) -> None:
+        """Add a rectangle to the image shown (and redraw)."""
+        row = self.current
+        problem = check_box(box, int(row.columns), int(row.rows))
+        if problem:
+            self._say(problem, error=True)
+            return
+        boxes = self._boxes_of(row)
+        if box not in boxes:
+            boxes.append(box)
+        self._say(f"rectangle {box} added to {row.item}; press Scrub to save the decision")
+        self._redraw()
+
+    def clear(self) -> None:
+        """Remove the rectangles of the image shown."""
+        self.boxes[self.current.item] = []
+        self._redraw()
+
+    def _record(self, decisions: list[tuple[str, Decision, Sequence[Box]]]) -> None:
+        self.log.record_many(decisions)
+        for item, decision, boxes in decisions:
+            self.decided[item] = (decision, list(boxes), self.log.reviewer)
+        self._update_progress()
+
+    def decide(self, decision: Decision | str) -> None:
+        """Decide for the image shown, save at once, and move to the next image."""
+        decision = Decision(decision)
+        row = self.current
+        boxes = list(self._boxes_of(row)) if decision == Decision.SCRUB else []
+        if decision == Decision.SCRUB and not boxes:
+            self._say(
+                f"{row.item}: enter a rectangle (x, y, w, h) and press Add box before Scrub",
+                error=True,
+            )
+            return
+        self._record([(row.item, decision, boxes)])
+        self._say(
+            f"{row.item}: {decision} saved" + (f" ({len(boxes)} rectangle(s))" if boxes else "")
+        )
+        if self.index < len(self.items) - 1:
+            self.go(self.index + 1)
+        else:
+            self._redraw()
+
+    def decide_series(self, decision: Decision | str) -> None:
+        """Decide for every image of the series shown, in one durable write.
+
+        A series scrub uses the rectangles of the image shown (or, when it has
+        none, each image's suggested boxes); every rectangle must fit every image.
+        """
+        decision = Decision(decision)
+        row = self.current
+        group = self.items[self.items["series_uid"] == row.series_uid]
+        shown = list(self._boxes_of(row))
+        batch: list[tuple[str, Decision, Sequence[Box]]] = []
+        for other in _rows(group):
+            boxes: list[Box] = []
+            if decision == Decision.SCRUB:
+                boxes, problem = _series_scrub(other, shown)
+                if problem:
+                    self._say(problem, error=True)
+                    return
+                self.boxes[other.item] = list(boxes)
+            batch.append((other.item, decision, boxes))
+        self._record(batch)
+        self._say(f"series {row.series}: {decision} saved for {len(batch)} image(s)")
+        after = np.flatnonzero(self.items["series_uid"].to_numpy() == row.series_uid).max() + 1
+        self.go(int(after) if after < len(self.items) else self.index)
+
+    def apply(self) -> ApplyResult | None:
+        """Apply the decisions in force and show the outcome.
+
+        See :func:`~sendit_helpers.review.apply_decisions` (with ``auto_ocr=False``).
+        """
+        self.apply_result.value = "applying…"
+        try:
+            result = apply_decisions(self.layout, self.settings, auto_ocr=False)
+        except (ReviewError, LeakError) as exc:
+            self.apply_result.value = (
+                f"<span style='color:{_ERROR_COLOUR}'>{_escape(str(exc))}</span>"
+            )
+            return None
+        self.apply_result.value = (
+            f"<b>Applied:</b> {_escape(result.summary())}. {_escape(waiting_message(self.layout))}."
+        )
+        self._say("decisions applied")
+        return result
+
+    def _on_command(self, change: Mapping[str, Any]) -> None:
+        text = str(change.get("new") or "").strip()
+        if not text:
+            return
+        actions: dict[str, Callable[[], object]] = {
+            "r": lambda: self.decide(Decision.RELEASE),
+            "s": lambda: self.decide(Decision.SCRUB),
+            "k": lambda: self.decide(Decision.KEEP),
+            "R": lambda: self.decide_series(Decision.RELEASE),
+            "S": lambda: self.decide_series(Decision.SCRUB),
+            "K": lambda: self.decide_series(Decision.KEEP),
+            "n": lambda: self.go(self.index + 1),
+            "p": lambda: self.go(self.index - 1),
+            "a": self.apply,
+        }
+        parts = text.split()
+        try:
+            if parts[0] == "b" and len(parts) == 5:
+                self.add(Box(*(int(v) for v in parts[1:])))
+            elif text in actions:
+                actions[text]()
+            else:
+                self._say(f"unknown command {text!r}; see the hint in the box", error=True)
+        except ValueError:
+            self._say("b needs four whole numbers: b X Y W H", error=True)
+        finally:
+            self.command.value = ""

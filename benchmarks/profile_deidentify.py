@@ -4,7 +4,8 @@ Uses the same cached CT corpus as the bench scripts (default 300 images
 512x512).  Prints
 
 1. a step-by-step wall-time breakdown of one worker's per-file path
-   (mirrors :func:`sendit_helpers.deidentify.deidentify_file`);
+   (mirrors :func:`sendit_helpers.deidentify.deidentify_file`), with the
+   element cache and with every element through the recipe engine;
 2. the leak gate's breakdown (read, header parse, header scan, pixel
    prefilter, pixel scan) over the released files;
 3. measured alternatives (cheaper read/write paths, skipping flatten ...)
@@ -33,7 +34,7 @@ from typing import Any
 import _common as c
 import pydicom
 
-from sendit_helpers import cleaned, deidentify, dicomwrite, inspect, leakgate
+from sendit_helpers import cleaned, deidentify, dicomwrite, elementcache, inspect, leakgate
 from sendit_helpers.dicomio import read_full
 from sendit_helpers.identifiers import load_site_secret
 from sendit_helpers.layout import BatchLayout
@@ -65,8 +66,33 @@ class Steps:
         c.say()
 
 
+def cache_steps(jobs: list[deidentify.Job], config: deidentify.WorkerConfig) -> Steps:
+    """The steps of ``deidentify_file``'s element-cache path, each timed (same calls, same order)."""
+    steps = Steps()
+    cache = deidentify._element_cache(config.recipe_files, config.include_default)
+    for job in jobs:
+        data = steps("read_bytes (whole file, once)", Path(job.source_path).read_bytes)
+        ctx = steps("context", deidentify._context, job, config)
+        steps("scan_header (the scan alone, repeated below)", elementcache.scan_header, data)
+        done = steps("cache.deidentify (scan + remembered elements)", cache.deidentify, data, ctx)
+        assert done is not None, "the corpus takes the element cache"
+        steps(
+            "write header + original pixel bytes",
+            deidentify._write_parts,
+            job.output,
+            done.header,
+            memoryview(data)[done.pixel_at :],
+        )
+        steps("removed_from (gate values)", deidentify.removed_from, done.changes, done.kept)
+        steps(
+            "lookup",
+            lambda ch=done.changes: [(k, o, n) for k, (o, n) in ch.replaced.items()],
+        )
+    return steps
+
+
 def per_file_steps(jobs: list[deidentify.Job], config: deidentify.WorkerConfig) -> Steps:
-    """The steps of ``deidentify_file``'s fast path, each timed (same calls, same order)."""
+    """The steps of ``deidentify_file``'s engine path (cache off), each timed (same calls, same order)."""
     steps = Steps()
     recipe = deidentify._recipe(config.recipe_files, config.include_default)
     for job in jobs:
@@ -355,8 +381,11 @@ def main(argv: list[str] | None = None) -> int:
         per_file_steps(
             moved(base / "warmup")[: min(20, n)], config
         )  # warm caches (tag plans, imports)
+        cache_steps(moved(base / "warmup-cache")[: min(20, n)], config)
+        steps = cache_steps(moved(base / "steps-cache"), config)
+        steps.report(n, f"1-worker per-file path, element cache ({n} files, wall ms/file):")
         steps = per_file_steps(moved(base / "steps"), config)
-        steps.report(n, f"1-worker per-file path ({n} files, wall ms/file):")
+        steps.report(n, f"1-worker per-file path, engine (cache off; {n} files, wall ms/file):")
 
         # the real run (also the release/ folder for the gate)
         start = time.perf_counter()

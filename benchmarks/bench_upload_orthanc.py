@@ -3,25 +3,42 @@
 On a gated release made from a generated CT corpus (default 1,000 uncompressed
 images 512x512, of which the default recipe releases about half; the corpus
 and its de-identified release are cached under ``benchmarks/out/``), with a
-warm page cache.  A fresh Orthanc (started like the tests start it,
-``TCP_NODELAY=1``, storage in a scratch folder) serves every
-run; it is emptied (``DELETE`` every patient) before each run and must hold
-every file after it, so each run really stores:
+warm page cache.  Every run gets a fresh Orthanc (started like the tests start
+it, ``TCP_NODELAY=1``, empty storage; killed afterwards) and must leave every
+file in it.  Two server configurations, both tools against the same one:
+
+* ``default``: the tests' configuration, storage and SQLite index on disk under
+  ``benchmarks/out/scratch/`` (Orthanc's defaults: ``SyncStorageArea`` true, and
+  SQLite syncs the index once per instance);
+* ``tuned`` (throughput-tuned, so the disk is not the limit): storage and index
+  on tmpfs (``/dev/shm``), ``SyncStorageArea`` false, ``MaximumPduLength``
+  131072 (Orthanc's maximum, fewer PDUs per C-STORE for both DICOM clients).
+  ``StoreMD5ForAttachments`` stays on: the REST verification reads it.
+
+The tools:
 
 * ``storescu``: dcmtk in its best setting: one association for all files
   (``+sd +r +sp *.dcm`` over ``release/``), only the needed presentation
   contexts (``-R``), ``TCP_NODELAY=1``;
+* ``plain rest``: the issue's "plain REST with 8 threads": ``UPLOAD_THREADS``
+  parallel ``POST /instances`` of the files and nothing else (no gate check, hashing,
+  manifest or verification), i.e. what Orthanc accepts on this machine from a client
+  that costs almost nothing -- the server's ceiling;
 * ``sendit rest``: :func:`sendit_helpers.upload.upload_batch` with
   ``ORTHANC_PROTOCOL=rest`` (``UPLOAD_THREADS`` parallel ``POST /instances``),
-  including the bulk verification (one ``GET /instances``, sampled MD5s) and the manifest;
+  including the leak-gate check, the bulk verification (one ``GET /instances``,
+  sampled MD5s) and the manifest;
 * ``sendit dicom``: the same with ``ORTHANC_PROTOCOL=dicom`` (pooled C-STORE
   associations), verified with one REST ``GET /instances`` (IDs computed locally).
 
-Rounds are interleaved (each round runs every tool once), the best round of
-``--repeats`` counts, and ratios are to ``storescu`` from the same run.
-Goal (issue 5): the upload stage >= 2x storescu.
+Rounds are interleaved (each round runs every configuration and tool once), the
+best round of ``--repeats`` counts, and ratios are to ``storescu`` on the same
+configuration.  CPU milliseconds per file are printed for the client (this
+process, or ``storescu``) and for Orthanc (its ``/proc`` counters): client and
+server share this machine's cores, so ``cores / (client + Orthanc ms per file)``
+bounds any client's rate.  Goal (issue 5): the upload stage >= 2x storescu.
 
-Run: ``.venv/bin/python benchmarks/bench_upload_orthanc.py [--files N --rows R --repeats K]``
+Run: ``.venv/bin/python benchmarks/bench_upload_orthanc.py [--files N --rows R --repeats K --configs default,tuned]``
 """
 
 # ruff: noqa: E501  (report lines are long f-strings; wrapping them would not help reading)
@@ -29,16 +46,21 @@ Run: ``.venv/bin/python benchmarks/bench_upload_orthanc.py [--files N --rows R -
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import _common as c
+import urllib3
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -140,6 +162,30 @@ def run_storescu(server: OrthancServer, release: Path) -> None:
         raise RuntimeError(f"storescu failed ({done.returncode}): {done.stderr[-2000:]}")
 
 
+def run_plain_rest(server: OrthancServer, release: Path, threads: int) -> None:
+    """The issue's "plain REST": ``threads`` parallel ``POST /instances``, nothing else.
+
+    No leak-gate check, no hashing, no manifest, no verification: what Orthanc accepts
+    from a client that costs (almost) nothing, i.e. the server's ceiling on this machine.
+    """
+    pool = urllib3.PoolManager(maxsize=threads + 2, retries=False, timeout=60.0)
+    headers = {
+        **urllib3.make_headers(basic_auth=f"{server.user}:{server.password}"),
+        "Content-Type": "application/dicom",
+    }
+
+    def post(path: Path) -> None:
+        answer = pool.request(
+            "POST", server.url + "/instances", body=path.read_bytes(), headers=headers
+        )
+        if answer.status != 200:
+            raise RuntimeError(f"plain rest: HTTP {answer.status} for {path.name}")
+
+    with ThreadPoolExecutor(threads) as workers:
+        list(workers.map(post, sorted(release.rglob("*.dcm"))))
+    pool.clear()
+
+
 def run_sendit(layout: BatchLayout, settings: Mapping[str, Any]) -> None:
     """upload_batch with the given settings, every item verified."""
     reset_manifest(layout)
@@ -149,15 +195,49 @@ def run_sendit(layout: BatchLayout, settings: Mapping[str, Any]) -> None:
         raise RuntimeError(f"not every item verified: {latest['status'].value_counts().to_dict()}")
 
 
-TOOLS = ("storescu", "sendit rest", "sendit dicom")
+TOOLS = ("storescu", "plain rest", "sendit rest", "sendit dicom")
 ORTHANC_ENV = {
     "ORTHANC_USERNAME": OrthancServer.user,
     "ORTHANC_PASSWORD": OrthancServer.password,
 }
+TMPFS = Path("/dev/shm")
+CONFIGS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "tuned": {"SyncStorageArea": False, "MaximumPduLength": 131072},
+}
+"""Orthanc options per configuration; ``tuned`` also keeps storage and index on tmpfs."""
+CONFIG_TEXT = {
+    "default": "storage + SQLite index on disk, Orthanc defaults (SyncStorageArea true)",
+    "tuned": "storage + index on tmpfs, SyncStorageArea false, MaximumPduLength 131072",
+}
 
 
-def run_tool(tool: str, server: OrthancServer, layout: BatchLayout, threads: int) -> float:
-    """Seconds ``tool`` takes to store (and, for sendit, verify) every released file."""
+@dataclass(frozen=True)
+class Timing:
+    """One run: wall seconds and CPU seconds of the client and of Orthanc."""
+
+    seconds: float
+    client_cpu: float
+    orthanc_cpu: float
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a live process has used (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu() -> float:
+    """CPU seconds of this process plus its reaped children (storescu)."""
+    me, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def run_tool(tool: str, server: OrthancServer, layout: BatchLayout, threads: int) -> Timing:
+    """Time ``tool`` storing (and, for sendit, verifying) every released file."""
     common = {
         "SEND_TO_ORTHANC": True,
         "ORTHANC_URL": server.url,
@@ -167,19 +247,113 @@ def run_tool(tool: str, server: OrthancServer, layout: BatchLayout, threads: int
         "SENDIT_AE_TITLE": STORESCU_AET,
         "UPLOAD_THREADS": threads,
     }
-    start = time.perf_counter()
+    pid = server.proc.pid if server.proc is not None else 0
+    orthanc0, client0, start = cpu_seconds(pid), own_cpu(), time.perf_counter()
     if tool == "storescu":
         run_storescu(server, layout.release)
+    elif tool == "plain rest":
+        run_plain_rest(server, layout.release, threads)
     else:
         protocol = tool.removeprefix("sendit ")
         run_sendit(layout, upload_settings(**common, ORTHANC_PROTOCOL=protocol))
-    return time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    return Timing(elapsed, own_cpu() - client0, cpu_seconds(pid) - orthanc0)
+
+
+def config_root(folder: Path, config: str) -> Path:
+    """Where a configuration's Orthanc keeps storage and index (tmpfs for ``tuned``)."""
+    if config == "tuned" and TMPFS.is_dir() and os.access(TMPFS, os.W_OK):
+        return Path(tempfile.mkdtemp(prefix="sendit-bench-", dir=TMPFS))
+    return Path(tempfile.mkdtemp(prefix=f"{config}-", dir=folder))
+
+
+def one_run(
+    config: str, tool: str, folder: Path, layout: BatchLayout, threads: int, n: int
+) -> Timing:
+    """A fresh Orthanc in ``config``, ``tool`` run against it, every instance checked."""
+    root = config_root(folder, config)
+    server = OrthancServer("orthanc", root, overrides=dict(CONFIGS[config]))
+    try:
+        server.start()
+        try:
+            timing = run_tool(tool, server, layout, threads)
+            stored = server.instance_count()
+        finally:
+            server.kill()  # scratch storage: no need for Orthanc's ~4 s clean shutdown
+            reset_manifest(layout)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    if stored != n:
+        raise RuntimeError(f"{tool} ({config}): Orthanc holds {stored} of {n} instances")
+    return timing
+
+
+def cpu_rows(results: Mapping[str, Timing], n: int) -> list[tuple[str, str, str, str]]:
+    """``tool, client ms/file, Orthanc ms/file, bound files/s`` rows (bound: all cores busy)."""
+    cores = os.cpu_count() or 1
+    rows = []
+    for tool, t in results.items():
+        client, server = 1000 * t.client_cpu / n, 1000 * t.orthanc_cpu / n
+        rows.append(
+            (tool, f"{client:.2f}", f"{server:.2f}", f"{1000 * cores / (client + server):.0f}")
+        )
+    return rows
+
+
+def goal_line(results: Mapping[str, Timing], n: int, config: str) -> str:
+    """Whether the best sendit protocol reaches 2x storescu on ``config``, and its CPU bound."""
+    ref = c.rate(n, results["storescu"].seconds)
+    tool = min((t for t in results if t.startswith("sendit")), key=lambda t: results[t].seconds)
+    ratio = c.rate(n, results[tool].seconds) / ref
+    verdict = "MET" if ratio >= 2 else "not met"
+    per_file = (results[tool].client_cpu + results[tool].orthanc_cpu) / n
+    bound = (os.cpu_count() or 1) / per_file if per_file > 0 else float("inf")
+    return (
+        f"goal (issue 5: sendit >= 2x storescu) on {config}: {tool} {ratio:.2f}x -> {verdict} "
+        f"(2x = {2 * ref:.0f} files/s; {tool} with Orthanc on these cores can reach at most {bound:.0f})"
+    )
+
+
+def report(best: Mapping[str, Mapping[str, Timing]], n: int, threads: int) -> None:
+    """Print, per configuration, the rate table, the CPU table and the goal line."""
+    for config, results in best.items():
+        c.say()
+        c.say(f"Orthanc '{config}': {CONFIG_TEXT[config]}")
+        seconds = {tool: t.seconds for tool, t in results.items()}
+        c.say(
+            c.table(
+                ["tool", "files", "seconds", "files/s", "ratio"], table_rows(seconds, n, "storescu")
+            )
+        )
+        c.say(
+            c.table(
+                ["tool", "client ms/file", "orthanc ms/file", "cpu bound files/s"],
+                cpu_rows(results, n),
+            )
+        )
+        c.say(goal_line(results, n, config))
+    c.say()
+    c.say(
+        f"sendit: UPLOAD_THREADS={threads}, includes the leak-gate check, verification (one GET /instances; REST: plus sampled MD5s) and the manifest; "
+        f"storescu: one association, -R, TCP_NODELAY=1. CPU per file is of the best round; 'cpu bound' = {os.cpu_count()} cores / (client + orthanc ms per file); "
+        f"load avg now {os.getloadavg()[0]:.1f}."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     p = c.parser(__doc__.splitlines()[0] if __doc__ else "", files=1000, repeats=3)
     p.add_argument("--threads", type=int, default=8, help="UPLOAD_THREADS (default 8)")
+    p.add_argument(
+        "--configs",
+        default="default,tuned",
+        help="Orthanc configurations, comma-separated (default: default,tuned)",
+    )
     args = p.parse_args(argv)
+    configs = [name.strip() for name in args.configs.split(",") if name.strip()]
+    unknown = sorted(set(configs) - set(CONFIGS))
+    if unknown:
+        c.say(f"unknown --configs {unknown}; choose from {sorted(CONFIGS)}")
+        return 2
     if not shutil.which("storescu"):
         c.say("storescu (dcmtk) is not installed: `apt-get install -y dcmtk`")
         return 1
@@ -194,32 +368,16 @@ def main(argv: list[str] | None = None) -> int:
         f"  {c.machine()}; page cache warm; best of {args.repeats} interleaved rounds; a fresh Orthanc (empty storage) for each run"
     )
 
-    best: dict[str, float] = {}
+    best: dict[str, dict[str, Timing]] = {config: {} for config in configs}
     with c.scratch(args.out, "orthanc") as folder, environ(ORTHANC_ENV):
-        for round_ in range(max(1, args.repeats)):
-            for tool in TOOLS:
-                # a fresh Orthanc (empty storage) per run: DELETE of 500 instances takes > 10 s
-                server = OrthancServer("orthanc", folder / f"{round_}-{tool.replace(' ', '-')}")
-                server.start()
-                try:
-                    elapsed = run_tool(tool, server, layout, args.threads)
-                    stored = server.instance_count()
-                finally:
-                    server.kill()  # scratch storage: no need for Orthanc's ~4 s clean shutdown
-                    reset_manifest(layout)
-                if stored != n:
-                    raise RuntimeError(f"{tool}: Orthanc holds {stored} of {n} instances")
-                best[tool] = min(best.get(tool, float("inf")), elapsed)
-
-    c.say()
-    c.say(
-        c.table(["tool", "files", "seconds", "files/s", "ratio"], table_rows(best, n, "storescu"))
-    )
-    c.say()
-    c.say(
-        f"sendit: UPLOAD_THREADS={args.threads}, includes verification (one GET /instances; REST: plus sampled MD5s) and the manifest; "
-        "storescu: one association, -R, TCP_NODELAY=1. Goal: sendit >= 2x storescu."
-    )
+        for _ in range(max(1, args.repeats)):
+            for config in configs:
+                for tool in TOOLS:
+                    timing = one_run(config, tool, folder, layout, args.threads, n)
+                    kept = best[config].get(tool)
+                    if kept is None or timing.seconds < kept.seconds:
+                        best[config][tool] = timing
+    report(best, n, args.threads)
     return 0
 
 

@@ -18,10 +18,12 @@ in the background while its uploads go on.
 from __future__ import annotations
 
 import csv
+import os
 import random
 import stat
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 import pandas as pd
+import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from . import leakgate
@@ -144,9 +147,9 @@ def load_release(
         A table is missing, or it names a file that is not in ``release/``.
     """
     release = layout.release
-    cleaned = _table(release / "cleaned.parquet")
     root = release.resolve()
-    items = [_item(release, row, root) for row in cleaned.to_dict("records")]
+    folders: dict[str, Path] = {}
+    items = [_item(release, row, root, folders) for row in _records(release / "cleaned.parquet")]
     listed = {i.path for i in items}
     extra = [p for p in release.rglob("*.dcm") if p not in listed]
     if extra:
@@ -157,27 +160,46 @@ def load_release(
     return items, _entities(release, items, settings)
 
 
-def _table(path: Path) -> pd.DataFrame:
+def _records(path: Path) -> list[dict[str, Any]]:
+    """The rows of a parquet table as dicts of Python values (pandas' stored index left out).
+
+    Read with pyarrow directly: ``pandas.DataFrame.to_dict`` plus :func:`plain` on each
+    value cost about 0.2 ms per image (of the ~2 ms of client CPU an image costs on its
+    way to a local Orthanc).
+    """
     if not path.is_file():
         raise UploadError(f"{path} is missing; run `sendit deidentify` on this batch first")
-    return pd.read_parquet(path)
+    table = pq.read_table(path)
+    index = (table.schema.pandas_metadata or {}).get("index_columns", [])
+    table = table.drop_columns([c for c in index if isinstance(c, str)])
+    return table.to_pylist()  # type: ignore[no-any-return]
 
 
-def _item(release: Path, row: Mapping[Any, Any], root: Path | None = None) -> Item:
-    """The :class:`Item` of one row; ``root`` is ``release.resolve()``, computed once."""
+def _plain(value: Any) -> Any:
+    """:func:`plain`, short-cut for the strings and ``None`` that most cells hold."""
+    return value if value is None or type(value) is str else plain(value)
+
+
+def _item(
+    release: Path,
+    row: Mapping[Any, Any],
+    root: Path | None = None,
+    folders: dict[str, Path] | None = None,
+) -> Item:
+    """The :class:`Item` of one row.
+
+    ``root`` is ``release.resolve()``, computed once; ``folders`` caches the resolved
+    folder of each relative parent, so only a file that is itself a symlink is resolved.
+    """
     rel = str(row["path"])
     root = release.resolve() if root is None else root
-    path = (release / rel).resolve()
-    try:
-        info = path.stat() if path.is_relative_to(root) else None
-    except OSError:
-        info = None
+    path, info = _release_file(release, rel, root, {} if folders is None else folders)
     if info is None or not stat.S_ISREG(info.st_mode):
         raise UploadError(
             f"cleaned.parquet names {rel}, which is not a file under {release}; "
             "re-run de-identification so the tables match release/"
         )
-    meta = {str(k): plain(v) for k, v in row.items() if k not in ROW_KEYS}
+    meta = {str(k): _plain(v) for k, v in row.items() if k not in ROW_KEYS}
     return Item(
         key=Path(rel).as_posix(),
         name=path.name,
@@ -188,16 +210,35 @@ def _item(release: Path, row: Mapping[Any, Any], root: Path | None = None) -> It
     )
 
 
+def _release_file(
+    release: Path, rel: str, root: Path, folders: dict[str, Path]
+) -> tuple[Path, os.stat_result | None]:
+    """The real path of ``release/rel`` and its ``lstat`` (``None`` if absent or outside)."""
+    name = Path(rel)
+    parent = str(name.parent)
+    if parent not in folders:
+        folders[parent] = (release / parent).resolve()
+    path = folders[parent] / name.name
+    try:
+        info = path.lstat() if name.name not in ("", ".", "..") else None
+        if info is not None and stat.S_ISLNK(info.st_mode):
+            path = path.resolve()
+            info = path.stat()
+    except OSError:
+        return path, None
+    return path, (info if info is not None and path.is_relative_to(root) else None)
+
+
 def _entities(release: Path, items: Sequence[Item], settings: Mapping[str, Any]) -> list[Entity]:
     agent = str(setting(settings, "UPLOAD_AGENT", "sendit-notebooks"))
-    counts = pd.Series([i.entity_id for i in items], dtype="object").value_counts()
-    rows = {str(r["id"]): r for r in _table(release / "entities.parquet").to_dict("records")}
+    counts = Counter(i.entity_id for i in items)
+    rows = {str(r["id"]): r for r in _records(release / "entities.parquet")}
     out = []
-    for eid, count in counts.sort_index().items():
-        meta = {str(k): plain(v) for k, v in rows.get(str(eid), {}).items() if k != "id"}
-        meta.setdefault("IMAGE_COUNT", int(count))
+    for eid in sorted(counts):
+        meta = {str(k): plain(v) for k, v in rows.get(eid, {}).items() if k != "id"}
+        meta.setdefault("IMAGE_COUNT", counts[eid])
         meta["UPLOAD_AGENT"] = meta.get("UPLOAD_AGENT") or agent
-        out.append(Entity(id=str(eid), metadata=meta))
+        out.append(Entity(id=eid, metadata=meta))
     return out
 
 

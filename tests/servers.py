@@ -144,13 +144,18 @@ def orthanc_binary() -> str:
 
 @dataclass
 class OrthancServer(Server):
-    """Orthanc with authentication, its storage under ``root``, no plugins."""
+    """Orthanc with authentication, its storage under ``root``, no plugins.
+
+    ``overrides`` replace or add configuration options (e.g. ``{"SyncStorageArea":
+    False}`` for the benchmark's throughput-tuned server).
+    """
 
     http_port: int = 0
     dicom_port: int = 0
     aet: str = "ORTHANC"
     user: str = "sendit-test"
     password: str = "not-a-secret"  # noqa: S105 - test server only
+    overrides: dict[str, Any] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -180,6 +185,7 @@ class OrthancServer(Server):
             "StorageCompression": False,
             "StoreMD5ForAttachments": True,
             "HttpThreadsCount": 16,
+            **self.overrides,
         }
 
     def start(self) -> OrthancServer:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 import requests
 
 from sendit_helpers.errors import UploadError
-from sendit_helpers.targets.orthanc import OrthancDicomTarget, OrthancRestTarget
+from sendit_helpers.targets.orthanc import OrthancDicomTarget, OrthancRestTarget, ReplyGuard
 from sendit_helpers.upload import load_release, upload_batch
 from tests.conftest_servers import ReleaseFactory
 from tests.servers import OrthancServer
@@ -147,5 +148,30 @@ def test_dicom_verify_computes_orthanc_ids(
         target._ids[items[0].key] = "not-an-id"  # falls back to /tools/lookup, still found
         ghost = replace(receipts[1], key="ghost", remote_id="1.2.3.4")
         assert target.verify([*receipts, ghost]) == {i.key for i in items}
+    finally:
+        target.close()
+
+
+def test_dicom_reactor_leaves_replies_to_the_store(
+    orthanc: OrthancServer, make_release: ReleaseFactory, upload_settings: dict[str, Any]
+) -> None:
+    """pynetdicom's reactor thread must not take a reply a C-STORE waits for (30 s stall)."""
+    from pynetdicom.dimse_messages import C_STORE_RSP
+
+    layout = make_release(entities=1, images=2)
+    items, _ = load_release(layout, upload_settings)
+    target = OrthancDicomTarget(_settings(upload_settings, orthanc, "dicom"))
+    try:
+        target.prepare(items)
+        assoc = target._acquire()
+        assert isinstance(assoc.dimse.get_msg, ReplyGuard) and assoc.dimse.get_msg.owner is assoc
+        reply = C_STORE_RSP()
+        assoc.dimse.msg_queue.put((1, reply))
+        time.sleep(0.1)  # the reactor polls every millisecond: it would have taken it by now
+        assert assoc.dimse.get_msg(block=True) == (1, reply)
+        target._idle.put(assoc)
+        receipts = [target.put(item) for item in items]
+        assert set(target._ids.values()) == set(orthanc.instances())  # IDs computed locally
+        assert target.verify(receipts) == {item.key for item in items}
     finally:
         target.close()

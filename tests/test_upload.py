@@ -12,7 +12,14 @@ import pytest
 from sendit_helpers.errors import GateError, UploadError
 from sendit_helpers.targets import Item, Receipt, TargetKind, TransientError
 from sendit_helpers.targets.local import LocalTarget
-from sendit_helpers.upload import MANIFEST_COLUMNS, Manifest, summary, upload_batch, with_retries
+from sendit_helpers.upload import (
+    MANIFEST_COLUMNS,
+    Manifest,
+    load_release,
+    summary,
+    upload_batch,
+    with_retries,
+)
 from tests.conftest_servers import ReleaseFactory, build_release
 from tests.servers import OrthancServer
 
@@ -269,3 +276,39 @@ def test_records_written_while_uploading(
     assert summary(manifest).to_dict("records") == [
         {"target": "local", "status": "verified", "count": 5}
     ]
+
+
+@pytest.mark.parametrize("escape", ["dotdot", "symlink"])
+def test_load_release_refuses_files_outside_release(
+    make_release: ReleaseFactory, upload_settings: dict[str, Any], escape: str
+) -> None:
+    layout = make_release(entities=1, images=2)
+    table = layout.release / "cleaned.parquet"
+    cleaned = pd.read_parquet(table)
+    outside = layout.release.parent / "outside.dcm"
+    first = layout.release / str(cleaned.loc[0, "path"])
+    outside.write_bytes(first.read_bytes())
+    if escape == "dotdot":
+        first.unlink()
+        cleaned.loc[0, "path"] = "../outside.dcm"
+        cleaned.to_parquet(table)
+    else:
+        first.unlink()
+        first.symlink_to(outside)
+    with pytest.raises(UploadError, match="which is not a file under"):
+        load_release(layout, upload_settings)
+
+
+def test_load_release_items_and_entities(
+    make_release: ReleaseFactory, upload_settings: dict[str, Any]
+) -> None:
+    layout = make_release(entities=2, images=3)
+    items, entities = load_release(layout, upload_settings)
+    assert len(items) == 6 and len({i.key for i in items}) == 6
+    assert all(i.path.is_file() and i.path.is_relative_to(layout.release.resolve()) for i in items)
+    assert all(i.size == i.path.stat().st_size and i.key.endswith(i.name) for i in items)
+    assert not {"path", "name", "entity_id"} & set(items[0].metadata)
+    values = items[0].metadata.values()
+    assert all(isinstance(v, str | int | float | bool) or v is None for v in values)
+    assert [e.metadata["IMAGE_COUNT"] for e in entities] == [3, 3]
+    assert [e.id for e in entities] == sorted({i.entity_id for i in items})

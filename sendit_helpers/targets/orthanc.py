@@ -33,6 +33,8 @@ VERIFY_SAMPLE = 8
 MAX_CONTEXTS = 128
 MAX_ASSOCIATIONS = 4
 """Concurrent associations per upload; Orthanc serves 4 at once by default (DicomThreadsCount)."""
+ID_TAGS = ["PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"]
+"""The only dataset elements :meth:`OrthancDicomTarget.prepare` parses (besides the file meta)."""
 
 
 def _auth() -> tuple[str, str] | None:
@@ -262,9 +264,13 @@ class OrthancDicomTarget(Target):
     """C-STORE to ``ORTHANC_IPADDRESS:ORTHANC_PORT`` over a small pool of reused associations.
 
     ``TCP_NODELAY`` is set on each association's socket (pynetdicom leaves Nagle on,
-    which costs ~90 ms per store).  Files are streamed as they are on disk (pynetdicom's
-    ``STORE_SEND_CHUNKED_DATASET``), never decoded and re-encoded.  Verification uses
-    one REST ``GET /instances`` when ``ORTHANC_URL`` is set, else a C-FIND at IMAGE level.
+    which costs ~90 ms per store), and a :class:`ReplyGuard` keeps pynetdicom's reactor
+    thread from taking C-STORE answers (a 30 s stall otherwise).  Files are streamed as
+    they are on disk (pynetdicom's ``STORE_SEND_CHUNKED_DATASET``), never decoded and
+    re-encoded; the PDU size is the one Orthanc accepts (``MaximumPduLength``, 16 KiB by
+    default: raising it to 128 KiB makes each store cheaper for every DICOM client).
+    Verification uses one REST ``GET /instances`` when ``ORTHANC_URL`` is set, else a
+    C-FIND at IMAGE level.
 
     Parameters
     ----------
@@ -308,7 +314,7 @@ class OrthancDicomTarget(Target):
         from pydicom import dcmread
 
         for item in items:
-            ds = dcmread(item.path, stop_before_pixels=True)
+            ds = dcmread(item.path, stop_before_pixels=True, specific_tags=ID_TAGS)
             meta = ds.file_meta
             self._contexts.add((str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)))
             self._uids[item.key] = str(meta.MediaStorageSOPInstanceUID)
@@ -340,6 +346,7 @@ class OrthancDicomTarget(Target):
         assoc = ae.associate(self.host, self.port, ae_title=self.called)
         if assoc.is_established:
             assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            ReplyGuard.install(assoc)
             return assoc
         if assoc.is_rejected:
             raise UploadError(
@@ -476,6 +483,43 @@ class OrthancDicomTarget(Target):
         self._release_idle()
         if self.rest is not None:
             self.rest.close()
+
+
+class ReplyGuard:
+    """Keep pynetdicom's association reactor from taking the answers our requests wait for.
+
+    pynetdicom's requestor pauses the association's reactor thread around each
+    ``send_c_*`` call, but the pause is racy (the reactor can pass its checkpoint just
+    before the pause and still poll the DIMSE queue): when Orthanc answers fast, the
+    reactor takes the C-STORE response, logs "Received unexpected C-STORE service
+    message" and drops it, and the store waits until Orthanc closes the idle
+    association (``DicomScpTimeout``, 30 s) -- seen in about one upload of 250 files
+    in five (pynetdicom issue #875 reports the same for C-FIND).  Our associations
+    never serve requests from Orthanc, so the reactor thread (the
+    :class:`pynetdicom.association.Association` thread itself) gets nothing from
+    non-blocking polls; blocking reads (those of ``send_c_*``) are passed through.
+
+    Parameters
+    ----------
+    assoc : pynetdicom.association.Association
+        An established association whose ``dimse.get_msg`` is wrapped.
+    """
+
+    def __init__(self, assoc: Any) -> None:
+        self.owner = assoc
+        self.get_msg = assoc.dimse.get_msg
+
+    @classmethod
+    def install(cls, assoc: Any) -> None:
+        """Wrap ``assoc.dimse.get_msg`` (once)."""
+        if not isinstance(assoc.dimse.get_msg, cls):
+            assoc.dimse.get_msg = cls(assoc)
+
+    def __call__(self, block: bool = False) -> tuple[Any, Any]:
+        """pynetdicom's ``get_msg``, but ``(None, None)`` for the reactor's own polls."""
+        if not block and threading.current_thread() is self.owner:
+            return None, None
+        return self.get_msg(block)  # type: ignore[no-any-return]
 
 
 def orthanc_id(patient_id: str, study_uid: str, series_uid: str, sop_uid: str) -> str:

@@ -55,35 +55,114 @@ def release_files(layout: BatchLayout) -> list[Path]:
     )
 
 
-def release_digest(layout: BatchLayout) -> str:
-    """SHA-256 over the relative names and contents of every file in ``release/``."""
-    digest = hashlib.sha256()
-    for path in release_files(layout):
-        digest.update(path.relative_to(layout.release).as_posix().encode() + b"\0")
+FileEntry = tuple[str, int, int, int, int]
+"""``(sha256 hex, size, mtime_ns, ctime_ns, inode)`` of one released file, as the gate read it."""
+
+
+def _signature(st: os.stat_result) -> tuple[int, int, int, int]:
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+
+
+def file_entry(path: Path, data: bytes | None = None) -> FileEntry:
+    """The SHA-256 and stat signature of one file (``data``: its bytes, when already read).
+
+    The file is stat'ed before it is read: a change after that point gives
+    it a new ``ctime``, so :func:`release_digest` reads it again.
+    """
+    st = path.stat()
+    if data is None:
+        digest = hashlib.sha256()
         with path.open("rb") as fh:
             while chunk := fh.read(CHUNK):
                 digest.update(chunk)
-        digest.update(b"\0")
+        sha = digest.hexdigest()
+    else:
+        sha = hashlib.sha256(data).hexdigest()
+    return (sha, *_signature(st))
+
+
+def release_digest(layout: BatchLayout, known: Mapping[str, FileEntry] | None = None) -> str:
+    """SHA-256 over the relative names and the SHA-256 of every file in ``release/``.
+
+    ``known`` holds the entries the gate recorded (:func:`write_record`): a
+    file whose size, modification and change times and inode are still the
+    ones recorded is not read again (as git and rsync decide that a file is
+    unchanged); every other file is read and hashed.  Writing to a file, or
+    replacing it, always changes its change time (``ctime``), which no
+    program can set back.
+    """
+    return _digest(release_index(layout, known))
+
+
+def release_index(
+    layout: BatchLayout, known: Mapping[str, FileEntry] | None = None
+) -> dict[str, FileEntry]:
+    """``relative name -> entry`` of every file in ``release/`` (see :func:`release_digest`)."""
+    index: dict[str, FileEntry] = {}
+    for path in release_files(layout):
+        rel = path.relative_to(layout.release).as_posix()
+        entry = None if known is None else known.get(rel)
+        if entry is not None and tuple(entry[1:]) == _signature(path.stat()):
+            index[rel] = entry
+        else:
+            index[rel] = file_entry(path)
+    return index
+
+
+def _digest(index: Mapping[str, FileEntry]) -> str:
+    digest = hashlib.sha256()
+    for rel in sorted(index):
+        digest.update(f"{rel}\0{index[rel][0]}\n".encode())
     return digest.hexdigest()
 
 
-def write_record(layout: BatchLayout, *, n_files: int, n_values: int) -> dict[str, object]:
-    """Record a passing gate for ``release/`` as it is now."""
+def write_record(
+    layout: BatchLayout,
+    *,
+    n_files: int,
+    n_values: int,
+    index: Mapping[str, FileEntry] | None = None,
+) -> dict[str, object]:
+    """Record a passing gate for ``release/`` as it is now.
+
+    ``index`` holds the entries of the files as the gate scanned them
+    (:func:`file_entry`); without it every file is read and hashed here.
+    """
+    entries = dict(index) if index is not None else release_index(layout)
     record: dict[str, object] = {
         "passed": True,
-        "digest": release_digest(layout),
+        "digest": _digest(entries),
         "files": n_files,
         "values_checked": n_values,
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
+        "index": {rel: list(entry) for rel, entry in sorted(entries.items())},
     }
     tmp = layout.gate_record.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
+    tmp.write_text(json.dumps(record, indent=1))
     os.replace(tmp, layout.gate_record)
     return record
 
 
+def _recorded_index(record: Mapping[str, object]) -> dict[str, FileEntry]:
+    raw = record.get("index")
+    index: dict[str, FileEntry] = {}
+    if isinstance(raw, dict):
+        for rel, entry in raw.items():
+            if (
+                isinstance(entry, list)
+                and len(entry) == 5
+                and isinstance(entry[0], str)
+                and all(isinstance(v, int) for v in entry[1:])
+            ):
+                index[str(rel)] = (entry[0], entry[1], entry[2], entry[3], entry[4])
+    return index
+
+
 def require_pass(layout: BatchLayout) -> str:
     """Raise :class:`GateError` unless the last gate passed on ``release/`` as it is now.
+
+    Files unchanged since the gate scanned them (same size, times and inode)
+    are not read again; see :func:`release_digest`.
 
     Returns
     -------
@@ -97,7 +176,7 @@ def require_pass(layout: BatchLayout) -> str:
             "run `sendit deidentify` (or `sendit review`) on this batch first"
         )
     record = json.loads(path.read_text())
-    current = release_digest(layout)
+    current = release_digest(layout, _recorded_index(record))
     if not record.get("passed") or record.get("digest") != current:
         raise GateError(
             f"{layout.release} changed since the leak gate last passed "
@@ -259,6 +338,16 @@ def scan_file(
 ) -> list[tuple[str, str, str]]:
     """Scan one file's name and every byte; return ``(file, field, category)`` hits.
 
+    See :func:`scan_file_entry`, which also gives the file's :data:`FileEntry`.
+    """
+    return scan_file_entry(path, relative, scanner, span)[0]
+
+
+def scan_file_entry(
+    path: Path, relative: str, scanner: Scanner, span: Span | None = None
+) -> tuple[list[tuple[str, str, str]], FileEntry]:
+    """:func:`scan_file`, also giving the file's entry (SHA-256 of the bytes scanned).
+
     ``span`` is the pixel data span recorded when the file was written
     (:func:`save_spans`); it spares parsing the header again and is only used
     when the file still has the recorded size and the pixel data tag right
@@ -267,17 +356,19 @@ def scan_file(
     data holds no printable word at all.
     """
     hits = [(relative, "file name", c) for _o, c in scanner.find(relative.encode("utf-8"))]
+    st = path.stat()  # before the read: see file_entry
     data = path.read_bytes()
+    entry: FileEntry = (hashlib.sha256(data).hexdigest(), *_signature(st))
     found_span = _checked_span(data, span) or _parsed_span(data)
     if found_span is None:
         where = "table contents" if path.suffix == ".parquet" else "file contents"
-        return hits + [(relative, where, c) for _o, c in scanner.find(data)]
+        return hits + [(relative, where, c) for _o, c in scanner.find(data)], entry
     start, _end, native16 = found_span
     found = scanner.find(data[:start])
     pixels = data[start:]
     if not (native16 and scanner.prefilter_ok) or _native_words_printable(pixels):
         found += [(start + o, c) for o, c in scanner.find(pixels)]
-    return hits + [(relative, _field_at(data, offset, start), c) for offset, c in found]
+    return hits + [(relative, _field_at(data, offset, start), c) for offset, c in found], entry
 
 
 def _field_at(data: bytes, offset: int, pixel_start: int) -> str:
@@ -301,8 +392,13 @@ def _field_at(data: bytes, offset: int, pixel_start: int) -> str:
 
 def _scan_chunk(
     items: list[tuple[str, str, Span | None]], scanner: Scanner
-) -> list[tuple[str, str, str]]:
-    return [hit for path, rel, span in items for hit in scan_file(Path(path), rel, scanner, span)]
+) -> tuple[list[tuple[str, str, str]], dict[str, FileEntry]]:
+    hits: list[tuple[str, str, str]] = []
+    index: dict[str, FileEntry] = {}
+    for path, rel, span in items:
+        found, index[rel] = scan_file_entry(Path(path), rel, scanner, span)
+        hits.extend(found)
+    return hits, index
 
 
 @dataclass
@@ -391,10 +487,13 @@ def run_gate(layout: BatchLayout, values: Mapping[str, str], *, workers: int = 1
     workers = workers or os.cpu_count() or 1
     if workers > 1 and len(items) >= 64:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            parts = pool.map(_scan_chunk, list(_chunks(items, workers)), [scanner] * len(items))
-            hits = [h for part in parts for h in part]
+            parts = list(
+                pool.map(_scan_chunk, list(_chunks(items, workers)), [scanner] * len(items))
+            )
     else:
-        hits = _scan_chunk(items, scanner)
+        parts = [_scan_chunk(items, scanner)]
+    hits = [h for part_hits, _index in parts for h in part_hits]
+    index = {rel: entry for _hits, part_index in parts for rel, entry in part_index.items()}
     table = pd.DataFrame(hits, columns=["file", "field", "category"]).drop_duplicates()
     report = GateReport(not hits, len(files), len(scanner), scanner.too_short, table)
     layout.gate_record.unlink(missing_ok=True)
@@ -406,5 +505,5 @@ def run_gate(layout: BatchLayout, values: Mapping[str, str], *, workers: int = 1
             f"{table['file'].nunique()} file(s) of {layout.release}; nothing may be uploaded. "
             f"See {report.report} (file, field, category) and fix the recipe, then rerun"
         )
-    write_record(layout, n_files=len(files), n_values=len(scanner))
+    write_record(layout, n_files=len(files), n_values=len(scanner), index=index)
     return report

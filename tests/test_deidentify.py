@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -180,6 +181,37 @@ def test_gate_catches_a_planted_leak(
     assert report.iloc[0]["file"] == target.relative_to(layout.release).as_posix()
     assert patient_id not in (layout.deid_dir / "leak_report.csv").read_text()
     with pytest.raises(GateError, match=r"has no leak-gate record"):
+        leakgate.require_pass(layout)
+
+
+def test_gate_record_trusts_only_files_unchanged_since_the_scan(
+    done: deidentify.DeidResult, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unchanged files are not read again; any write is caught, even one hiding its mtime."""
+    layout = done.layout
+    digest = leakgate.require_pass(layout)
+    with monkeypatch.context() as m:
+
+        def unexpected(path: Path, data: bytes | None = None) -> leakgate.FileEntry:
+            raise AssertionError(f"{path} was read again")
+
+        m.setattr(leakgate, "file_entry", unexpected)
+        assert leakgate.require_pass(layout) == digest
+    target = _released(layout)[0]
+    original = target.read_bytes()
+    st = target.stat()
+    target.write_bytes(original)  # same bytes, new ctime: read again, still the same digest
+    assert leakgate.require_pass(layout) == digest
+    changed = bytearray(original)
+    changed[200] ^= 0x01  # same size, a header byte changed, times put back
+    target.write_bytes(bytes(changed))
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(GateError, match=r"changed since the leak gate last passed"):
+        leakgate.require_pass(layout)
+    target.write_bytes(original)
+    assert leakgate.require_pass(layout) == digest
+    (target.parent / "extra.dcm").write_bytes(original)
+    with pytest.raises(GateError, match=r"changed since the leak gate last passed"):
         leakgate.require_pass(layout)
 
 

@@ -4,8 +4,8 @@ Two measurements, each printed as a table:
 
 * **throughput**: the de-identify stage's per-file work
   (:func:`sendit_helpers.deidentify.deidentify_file` jobs, chunked by
-  :func:`sendit_helpers.executors.map_chunks` exactly as the stage will run
-  them) over ``--batches`` batches of ``--files`` CT images each, with 1 and
+  :func:`sendit_helpers.executors.map_chunks` and their rows spooled to
+  Parquet per chunk, exactly as the stage runs them) over ``--batches`` batches of ``--files`` CT images each, with 1 and
   2 workers, on the local process pool and on a Dask LocalCluster; the
   speed-up is 2 workers over 1 worker of the same executor, from the same run.
   Pool start-up is timed (each run makes its pool); the Dask cluster is
@@ -90,7 +90,6 @@ def throughput(args: Any) -> list[list[Any]]:
     jobs, config = plan_jobs(folder, placeholder, args.batches)
     n = len(jobs)
     deidentify._recipe((), True)  # compiled once here: forked pool workers inherit it
-    func = partial(deidentify._run_chunk, config=config)
     c.say(
         f"throughput: {args.batches} batches x {len(paths)} files = {n} de-identify jobs "
         f"({args.rows}x{args.rows} CT); best of {args.repeats}, plans interleaved"
@@ -99,6 +98,9 @@ def throughput(args: Any) -> list[list[Any]]:
     def once(executor: str, workers: int) -> float:
         with c.scratch(args.out, f"scale-{executor}{workers}") as dest:
             mine = retarget(jobs, placeholder, dest)
+            spool = dest / "spool"  # as the stage runs them: rows spooled to Parquet per chunk
+            spool.mkdir()
+            func = partial(deidentify._run_chunk_spooled, config=config, spool=str(spool))
             start = time.perf_counter()
             outcomes = executors.map_chunks(
                 func, mine, workers=workers, executor=executor, progress=False, desc="deidentify"
@@ -115,7 +117,7 @@ def throughput(args: Any) -> list[list[Any]]:
         warm = jobs[: max(workers * 2, 2)]
         with c.scratch(args.out, "scale-warm") as dest:
             executors.map_chunks(
-                func,
+                partial(deidentify._run_chunk, config=config),
                 retarget(warm, placeholder, dest),
                 workers=workers,
                 executor="dask",
@@ -151,33 +153,93 @@ def throughput(args: Any) -> list[list[Any]]:
 
 
 # ------------------------------------------------------------------ memory
-def tree_rss(proc: psutil.Process) -> int:
-    """Resident bytes of ``proc`` and all its descendants (processes that vanish count 0)."""
-    total = 0
+def tree_rss(proc: psutil.Process) -> dict[int, int]:
+    """Resident bytes of ``proc`` and each of its descendants, by pid (vanished ones left out)."""
     try:
         members = [proc, *proc.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0
+        return {}
+    sizes: dict[int, int] = {}
     for member in members:
         try:
-            total += member.memory_info().rss
+            sizes[member.pid] = member.memory_info().rss
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-    return total
+    return sizes
 
 
-def peak_rss(cmd: list[str], env: dict[str, str], every: float) -> tuple[int, float, int]:
-    """Run ``cmd``; return (peak tree RSS in bytes, seconds, exit code)."""
+def high_water(pid: int) -> int:
+    """Peak resident bytes of process ``pid`` so far (``VmHWM``; 0 when unreadable)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return 0
+    return 0
+
+
+class TreePeak:
+    """Peaks of a process tree: the whole tree's, and each process's own (by label)."""
+
+    def __init__(self, root: psutil.Process) -> None:
+        self.root = root
+        self.peak = 0
+        self.at_peak: dict[str, int] = {}
+        """Each process's RSS in the sample where the tree peaked, by label."""
+        self.each: dict[str, int] = {}
+        """Each process's own peak RSS (its kernel-kept high-water mark, VmHWM, when
+        readable: exact even between samples), by label."""
+        self._labels: dict[int, str] = {}
+        self._kernels = 0
+
+    def label(self, pid: int) -> str:
+        """``driver``, ``kernel N`` (in start order: one per stage) or ``child <pid>``."""
+        if pid not in self._labels:
+            if pid == self.root.pid:
+                name = "driver"
+            else:
+                try:
+                    cmd = " ".join(psutil.Process(pid).cmdline())
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    cmd = ""
+                if "ipykernel" in cmd:
+                    self._kernels += 1
+                    name = f"kernel {self._kernels}"
+                else:
+                    name = f"child {pid}"
+            self._labels[pid] = name
+        return self._labels[pid]
+
+    def sample(self) -> None:
+        """Take one sample of the tree."""
+        found = tree_rss(self.root)
+        sizes = {self.label(pid): rss for pid, rss in found.items()}
+        for pid, rss in found.items():
+            name = self.label(pid)
+            self.each[name] = max(self.each.get(name, 0), rss, high_water(pid))
+        total = sum(sizes.values())
+        if total > self.peak:
+            self.peak, self.at_peak = total, sizes
+
+    def detail(self) -> str:
+        """One line: who held what at the tree's peak, and each process's own peak (MB)."""
+        at = ", ".join(f"{k} {v / 1e6:.0f}" for k, v in self.at_peak.items())
+        own = ", ".join(f"{k} {v / 1e6:.0f}" for k, v in self.each.items() if v > 20e6)
+        return f"at peak: {at}; own peaks: {own}"
+
+
+def peak_rss(cmd: list[str], env: dict[str, str], every: float) -> tuple[TreePeak, float, int]:
+    """Run ``cmd``; return (its tree's peaks, seconds, exit code)."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    watched = psutil.Process(proc.pid)
-    peak = 0
+    peaks = TreePeak(psutil.Process(proc.pid))
     stop = threading.Event()
 
     def sample() -> None:
-        nonlocal peak
         while not stop.is_set():
-            peak = max(peak, tree_rss(watched))
+            peaks.sample()
             stop.wait(every)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -187,7 +249,7 @@ def peak_rss(cmd: list[str], env: dict[str, str], every: float) -> tuple[int, fl
     sampler.join()
     if proc.returncode:
         sys.stderr.write(err.decode(errors="replace")[-2000:])
-    return peak, time.perf_counter() - start, proc.returncode
+    return peaks, time.perf_counter() - start, proc.returncode
 
 
 def memory(args: Any) -> list[list[Any]]:
@@ -222,7 +284,8 @@ def memory(args: Any) -> list[list[Any]]:
                     str(dest / "work"),
                     str(args.mem_workers),
                 ]
-            peak, seconds, code = peak_rss(cmd, env, args.sample)
+            peaks, seconds, code = peak_rss(cmd, env, args.sample)
+        peak = peaks.peak
         if code:
             raise SystemExit(f"memory run on {n} files failed (exit {code})")
         slope = ""
@@ -232,7 +295,25 @@ def memory(args: Any) -> list[list[Any]]:
             slope = f"{(peak - first[1]) / (n - first[0]) * 1000 / 1e6:.1f}"
         rows.append([n, f"{peak / 1e6:.0f}", slope, f"{seconds:.1f}", f"{c.rate(n, seconds):.0f}"])
         c.say(f"  {n} files: peak {peak / 1e6:.0f} MB in {seconds:.1f} s")
+        c.say(f"    {peaks.detail()}")
     return rows
+
+
+def report_throughput(args: Any) -> None:
+    """Run :func:`throughput` and print its table and the 1.7x goal."""
+    speed = throughput(args)
+    c.say()
+    c.say(c.table(["executor", "workers", "files", "seconds", "files/s", "speed-up"], speed))
+    c.say(
+        f"machine ceiling: 2 processes run pure-Python work {c.cpu_ceiling(2):.2f}x one process, now"
+    )
+    ratios = {row[0]: row[5] for row in speed if row[1] == 2}
+    ok = all(float(r.rstrip("x")) >= 1.7 for r in ratios.values())
+    c.say(
+        "goal >= 1.7x with 2 workers: "
+        + ", ".join(f"{k} {v}" for k, v in ratios.items())
+        + f" -> {'met' if ok else 'NOT met'}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--skip-dask", action="store_true", help="leave the Dask runs out")
     p.add_argument("--skip-memory", action="store_true", help="leave the memory test out")
+    p.add_argument("--skip-throughput", action="store_true", help="leave the throughput test out")
     p.add_argument(
         "--mem-sizes",
         type=int,
@@ -269,17 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     c.say(f"scale benchmark; {c.machine()}")
-    speed = throughput(args)
-    c.say()
-    c.say(c.table(["executor", "workers", "files", "seconds", "files/s", "speed-up"], speed))
-    c.say(f"machine ceiling: 2 processes run pure-Python work {c.cpu_ceiling(2):.2f}x one process, now")
-    ratios = {row[0]: row[5] for row in speed if row[1] == 2}
-    ok = all(float(r.rstrip("x")) >= 1.7 for r in ratios.values())
-    c.say(
-        "goal >= 1.7x with 2 workers: "
-        + ", ".join(f"{k} {v}" for k, v in ratios.items())
-        + f" -> {'met' if ok else 'NOT met'}"
-    )
+    if not args.skip_throughput:
+        report_throughput(args)
     if not args.skip_memory:
         c.say()
         mem = memory(args)

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pydicom
 from pydicom.dataset import Dataset
 
@@ -142,14 +143,38 @@ def _triggers(reason: str, header: Mapping[str, Any]) -> dict[str, str]:
     return {name: _text(header.get(name)) or "(absent)" for name in fields}
 
 
-def _quarantined_table(layout: BatchLayout) -> pd.DataFrame:
+def _quarantined_table(layout: BatchLayout, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """``quarantined.parquet``; only those of ``columns`` it has, when given."""
     path = layout.deid_dir / "quarantined.parquet"
     if not path.exists():
         raise ReviewError(
             f"{path} is missing; run `sendit deidentify` on batch {layout.name} first "
             "(or call review.ensure_deidentified)"
         )
-    return pd.read_parquet(path)
+    if columns is None:
+        return pd.read_parquet(path)
+    present = set(pq.read_schema(path).names)
+    return pd.read_parquet(path, columns=[c for c in dict.fromkeys(columns) if c in present])
+
+
+#: The quarantined-table columns :func:`_item_row` reads (besides the trigger fields).
+_ITEM_SOURCE_COLUMNS = (
+    "name",
+    "entity_id",
+    "item_id",
+    "path",
+    "Rows",
+    "Columns",
+    "SeriesNumber",
+    "SeriesDescription",
+    "SeriesInstanceUID",
+    "InstanceNumber",
+    "Modality",
+    "NumberOfFrames",
+    "PhotometricInterpretation",
+)
+#: The ``files.parquet`` columns :func:`_item_row` reads from a screen row.
+_SCREEN_COLUMNS = ("source_path", "reason_screen", "coordinates", "group", "label")
 
 
 ITEM_COLUMNS = [
@@ -204,12 +229,17 @@ def load_items(layout: BatchLayout) -> pd.DataFrame:
     ReviewError
         When the batch has not been de-identified yet.
     """
-    held = _quarantined_table(layout)
+    screens = _screen_table(layout)
+    reasons: list[Any] = (
+        list(screens["reason_screen"].dropna().unique()) if "reason_screen" in screens else []
+    )
+    triggers = [name for reason in reasons for name in _CONDITION_FIELD.findall(str(reason))]
+    # Only the columns the items use: a row of every header column costs ~30 KB per item.
+    held = _quarantined_table(layout, [*_ITEM_SOURCE_COLUMNS, *TRIGGER_FIELDS, *triggers])
     if held.empty:
         return pd.DataFrame(columns=ITEM_COLUMNS)
     source_of = _sources_by_name(layout)
     ocr_boxes = ocr.boxes_by_source(ocr.load(layout))
-    screens = _screen_table(layout)
     rows = []
     for record in _records(held):
         source = source_of.get(_text(record.get("name")), "")
@@ -234,7 +264,11 @@ def _sources_by_name(layout: BatchLayout) -> dict[str, str]:
 def _screen_table(layout: BatchLayout) -> pd.DataFrame:
     """The inspect stage's ``files.parquet`` indexed by ``source_path`` (empty when absent)."""
     path = layout.inspect_dir / "files.parquet"
-    return pd.read_parquet(path).set_index("source_path") if path.exists() else pd.DataFrame()
+    if not path.exists():
+        return pd.DataFrame()
+    present = set(pq.read_schema(path).names)
+    columns = [c for c in _SCREEN_COLUMNS if c in present]
+    return pd.read_parquet(path, columns=columns).set_index("source_path")
 
 
 def _screen_of(screens: pd.DataFrame, source: str) -> Mapping[str, Any]:

@@ -194,6 +194,10 @@ class FieldReader:
     max_entries : int
         Memo size; it is emptied when full (a batch rarely has that many
         distinct values in the fields read).
+    max_per_tag : int
+        Distinct values memoized per field: a field whose value differs in every
+        file (``SOPInstanceUID``) would otherwise grow the memo by one entry
+        per file without a single hit.  Values met later are decoded each time.
     """
 
     def __init__(
@@ -201,6 +205,7 @@ class FieldReader:
         tags: Iterable[int],
         cell: Callable[[int, Any], Hashable] | None = None,
         max_entries: int = 20_000,
+        max_per_tag: int = 256,
     ) -> None:
         self.tags: tuple[int, ...] = tuple(dict.fromkeys(int(t) for t in tags))
         self._cell = cell
@@ -208,6 +213,9 @@ class FieldReader:
         self._plan = tuple((t, BaseTag(t), _memoizable(t)) for t in self.tags)
         self._memo: dict[tuple[Any, ...], Field] = {}
         self._max = max_entries
+        self._per_tag = max_per_tag
+        self._stored: dict[int, int] = {}
+        """Entries of :attr:`_memo` per tag."""
 
     def read(self, ds: Dataset) -> dict[int, Field]:
         """The fields of ``ds``: tag -> :class:`Field` (:data:`ABSENT` when missing).
@@ -248,13 +256,23 @@ class FieldReader:
                 found = memo.get(key)
                 if found is None:
                     found = _decode(tag, raw, encoding, ds, cell)
-                    if len(memo) >= self._max:
-                        memo.clear()
-                    memo[key] = found
+                    self._remember(tag, key, found)
                 out[tag] = found
             else:
                 out[tag] = field_of(ds, tag, cell)
         return out
+
+    def _remember(self, tag: int, key: tuple[Any, ...], found: Field) -> None:
+        """Memoize a decoded value, unless ``tag`` has :attr:`_per_tag` values memoized."""
+        stored = self._stored.get(tag, 0)
+        if stored >= self._per_tag:
+            return
+        if len(self._memo) >= self._max:
+            self._memo.clear()
+            self._stored.clear()
+            stored = 0
+        self._memo[key] = found
+        self._stored[tag] = stored + 1
 
 
 # ------------------------------------------------------------------ compiled labels

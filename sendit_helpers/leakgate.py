@@ -169,6 +169,17 @@ def require_pass(layout: BatchLayout) -> str:
     str
         The digest of ``release/``.
     """
+    return _digest(passed_index(layout))
+
+
+def passed_index(layout: BatchLayout) -> dict[str, FileEntry]:
+    """:func:`require_pass`, giving the index of ``release/`` (relative name -> entry).
+
+    Raises
+    ------
+    GateError
+        As :func:`require_pass`.
+    """
     path = layout.gate_record
     if not path.exists():
         raise GateError(
@@ -176,14 +187,14 @@ def require_pass(layout: BatchLayout) -> str:
             "run `sendit deidentify` (or `sendit review`) on this batch first"
         )
     record = json.loads(path.read_text())
-    current = release_digest(layout, _recorded_index(record))
-    if not record.get("passed") or record.get("digest") != current:
+    index = release_index(layout, _recorded_index(record))
+    if not record.get("passed") or record.get("digest") != _digest(index):
         raise GateError(
             f"{layout.release} changed since the leak gate last passed "
             f"(record {path}); run `sendit deidentify` or `sendit review` again so the gate "
             "scans its current contents"
         )
-    return current
+    return index
 
 
 # ------------------------------------------------------------------ scanning

@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
@@ -137,9 +137,14 @@ def summary(manifest: pd.DataFrame) -> pd.DataFrame:
 
 # -- release -------------------------------------------------------------------------------
 def load_release(
-    layout: BatchLayout, settings: Mapping[str, Any]
+    layout: BatchLayout,
+    settings: Mapping[str, Any],
+    scanned: Mapping[str, leakgate.FileEntry] | None = None,
 ) -> tuple[list[Item], list[Entity]]:
     """Read ``release/cleaned.parquet`` and ``entities.parquet`` into items and entities.
+
+    ``scanned`` is the leak gate's index of ``release/`` (:func:`leakgate.passed_index`):
+    each item gets the SHA-256 the gate computed, so the upload does not hash it again.
 
     Raises
     ------
@@ -150,6 +155,8 @@ def load_release(
     root = release.resolve()
     folders: dict[str, Path] = {}
     items = [_item(release, row, root, folders) for row in _records(release / "cleaned.parquet")]
+    if scanned:
+        items = [replace(i, sha256=scanned[i.key][0]) if i.key in scanned else i for i in items]
     listed = {i.path for i in items}
     extra = [p for p in release.rglob("*.dcm") if p not in listed]
     if extra:
@@ -337,7 +344,7 @@ def _put_all(run: _Run, todo: Sequence[Item], entities: Sequence[Entity]) -> tup
             except UploadError as exc:
                 _fail(run, [item], exc)
                 continue
-            run.manifest.append(item.key, label, receipt.status, item.md5, receipt.remote_id)
+            run.manifest.append(item.key, label, receipt.status, item.checksum, receipt.remote_id)
             stored.append((item, receipt))
             pending.append((item, receipt))
             if batch and len(pending) >= batch:
@@ -360,7 +367,7 @@ def _fail(run: _Run, items: Sequence[Item], exc: UploadError) -> None:
     run.errors.append(exc)
     run.failed += len(items)
     label = run.target.label
-    run.manifest.append_many([(item.key, label, FAILED, item.md5, "") for item in items])
+    run.manifest.append_many([(item.key, label, FAILED, item.checksum, "") for item in items])
 
 
 def _finish(run: _Run, stored: Stored, unwritten: Stored, entities: Sequence[Entity]) -> None:
@@ -378,8 +385,8 @@ def _finish(run: _Run, stored: Stored, unwritten: Stored, entities: Sequence[Ent
     bad = [i for i, _ in stored if i.key not in ok]
     run.manifest.append_many(
         [
-            (item.key, label, VERIFIED if item.key in ok else UNVERIFIED, item.md5, r.remote_id)
-            for item, r in stored
+            (item.key, label, VERIFIED if item.key in ok else UNVERIFIED, item.checksum, rid)
+            for item, rid in ((i, r.remote_id) for i, r in stored)
         ]
     )
     if bad:
@@ -400,8 +407,7 @@ def _upload_to(run: _Run, items: Sequence[Item], entities: Sequence[Entity]) -> 
     """
     target = run.target
     done = run.manifest.verified(target.label)
-    # hash only items with a verified row: the rest go anyway (and are hashed as they are sent)
-    todo = [i for i in items if i.key not in done or done[i.key] != i.md5]
+    todo = [i for i in items if i.key not in done or done[i.key] != i.checksum]
     if not todo:
         return
     try:
@@ -453,8 +459,8 @@ def upload_batch(
         failed: the other targets still get their items), or items failed on the way.
         The message says, per target, how many did not go and the first cause.
     """
-    leakgate.require_pass(layout)
-    items, entities = load_release(layout, settings)
+    scanned = leakgate.passed_index(layout)
+    items, entities = load_release(layout, settings, scanned)
     manifest = Manifest(layout.upload_dir / MANIFEST_NAME)
     targets = make_targets(settings, layout.work)
     retries = max(0, int(setting(settings, "UPLOAD_RETRIES", 5)))

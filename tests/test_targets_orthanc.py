@@ -122,10 +122,12 @@ def test_rest_verify_in_bulk_rejects_absent_and_changed(
     try:
         good, other, last = (target.put(i) for i in items)
         absent = replace(other, remote_id="0" * 8 + "-" + "0" * 8)
-        changed = replace(last, status="exists", checksum="0" * 32)
+        changed = replace(last, status="exists")  # an earlier, different copy in Orthanc
+        items[2].path.write_bytes(items[2].path.read_bytes() + b"\0\0")
         assert target.verify([good, absent, changed]) == {good.key}
-        rewritten = replace(good, checksum="0" * 32)  # in the sample: every MD5 is read
-        assert target.verify([rewritten, other]) == {other.key}
+        # in the sample: every MD5 is read
+        items[0].path.write_bytes(items[0].path.read_bytes() + b"\0\0")
+        assert target.verify([good, other]) == {other.key}
         assert target.verify([]) == set()
     finally:
         target.close()

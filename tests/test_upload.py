@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,10 @@ def test_resume_after_interrupt(
     assert summary(manifest).to_dict("records") == [
         {"target": "local", "status": "verified", "count": 10}
     ]
+    # the manifest's checksum is the SHA-256 the leak gate computed as it scanned the file
+    for row in manifest.itertuples():
+        data = (layout.release / row.item).read_bytes()
+        assert row.checksum == hashlib.sha256(data).hexdigest()
 
 
 class FlakyLocal(LocalTarget):

@@ -76,10 +76,16 @@ class Item:
     metadata : Mapping[str, Any]
         The image's row of ``cleaned.parquet`` (de-identified header fields).
 
+    sha256 : str
+        Hex SHA-256 of the file as the leak gate scanned it (from its record,
+        :func:`sendit_helpers.leakgate.passed_index`); empty: computed on first use.
+
     Notes
     -----
-    :attr:`md5` is computed on first use and kept, so the upload hashes each file
-    once, in the thread that sends it (:meth:`read` hashes the bytes it returns).
+    :attr:`checksum` (SHA-256) is what the upload manifest records: the gate
+    already computed it.  :attr:`md5` is computed on first use and kept, only for
+    targets that need it (Cloud Storage and the local store record it; Orthanc's
+    verification compares a sample with Orthanc's own).
     """
 
     key: str
@@ -88,6 +94,18 @@ class Item:
     path: Path
     size: int
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    sha256: str = ""
+
+    @property
+    def checksum(self) -> str:
+        """Hex SHA-256 of the file's bytes: the gate's, else read and hashed on first use."""
+        if self.sha256:
+            return self.sha256
+        known: str | None = self.__dict__.get("_sha256")
+        if known is None:
+            known = hashlib.sha256(self.path.read_bytes()).hexdigest()
+            object.__setattr__(self, "_sha256", known)
+        return known
 
     @property
     def md5(self) -> str:
@@ -98,10 +116,10 @@ class Item:
             object.__setattr__(self, "_md5", known)
         return known
 
-    def read(self) -> bytes:
-        """The file's bytes; their MD5 becomes :attr:`md5` unless it is already known."""
+    def read(self, md5: bool = True) -> bytes:
+        """The file's bytes; with ``md5``, their MD5 becomes :attr:`md5` unless already known."""
         data = self.path.read_bytes()
-        if "_md5" not in self.__dict__:
+        if md5 and "_md5" not in self.__dict__:
             object.__setattr__(self, "_md5", hashlib.md5(data, usedforsecurity=False).hexdigest())
         return data
 

@@ -24,7 +24,16 @@ from typing import Any
 import urllib3
 
 from ..errors import UploadError
-from .base import Item, Receipt, Target, TargetKind, TransientError, missing_client, setting
+from .base import (
+    Item,
+    Receipt,
+    Target,
+    TargetKind,
+    TransientError,
+    file_md5,
+    missing_client,
+    setting,
+)
 
 TIMEOUT = 60.0
 VERIFY_CHUNK = 200
@@ -173,6 +182,8 @@ class OrthancRestTarget(Target):
             )
         self.threads = max(1, int(setting(settings, "UPLOAD_THREADS", 8)))
         self.rest = OrthancRest(url, self.threads)
+        self._sent: dict[str, Path] = {}
+        """Item key -> file sent, for the MD5 checks of :meth:`verify`."""
 
     def check(self) -> None:
         """GET /system with the environment's credentials."""
@@ -180,7 +191,8 @@ class OrthancRestTarget(Target):
 
     def put(self, item: Item) -> Receipt:
         """POST the file to /instances; ``AlreadyStored`` counts as ``exists``."""
-        data = item.read()
+        data = item.read(md5=False)  # MD5s are computed only for the files verify() checks
+        self._sent[item.key] = item.path
         what = f"release/{item.key}"
         headers = {"Content-Type": "application/dicom"}
         resp = self.rest.request("POST", "/instances", body=data, headers=headers, what=what)
@@ -198,10 +210,10 @@ class OrthancRestTarget(Target):
             entity_id=item.entity_id,
             target=self.kind,
             status=status,
-            checksum=item.md5,
+            checksum=item.checksum,
             remote_id=instance,
             url=f"{self.rest.url}/instances/{instance}",
-            fields={"md5": item.md5, "size": item.size, "content_type": "application/dicom"},
+            fields={"size": item.size, "content_type": "application/dicom"},
         )
 
     def verify(self, receipts: Sequence[Receipt]) -> set[str]:
@@ -245,10 +257,13 @@ class OrthancRestTarget(Target):
         return {r.key for r in present} - bad
 
     def _md5_mismatches(self, receipts: Sequence[Receipt]) -> set[str]:
-        """Keys whose stored attachment MD5 (read in parallel) differs from the sent one."""
+        """Keys whose stored attachment MD5 (read in parallel) differs from the sent file's."""
 
         def one(receipt: Receipt) -> str | None:
-            return None if self.rest.md5_of(receipt.remote_id) == receipt.checksum else receipt.key
+            path = self._sent.get(receipt.key)
+            if path is None or self.rest.md5_of(receipt.remote_id) != file_md5(path):
+                return receipt.key
+            return None
 
         if not receipts:
             return set()
@@ -410,10 +425,10 @@ class OrthancDicomTarget(Target):
             entity_id=item.entity_id,
             target=self.kind,
             status="stored",
-            checksum=item.md5,
+            checksum=item.checksum,
             remote_id=uid,
             url=f"dicom://{self.where}/{uid}",
-            fields={"md5": item.md5, "size": item.size, "content_type": "application/dicom"},
+            fields={"size": item.size, "content_type": "application/dicom"},
         )
 
     def verify(self, receipts: Sequence[Receipt]) -> set[str]:

@@ -40,6 +40,7 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -60,9 +61,9 @@ from .recipes import GATE_VRS, Changes, DeidContext, Recipe
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Job:
-    """One file to de-identify."""
+    """One file to de-identify (slotted: a batch holds one per file until it is done)."""
 
     source_path: str
     output: str
@@ -85,9 +86,9 @@ class WorkerConfig:
     """Use :mod:`.elementcache` (False: every file through the recipe engine, for comparison)."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Outcome:
-    """What became of one job."""
+    """What became of one job (slotted: a batch holds one per file until it is done)."""
 
     job: Job
     error: str = ""
@@ -323,7 +324,8 @@ def deidentify_file(job: Job, config: WorkerConfig) -> Outcome:
     outcome = Outcome(job)
     recipe = _recipe(config.recipe_files, config.include_default)
     try:
-        data = Path(job.source_path).read_bytes()
+        with open(job.source_path, "rb") as fh:  # no Path: its parts would be interned
+            data = fh.read()
         if config.element_cache and _cached_path(job, config, data, outcome) is not None:
             return outcome
         done = _fast_path(job, config, recipe, data)
@@ -442,6 +444,21 @@ def _names(candidates: pd.DataFrame, codes: Mapping[str, tuple[str, str, int]]) 
     return names
 
 
+#: The ``files.parquet`` columns :func:`plan` reads.
+PLAN_COLUMNS = (
+    "source_path",
+    "SOPClassUID",
+    "has_pixels",
+    "flagged",
+    "PatientID",
+    "StudyInstanceUID",
+    "AccessionNumber",
+    "StudyDate",
+    "SeriesNumber",
+    "InstanceNumber",
+)
+
+
 @dataclass
 class Plan:
     """The jobs of a batch, and the files it will not release with the reason."""
@@ -454,7 +471,7 @@ def plan(
     layout: BatchLayout, settings: Mapping[str, Any], files: pd.DataFrame, secret: bytes
 ) -> Plan:
     """Choose the files to de-identify, get pseudonyms and name the outputs."""
-    table = disposition.read(layout).set_index("source_path")
+    table = disposition.read(layout, ["source_path", "disposition"]).set_index("source_path")
     dicom = files[files["source_path"].isin(table.index)]
     dicom = dicom[
         table.loc[dicom["source_path"], "disposition"]
@@ -779,6 +796,30 @@ def write_lookup(outcomes: Sequence[Outcome], spool: Path, out: Path) -> None:
     _combine(parts, out, pa.Schema.from_pandas(like, preserve_index=False))
 
 
+def parquet_head(path: Path, n: int) -> pd.DataFrame:
+    """``pandas.read_parquet(path).head(n)``, reading only the first ``n`` rows.
+
+    Parameters
+    ----------
+    path : Path
+        A Parquet file written by pandas (its index not stored).
+    n : int
+        How many rows.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The first ``n`` rows, with the dtypes the pandas metadata gives.
+    """
+    source = pq.ParquetFile(path)
+    schema = source.schema_arrow
+    batches = source.iter_batches(batch_size=max(n, 1)) if n > 0 else iter(())
+    first = next(batches, None)
+    table = pa.Table.from_batches([] if first is None else [first], schema=schema)
+    head: pd.DataFrame = table.slice(0, max(n, 0)).to_pandas()
+    return head
+
+
 def _entities(cleaned: Path, agent: str) -> pd.DataFrame:
     """:func:`entities_table` of a written cleaned table, reading only the columns it needs."""
     present = set(pq.read_schema(cleaned).names)
@@ -804,6 +845,24 @@ class DeidResult:
     def cleaned(self) -> pd.DataFrame:
         """The released images' table, ``release/cleaned.parquet``, read on first use."""
         return pd.read_parquet(self.layout.release / "cleaned.parquet")
+
+    def cleaned_head(self, n: int = 5) -> pd.DataFrame:
+        """The first ``n`` rows of :attr:`cleaned`, read without the rest of the table.
+
+        Parameters
+        ----------
+        n : int
+            How many rows.
+
+        Returns
+        -------
+        pandas.DataFrame
+            The same as ``self.cleaned.head(n)``; the whole table is not read
+            (nor kept) unless :attr:`cleaned` was read already.
+        """
+        if "cleaned" in self.__dict__:
+            return self.cleaned.head(n)
+        return parquet_head(self.layout.release / "cleaned.parquet", n)
 
     @functools.cached_property
     def quarantined(self) -> pd.DataFrame:
@@ -838,7 +897,7 @@ def deidentify_batch(layout: BatchLayout, settings: Mapping[str, Any]) -> DeidRe
     """
     if not inspect.is_current(layout):
         inspect.inspect_batch(layout, settings)
-    files = inspect.load(layout)
+    files = inspect.load(layout, PLAN_COLUMNS)
     secret = load_site_secret(
         layout.work,
         {"SENDIT_SITE_SECRET": settings["SENDIT_SITE_SECRET"]}
@@ -846,6 +905,8 @@ def deidentify_batch(layout: BatchLayout, settings: Mapping[str, Any]) -> DeidRe
         else os.environ,
     )
     work = plan(layout, settings, files, secret)
+    del files
+    release_unused()
     recipes = tuple(str(Path(p).resolve()) for p in settings["DEID_RECIPES"])
     config = WorkerConfig(
         recipes, bool(settings["USE_DEFAULT_RECIPE"]), secret, tuple(settings["SAFE_PRIVATE_TAGS"])
@@ -923,27 +984,69 @@ def finish(
         else:
             rows.append(Row(o.job.source_path, Disposition.RELEASED, "", o.job.name))
     table = disposition.update(layout, rows)
+    del rows
+    release_unused()
     report = leakgate.run_gate(layout, values, workers=int(settings["WORKERS"]))
+    release_unused()
     return DeidResult(layout, outcomes, entities, table, report)
+
+
+def release_unused() -> None:
+    """Give back to the system what the C allocator keeps of memory freed since.
+
+    Arrow allocates with ``malloc`` here (see :mod:`sendit_helpers`), and
+    ``malloc`` keeps freed pages for reuse; between steps that read or build
+    whole-batch tables, what they freed would otherwise raise the baseline of
+    the next step, so the stage's peak would grow with the batch.  Cheap (a few
+    milliseconds).
+    """
+    pa.default_memory_pool().release_unused()
+
+
+#: The columns of :func:`quarantine_reasons` (before renaming), ``output_name`` from the
+#: disposition table, the others from ``files.parquet``.
+_REASON_COLUMNS = (
+    "output_name",
+    "Modality",
+    "SeriesNumber",
+    "SeriesDescription",
+    "group",
+    "label",
+    "reason_screen",
+)
 
 
 def quarantine_reasons(result: DeidResult) -> pd.DataFrame:
     """Quarantined images with the screening rule that held them back."""
-    files = inspect.load(result.layout)
     table = result.dispositions[result.dispositions["disposition"] == str(Disposition.QUARANTINED)]
+    files = _files_of(result.layout, table["source_path"], ["source_path", *_REASON_COLUMNS[1:]])
     merged = table.merge(files, on="source_path", how="left")
-    columns = [
-        "output_name",
-        "Modality",
-        "SeriesNumber",
-        "SeriesDescription",
-        "group",
-        "label",
-        "reason_screen",
-    ]
-    return merged.reindex(columns=columns).rename(
+    return merged.reindex(columns=list(_REASON_COLUMNS)).rename(
         columns={"output_name": "item", "reason_screen": "rule"}
     )
+
+
+def _files_of(layout: BatchLayout, sources: pd.Series, columns: Sequence[str]) -> pd.DataFrame:
+    """The rows of ``files.parquet`` whose ``source_path`` is in ``sources``; ``columns`` only.
+
+    Read a batch of rows at a time, so only the wanted rows are ever converted
+    to pandas (the same rows, in the same order, as filtering the whole table).
+    """
+    source = pq.ParquetFile(layout.inspect_dir / "files.parquet")
+    present = set(source.schema_arrow.names)
+    wanted = [c for c in dict.fromkeys(columns) if c in present]
+    keys = pa.array(sources.astype(object).tolist(), pa.string())
+    batches = [
+        batch.filter(pc.is_in(batch.column("source_path"), value_set=keys))
+        for batch in source.iter_batches(batch_size=_FILE_ROWS, columns=wanted)
+    ]
+    schema = pa.schema([source.schema_arrow.field(c) for c in wanted], source.schema_arrow.metadata)
+    rows: pd.DataFrame = pa.Table.from_batches(batches, schema=schema).to_pandas()
+    return rows
+
+
+#: Rows of ``files.parquet`` read at a time by :func:`_files_of`.
+_FILE_ROWS = 1024
 
 
 def gate_summary(result: DeidResult) -> pd.DataFrame:

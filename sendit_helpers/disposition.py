@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -48,12 +48,28 @@ def to_frame(rows: Iterable[Row]) -> pd.DataFrame:
     return pd.DataFrame(data, columns=COLUMNS)
 
 
-def read(layout: BatchLayout) -> pd.DataFrame:
-    """Read a batch's disposition table (empty table when there is none yet)."""
+def read(layout: BatchLayout, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Read a batch's disposition table (empty table when there is none yet).
+
+    Parameters
+    ----------
+    layout : BatchLayout
+        The batch.
+    columns : sequence of str, optional
+        Read only these of :data:`COLUMNS` (in the table's order); None reads all.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The table (strings; empty cells as ``""``).
+    """
     path = layout.disposition_csv
+    wanted = COLUMNS if columns is None else [c for c in COLUMNS if c in set(columns)]
     if not path.exists():
-        return pd.DataFrame({c: pd.Series(dtype="object") for c in COLUMNS})
-    return pd.read_csv(path, dtype=str, keep_default_na=False)
+        return pd.DataFrame({c: pd.Series(dtype="object") for c in wanted})
+    if columns is None:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    return pd.read_csv(path, dtype=str, keep_default_na=False, usecols=wanted)
 
 
 def write(layout: BatchLayout, table: pd.DataFrame) -> Path:

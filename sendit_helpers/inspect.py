@@ -733,9 +733,28 @@ def save(result: InspectResult) -> Path:
     return out
 
 
-def load(layout: BatchLayout) -> pd.DataFrame:
-    """Read a batch's ``files.parquet`` written by an earlier inspect."""
-    return pd.read_parquet(layout.inspect_dir / "files.parquet")
+def load(layout: BatchLayout, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Read a batch's ``files.parquet`` written by an earlier inspect.
+
+    Parameters
+    ----------
+    layout : BatchLayout
+        The batch.
+    columns : sequence of str, optional
+        Read only these columns (those the table has, in this order), so a
+        caller that needs a few does not hold every header column of every
+        file.  None reads them all.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The table, or the wanted columns of it.
+    """
+    path = layout.inspect_dir / "files.parquet"
+    if columns is None:
+        return pd.read_parquet(path)
+    present = set(pq.read_schema(path).names)
+    return pd.read_parquet(path, columns=[c for c in dict.fromkeys(columns) if c in present])
 
 
 def is_current(layout: BatchLayout) -> bool:
@@ -744,7 +763,7 @@ def is_current(layout: BatchLayout) -> bool:
     if not marker.exists() or not layout.disposition_csv.exists():
         return False
     stamp = marker.stat().st_mtime
-    return all(p.stat().st_mtime <= stamp for p in discover(layout.source))
+    return all(os.stat(name).st_mtime <= stamp for name in discover_names(layout.source))
 
 
 def montages(result: InspectResult, settings: Mapping[str, Any]) -> list[Path]:

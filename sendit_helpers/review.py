@@ -30,6 +30,7 @@ command line and a decisions file do.
 from __future__ import annotations
 
 import csv
+import functools
 import getpass
 import io
 import json
@@ -44,6 +45,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pydicom
 from pydicom.dataset import Dataset
@@ -238,27 +241,50 @@ def load_items(layout: BatchLayout) -> pd.DataFrame:
     held = _quarantined_table(layout, [*_ITEM_SOURCE_COLUMNS, *TRIGGER_FIELDS, *triggers])
     if held.empty:
         return pd.DataFrame(columns=ITEM_COLUMNS)
-    source_of = _sources_by_name(layout)
+    source_of = _sources_by_name(layout, {_text(name) for name in held["name"]})
     ocr_boxes = ocr.boxes_by_source(ocr.load(layout))
     rows = []
-    for record in _records(held):
-        source = source_of.get(_text(record.get("name")), "")
-        screen = _screen_of(screens, source)
-        rows.append(_item_row(record, source, screen, ocr_boxes.get(source, [])))
+    for start in range(0, len(held), _RECORD_ROWS):  # a slice at a time: fewer dicts at once
+        for record in _records(held.iloc[start : start + _RECORD_ROWS]):
+            source = source_of.get(_text(record.get("name")), "")
+            screen = _screen_of(screens, source)
+            rows.append(_item_row(record, source, screen, ocr_boxes.get(source, [])))
     items = pd.DataFrame(rows, columns=ITEM_COLUMNS)
-    return items.sort_values(
+    del rows, held, screens, source_of
+    items = items.sort_values(
         ["series_number", "series_uid", "instance", "item"], kind="stable"
     ).reset_index(drop=True)
+    deidentify.release_unused()
+    return items
 
 
-def _sources_by_name(layout: BatchLayout) -> dict[str, str]:
-    """``output_name -> source_path`` of every file of the disposition table with an output."""
-    table = disposition.read(layout)
+#: Rows of the quarantined table turned into dicts at a time by :func:`load_items`.
+_RECORD_ROWS = 256
+
+
+def _sources_by_name(layout: BatchLayout, names: set[str] | None = None) -> dict[str, str]:
+    """``output_name -> source_path`` of the files of the disposition table with an output.
+
+    Only the two columns are read; with ``names``, only those outputs are kept.
+    """
+    table = disposition.read(layout, ["source_path", "output_name"])
     return {
         name: src
         for src, name in zip(table["source_path"], table["output_name"], strict=True)
-        if name
+        if name and (names is None or name in names)
     }
+
+
+def item_names(layout: BatchLayout) -> list[str]:
+    """The ``item`` column of :func:`load_items` (in file order), reading only the names.
+
+    Raises
+    ------
+    ReviewError
+        When the batch has not been de-identified yet.
+    """
+    held = _quarantined_table(layout, ["name"])
+    return [_text(name) for name in held["name"]] if "name" in held else []
 
 
 def _screen_table(layout: BatchLayout) -> pd.DataFrame:
@@ -540,9 +566,9 @@ def _decision(text: Decision | str) -> Decision:
 
 def pending_count(layout: BatchLayout) -> int:
     """How many quarantined images still wait for a decision."""
-    items = load_items(layout)
+    names = pd.Series(item_names(layout), dtype=object)
     decided = set(DecisionLog(layout).current()["item"])
-    return int((~items["item"].isin(decided)).sum())
+    return int((~names.isin(decided)).sum())
 
 
 # ------------------------------------------------------------------ decisions file
@@ -750,11 +776,16 @@ class ApplyResult:
     """Items kept in quarantine by decision."""
     undecided: list[str]
     """Items still waiting for a decision (they stay in quarantine)."""
-    cleaned: pd.DataFrame
+    layout: BatchLayout
     entities: pd.DataFrame
     dispositions: pd.DataFrame
     gate: leakgate.GateReport | None = None
     errors: dict[str, str] = field(default_factory=dict)
+
+    @functools.cached_property
+    def cleaned(self) -> pd.DataFrame:
+        """The released images' table (``release/cleaned.parquet``), read on first use."""
+        return pd.read_parquet(self.layout.release / "cleaned.parquet")
 
     @property
     def counts(self) -> pd.Series:
@@ -898,14 +929,15 @@ def apply_decisions(
     _prune(layout.release)
     _prune(layout.quarantine)
     out = set(done.released) | set(done.scrubbed)
-    cleaned, entities = _update_tables(layout, settings, items, out, done.headers)
+    entities = _update_tables(layout, settings, items, out, done.headers)
+    deidentify.release_unused()
     table = disposition.update(layout, [r for r in done.rows if r.source_path])
     result = ApplyResult(
         done.released,
         done.scrubbed,
         done.kept,
         done.undecided,
-        cleaned,
+        layout,
         entities,
         table,
         None,
@@ -1015,34 +1047,118 @@ def _update_tables(
     items: pd.DataFrame,
     out: set[str],
     headers: Mapping[str, dict[str, Any]],
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Rewrite ``cleaned`` (deidentify's rows plus the released items) and ``entities``."""
+) -> pd.DataFrame:
+    """Rewrite ``cleaned`` (deidentify's rows plus the released items) and ``entities``.
+
+    ``cleaned.parquet`` becomes the rows of no quarantined item plus the rows of
+    the items in ``out``, every column a string, sorted by ``path`` (stable).
+    The rows stay in Arrow, their header fields dictionary-encoded, and are
+    written a slice at a time: the table never exists in its pandas form (one
+    Python string per cell) nor decoded whole.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The new ``entities`` table (also written).
+    """
     path = layout.release / "cleaned.parquet"
-    cleaned = (
-        pd.read_parquet(path)
-        if path.exists()
-        else pd.DataFrame(columns=["name", "entity_id", "item_id", "path"])
-    )
-    base = cleaned[~cleaned["name"].isin(set(items["item"]))]
-    table = _sorted_strings(base, _released_rows(layout, out, headers))
-    table.to_parquet(path, index=False)
+    extra = _released_rows(layout, out, headers)
+    base = _read_coded(path) if path.exists() else None
+    if base is not None:
+        held = pa.array(list(dict.fromkeys(items["item"].astype(str))), pa.string())
+        base = base.filter(pc.invert(pc.is_in(base.column("name"), value_set=held)))
+    if base is None or (base.num_rows == 0 and extra.empty):
+        none = pd.DataFrame(columns=_CLEANED_KEYS)
+        empty = none if base is None else pq.read_schema(path).empty_table().to_pandas()
+        table = _sorted_strings(empty, extra)
+        table.to_parquet(path, index=False)
+    else:
+        table = _write_sorted_strings(base, extra, path)
     entities = deidentify.entities_table(table, str(settings.get("UPLOAD_AGENT", "")))
     entities.to_parquet(layout.release / "entities.parquet", index=False)
-    return table, entities
+    return entities
+
+
+#: The columns every cleaned row has (the rest are the de-identified header fields).
+_CLEANED_KEYS = ["name", "entity_id", "item_id", "path"]
+#: The cleaned columns :func:`deidentify.entities_table` reads.
+_ENTITY_SOURCE_COLUMNS = ("entity_id", "PatientSex", "PatientAge", "name")
+#: Rows written at a time by :func:`_write_sorted_strings`.
+_WRITE_ROWS = 512
+_CODED = pa.dictionary(pa.int32(), pa.string())
+
+
+def _read_coded(path: Path) -> pa.Table:
+    """A cleaned table, every column but ``name`` and ``path`` dictionary-encoded."""
+    names = pq.read_schema(path).names
+    return pq.read_table(path, read_dictionary=[c for c in names if c not in ("name", "path")])
+
+
+def _coded(table: pa.Table) -> pa.Table:
+    """``table`` with string columns (``name`` and ``path`` plain, the rest dictionary-encoded)."""
+    fields = [
+        pa.field(n, pa.string() if n in ("name", "path") else _CODED) for n in table.column_names
+    ]
+    return table.replace_schema_metadata(None).cast(pa.schema(fields))
+
+
+def _write_sorted_strings(base: pa.Table, extra: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """Write :func:`_sorted_strings` of ``base`` and ``extra`` to ``path`` via Arrow.
+
+    The file holds what ``_sorted_strings(base.to_pandas(), extra).to_parquet(path,
+    index=False)`` would; ``base`` (from :func:`_read_coded`) has at least one row
+    or ``extra`` is not empty.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The table's columns that :func:`deidentify.entities_table` reads.
+    """
+    parts = [_coded(base)] if base.num_rows else []
+    if not extra.empty:
+        parts.append(_coded(pa.Table.from_pandas(extra.astype("string"), preserve_index=False)))
+    table = pa.concat_tables(parts, promote_options="default")
+    table = table.take(pc.sort_indices(table, sort_keys=[("path", "ascending")]))
+    like = pd.DataFrame([dict.fromkeys(table.column_names, "x")]).astype("string")
+    schema = pa.Schema.from_pandas(like, preserve_index=False)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with pq.ParquetWriter(tmp, schema) as writer:
+        for start in range(0, table.num_rows, _WRITE_ROWS):
+            writer.write_table(table.slice(start, _WRITE_ROWS).cast(schema))
+    os.replace(tmp, path)
+    wanted = [c for c in _ENTITY_SOURCE_COLUMNS if c in table.column_names]
+    narrow = pa.Schema.from_pandas(like[wanted], preserve_index=False)
+    columns: pd.DataFrame = table.select(wanted).cast(narrow).to_pandas()
+    return columns
 
 
 def _released_rows(
     layout: BatchLayout, out: set[str], headers: Mapping[str, dict[str, Any]]
 ) -> pd.DataFrame:
-    """The cleaned rows of the items in ``out`` (a scrubbed one's header from ``headers``)."""
-    held = _quarantined_table(layout)
-    add = _records(held[held["name"].isin(out)])
+    """The cleaned rows of the items in ``out`` (a scrubbed one's header from ``headers``).
+
+    ``quarantined.parquet`` is read a batch of rows at a time, keeping only those rows.
+    """
+    if not out:
+        return pd.DataFrame()
+    source = pq.ParquetFile(layout.deid_dir / "quarantined.parquet")
+    wanted = pa.array(sorted(out), pa.string())
+    kept = [
+        batch.filter(pc.is_in(batch.column("name"), value_set=wanted))
+        for batch in source.iter_batches(batch_size=_BATCH_ROWS)
+    ]
+    held = pa.Table.from_batches(kept, schema=source.schema_arrow).to_pandas()
+    add = _records(held)
     for record in add:
         header = headers.get(str(record["name"]))
         if header is not None:
             for key in [k for k in record if k not in ("name", "entity_id", "item_id", "path")]:
                 record[key] = header.get(key)
     return pd.DataFrame(add, columns=held.columns)
+
+
+#: Rows of ``quarantined.parquet`` read at a time by :func:`_released_rows`.
+_BATCH_ROWS = 512
 
 
 def _sorted_strings(base: pd.DataFrame, extra: pd.DataFrame) -> pd.DataFrame:
@@ -1074,10 +1190,9 @@ def ensure_deidentified(layout: BatchLayout, settings: Mapping[str, Any]) -> boo
 
 def status(layout: BatchLayout) -> pd.DataFrame:
     """Decision counts of the quarantined images: release, scrub, keep, undecided."""
-    items = load_items(layout)
     current = DecisionLog(layout).decisions()
     counts = {str(d): 0 for d in Decision} | {"undecided": 0}
-    for item in items["item"]:
+    for item in item_names(layout):
         counts[str(current[item][0]) if item in current else "undecided"] += 1
     return pd.DataFrame({"decision": list(counts), "images": list(counts.values())})
 

@@ -130,6 +130,32 @@ def test_names_quarantine_and_dispositions(done: deidentify.DeidResult) -> None:
     assert len(list(layout.quarantine.rglob("*.dcm"))) == len(quarantined)
 
 
+def test_notebook_views_read_only_what_they_show(done: deidentify.DeidResult) -> None:
+    """cleaned_head, quarantine_reasons and plan's columns give what the whole tables would."""
+    cleaned = pd.read_parquet(done.layout.release / "cleaned.parquet")
+    for n in (0, 1, 3, len(cleaned) + 5):
+        pd.testing.assert_frame_equal(done.cleaned_head(n), cleaned.head(n))
+    assert "cleaned" not in done.__dict__, "the whole table is not read for the head"
+    files = inspect.load(done.layout)
+    narrow = inspect.load(done.layout, [*deidentify.PLAN_COLUMNS, "not a column"])
+    assert list(narrow.columns) == list(deidentify.PLAN_COLUMNS)
+    pd.testing.assert_frame_equal(narrow, files[list(deidentify.PLAN_COLUMNS)])
+    reasons = deidentify.quarantine_reasons(done)
+    table = done.dispositions[done.dispositions["disposition"] == "quarantined"]
+    whole = table.merge(files, on="source_path", how="left")[
+        ["output_name", "Modality", "SeriesNumber", "SeriesDescription", "group", "label"]
+        + ["reason_screen"]
+    ].rename(columns={"output_name": "item", "reason_screen": "rule"})
+    assert not reasons.empty
+    pd.testing.assert_frame_equal(reasons, whole)
+
+
+def test_parquet_head_of_an_empty_table(tmp_path: Path) -> None:
+    path = tmp_path / "empty.parquet"
+    deidentify.cleaned_table([]).to_parquet(path, index=False)
+    pd.testing.assert_frame_equal(deidentify.parquet_head(path, 20), pd.read_parquet(path))
+
+
 def test_tables(done: deidentify.DeidResult) -> None:
     cleaned = pd.read_parquet(done.layout.release / "cleaned.parquet")
     entities = pd.read_parquet(done.layout.release / "entities.parquet")

@@ -198,6 +198,45 @@ def test_load_items(held_batch: tuple[BatchLayout, dict[str, object]]) -> None:
     assert us["series"].startswith("901")
     assert (us["columns"], us["rows"]) == (512, 384)
     assert review.pending_count(layout) == len(items)
+    assert sorted(review.item_names(layout)) == sorted(items["item"])
+
+
+def test_cleaned_rewrite_matches_pandas(tmp_path: Path) -> None:
+    """The Arrow rewrite of cleaned.parquet gives what concat + astype + sort + to_parquet did."""
+    base = pd.DataFrame(
+        {
+            "name": ["c.dcm", "a.dcm", "b.dcm"],
+            "entity_id": ["E2", "E1", "E1"],
+            "item_id": ["I2", "I1", "I1"],
+            "path": ["E2/c.dcm", "E1/a.dcm", "E1/a.dcm"],
+            "PatientSex": ["F", None, "M"],
+            "OnlyBase": ["x", "y", None],
+        }
+    ).astype("string")
+    extra = pd.DataFrame(
+        {
+            "name": ["d.dcm", "e.dcm"],
+            "entity_id": ["E1", "E3"],
+            "item_id": ["I1", "I3"],
+            "path": ["E1/d.dcm", "E0/e.dcm"],
+            "PatientSex": ["M", None],
+            "Rows": [64, None],
+        }
+    )
+    for with_base, with_extra in ((True, True), (True, False), (False, True)):
+        left = base if with_base else base.iloc[:0]
+        right = extra if with_extra else extra.iloc[:0]
+        path = tmp_path / "cleaned.parquet"
+        left.to_parquet(path, index=False)
+        coded = review._read_coded(path)
+        if not with_base:
+            coded = coded.slice(0, 0)
+        narrow = review._write_sorted_strings(coded, right, path)
+        expected = review._sorted_strings(left, right)
+        pd.testing.assert_frame_equal(pd.read_parquet(path), expected)
+        assert deidentify.entities_table(narrow, "a").equals(
+            deidentify.entities_table(expected, "a")
+        )
 
 
 # ------------------------------------------------------------------ decisions file

@@ -529,6 +529,7 @@ class ElementCache:
         if (
             type(elem) is RawDataElement
             and not (tag >> 16) & 1
+            and tag & 0xFFFF  # group lengths: the writer drops most of them
             and tag != _CHARSET
             and elem.VR not in _SQ_UN
             and self._recipe.keeps(tag, elem.VR)

@@ -170,3 +170,23 @@ def test_missing_preamble_or_meta_goes_to_the_general_path(tmp_path: Path) -> No
     copy = tmp_path / "copy.dcm"
     shutil.copyfile(source, copy)
     assert _same(copy, tmp_path)
+
+
+def test_group_lengths_and_odd_elements_match_the_engine(tmp_path: Path) -> None:
+    """Group lengths (dropped by the writer), UN and private elements, an empty value."""
+    source = get_testdata_file("JPEG2000.dcm")
+    assert source is not None
+    ds = pydicom.dcmread(source)
+    ds.add_new(0x00181000, "UN", b"SERIAL42")  # DeviceSerialNumber as UN
+    ds.add_new(0x00204000, "LT", "")  # an empty ImageComments
+    data = _saved(ds)
+    found = elementcache.scan_header(data)
+    assert found is not None
+    first = next(start for tag, start, _end in found.elements if tag >> 16 == 0x0008)
+    length = struct.pack("<HH2sHL", 0x0008, 0x0000, b"UL", 4, 1234)  # pydicom never writes it
+    target = tmp_path / "odd.dcm"
+    target.write_bytes(data[:first] + length + data[first:])
+    found = elementcache.scan_header(target.read_bytes())
+    assert found is not None and found.elements[0][0] == 0x00080000
+    for _round in range(2):
+        assert _same(target, tmp_path)

@@ -123,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--latency", type=float, default=0.05, help="seconds added per request (default 0.05)"
     )
-    p.add_argument("--threads", type=int, default=8, help="UPLOAD_THREADS for sendit (default 8)")
+    p.add_argument(
+        "--threads", type=int, default=16, help="UPLOAD_THREADS for sendit (default 16, the setting's default)"
+    )
     args = p.parse_args(argv)
     layout = gated_release(args.out, args.files, args.rows)
     base = upload_settings(

@@ -118,7 +118,7 @@ def reset_manifest(layout: BatchLayout) -> None:
 def upload_settings(**overrides: Any) -> dict[str, Any]:
     """The upload settings of a run: defaults plus ``overrides``, no progress bars."""
     base: dict[str, Any] = dict(c.settings())
-    base.update(SEND_TO_ORTHANC=False, SEND_TO_GOOGLE=False, UPLOAD_THREADS=8, UPLOAD_RETRIES=2)
+    base.update(SEND_TO_ORTHANC=False, SEND_TO_GOOGLE=False, UPLOAD_THREADS=16, UPLOAD_RETRIES=2)
     base.update(overrides)
     return base
 
@@ -342,7 +342,7 @@ def report(best: Mapping[str, Mapping[str, Timing]], n: int, threads: int) -> No
 
 def main(argv: list[str] | None = None) -> int:
     p = c.parser(__doc__.splitlines()[0] if __doc__ else "", files=1000, repeats=3)
-    p.add_argument("--threads", type=int, default=8, help="UPLOAD_THREADS (default 8)")
+    p.add_argument("--threads", type=int, default=16, help="UPLOAD_THREADS (default 16, the setting's default)")
     p.add_argument(
         "--configs",
         default="default,tuned",

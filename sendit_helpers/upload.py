@@ -464,7 +464,7 @@ def upload_batch(
     manifest = Manifest(layout.upload_dir / MANIFEST_NAME)
     targets = make_targets(settings, layout.work)
     retries = max(0, int(setting(settings, "UPLOAD_RETRIES", 5)))
-    threads = max(1, int(setting(settings, "UPLOAD_THREADS", 8)))
+    threads = max(1, int(setting(settings, "UPLOAD_THREADS", 16)))
     runs = [_Run(t, manifest, retries, threads, progress, on_item) for t in targets]
     try:
         for run in runs:

@@ -217,7 +217,7 @@ class GoogleTarget(Target):
                     f"google target: setting {key} is empty; set it (SEND_TO_GOOGLE is on)"
                 )
         self.collection = collection_name(settings)
-        self.threads = max(1, int(setting(settings, "UPLOAD_THREADS", 8)))
+        self.threads = max(1, int(setting(settings, "UPLOAD_THREADS", 16)))
         self._storage_mod, self._datastore_mod, self._exc = _modules()
         self._no_retry = importlib.import_module("google.api_core.retry").Retry(predicate=_never)
         """Datastore calls are not retried by the client: :func:`upload.with_retries` does."""

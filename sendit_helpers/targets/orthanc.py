@@ -180,7 +180,7 @@ class OrthancRestTarget(Target):
                 "orthanc target: ORTHANC_URL is empty but ORTHANC_PROTOCOL is 'rest'; set "
                 "ORTHANC_URL (e.g. http://127.0.0.1:8042) or use ORTHANC_PROTOCOL=dicom"
             )
-        self.threads = max(1, int(setting(settings, "UPLOAD_THREADS", 8)))
+        self.threads = max(1, int(setting(settings, "UPLOAD_THREADS", 16)))
         self.rest = OrthancRest(url, self.threads)
         self._sent: dict[str, Path] = {}
         """Item key -> file sent, for the MD5 checks of :meth:`verify`."""
@@ -302,7 +302,7 @@ class OrthancDicomTarget(Target):
         self.called = str(setting(settings, "ORTHANC_AE_TITLE", "ORTHANC"))
         self.calling = str(setting(settings, "SENDIT_AE_TITLE", "SENDIT"))
         url = str(setting(settings, "ORTHANC_URL", "") or "")
-        self.threads = max(1, int(setting(settings, "UPLOAD_THREADS", 8)))
+        self.threads = max(1, int(setting(settings, "UPLOAD_THREADS", 16)))
         self.rest = OrthancRest(url, self.threads) if url else None
         self.where = f"{self.called}@{self.host}:{self.port}"
         self._contexts: set[tuple[str, str]] = set()

@@ -290,14 +290,11 @@ def read_all(
 
 
 # ------------------------------------------------------------------ spooled rows
-#: Columns of a spool part (:func:`spool_chunk`), in table order; ``kind`` and
-#: ``reason`` are :func:`read_one`'s, ``relative_path`` is set for DICOM rows only.
-SPOOL_COLUMNS: tuple[str, ...] = (
+#: Columns of the files table (:func:`files_table`, ``files.parquet``), in order.
+FILES_COLUMNS: tuple[str, ...] = (
     "source_path",
     "relative_path",
     "size_bytes",
-    "kind",
-    "reason",
     "transfer_syntax",
     "has_pixels",
     *FIELDS,
@@ -306,7 +303,11 @@ SPOOL_COLUMNS: tuple[str, ...] = (
     "label",
     "reason_screen",
     "coordinates",
+    "reason",
 )
+#: Columns of a spool part (:func:`spool_chunk`): the files table's and :func:`read_one`'s
+#: ``kind``; ``relative_path`` is set for DICOM rows only.
+SPOOL_COLUMNS: tuple[str, ...] = ("kind", *FILES_COLUMNS)
 #: Arrow types of the spool columns that are not strings (``large_string``: the type
 #: pandas' own string columns use, so :func:`files_frame` shares their buffers).
 _SPOOL_TYPES: dict[str, pa.DataType] = {
@@ -483,28 +484,14 @@ def files_frame(rows: pa.Table, source: Path) -> pd.DataFrame:
 def files_table(rows: Iterable[Mapping[str, Any]], source: Path) -> pd.DataFrame:
     """The per-DICOM-file table from :func:`read_all` rows."""
     dicom = [dict(r) for r in rows if r["kind"] == "dicom"]
-    columns = [
-        "source_path",
-        "relative_path",
-        "size_bytes",
-        "transfer_syntax",
-        "has_pixels",
-        *FIELDS,
-        "flagged",
-        "group",
-        "label",
-        "reason_screen",
-        "coordinates",
-        "reason",
-    ]
-    table = pd.DataFrame(dicom).reindex(columns=columns)
+    table = pd.DataFrame(dicom).reindex(columns=list(FILES_COLUMNS))
     table["relative_path"] = [Path(p).relative_to(source).as_posix() for p in table["source_path"]]
     for col in _INTS:
         table[col] = table[col].astype("Int64")
     table["flagged"] = table["flagged"].eq(True)
     table["has_pixels"] = table["has_pixels"].eq(True)
     table["size_bytes"] = table["size_bytes"].astype("int64")
-    for col in columns:
+    for col in FILES_COLUMNS:
         if table[col].dtype == object:
             table[col] = table[col].astype("string")
     return table.rename(columns={"reason": "note"})

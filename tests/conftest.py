@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
+from pydicom.data import get_testdata_file
 
 from sendit_helpers import synthetic
 from sendit_helpers.layout import BatchLayout
@@ -28,3 +30,15 @@ def batch(tmp_path: Path) -> tuple[Path, synthetic.Planted]:
 def opened(batch: tuple[Path, synthetic.Planted], tmp_path: Path) -> tuple[BatchLayout, Settings]:
     """The batch opened with quiet default settings, work folder in tmp_path."""
     return open_batch(batch[0], tmp_path / "work", [], QUIET)
+
+
+@pytest.fixture
+def pydicom_batch(tmp_path: Path) -> Path:
+    """pydicom's test files (DICOM of many kinds, broken and non-DICOM files) in sub-folders."""
+    source = Path(get_testdata_file("CT_small.dcm")).parent  # type: ignore[arg-type]
+    batch = tmp_path / "pydicom_files"
+    for index, path in enumerate(sorted(p for p in source.rglob("*") if p.is_file())):
+        target = batch / f"sub{index % 4}" / path.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+    return batch

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import stat
 from pathlib import Path
 
@@ -88,13 +87,8 @@ def test_missing_and_empty_batch(tmp_path: Path) -> None:
         open_batch(tmp_path / "empty", tmp_path / "work", [], QUIET)
 
 
-def test_pydicom_test_files_all_accounted(tmp_path: Path) -> None:
-    source = Path(get_testdata_file("CT_small.dcm")).parent  # type: ignore[arg-type]
-    batch = tmp_path / "pydicom_files"
-    for index, path in enumerate(sorted(p for p in source.rglob("*") if p.is_file())):
-        target = batch / f"sub{index % 4}" / path.relative_to(source)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, target)
+def test_pydicom_test_files_all_accounted(tmp_path: Path, pydicom_batch: Path) -> None:
+    batch = pydicom_batch
     layout = BatchLayout.for_batch(batch, tmp_path / "work")
     settings = load_settings(overrides=QUIET, environ={})
     result = inspect.inspect_batch(layout, settings)

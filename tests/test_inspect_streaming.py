@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,6 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from pydicom.data import get_testdata_file
 from pydicom.datadict import tag_for_keyword
 
 from sendit_helpers import disposition, executors, inspect
@@ -20,17 +18,6 @@ from sendit_helpers.runner import open_batch
 from sendit_helpers.settings import Settings, load_settings
 
 QUIET = {"PROGRESS": False}
-
-
-def _pydicom_batch(tmp_path: Path) -> Path:
-    """pydicom's test files (DICOM of many kinds, broken and non-DICOM files) as one folder."""
-    source = Path(get_testdata_file("CT_small.dcm")).parent  # type: ignore[arg-type]
-    batch = tmp_path / "pydicom_files"
-    for index, path in enumerate(sorted(p for p in source.rglob("*") if p.is_file())):
-        target = batch / f"sub{index % 4}" / path.relative_to(source)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, target)
-    return batch
 
 
 def _spooled(
@@ -63,9 +50,11 @@ def _spooled(
 
 
 @pytest.mark.parametrize("use_deid", [True, False])
-def test_spooled_tables_equal_in_memory_tables(tmp_path: Path, use_deid: bool) -> None:
+def test_spooled_tables_equal_in_memory_tables(
+    tmp_path: Path, pydicom_batch: Path, use_deid: bool
+) -> None:
     """Tables of the spooled parts equal files_table / disposition_rows of read_all."""
-    folder = _pydicom_batch(tmp_path)
+    folder = pydicom_batch
     rows = inspect.read_all(inspect.discover(folder), use_deid=use_deid, progress=False)
     expected = inspect.files_table(rows, folder)
     parts, files, table = _spooled(folder, tmp_path / "spool", use_deid=use_deid)
@@ -80,9 +69,9 @@ def test_spooled_tables_equal_in_memory_tables(tmp_path: Path, use_deid: bool) -
     assert pq.read_schema(out).equals(pq.read_schema(old), check_metadata=True)
 
 
-def test_rows_written_per_chunk(tmp_path: Path) -> None:
+def test_rows_written_per_chunk(tmp_path: Path, pydicom_batch: Path) -> None:
     """Each chunk writes one part holding exactly its own files' rows, in file order."""
-    folder = _pydicom_batch(tmp_path)
+    folder = pydicom_batch
     names = inspect.discover_names(folder)
     parts, files, _ = _spooled(folder, tmp_path / "spool", workers=2, size=10)
     assert len(parts) == -(-len(names) // 10)
@@ -124,9 +113,9 @@ def test_inspect_batch_same_outputs_and_spool_removed(
     assert not (layout.inspect_dir / "spool").exists()
 
 
-def test_rerun_keeps_final_dispositions(tmp_path: Path) -> None:
+def test_rerun_keeps_final_dispositions(tmp_path: Path, pydicom_batch: Path) -> None:
     """A second inspect keeps released/quarantined/skipped rows of files still DICOM."""
-    folder = _pydicom_batch(tmp_path)
+    folder = pydicom_batch
     layout = BatchLayout.for_batch(folder, tmp_path / "work")
     settings = load_settings(overrides={**QUIET, "OCR_SCREEN": "off"}, environ={})
     first = inspect.inspect_batch(layout, settings)
@@ -148,9 +137,9 @@ def test_rerun_keeps_final_dispositions(tmp_path: Path) -> None:
     assert len(table) == len(first.dispositions)
 
 
-def test_open_batch_settings_round_trip(tmp_path: Path) -> None:
+def test_open_batch_settings_round_trip(tmp_path: Path, pydicom_batch: Path) -> None:
     """inspect_batch through open_batch settings (the notebook's way) leaves no spool."""
-    folder = _pydicom_batch(tmp_path)
+    folder = pydicom_batch
     layout, settings = open_batch(folder, tmp_path / "work", [], {**QUIET, "WORKERS": 2})
     inspect.inspect_batch(layout, settings)
     assert not (layout.inspect_dir / "spool").exists()

@@ -21,8 +21,9 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	@touch $@
 
-$(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
+$(VENV)/.installed-test: $(VENV)/.installed pyproject.toml scripts/fetch_deid_data.py
 	$(BIN)/pip install -q -e ".[test,bench]"
+	$(BIN)/python scripts/fetch_deid_data.py $(VENV)/share/deid-data
 	@touch $@
 
 system-deps:

@@ -12,6 +12,7 @@ from sendit_helpers import synthetic
 from sendit_helpers.layout import BatchLayout
 from sendit_helpers.runner import open_batch
 from sendit_helpers.settings import Settings
+from tests import realworld
 
 QUIET = {"PROGRESS": False}
 
@@ -39,6 +40,23 @@ def pydicom_batch(tmp_path: Path) -> Path:
     batch = tmp_path / "pydicom_files"
     for index, path in enumerate(sorted(p for p in source.rglob("*") if p.is_file())):
         target = batch / f"sub{index % 4}" / path.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+    return batch
+
+
+@pytest.fixture(scope="session")
+def deid_data() -> Path:
+    """deid-data's example folder (fails under CI, skips elsewhere, when not installed)."""
+    return realworld.deid_data_dir()
+
+
+@pytest.fixture
+def deid_data_batch(deid_data: Path, tmp_path: Path) -> Path:
+    """deid-data's DICOM files copied into a batch folder (sub-folders kept)."""
+    batch = tmp_path / "deid_data"
+    for path in realworld.deid_data_files():
+        target = batch / path.relative_to(deid_data)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, target)
     return batch

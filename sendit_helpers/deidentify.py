@@ -44,6 +44,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pydicom._uid_dict import UID_dictionary
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
@@ -58,7 +59,7 @@ from .elementcache import ElementCache
 from .errors import RecipeError
 from .identifiers import StudyKey, UidMapper, load_site_secret, make_provider
 from .layout import BatchLayout
-from .recipes import GATE_VRS, Changes, DeidContext, Recipe
+from .recipes import GATE_VRS, Changes, DeidContext, Recipe, shift_date
 
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 
@@ -74,6 +75,10 @@ class Job:
     item_id: str
     jitter_days: int
     quarantined: bool
+    entity_timestamp: str = ""
+    """PatientBirthDate shifted by ``jitter_days`` (``var:entity_timestamp``), or empty."""
+    item_timestamp: str = ""
+    """StudyDate shifted by ``jitter_days`` (``var:item_timestamp``), or empty."""
 
 
 @dataclass(frozen=True)
@@ -211,8 +216,10 @@ def removed_from(changes: Changes, kept: set[str]) -> dict[str, str]:
     identifying under this recipe and is left out.
     """
     removed: dict[str, str] = {}
-    for _vr, category, values in changes.originals:
+    for vr, category, values in changes.originals:
         for value in values:
+            if vr == "UI" and value in UID_dictionary:
+                continue  # a UID the standard defines (a SOP class, say) identifies nobody
             if value.casefold() not in kept:
                 removed.setdefault(value, category)
     for value in changes.removed_text:
@@ -248,6 +255,8 @@ def _context(job: Job, config: WorkerConfig) -> DeidContext:
         variables={
             "entity_id": job.entity_id,
             "item_id": job.item_id,
+            "entity_timestamp": job.entity_timestamp,
+            "item_timestamp": job.item_timestamp,
             "jitter": str(job.jitter_days),
         },
         date_shift_days=job.jitter_days,
@@ -425,6 +434,10 @@ def _patient_key(row: Mapping[str, Any]) -> StudyKey:
     return StudyKey(patient, accession.strip() or study, date)
 
 
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
 def _number(value: Any, fallback: int) -> int:
     return fallback if value is None or pd.isna(value) else int(value)
 
@@ -458,6 +471,7 @@ PLAN_COLUMNS = (
     "StudyDate",
     "SeriesNumber",
     "InstanceNumber",
+    "PatientBirthDate",
 )
 
 
@@ -530,7 +544,17 @@ def plan(
         root = layout.quarantine if held else layout.release
         output = root / entity / names[row.source_path]
         jobs.append(
-            Job(row.source_path, str(output), names[row.source_path], entity, item, jitter, held)
+            Job(
+                row.source_path,
+                str(output),
+                names[row.source_path],
+                entity,
+                item,
+                jitter,
+                held,
+                shift_date(_text(getattr(row, "PatientBirthDate", None)), jitter),
+                shift_date(_text(row.StudyDate), jitter),
+            )
         )
     return Plan(jobs, skipped)
 
@@ -913,6 +937,9 @@ def deidentify_batch(layout: BatchLayout, settings: Mapping[str, Any]) -> DeidRe
     config = WorkerConfig(
         recipes, bool(settings["USE_DEFAULT_RECIPE"]), secret, tuple(settings["SAFE_PRIVATE_TAGS"])
     )
+    # Loaded here first: a malformed recipe fails the stage with its own message (file:line),
+    # and its warnings show once, before any worker starts.
+    _recipe(config.recipe_files, config.include_default)
     _clear_outputs(layout)
     spool = _fresh_spool(layout)
     with _gc_frozen():

@@ -48,6 +48,14 @@ class StageError(SenditError):
     """A stage notebook failed while running under papermill."""
 
 
+class SenditWarning(UserWarning):
+    """Base class of the warnings ``sendit_helpers`` gives (same message rule as errors)."""
+
+
+class RecipeWarning(SenditWarning):
+    """A recipe line is accepted but not as written (old keyword, tolerated line, kept UID)."""
+
+
 def tag_label(keyword: str, tag: int) -> str:
     """Return ``Keyword (gggg,eeee)`` for use in messages.
 

@@ -53,6 +53,7 @@ FIELDS: tuple[str, ...] = (
     "SOPClassUID",
     "StudyDate",
     "StudyTime",
+    "PatientBirthDate",
     "StudyDescription",
     "SeriesNumber",
     "SeriesDescription",

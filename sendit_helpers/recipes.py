@@ -65,7 +65,9 @@ recompiles every regular expression for every file (~1 ms per file for the
 from __future__ import annotations
 
 import datetime as _dt
+import difflib
 import re
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -85,7 +87,7 @@ from pydicom.tag import BaseTag
 
 from . import descriptors
 from .dicomwrite import element_strings, item_strings, simple_codec, text_codec
-from .errors import RecipeError, tag_label
+from .errors import RecipeError, RecipeWarning, tag_label
 
 __all__ = [
     "DEFAULT_RECIPE",
@@ -94,8 +96,11 @@ __all__ = [
     "DeidContext",
     "Recipe",
     "GATE_VRS",
+    "IDENTITY_TAGS",
     "ScreenResult",
+    "VARIABLES",
     "age_over_89",
+    "shift_date",
 ]
 
 _RECIPE_NAME = "ps315-basic-rpc-rlt-cd.deid"
@@ -254,6 +259,29 @@ _METHOD_CODES = {
     "113112": "Retain Institution Identity Option",
 }
 _FUNCS = frozenset({"uid", "clean_text", "jitter", "method_codes"})
+#: The ``var:`` names a recipe may use, as deid users supply them, and what sendit gives
+#: (per file, from the identifier provider's :class:`~sendit_helpers.identifiers.Pseudonyms`
+#: and the date shift; see ``deidentify._context``).
+VARIABLES: dict[str, str] = {
+    "entity_id": "the patient's pseudonym",
+    "item_id": "the study's pseudonym (study code)",
+    "entity_timestamp": "PatientBirthDate shifted by the patient's date shift (YYYYMMDD, or empty)",
+    "item_timestamp": "StudyDate shifted by the date shift (YYYYMMDD, or empty)",
+    "jitter": "the date shift in days",
+}
+#: Words deid reads as a field name on an action line without finding a field, so it
+#: ignores the line (``REMOVE jitter`` in deid's bundled ``deid.dicom``): the action and
+#: function names.  sendit ignores such a line too, with a :class:`RecipeWarning`.
+_DEID_WORDS = frozenset({"add", "blank", "jitter", "keep", "replace", "remove", "uid", "label"})
+#: Elements without which a file is no DICOM object: SOP class and instance, study and
+#: series.  A REMOVE / BLANK / JITTER that reaches them keeps class UIDs and replaces
+#: instance UIDs (``func:uid``) instead, with a :class:`RecipeWarning` at load.
+IDENTITY_TAGS: dict[int, str] = {
+    0x00080016: "SOPClassUID",
+    0x00080018: "SOPInstanceUID",
+    0x0020000D: "StudyInstanceUID",
+    0x0020000E: "SeriesInstanceUID",
+}
 _UID_KEEP_SUFFIXES = ("ClassUID", "TransferSyntaxUID", "TransferSyntaxUIDInFile")
 _UID_KEEP_KEYWORDS = frozenset({"CodingSchemeUID", "ContextGroupExtensionCreatorUID"})
 #: File meta elements the de-identified file does not carry over.
@@ -332,6 +360,38 @@ def _names() -> dict[str, int]:
 
 
 @lru_cache(maxsize=1)
+def _old_names() -> dict[str, int]:
+    """Lower-case old-style keyword -> tag.
+
+    Before keywords were standardised (pydicom < 1.0, DICOM 2008 and earlier)
+    a keyword was the attribute name without its spaces and punctuation:
+    ``PatientsName`` for Patient's Name.  Recipes written then still carry them.
+    """
+    current = _names()
+    table: dict[str, int] = {}
+    for tag, entry in DicomDictionary.items():
+        old = re.sub(r"[^A-Za-z0-9]", "", str(entry[2])).lower()
+        if old and old not in current:
+            table.setdefault(old, tag)
+    return table
+
+
+def _suggest(text: str) -> str:
+    """`` (did you mean Keyword (gggg,eeee)?)`` for a near miss, else ``""``."""
+    keywords = {str(entry[4]).lower(): tag for tag, entry in DicomDictionary.items() if entry[4]}
+    close = difflib.get_close_matches(text.lower(), list(keywords), n=1, cutoff=0.8)
+    if not close:
+        return ""
+    tag = keywords[close[0]]
+    return f" (did you mean {tag_label(_entry(tag)[1], tag)}?)"
+
+
+def _warn(notes: list[str], message: str) -> None:
+    notes.append(message)
+    warnings.warn(message, RecipeWarning, stacklevel=3)
+
+
+@lru_cache(maxsize=1)
 def _repeater_names() -> dict[str, tuple[int, int]]:
     """Lower-case keyword of a repeating-group attribute -> (mask, value)."""
     table: dict[str, tuple[int, int]] = {}
@@ -398,8 +458,16 @@ class _Field:
         return hit if kind == "regex" else not hit
 
 
-def _compile_field(text: str, fields: dict[str, list[str]], where: str) -> list[_Field]:
-    """Compile one field expression; ``where`` names file and line for errors."""
+def _compile_field(
+    text: str, fields: dict[str, list[str]], where: str, notes: list[str] | None = None
+) -> list[_Field]:
+    """Compile one field expression; ``where`` names file and line for errors.
+
+    ``notes`` receives the warnings given (old keyword resolved, line ignored as
+    deid ignores it); an empty result means the line matches nothing.
+    """
+    if notes is None:
+        notes = []
     raw = text.strip()
     low = raw.lower()
     if low == "all":
@@ -415,7 +483,7 @@ def _compile_field(text: str, fields: dict[str, list[str]], where: str) -> list[
             raise RecipeError(f"{where}: '%fields {name}' is not defined in this recipe")
         out: list[_Field] = []
         for member in fields[name]:
-            out.extend(_compile_field(member, fields, where))
+            out.extend(_compile_field(member, fields, where, notes))
         return out
     private = _PRIVATE_RE.match(raw)
     if private is not None:
@@ -464,9 +532,26 @@ def _compile_field(text: str, fields: dict[str, list[str]], where: str) -> list[
     rep = _repeater_names().get(low)
     if rep is not None:
         return [_Field("wild", mask=rep[0], tag=rep[1])]
+    old = _old_names().get(low)
+    if old is not None:
+        label = tag_label(_entry(old)[1], old)
+        _warn(
+            notes,
+            f"{where}: '{raw}' is the old keyword of {label}; read as {label} "
+            f"(write {_entry(old)[1]} to silence this warning)",
+        )
+        return [_Field("tag", tag=old)]
+    if low in _DEID_WORDS:
+        _warn(
+            notes,
+            f"{where}: '{raw}' is an action or function name, not a field; the line matches "
+            "nothing and is ignored, as deid ignores it (delete the line)",
+        )
+        return []
     raise RecipeError(
-        f"{where}: unknown field '{raw}' (not a DICOM keyword, attribute name, tag number, "
-        "wildcard tag or field expression)"
+        f"{where}: unknown field '{raw}'{_suggest(raw)}; write a DICOM keyword (PatientName), "
+        "a tag ((0010,0010) or 00100010), a wildcard tag ((60XX,3000)), a private tag with "
+        "its creator or a field expression (contains:, startswith:, endswith:, fields:NAME)"
     )
 
 
@@ -495,6 +580,13 @@ def _compile_value(action: str, raw: str | None, where: str) -> _Value | None:
         name = text[4:].strip()
         if not name or " " in name:
             raise RecipeError(f"{where}: 'var:' needs one variable name")
+        if name not in VARIABLES:
+            close = difflib.get_close_matches(name, list(VARIABLES), n=1)
+            hint = f"did you mean var:{close[0]}? " if close else ""
+            raise RecipeError(
+                f"{where}: unknown variable 'var:{name}'; {hint}sendit supplies "
+                f"{', '.join(sorted(VARIABLES))}: use one of these or a literal value"
+            )
         return _Value(_VAR, name)
     if low.startswith("func:"):
         parts = text[5:].split()
@@ -634,6 +726,7 @@ def _parse_condition(text: str, where: str) -> tuple[tuple[_Cond, ...], tuple[st
 class _Parsed:
     rules: list[_Rule]
     labels: list[_Label]
+    notes: list[str] = field(default_factory=list)
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -770,6 +863,7 @@ def _parse_file(path: Path, source: int, *, header: bool = True) -> _Parsed:
     close_label()
 
     rules: list[_Rule] = []
+    notes: list[str] = []
     if header and header_lines:
         config = _deid_load(path)
         entries = list(config.get("header") or [])
@@ -782,8 +876,10 @@ def _parse_file(path: Path, source: int, *, header: bool = True) -> _Parsed:
             where = f"{path}:{number}"
             action = Action(str(entry["action"]).upper())
             field_text = str(entry["field"])
-            compiled = tuple(_compile_field(field_text, fields, where))
+            compiled = tuple(_compile_field(field_text, fields, where, notes))
             value = _compile_value(action.value, entry.get("value"), where)
+            if not compiled and action is not Action.ADD:
+                continue  # a line deid ignores (warned above)
             if action is Action.ADD:
                 if len(compiled) != 1 or compiled[0].kind != "tag":
                     raise RecipeError(f"{where}: ADD needs a single public keyword or tag number")
@@ -799,7 +895,7 @@ def _parse_file(path: Path, source: int, *, header: bool = True) -> _Parsed:
                 ):
                     raise RecipeError(f"{where}: ADD supports literals, var: and func:method_codes")
             rules.append(_Rule(action, compiled, value, source, where, field_text))
-    return _Parsed(rules, labels)
+    return _Parsed(rules, labels, notes)
 
 
 def _deid_load(path: Path) -> dict[str, Any]:
@@ -853,6 +949,17 @@ def _shift_da(value: str, days: int) -> str | None:
         return None
     out = f"{new.year:04d}{new.month:02d}{new.day:02d}"
     return f"{out[:4]}.{out[4:6]}.{out[6:]}" if dotted else out
+
+
+def shift_date(value: str | None, days: int) -> str:
+    """A ``YYYYMMDD`` date moved by ``days`` (``""`` when empty or not a date).
+
+    The value of the ``entity_timestamp`` and ``item_timestamp`` variables
+    (:data:`VARIABLES`).
+    """
+    text = (value or "").strip()
+    shifted = _shift_da(text, days) if text else ""
+    return shifted if shifted and "-" not in text else ""
 
 
 def _shift_dt(value: str, days: int) -> str | None:
@@ -1052,7 +1159,13 @@ class Recipe:
     :meth:`screen` evaluates the ``%filter`` groups.
     """
 
-    def __init__(self, rules: list[_Rule], labels: list[_Label], files: list[Path]) -> None:
+    def __init__(
+        self,
+        rules: list[_Rule],
+        labels: list[_Label],
+        files: list[Path],
+        notes: Sequence[str] = (),
+    ) -> None:
         self._rules = rules
         self._labels = labels
         self.files: tuple[Path, ...] = tuple(files)
@@ -1072,6 +1185,31 @@ class Recipe:
             if lab.group not in groups:
                 groups.append(lab.group)
         self._groups = groups
+        found = list(notes)
+        self._identity_notes(found)
+        self.warnings: tuple[str, ...] = tuple(found)
+        """What loading warned about (also given as :class:`RecipeWarning`): old keywords
+        resolved, lines ignored as deid ignores them, identity UIDs kept or replaced."""
+
+    def _identity_notes(self, notes: list[str]) -> None:
+        """Warn once per rule that would remove what makes a file a DICOM object."""
+        reached: dict[str, list[int]] = {}
+        rules: dict[str, _Rule] = {}
+        for tag in IDENTITY_TAGS:
+            vr, keyword, name = _entry(tag)
+            rule = self._resolve(tag, vr, keyword, name, None)
+            if rule is not None and _breaks_identity(rule):
+                reached.setdefault(rule.where, []).append(tag)
+                rules[rule.where] = rule
+        for where, tags in reached.items():
+            rule = rules[where]
+            labels = ", ".join(tag_label(IDENTITY_TAGS[t], t) for t in tags)
+            _warn(
+                notes,
+                f"{where}: {rule.action.value} {rule.field_text} reaches {labels}, which every "
+                "DICOM file needs; class UIDs are kept and instance UIDs replaced by new UIDs "
+                "(as func:uid) instead (KEEP or REPLACE them with func:uid to silence this)",
+            )
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -1110,6 +1248,7 @@ class Recipe:
         if include_default:
             files.insert(0, DEFAULT_RECIPE)
         rules: list[_Rule] = []
+        notes: list[str] = []
         user_labels: list[list[_Label]] = []
         for index, path in enumerate(files):
             if not path.is_file():
@@ -1117,6 +1256,7 @@ class Recipe:
             parsed = _parse_file(path, index)
             rules.extend(parsed.rules)
             user_labels.append(parsed.labels)
+            notes.extend(parsed.notes)
         labels: list[_Label] = []
         for parsed_labels in reversed(user_labels):  # later files first ("on top")
             labels.extend(parsed_labels)
@@ -1132,7 +1272,7 @@ class Recipe:
                 g for g in dict.fromkeys(lab.group for lab in parsed_labels) if g not in order
             )
         labels.sort(key=lambda lab: order.index(lab.group))  # stable: keeps label order per group
-        return cls(rules, labels, files)
+        return cls(rules, labels, files, notes)
 
     @property
     def filter_groups(self) -> list[str]:
@@ -1168,6 +1308,11 @@ class Recipe:
             ):
                 return _PLAN_UID_DEFAULT
             return _PLAN_KEEP
+        if tag in IDENTITY_TAGS and _breaks_identity(rule):
+            # What makes the file a file: replaced, not removed (warned at load).
+            if keyword.endswith("ClassUID"):
+                return (_K_KEEP, None, rule, "", "")
+            return (_K_UID, None, rule, "", "")
         action, value = rule.action, rule.value
         if action is Action.KEEP:
             return (
@@ -1721,6 +1866,16 @@ class Recipe:
                 return ScreenResult(False, lab.group, lab.name, lab.reason, ())
             return ScreenResult(True, lab.group, lab.name, lab.reason, _coordinates(lab, ds))
         return ScreenResult(False, None, None, "no filter label matched", ())
+
+
+def _breaks_identity(rule: _Rule) -> bool:
+    """Whether ``rule`` would leave an identity UID (:data:`IDENTITY_TAGS`) missing or invalid."""
+    action, value = rule.action, rule.value
+    if action in (Action.REMOVE, Action.BLANK, Action.JITTER):
+        return True
+    if action is Action.REPLACE and value is not None:
+        return value.kind == _VAR or (value.kind == _FUNC and value.text != "uid")
+    return False
 
 
 def _typed(text: str, vr: str, rule: _Rule | None, elem: DataElement | None, tag: int) -> Any:

@@ -368,9 +368,12 @@ def test_clean_text_uses_identifying_values(default: Recipe) -> None:
 
 
 def test_missing_variable_raises_without_value(tmp_path: Path) -> None:
-    recipe = write(tmp_path, "FORMAT dicom\n%header\nREPLACE PatientID var:nope\n")
+    # a variable sendit knows (recipes.VARIABLES) that this context does not carry
+    recipe = write(tmp_path, "FORMAT dicom\n%header\nREPLACE PatientID var:item_timestamp\n")
     rec = Recipe.load([recipe], include_default=False, include_deid_filters=False)
-    with pytest.raises(RecipeError, match=r"r\.deid:3.*PatientID \(0010,0020\).*nope") as info:
+    with pytest.raises(
+        RecipeError, match=r"r\.deid:3.*PatientID \(0010,0020\).*item_timestamp"
+    ) as info:
         rec.apply(ct_dataset(), ctx())
     assert "MRN4455667" not in str(info.value)
 

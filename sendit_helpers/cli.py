@@ -141,10 +141,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run_each(
     stage: Stage, layouts: Sequence[BatchLayout], params: Sequence[Path], overrides: dict[str, Any]
 ) -> int:
+    from . import pipeline
+
     failed = 0
     for layout in layouts:
         try:
-            output = run_stage(stage, layout, params_files=params, overrides=overrides)
+            # every stage command holds the batch lock, as `sendit run` does: no stage can
+            # rewrite release/ while another uploads it
+            layout.ensure()
+            with pipeline.batch_lock(layout, timeout=pipeline.LOCK_TIMEOUT):
+                output = run_stage(stage, layout, params_files=params, overrides=overrides)
         except SenditError as exc:
             failed += 1
             print(f"sendit: error: {exc}", file=sys.stderr)

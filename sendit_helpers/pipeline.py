@@ -306,12 +306,23 @@ def fingerprint(
 def is_current(
     stage: Stage, layout: BatchLayout, settings: Settings, stages: Sequence[Stage] = PIPELINE
 ) -> bool:
-    """True when ``stage`` succeeded before on exactly what it would run on now."""
+    """True when ``stage`` succeeded before on exactly what it would run on now.
+
+    For the upload stage, also when every destination still holds what the manifest
+    calls verified there (:func:`~sendit_helpers.upload.still_uploaded`, one listing
+    per target): an emptied destination is refilled by the next run.
+    """
     stamp = read_stamp(layout, stage)
     if stamp is None or not notebook_path(stage, layout).exists():
         return False
     key = fingerprint(stage, layout, settings, stages)
-    return key is not None and stamp.get("key") == key
+    if key is None or stamp.get("key") != key:
+        return False
+    if stage is Stage.UPLOAD:
+        from .upload import still_uploaded
+
+        return still_uploaded(layout, settings)
+    return True
 
 
 def clear_stamps(layout: BatchLayout, stage: Stage, stages: Sequence[Stage] = PIPELINE) -> None:

@@ -229,6 +229,10 @@ class BatchSpec:
         ``M``, ``F`` or ``O``.
     seed : int
         Every value and every pixel derives from it.
+    study : int
+        Which study of the seed's patient: ``0`` is the first; another number gives
+        the same patient (name, IDs, birth date, sex, age) in another study (its own
+        UIDs, accession, study IDs, date and time), as a second export would be.
     """
 
     n_series: int = 3
@@ -240,6 +244,7 @@ class BatchSpec:
     patient_age_years: int = 56
     patient_sex: str = "M"
     seed: int = 0
+    study: int = 0
 
 
 # --------------------------------------------------------------------------- text burning
@@ -480,6 +485,12 @@ class _Identity:
     @property
     def patient_name(self) -> str:
         return f"{self.family}^{self.given}^{self.middle}"
+
+
+_STUDY_FIELDS = (
+    "accession", "study_id", "requested_procedure_id", "sps_id", "pps_id", "study_time",
+)  # fmt: skip
+"""Identity fields that belong to a study, not its patient (:attr:`BatchSpec.study`)."""
 
 
 def _dicom_date(d: date) -> str:
@@ -991,6 +1002,7 @@ def _generate(
     junk: bool,
     age: int,
     sex: str,
+    study: int = 0,
 ) -> Planted:
     if not ct_counts or min(ct_counts) < 1:
         raise ValueError("every CT series needs at least one image")
@@ -1003,6 +1015,13 @@ def _generate(
     key = f"{namespace}:{seed}"
     gen = _Gen(key)
     ident = _identity(gen, age, sex)
+    if study:
+        key = f"{key}:study{study}"
+        other = _identity(_Gen(key), age, sex)
+        ident = replace(
+            ident,
+            **{name: getattr(other, name) for name in _STUDY_FIELDS},
+        )
     uid = _Uids(key)
     rng = np.random.default_rng(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little"))
     rec = _Recorder()
@@ -1256,6 +1275,7 @@ def make_batch(folder: Path, spec: BatchSpec = BatchSpec()) -> Planted:  # noqa:
         spec.junk,
         spec.patient_age_years,
         spec.patient_sex,
+        spec.study,
     )
 
 

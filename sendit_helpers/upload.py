@@ -1,11 +1,21 @@
 """The upload stage: send ``release/`` to the configured targets, exactly once.
 
 :func:`upload_batch` refuses to read anything unless the leak gate passed on
-``release/`` as it is now.  Each target gets the items not yet recorded as
-uploaded *and verified* in the batch's append-only manifest
-(``phi/upload/manifest.csv``); a killed run therefore resumes where it stopped.
-Retryable failures (HTTP 429/5xx, dropped connections) are retried with
-exponential backoff, at most ``UPLOAD_RETRIES`` times per item.
+``release/`` as it is now, and what is sent is what was gated: each file is read
+once into memory, its SHA-256 compared with the one the gate recorded, and those
+very bytes are sent (:meth:`Item.load`); a file changed since is refused with a
+clear error and never marked verified, the others still go.
+
+The batch's append-only manifest (``phi/upload/manifest.csv``) names each
+destination (:attr:`Target.destination_id`: URL, host:port and AE titles,
+project/bucket/collection, store folder; never credentials).  Each destination
+gets the items not yet recorded as uploaded *and verified* there, so a new
+destination receives everything and a killed run resumes where it stopped.
+Before sending, a rerun confirms with one listing per target
+(:meth:`Target.present`) that what the manifest calls verified is still there,
+and sends again what is missing.  Retryable failures (HTTP 429/5xx, dropped
+connections) are retried with exponential backoff, at most ``UPLOAD_RETRIES``
+times per item.
 
 Targets go one after the other; a target whose ``check()`` fails (unreachable,
 refused credentials) gets nothing, the others still go, and one
@@ -36,16 +46,18 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from . import leakgate
-from .errors import UploadError
+from .errors import SenditError, UploadError
 from .layout import BatchLayout
 from .targets import Entity, Item, Receipt, Target, TransientError, make_targets
 from .targets.base import plain, setting
 
 MANIFEST_NAME = "manifest.csv"
-MANIFEST_COLUMNS = ["item", "target", "status", "checksum", "remote_id", "time"]
+MANIFEST_COLUMNS = ["item", "target", "destination", "status", "checksum", "remote_id", "time"]
 VERIFIED = "verified"
 UNVERIFIED = "unverified"
 FAILED = "failed"
+MISSING = "missing"
+"""Recorded on a rerun for a verified item the destination no longer holds (sent again)."""
 BACKOFF_BASE = 0.5
 """Seconds before the first retry; doubles with each further attempt."""
 BACKOFF_CAP = 30.0
@@ -53,6 +65,8 @@ ROW_KEYS = ("name", "entity_id", "path")
 
 T = TypeVar("T")
 ItemHook = Callable[[Receipt], None]
+Row = tuple[str, str, str, str, str, str]
+"""``(item, target, destination, status, checksum, remote_id)``."""
 
 
 # -- manifest ------------------------------------------------------------------------------
@@ -72,26 +86,48 @@ class Manifest:
         self._writer: Any = None
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
 
-    def append(self, item: str, target: str, status: str, checksum: str, remote_id: str) -> None:
+    def append(
+        self, item: str, target: str, destination: str, status: str, checksum: str, remote_id: str
+    ) -> None:
         """Append one row and flush it to the OS, so a killed run keeps it."""
-        self.append_many([(item, target, status, checksum, remote_id)])
+        self.append_many([(item, target, destination, status, checksum, remote_id)])
 
-    def append_many(self, rows: Sequence[tuple[str, str, str, str, str]]) -> None:
-        """Append ``(item, target, status, checksum, remote_id)`` rows with one flush.
+    def append_many(self, rows: Sequence[Row]) -> None:
+        """Append ``(item, target, destination, status, checksum, remote_id)`` rows, one flush.
 
         Rows are flushed to the OS (not fsynced): a killed process keeps them, and a row
         lost with the machine only makes the next run send and verify that item again.
+        A manifest written before destinations were recorded is first rewritten with an
+        empty ``destination``: its items then count as verified nowhere and are sent
+        again (create-once targets answer ``exists``).
         """
         now = datetime.now(UTC).isoformat(timespec="milliseconds")
         with self._lock:
             if self._fh is None:
                 new = not self.path.exists() or self.path.stat().st_size == 0
-                self._fh = self.path.open("a", newline="")
+                if not new:
+                    self._upgrade()
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                self._fh = os.fdopen(fd, "a", newline="")
                 self._writer = csv.writer(self._fh)
                 if new:
                     self._writer.writerow(MANIFEST_COLUMNS)
             self._writer.writerows([*row, now] for row in rows)
             self._fh.flush()
+
+    def _upgrade(self) -> None:
+        """Rewrite a manifest whose header is not :data:`MANIFEST_COLUMNS` with these columns."""
+        with self.path.open(newline="") as fh:
+            header = next(csv.reader(fh), [])
+        if header == MANIFEST_COLUMNS:
+            return
+        old = pd.read_csv(self.path, dtype=str, keep_default_na=False, on_bad_lines="skip")
+        old = old.reindex(columns=MANIFEST_COLUMNS, fill_value="")
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", newline="") as fh:
+            old.to_csv(fh, index=False)
+        os.replace(tmp, self.path)
 
     def close(self) -> None:
         """Close the file (the next :meth:`append` opens it again)."""
@@ -104,21 +140,28 @@ class Manifest:
         """Every row so far (an empty table with the columns when there is none)."""
         if not self.path.exists() or self.path.stat().st_size == 0:
             return pd.DataFrame({c: pd.Series(dtype="object") for c in MANIFEST_COLUMNS})
-        return pd.read_csv(self.path, dtype=str, keep_default_na=False, on_bad_lines="skip")
+        table = pd.read_csv(self.path, dtype=str, keep_default_na=False, on_bad_lines="skip")
+        return table.reindex(columns=MANIFEST_COLUMNS, fill_value="")
 
-    def verified(self, target: str) -> dict[str, str]:
-        """``item -> checksum`` of items whose latest row for ``target`` is ``verified``."""
+    def verified(self, destination: str) -> dict[str, tuple[str, str]]:
+        """``item -> (checksum, remote_id)`` of items whose latest row for ``destination``
+        (a :attr:`Target.destination_id`) is ``verified``."""
         latest = _latest(self.read())
-        done = latest[(latest["target"] == target) & (latest["status"] == VERIFIED)]
-        return dict(zip(done["item"], done["checksum"], strict=True))
+        done = latest[(latest["destination"] == destination) & (latest["status"] == VERIFIED)]
+        return {
+            item: (checksum, remote)
+            for item, checksum, remote in zip(
+                done["item"], done["checksum"], done["remote_id"], strict=True
+            )
+        }
 
 
 def _latest(manifest: pd.DataFrame) -> pd.DataFrame:
-    return manifest.drop_duplicates(["item", "target"], keep="last")
+    return manifest.drop_duplicates(["item", "target", "destination"], keep="last")
 
 
 def summary(manifest: pd.DataFrame) -> pd.DataFrame:
-    """Count items per target and latest status.
+    """Count items per destination and latest status.
 
     Parameters
     ----------
@@ -128,10 +171,10 @@ def summary(manifest: pd.DataFrame) -> pd.DataFrame:
     Returns
     -------
     pandas.DataFrame
-        Columns ``target``, ``status``, ``count``.
+        Columns ``target``, ``destination``, ``status``, ``count``.
     """
     latest = _latest(manifest)
-    counts = latest.groupby(["target", "status"]).size()
+    counts = latest.groupby(["target", "destination", "status"]).size()
     return counts.rename("count").reset_index()
 
 
@@ -286,6 +329,11 @@ class _Run:
     unusable: bool = False
     """The target's check() or prepare() failed: nothing was sent to it."""
 
+    @property
+    def where(self) -> tuple[str, str]:
+        """``(target, destination)`` as the manifest's columns name them."""
+        return self.target.label, self.target.destination_id
+
 
 Stored = list[tuple[Item, Receipt]]
 
@@ -314,8 +362,9 @@ def _put_all(run: _Run, todo: Sequence[Item], entities: Sequence[Entity]) -> tup
     def work(item: Item) -> Receipt:
         if stop.is_set():
             raise UploadError(f"{label} target: skipped release/{item.key} after earlier failures")
+        loaded = item.load()  # read once, checked against the gate: these bytes are sent
         try:
-            return with_retries(lambda: target.put(item), run.retries, stop)
+            return with_retries(lambda: target.put(loaded), run.retries, stop)
         except TransientError:
             stop.set()
             raise
@@ -344,7 +393,9 @@ def _put_all(run: _Run, todo: Sequence[Item], entities: Sequence[Entity]) -> tup
             except UploadError as exc:
                 _fail(run, [item], exc)
                 continue
-            run.manifest.append(item.key, label, receipt.status, item.checksum, receipt.remote_id)
+            run.manifest.append(
+                item.key, *run.where, receipt.status, item.checksum, receipt.remote_id
+            )
             stored.append((item, receipt))
             pending.append((item, receipt))
             if batch and len(pending) >= batch:
@@ -366,17 +417,18 @@ def _put_all(run: _Run, todo: Sequence[Item], entities: Sequence[Entity]) -> tup
 def _fail(run: _Run, items: Sequence[Item], exc: UploadError) -> None:
     run.errors.append(exc)
     run.failed += len(items)
-    label = run.target.label
-    run.manifest.append_many([(item.key, label, FAILED, item.checksum, "") for item in items])
+    run.manifest.append_many([(item.key, *run.where, FAILED, item.checksum, "") for item in items])
 
 
 def _finish(run: _Run, stored: Stored, unwritten: Stored, entities: Sequence[Entity]) -> None:
     """Write the remaining metadata records, verify, record ``verified`` / ``unverified``."""
     label, target = run.target.label, run.target
     ents = _entities_of(entities, unwritten)
+    touched = _entities_of(entities, stored)
     try:
         if unwritten:
             with_retries(lambda: target.put_entities(ents, unwritten), run.retries)
+        with_retries(lambda: target.finish_entities(touched), run.retries)
         receipts = [r for _, r in stored]
         ok = with_retries(lambda: target.verify(receipts), run.retries)
     except UploadError as exc:
@@ -385,7 +437,7 @@ def _finish(run: _Run, stored: Stored, unwritten: Stored, entities: Sequence[Ent
     bad = [i for i, _ in stored if i.key not in ok]
     run.manifest.append_many(
         [
-            (item.key, label, VERIFIED if item.key in ok else UNVERIFIED, item.checksum, rid)
+            (item.key, *run.where, VERIFIED if item.key in ok else UNVERIFIED, item.checksum, rid)
             for item, rid in ((i, r.remote_id) for i, r in stored)
         ]
     )
@@ -400,22 +452,37 @@ def _finish(run: _Run, stored: Stored, unwritten: Stored, entities: Sequence[Ent
 
 
 def _upload_to(run: _Run, items: Sequence[Item], entities: Sequence[Entity]) -> None:
-    """Upload the items not yet verified on one target; record failures instead of raising.
+    """Upload the items not yet verified on one destination; record failures, don't raise.
 
-    A target that fails :meth:`Target.check` or :meth:`Target.prepare` gets nothing; its
-    pending items are recorded as ``failed`` so the other targets still go.
+    Items the manifest records as verified on this destination (same checksum) are
+    looked for first, with one cheap listing (:meth:`Target.present`); those no longer
+    there are recorded as ``missing`` and sent again.  A target that fails
+    :meth:`Target.check`, the listing or :meth:`Target.prepare` gets nothing; its pending
+    items are recorded as ``failed`` so the other targets still go.
     """
     target = run.target
-    done = run.manifest.verified(target.label)
-    todo = [i for i in items if i.key not in done or done[i.key] != i.checksum]
-    if not todo:
+    done = run.manifest.verified(target.destination_id)
+    claimed = [i for i in items if i.key in done and done[i.key][0] == i.checksum]
+    todo = [i for i in items if i.key not in done or done[i.key][0] != i.checksum]
+    if not todo and not claimed:
         return
+    unconfirmed = claimed
     try:
         target.check()
+        if claimed:
+            remote = {i.key: done[i.key][1] for i in claimed}
+            found = with_retries(lambda: target.present(claimed, remote), run.retries)
+            gone = [i for i in claimed if i.key not in found]
+            run.manifest.append_many(
+                [(i.key, *run.where, MISSING, i.checksum, remote[i.key]) for i in gone]
+            )
+            todo, unconfirmed = [*todo, *gone], []
+        if not todo:
+            return
         target.prepare(todo)
     except UploadError as exc:
         run.unusable = True
-        _fail(run, todo, exc)
+        _fail(run, [*todo, *unconfirmed], exc)
         return
     stored, unwritten = _put_all(run, todo, entities)
     if stored:
@@ -475,6 +542,44 @@ def upload_batch(
             target.close()
     _raise_failures(runs, len(items), manifest.path)
     return manifest.read()
+
+
+def still_uploaded(layout: BatchLayout, settings: Mapping[str, Any]) -> bool:
+    """Whether every configured destination still holds every item of ``release/``.
+
+    ``sendit run`` asks this before skipping an upload stage whose stamp is current:
+    each destination must have every item recorded as verified (same checksum) in the
+    manifest, and one listing per target (:meth:`Target.present`) must still find them.
+    A destination emptied or restored from an old backup since, or one that cannot be
+    reached, makes the answer ``False``, so the stage runs again and sends what is
+    missing (or reports why it cannot).
+
+    Parameters
+    ----------
+    layout : BatchLayout
+    settings : Mapping[str, Any]
+        The upload settings, as for :func:`upload_batch`.
+    """
+    try:
+        items, _ = load_release(layout, settings, leakgate.passed_index(layout))
+    except SenditError:
+        return False
+    manifest = Manifest(layout.upload_dir / MANIFEST_NAME)
+    targets = make_targets(settings, layout.work)
+    try:
+        for target in targets:
+            done = manifest.verified(target.destination_id)
+            if any(done.get(i.key, ("", ""))[0] != i.checksum for i in items):
+                return False
+            remote = {i.key: done[i.key][1] for i in items}
+            if items and target.present(items, remote) != set(remote):
+                return False
+    except UploadError:
+        return False
+    finally:
+        for target in targets:
+            target.close()
+    return True
 
 
 def _raise_failures(runs: Sequence[_Run], total: int, path: Path) -> None:

@@ -69,7 +69,7 @@ def test_resume_after_interrupt(
     manifest = Manifest(layout.upload_dir / "manifest.csv").read()
     assert (manifest["status"] == "verified").sum() == 10
     assert manifest.groupby("item").size().max() == 3  # stored, stored(exists), verified at most
-    assert summary(manifest).to_dict("records") == [
+    assert summary(manifest).drop(columns="destination").to_dict("records") == [
         {"target": "local", "status": "verified", "count": 10}
     ]
     # the manifest's checksum is the SHA-256 the leak gate computed as it scanned the file
@@ -129,8 +129,8 @@ def test_summary_counts_latest_status() -> None:
         ("a", "orthanc", "stored"), ("a", "orthanc", "verified"), ("b", "orthanc", "failed"),
         ("a", "google", "stored"),
     ]  # fmt: skip
-    table = pd.DataFrame(rows, columns=["item", "target", "status"])
-    got = summary(table).to_dict("records")
+    table = pd.DataFrame(rows, columns=["item", "target", "status"]).assign(destination="d")
+    got = summary(table).drop(columns="destination").to_dict("records")
     assert got == [
         {"target": "google", "status": "stored", "count": 1},
         {"target": "orthanc", "status": "failed", "count": 1},
@@ -213,7 +213,7 @@ def test_failed_check_lets_other_targets_go(
     assert "3 of 3 item(s) to broken did not go (target unusable: broken target: cannot" in text
     assert "All items are on local (3 sent in this run)" in text
     latest = Manifest(layout.upload_dir / "manifest.csv").read()
-    assert summary(latest).to_dict("records") == [
+    assert summary(latest).drop(columns="destination").to_dict("records") == [
         {"target": "broken", "status": "failed", "count": 3},
         {"target": "local", "status": "verified", "count": 3},
     ]
@@ -231,7 +231,7 @@ def test_unreachable_orthanc_does_not_stop_google(
 
     layout = make_release(entities=2, images=3)
     settings = {**upload_settings, **google_env, "SEND_TO_ORTHANC": True}
-    settings["ORTHANC_URL"] = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    dead = settings["ORTHANC_URL"] = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     with pytest.raises(
         UploadError,
         match=r"6 of 6 item\(s\) to orthanc did not go \(target unusable: orthanc target: "
@@ -242,10 +242,15 @@ def test_unreachable_orthanc_does_not_stop_google(
 
     settings["ORTHANC_URL"] = orthanc.url
     manifest = upload_batch(layout, settings, progress=False)
-    assert summary(manifest).to_dict("records") == [
-        {"target": "google", "status": "verified", "count": 6},
-        {"target": "orthanc", "status": "verified", "count": 6},
-    ]
+    counts = summary(manifest)
+    assert counts[counts["status"] == "verified"].to_dict("records") == [
+        {"target": "google", "destination": f"google gs://{settings['GOOGLE_CLOUD_STORAGE']}/"
+         f"IRB41449 project={settings['GOOGLE_PROJECT_NAME']}", "status": "verified", "count": 6},
+        {"target": "orthanc", "destination": f"orthanc {orthanc.url}", "status": "verified",
+         "count": 6},
+    ]  # fmt: skip
+    # the dead URL is another destination: its failed rows stay as they were
+    assert counts[counts["status"] == "failed"]["destination"].tolist() == [f"orthanc {dead}"]
     google_rows = manifest[manifest["target"] == "google"]
     assert len(google_rows) == 12  # stored + verified once each: the rerun skipped google
     assert orthanc.instance_count() == 6
@@ -278,7 +283,7 @@ def test_records_written_while_uploading(
     BatchedLocal.writes, BatchedLocal.refuse = [], 0
     manifest = upload_batch(layout, upload_settings, progress=False)
     assert BatchedLocal.writes == [2, 2]  # only the 4 unverified items went again
-    assert summary(manifest).to_dict("records") == [
+    assert summary(manifest).drop(columns="destination").to_dict("records") == [
         {"target": "local", "status": "verified", "count": 5}
     ]
 

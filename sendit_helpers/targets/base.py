@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import re
+import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import UploadError
 
@@ -57,6 +61,10 @@ class TransientError(UploadError):
         self.retry_after = retry_after
 
 
+class ChangedError(UploadError):
+    """A released file's bytes differ from what the leak gate scanned: it is not sent."""
+
+
 @dataclass(frozen=True)
 class Item:
     """One released image, ready to upload.
@@ -82,10 +90,16 @@ class Item:
 
     Notes
     -----
-    :attr:`checksum` (SHA-256) is what the upload manifest records: the gate
-    already computed it.  :attr:`md5` is computed on first use and kept, only for
-    targets that need it (Cloud Storage and the local store record it; Orthanc's
-    verification compares a sample with Orthanc's own).
+    What is sent is what was gated: :meth:`load` reads the file once into memory,
+    hashes those bytes and compares them with :attr:`sha256` (raising
+    :class:`ChangedError` on a mismatch), and returns an item carrying them.  Targets
+    send only :meth:`read`'s bytes (or :meth:`sent_file`, a private copy of them for
+    clients that need a path), never the file under ``release/`` again.
+
+    :attr:`checksum` (SHA-256) is what the upload manifest records: the gate's, which
+    the bytes sent were checked against.  :attr:`md5` is computed on first use and
+    kept, only for targets that need it (Cloud Storage and the local store record it;
+    Orthanc's verification compares a sample with Orthanc's own).
     """
 
     key: str
@@ -95,6 +109,8 @@ class Item:
     size: int
     metadata: Mapping[str, Any] = field(default_factory=dict)
     sha256: str = ""
+    data: bytes | None = field(default=None, repr=False, compare=False)
+    """The gated bytes, once :meth:`load` read them; ``None`` before."""
 
     @property
     def checksum(self) -> str:
@@ -103,25 +119,99 @@ class Item:
             return self.sha256
         known: str | None = self.__dict__.get("_sha256")
         if known is None:
-            known = hashlib.sha256(self.path.read_bytes()).hexdigest()
+            known = hashlib.sha256(self.read(md5=False)).hexdigest()
             object.__setattr__(self, "_sha256", known)
         return known
 
     @property
     def md5(self) -> str:
-        """Hex MD5 of the file's bytes (read and hashed on first use, then kept)."""
+        """Hex MD5 of the item's bytes (hashed on first use, then kept)."""
         known: str | None = self.__dict__.get("_md5")
         if known is None:
-            known = file_md5(self.path)
+            known = (
+                file_md5(self.path)
+                if self.data is None
+                else hashlib.md5(self.data, usedforsecurity=False).hexdigest()
+            )
             object.__setattr__(self, "_md5", known)
         return known
 
+    def load(self) -> Item:
+        """This item carrying its file's bytes, read once and checked against the gate.
+
+        Returns
+        -------
+        Item
+            A copy whose :attr:`data` holds the bytes to send (``self`` when already loaded).
+
+        Raises
+        ------
+        ChangedError
+            The bytes' SHA-256 differs from :attr:`sha256`, the leak gate's record (or
+            the item has no gate record at all): the file changed after the gate passed.
+        UploadError
+            The file cannot be read.
+        """
+        if self.data is not None:
+            return self
+        what = f"release/{self.key}"
+        try:
+            data = self.path.read_bytes()
+        except OSError as exc:
+            raise UploadError(
+                f"{what} cannot be read ({type(exc).__name__}); re-run deidentify"
+            ) from exc
+        if not self.sha256 or hashlib.sha256(data).hexdigest() != self.sha256:
+            raise ChangedError(
+                f"{what} changed after the leak gate passed (its SHA-256 is not the one the "
+                "gate recorded); it was not sent: re-run deidentify (or review) so the gate "
+                "scans it again"
+            )
+        return replace(self, size=len(data), data=data)
+
     def read(self, md5: bool = True) -> bytes:
-        """The file's bytes; with ``md5``, their MD5 becomes :attr:`md5` unless already known."""
-        data = self.path.read_bytes()
+        """The bytes to send: :attr:`data` when loaded, else the file's (unchecked).
+
+        With ``md5``, their MD5 becomes :attr:`md5` unless already known.
+        """
+        data = self.path.read_bytes() if self.data is None else self.data
         if md5 and "_md5" not in self.__dict__:
             object.__setattr__(self, "_md5", hashlib.md5(data, usedforsecurity=False).hexdigest())
         return data
+
+    @contextmanager
+    def sent_file(self) -> Iterator[Path]:
+        """A private file holding exactly :meth:`read`'s bytes, for clients that need a path.
+
+        An anonymous in-memory file (``memfd``) where the system has them, else an
+        owner-only temporary file; gone when the ``with`` block ends.  The file under
+        ``release/`` is never handed to a client: it could change after the check.
+        """
+        data = self.read(md5=False)
+        if hasattr(os, "memfd_create"):
+            fd = os.memfd_create("sendit-item", getattr(os, "MFD_CLOEXEC", 0))
+            try:
+                _write_all(fd, data)
+                yield Path(f"/proc/self/fd/{fd}")
+            finally:
+                os.close(fd)
+            return
+        fd, name = tempfile.mkstemp(suffix=".dcm")
+        try:
+            _write_all(fd, data)
+            os.close(fd)
+            fd = -1
+            yield Path(name)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            os.unlink(name)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 @dataclass(frozen=True)
@@ -180,8 +270,40 @@ class Target(ABC):
 
     @property
     def label(self) -> str:
-        """Name used in messages and the manifest (the kind, e.g. ``"orthanc"``)."""
+        """Name in messages and the manifest's ``target`` column: the kind (``"orthanc"``)."""
         return str(self.kind)
+
+    @property
+    @abstractmethod
+    def destination_id(self) -> str:
+        """Where this target stores, as the manifest's ``destination`` column names it.
+
+        The kind plus what tells one destination of that kind from another: the REST
+        URL, or host:port with the called and calling AE titles; project, bucket and
+        collection; the store folder and collection.  Never credentials (a URL's user
+        and password are left out).  The upload manifest is keyed by it, so a new
+        destination receives everything.  Examples: ``orthanc http://127.0.0.1:8042``,
+        ``orthanc-dicom ORTHANC@127.0.0.1:4242 from SENDIT``,
+        ``google gs://bucket/collection project=p``, ``local /data/storage/sendit``.
+        """
+
+    @abstractmethod
+    def present(self, items: Sequence[Item], remote_ids: Mapping[str, str]) -> set[str]:
+        """Keys of ``items`` the destination holds now, found cheaply (no upload).
+
+        Called on a rerun for the items the manifest records as verified here, before
+        anything is sent: those not found are sent again.  One listing per target (or
+        per entity), never a request per item: Orthanc's instance list, a Storage
+        prefix listing, the local index, a C-FIND.  Presence only: content was checked
+        when the item was verified.
+
+        Parameters
+        ----------
+        items : Sequence[Item]
+            The items to look for (not loaded: use their metadata or headers).
+        remote_ids : Mapping[str, str]
+            Item key -> the ``remote_id`` the manifest recorded when it was verified.
+        """
 
     @abstractmethod
     def check(self) -> None:
@@ -192,7 +314,11 @@ class Target(ABC):
 
     @abstractmethod
     def put(self, item: Item) -> Receipt:
-        """Store one item, create-once; raise :class:`TransientError` for retryable failures."""
+        """Store one item, create-once; raise :class:`TransientError` for retryable failures.
+
+        ``item`` is loaded (:meth:`Item.load`): send exactly :meth:`Item.read`'s bytes
+        (or :meth:`Item.sent_file`), never ``item.path``, which may have changed since.
+        """
 
     def put_entities(  # noqa: B027 - optional hook
         self, entities: Sequence[Entity], stored: Sequence[tuple[Item, Receipt]]
@@ -210,6 +336,15 @@ class Target(ABC):
             Each stored item with the receipt :meth:`put` returned for it.
         """
 
+    def finish_entities(self, entities: Sequence[Entity]) -> None:  # noqa: B027 - optional hook
+        """Write what of the entity records depends on the whole destination (default: nothing).
+
+        Called once per run, after every :meth:`put_entities`, with the entities whose
+        items were stored in this run: e.g. ``IMAGE_COUNT``, counted from the Image
+        records under each entity in the destination, so that it is right after any
+        number of batches of that entity and any number of reruns.
+        """
+
     @abstractmethod
     def verify(self, receipts: Sequence[Receipt]) -> set[str]:
         """Return the keys of the receipts whose item is present remotely with the same bytes."""
@@ -225,6 +360,24 @@ def file_md5(path: Path) -> str:
         while chunk := fh.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def public_url(url: str) -> str:
+    """``url`` without user, password, query or fragment (what may be named in a manifest).
+
+    >>> public_url("http://user:secret@127.0.0.1:8042/orthanc/?token=x")
+    'http://127.0.0.1:8042/orthanc'
+    """
+    parts = urlsplit(url.strip())
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = f"{host}:{port}" if port is not None else host
+    return urlunsplit((parts.scheme.lower(), netloc.lower(), parts.path.rstrip("/"), "", ""))
 
 
 def setting(settings: Mapping[str, Any], key: str, default: Any) -> Any:

@@ -6,7 +6,12 @@ Each image becomes one Storage object ``<collection>/<entity_id>/<name>`` in
 means the object is already there, and it counts as uploaded only when its MD5
 equals ours.  Datastore holds ``Collection(GOOGLE_STORAGE_COLLECTION) >
 Entity(id) > Image(name)``; every Image carries the object's link and Storage
-fields plus its cleaned header fields.  Commits hold at most
+fields plus its cleaned header fields.  An Entity holds the design document's
+properties (``id``, ``PatientSex``, ``PatientAge``, ``IMAGE_COUNT``,
+``UPLOAD_AGENT``, plus ``PatientAgeYears`` for age queries); it is written after
+its Images, with ``IMAGE_COUNT`` counted from the Image records under it (a
+keys-only ancestor query, strongly consistent), so the count is right after any
+number of batches of that entity and any number of reruns.  Commits hold at most
 :data:`MAX_MUTATIONS` entities and :data:`MAX_COMMIT_BYTES` bytes (the emulator
 enforces neither, production refuses more than 500 mutations or 10 MiB).
 
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import base64
 import importlib
+import io
 import json
 import os
 import threading
@@ -228,6 +234,40 @@ class GoogleTarget(Target):
         self.commits: list[tuple[int, int]] = []
         """(mutations, estimated bytes) of every Datastore commit sent, for inspection."""
 
+    @property
+    def destination_id(self) -> str:
+        """``google gs://<bucket>/<collection> project=<project>``."""
+        return f"google gs://{self.bucket_name}/{self.collection} project={self.project}"
+
+    def present(self, items: Sequence[Item], remote_ids: Mapping[str, str]) -> set[str]:
+        """Keys whose object is in a Storage prefix listing and whose Image record exists.
+
+        One object listing and one keys-only ancestor query per entity.
+        """
+        entity_ids = {i.entity_id for i in items}
+        objects = self._storage_md5s(entity_ids)
+        records = self._image_names(entity_ids)
+        return {
+            i.key
+            for i in items
+            if object_name(self.collection, i) in objects and (i.entity_id, i.name) in records
+        }
+
+    def _image_names(self, entity_ids: set[str]) -> set[tuple[str, str]]:
+        """``(entity_id, name)`` of every Image record under the entities (keys only)."""
+        client = self.datastore_client()
+        coll = client.key("Collection", self.collection)
+        found: set[tuple[str, str]] = set()
+        for eid in sorted(entity_ids):
+            with self._errors("datastore", f"listing the images of entity {eid}"):
+                query = client.query(kind="Image", ancestor=client.key("Entity", eid, parent=coll))
+                query.keys_only()
+                found.update(
+                    (eid, str(e.key.name))
+                    for e in query.fetch(retry=self._no_retry, timeout=TIMEOUT)
+                )
+        return found
+
     # -- clients -------------------------------------------------------------------------
     def _storage(self) -> Any:
         client = getattr(self._local, "storage", None)
@@ -301,14 +341,16 @@ class GoogleTarget(Target):
         }
         with self._errors("storage", what):
             try:
-                if item.size <= SINGLE_REQUEST_BYTES:
+                data = item.read()
+                if len(data) <= SINGLE_REQUEST_BYTES:
                     # one read, one hash: the MD5 goes with the object's metadata and
                     # Cloud Storage refuses the upload when the bytes do not match it
-                    data = item.read()
                     blob.md5_hash = _b64(item.md5)
                     blob.upload_from_string(data, checksum=None, **options)
                 else:
-                    blob.upload_from_filename(str(item.path), checksum="md5", **options)
+                    blob.upload_from_file(
+                        io.BytesIO(data), size=len(data), checksum="md5", **options
+                    )
             except self._exc.PreconditionFailed:
                 blob.reload(retry=None, timeout=TIMEOUT)
                 status = "exists"
@@ -356,15 +398,14 @@ class GoogleTarget(Target):
     def records(
         self, client: Any, entities: Sequence[Entity], stored: Sequence[tuple[Item, Receipt]]
     ) -> list[Any]:
-        """The Datastore entities to write: the collection, each entity, each image."""
+        """The Datastore records to write: the collection and each image.
+
+        Entity records are written by :meth:`finish_entities`, once their images are.
+        """
         ds = self._datastore_mod
         coll_key = client.key("Collection", self.collection)
         out = [_record(ds, coll_key, {"name": self.collection})]
         by_id = {e.id: e for e in entities}
-        for ent in entities:
-            props = {k: plain(v) for k, v in ent.metadata.items()}
-            props["PatientAgeYears"] = age_years(props.get("PatientAge"))
-            out.append(_record(ds, client.key("Entity", ent.id, parent=coll_key), props))
         for item, receipt in stored:
             ent_key = client.key("Entity", item.entity_id, parent=coll_key)
             props = {k: plain(v) for k, v in item.metadata.items()}
@@ -373,6 +414,36 @@ class GoogleTarget(Target):
             props["entity_id"] = item.entity_id
             out.append(_record(ds, client.key("Image", item.name, parent=ent_key), props))
         return out
+
+    def finish_entities(self, entities: Sequence[Entity]) -> None:
+        """Write each Entity record with ``IMAGE_COUNT`` counted from its Image records.
+
+        Properties: ``id``, ``PatientSex``, ``PatientAge``, ``IMAGE_COUNT``,
+        ``UPLOAD_AGENT`` (the design document's) and ``PatientAgeYears``.
+        """
+        if not entities:
+            return
+        client = self.datastore_client()
+        counts = self.image_counts({e.id for e in entities})
+        records = [self.entity_record(client, e, counts.get(e.id, 0)) for e in entities]
+        for chunk in chunk_commits(records, self._datastore_mod):
+            self._commit(client, chunk)
+
+    def entity_record(self, client: Any, entity: Entity, image_count: int) -> Any:
+        """The Entity record of ``entity`` holding ``image_count`` as ``IMAGE_COUNT``."""
+        props = {k: plain(v) for k, v in entity.metadata.items()}
+        props["id"] = entity.id
+        props["IMAGE_COUNT"] = int(image_count)
+        props["PatientAgeYears"] = age_years(props.get("PatientAge"))
+        key = client.key("Entity", entity.id, parent=client.key("Collection", self.collection))
+        return _record(self._datastore_mod, key, props)
+
+    def image_counts(self, entity_ids: set[str]) -> dict[str, int]:
+        """Image records under each entity in Datastore (keys-only ancestor queries)."""
+        counts = dict.fromkeys(entity_ids, 0)
+        for eid, _ in self._image_names(entity_ids):
+            counts[eid] += 1
+        return counts
 
     def _commit(self, client: Any, chunk: list[tuple[Any, int]]) -> None:
         with self._errors("datastore", f"committing {len(chunk)} records"):

@@ -3,14 +3,15 @@
 Objects use the same layout as Google Storage (``<collection>/<entity_id>/<name>``)
 under ``LOCAL_STORAGE_DIR`` (default ``<work>/storage``) and are written
 atomically and create-once (temporary file + ``os.link``).  ``index.sqlite``
-mirrors Datastore's Collection > Entity > Image shape in three tables.
+mirrors Datastore's Collection > Entity > Image shape in three tables; an entity's
+``IMAGE_COUNT`` is the number of its image rows in the index, recounted whenever
+images are written, so it stays right across batches and reruns.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import sqlite3
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -114,6 +115,24 @@ class LocalTarget(Target):
         self.root = storage_dir(settings, work)
         self.collection = collection_name(settings)
 
+    @property
+    def destination_id(self) -> str:
+        """``local <store folder>/<collection>`` (absolute)."""
+        return f"local {(self.root.resolve() / self.collection).as_posix()}"
+
+    def present(self, items: Sequence[Item], remote_ids: Mapping[str, str]) -> set[str]:
+        """Keys with an image row in the index (one query) and a stored file."""
+        if not (self.root / INDEX_NAME).is_file():
+            return set()
+        with connect(self.root) as conn:
+            rows = conn.execute(
+                "SELECT entity_id, name FROM image WHERE collection = ?", (self.collection,)
+            ).fetchall()
+        indexed = set(rows)
+        return {
+            i.key for i in items if (i.entity_id, i.name) in indexed and self._dest(i).is_file()
+        }
+
     def check(self) -> None:
         """Create the store folder and index; fail if it is not writable."""
         try:
@@ -129,13 +148,15 @@ class LocalTarget(Target):
         return self.root / object_name(self.collection, item)
 
     def put(self, item: Item) -> Receipt:
-        """Copy the file into the store atomically; an identical existing copy is fine."""
+        """Write the item's bytes into the store atomically; an identical existing copy is fine."""
         dest = self._dest(item)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.tmp"
+        data = item.read()
         try:
-            shutil.copyfile(item.path, tmp)
-            with tmp.open("rb") as fh:
+            with tmp.open("wb") as fh:
+                fh.write(data)
+                fh.flush()
                 os.fsync(fh.fileno())
             try:
                 os.link(tmp, dest)
@@ -190,6 +211,8 @@ class LocalTarget(Target):
             conn.executemany(_ENTITY_SQL, [self._entity_row(e) for e in entities])
             rows = [self._image_row(i, r, by_id.get(i.entity_id)) for i, r in stored]
             conn.executemany(_IMAGE_SQL, rows)
+            touched = sorted({e.id for e in entities} | {i.entity_id for i, _ in stored})
+            conn.executemany(_COUNT_SQL, [(self.collection, eid) for eid in touched])
 
     def _entity_row(self, entity: Entity) -> tuple[Any, ...]:
         meta = {k: plain(v) for k, v in entity.metadata.items()}
@@ -201,7 +224,8 @@ class LocalTarget(Target):
             age_years(meta.get("PatientAge")),
             meta.get("IMAGE_COUNT"),
             meta.get("UPLOAD_AGENT"),
-            json.dumps(meta, default=str),
+            # IMAGE_COUNT is the store's own count (recounted after writing), not the batch's
+            json.dumps({k: v for k, v in meta.items() if k != "IMAGE_COUNT"}, default=str),
         )
 
     def _image_row(self, item: Item, receipt: Receipt, entity: Entity | None) -> tuple[Any, ...]:
@@ -251,6 +275,14 @@ ON CONFLICT(collection, id) DO UPDATE SET
     PatientSex=excluded.PatientSex, PatientAge=excluded.PatientAge,
     PatientAgeYears=excluded.PatientAgeYears, IMAGE_COUNT=excluded.IMAGE_COUNT,
     UPLOAD_AGENT=excluded.UPLOAD_AGENT, metadata=excluded.metadata
+"""
+
+_COUNT_SQL = """
+UPDATE entity SET IMAGE_COUNT = (
+    SELECT COUNT(*) FROM image
+    WHERE image.collection = entity.collection AND image.entity_id = entity.id
+)
+WHERE collection = ? AND id = ?
 """
 
 _IMAGE_SQL = """

@@ -30,8 +30,8 @@ from .base import (
     Target,
     TargetKind,
     TransientError,
-    file_md5,
     missing_client,
+    public_url,
     setting,
 )
 
@@ -182,8 +182,18 @@ class OrthancRestTarget(Target):
             )
         self.threads = max(1, int(setting(settings, "UPLOAD_THREADS", 16)))
         self.rest = OrthancRest(url, self.threads)
-        self._sent: dict[str, Path] = {}
-        """Item key -> file sent, for the MD5 checks of :meth:`verify`."""
+        self._sent: dict[str, tuple[Path, str]] = {}
+        """Item key -> (file, SHA-256 of the bytes sent), for the MD5 checks of :meth:`verify`."""
+
+    @property
+    def destination_id(self) -> str:
+        """``orthanc <REST URL>`` (no credentials)."""
+        return f"orthanc {public_url(self.rest.url)}"
+
+    def present(self, items: Sequence[Item], remote_ids: Mapping[str, str]) -> set[str]:
+        """Keys whose recorded Orthanc instance ID is in one ``GET /instances`` listing."""
+        held = _instances(self.rest, "confirming earlier uploads")
+        return {i.key for i in items if remote_ids.get(i.key, "") in held}
 
     def check(self) -> None:
         """GET /system with the environment's credentials."""
@@ -192,7 +202,7 @@ class OrthancRestTarget(Target):
     def put(self, item: Item) -> Receipt:
         """POST the file to /instances; ``AlreadyStored`` counts as ``exists``."""
         data = item.read(md5=False)  # MD5s are computed only for the files verify() checks
-        self._sent[item.key] = item.path
+        self._sent[item.key] = (item.path, item.checksum)
         what = f"release/{item.key}"
         headers = {"Content-Type": "application/dicom"}
         resp = self.rest.request("POST", "/instances", body=data, headers=headers, what=what)
@@ -239,13 +249,7 @@ class OrthancRestTarget(Target):
         """
         if not receipts:
             return set()
-        listing = self.rest.request("GET", "/instances", what="GET /instances")
-        if listing.status_code != 200:
-            raise TransientError(
-                f"orthanc target: GET {self.rest.url}/instances answered HTTP "
-                f"{listing.status_code} while verifying"
-            )
-        held = set(map(str, listing.json()))
+        held = _instances(self.rest, "verifying")
         present = [r for r in receipts if r.remote_id in held]
         fresh = [r for r in present if r.status == "stored"]
         check = [r for r in present if r.status != "stored"]
@@ -257,13 +261,22 @@ class OrthancRestTarget(Target):
         return {r.key for r in present} - bad
 
     def _md5_mismatches(self, receipts: Sequence[Receipt]) -> set[str]:
-        """Keys whose stored attachment MD5 (read in parallel) differs from the sent file's."""
+        """Keys whose stored attachment MD5 (read in parallel) differs from the sent bytes'.
+
+        The MD5 of the bytes sent is that of the file, read again, when its SHA-256 is
+        still the one sent (a file changed since counts as a mismatch).
+        """
 
         def one(receipt: Receipt) -> str | None:
-            path = self._sent.get(receipt.key)
-            if path is None or self.rest.md5_of(receipt.remote_id) != file_md5(path):
+            path, sha = self._sent.get(receipt.key, (None, ""))
+            try:
+                data = path.read_bytes() if path is not None else b""
+            except OSError:
                 return receipt.key
-            return None
+            if not data or hashlib.sha256(data).hexdigest() != sha:
+                return receipt.key
+            sent_md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
+            return receipt.key if self.rest.md5_of(receipt.remote_id) != sent_md5 else None
 
         if not receipts:
             return set()
@@ -312,6 +325,53 @@ class OrthancDicomTarget(Target):
         self._slots = threading.BoundedSemaphore(min(MAX_ASSOCIATIONS, self.threads))
         self._ae: Any = None
 
+    @property
+    def destination_id(self) -> str:
+        """``orthanc-dicom <called AE>@<host>:<port> from <calling AE>``."""
+        return f"orthanc-dicom {self.called}@{self.host}:{self.port} from {self.calling}"
+
+    def present(self, items: Sequence[Item], remote_ids: Mapping[str, str]) -> set[str]:
+        """Keys Orthanc holds: one REST listing when ``ORTHANC_URL`` is set, else C-FIND.
+
+        Over REST the instance IDs are computed from the files' identifiers
+        (:func:`orthanc_id`); over DICOM the recorded SOPInstanceUIDs are looked for
+        with C-FIND at IMAGE level, :data:`VERIFY_CHUNK` at a time.
+        """
+        if not items:
+            return set()
+        if self.rest is not None:
+            self._identify(items)
+            held = _instances(self.rest, "confirming earlier uploads")
+            return {i.key for i in items if self._ids.get(i.key) in held}
+        uids = {i.key: remote_ids.get(i.key, "") for i in items}
+        missing = [i for i in items if not uids[i.key]]
+        if missing:
+            self._identify(missing)
+            uids.update({i.key: self._uids[i.key] for i in missing})
+        keys = list(uids)
+        found: set[str] = set()
+        for start in range(0, len(keys), VERIFY_CHUNK):
+            chunk = keys[start : start + VERIFY_CHUNK]
+            present = self._find([uids[k] for k in chunk])
+            found.update(k for k in chunk if uids[k] in present)
+        return found
+
+    def _identify(self, items: Sequence[Item]) -> None:
+        """Read each file's SOP class, transfer syntax and identifiers (header only)."""
+        from pydicom import dcmread
+
+        for item in items:
+            ds = dcmread(item.path, stop_before_pixels=True, specific_tags=ID_TAGS)
+            meta = ds.file_meta
+            self._contexts.add((str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)))
+            self._uids[item.key] = str(meta.MediaStorageSOPInstanceUID)
+            self._ids[item.key] = orthanc_id(
+                str(ds.get("PatientID", "") or ""),
+                str(ds.get("StudyInstanceUID", "") or ""),
+                str(ds.get("SeriesInstanceUID", "") or ""),
+                str(ds.get("SOPInstanceUID", "") or meta.MediaStorageSOPInstanceUID),
+            )
+
     def check(self) -> None:
         """C-ECHO the SCP; raise :class:`UploadError` naming the AE titles on refusal."""
         sop = _pynetdicom().sop_class
@@ -326,19 +386,7 @@ class OrthancDicomTarget(Target):
 
     def prepare(self, items: Sequence[Item]) -> None:
         """Read each file's SOP class, transfer syntax and SOPInstanceUID to propose contexts."""
-        from pydicom import dcmread
-
-        for item in items:
-            ds = dcmread(item.path, stop_before_pixels=True, specific_tags=ID_TAGS)
-            meta = ds.file_meta
-            self._contexts.add((str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)))
-            self._uids[item.key] = str(meta.MediaStorageSOPInstanceUID)
-            self._ids[item.key] = orthanc_id(
-                str(ds.get("PatientID", "") or ""),
-                str(ds.get("StudyInstanceUID", "") or ""),
-                str(ds.get("SeriesInstanceUID", "") or ""),
-                str(ds.get("SOPInstanceUID", "") or meta.MediaStorageSOPInstanceUID),
-            )
+        self._identify(items)
         if len(self._contexts) > MAX_CONTEXTS:
             raise UploadError(
                 f"orthanc target: the batch needs {len(self._contexts)} (SOP class, transfer "
@@ -388,10 +436,14 @@ class OrthancDicomTarget(Target):
         return self._associate(self._ae)
 
     def put(self, item: Item) -> Receipt:
-        """C-STORE one file over an idle pooled association, streamed from the file as is."""
-        with self._slots:
+        """C-STORE one item over an idle pooled association, streamed as is.
+
+        The bytes streamed are the item's checked bytes (:meth:`Item.sent_file`), never
+        the file under ``release/`` read again.
+        """
+        with self._slots, item.sent_file() as path:
             assoc = self._acquire()
-            status = self._store(assoc, item.path, f"release/{item.key}")
+            status = self._store(assoc, path, f"release/{item.key}")
             self._idle.put(assoc)
         return self._stored(item, status, self._uids.get(item.key, ""))
 
@@ -535,6 +587,17 @@ class ReplyGuard:
         if not block and threading.current_thread() is self.owner:
             return None, None
         return self.get_msg(block)  # type: ignore[no-any-return]
+
+
+def _instances(rest: OrthancRest, why: str) -> set[str]:
+    """Every instance ID Orthanc holds (one ``GET /instances``)."""
+    listing = rest.request("GET", "/instances", what="GET /instances")
+    if listing.status_code != 200:
+        raise TransientError(
+            f"orthanc target: GET {rest.url}/instances answered HTTP "
+            f"{listing.status_code} while {why}"
+        )
+    return set(map(str, listing.json()))
 
 
 def orthanc_id(patient_id: str, study_uid: str, series_uid: str, sop_uid: str) -> str:

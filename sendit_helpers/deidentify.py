@@ -596,11 +596,9 @@ def _lookup_rows(outcomes: Sequence[Outcome]) -> list[dict[str, Any]]:
 def cleaned_table(outcomes: Sequence[Outcome], released: bool = True) -> pd.DataFrame:
     """One row per written image: name, entity, item, path and de-identified header fields."""
     table = pd.DataFrame(_cleaned_rows(outcomes, released))
-    return (
-        table.astype("string")
-        if not table.empty
-        else pd.DataFrame(columns=["name", "entity_id", "item_id", "path"])
-    )
+    if table.empty:  # typed, so that Arrow reads string columns back (not null ones)
+        table = pd.DataFrame(columns=["name", "entity_id", "item_id", "path"])
+    return table.astype("string")
 
 
 def entities_table(cleaned: pd.DataFrame, agent: str) -> pd.DataFrame:

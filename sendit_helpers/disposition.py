@@ -93,6 +93,40 @@ def update(layout: BatchLayout, rows: Iterable[Row]) -> pd.DataFrame:
     return table
 
 
+#: Reason prefix of an item a reviewer decided to keep (it no longer waits for a decision).
+KEPT_BY_REVIEW = "review: kept in quarantine"
+
+
+def release_counts(table: pd.DataFrame) -> tuple[int, int]:
+    """``(released, waiting)``: files in ``release/``, and quarantined files awaiting a decision.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        A disposition table (:func:`read`).
+
+    Returns
+    -------
+    tuple of (int, int)
+        Released files, and quarantined ones (pixel screen or leak gate) that a
+        reviewer has not decided to keep.
+    """
+    if table.empty:
+        return 0, 0
+    state = table["disposition"].astype(str)
+    reason = table["reason"].astype(str) if "reason" in table else pd.Series("", index=table.index)
+    released = int((state == str(Disposition.RELEASED)).sum())
+    held = state == str(Disposition.QUARANTINED)
+    waiting = int((held & ~reason.str.startswith(KEPT_BY_REVIEW)).sum())
+    return released, waiting
+
+
+def release_line(table: pd.DataFrame) -> str:
+    """``"N released, M waiting"`` for people (see :func:`release_counts`)."""
+    released, waiting = release_counts(table)
+    return f"{released} released, {waiting} waiting"
+
+
 def counts(table: pd.DataFrame) -> pd.Series:
     """Number of files per disposition, every disposition listed."""
     order = [str(d) for d in Disposition]

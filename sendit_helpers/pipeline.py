@@ -59,7 +59,7 @@ import pandas as pd
 import pydicom
 from tqdm.auto import tqdm
 
-from . import __version__, executors
+from . import __version__, disposition, executors
 from .dicomio import READ_ERRORS
 from .errors import BatchError, SenditError
 from .inspect import discover
@@ -107,6 +107,9 @@ class BatchStatus:
         unchanged since their last success.
     detail : str
         The error message (value-free) when failed.
+    images : str
+        ``"N released, M waiting"`` from the batch's ``disposition.csv`` at the
+        end of the run (empty when it has none).
     """
 
     batch: str
@@ -117,6 +120,7 @@ class BatchStatus:
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     detail: str = ""
+    images: str = ""
 
     def row(self) -> dict[str, Any]:
         """The status-table row."""
@@ -127,6 +131,7 @@ class BatchStatus:
             "seconds": round(self.seconds, 1),
             "ran": len(self.ran),
             "skipped": len(self.skipped),
+            "images": self.images,
             "notebook": self.notebook,
         }
 
@@ -511,7 +516,18 @@ def run_batch(
             where = f" on {exc.filename}" if exc.filename else ""
             status.detail = f"{type(exc).__name__} ({exc.strerror}){where}; check the work folder"
     status.seconds = time.perf_counter() - start
+    status.images = _images(layout)
     return status
+
+
+def _images(layout: BatchLayout) -> str:
+    """``"N released, M waiting"`` of a batch (``""`` when it has no disposition table)."""
+    if not layout.disposition_csv.exists():
+        return ""
+    try:
+        return disposition.release_line(disposition.read(layout, ["disposition", "reason"]))
+    except (OSError, ValueError):
+        return ""
 
 
 def run_batches(
@@ -607,12 +623,14 @@ def _unique_layouts(folders: Sequence[Path], work: str | os.PathLike[str]) -> li
 def _line(status: BatchStatus) -> str:
     if status.status == "done":
         extra = f", {len(status.skipped)} stage(s) unchanged" if status.skipped else ""
-        return f"sendit: batch {status.batch}: done in {status.seconds:.1f} s{extra}"
+        images = f": {status.images}" if status.images else ""
+        return f"sendit: batch {status.batch}: done in {status.seconds:.1f} s{extra}{images}"
     return f"sendit: batch {status.batch}: failed at {status.stage}"
 
 
 def status_table(statuses: Sequence[BatchStatus]) -> str:
-    """The end-of-run table: batch, status, stage, seconds, stages run/skipped, failed notebook."""
+    """The end-of-run table: batch, status, stage, seconds, stages run/skipped, images
+    (``N released, M waiting``), failed notebook."""
     rows = [s.row() for s in statuses]
-    columns = ["batch", "status", "stage", "seconds", "ran", "skipped", "notebook"]
+    columns = ["batch", "status", "stage", "seconds", "ran", "skipped", "images", "notebook"]
     return pd.DataFrame(rows, columns=columns).to_string(index=False)

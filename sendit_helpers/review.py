@@ -1034,7 +1034,7 @@ def _hold(
     out.unlink(missing_ok=True)
     if decision == Decision.KEEP:
         done.kept.append(item.item)
-        reason = f"review: kept in quarantine by {who}"
+        reason = f"{disposition.KEPT_BY_REVIEW} by {who}"
     else:
         done.undecided.append(item.item)
         reason = AWAITING
@@ -1066,7 +1066,8 @@ def _update_tables(
     base = _read_coded(path) if path.exists() else None
     if base is not None:
         held = pa.array(list(dict.fromkeys(items["item"].astype(str))), pa.string())
-        base = base.filter(pc.invert(pc.is_in(base.column("name"), value_set=held)))
+        names = base.column("name").cast(pa.string())  # an empty table's may be null-typed
+        base = base.filter(pc.invert(pc.is_in(names, value_set=held)))
     if base is None or (base.num_rows == 0 and extra.empty):
         none = pd.DataFrame(columns=_CLEANED_KEYS)
         empty = none if base is None else pq.read_schema(path).empty_table().to_pandas()

@@ -121,13 +121,22 @@ def test_batch_lock_excludes_a_second_run(tmp_path: Path) -> None:
 def test_status_table_columns() -> None:
     text = status_table(
         [
-            BatchStatus("b1", "done", "upload", 3.21, ran=["inspect"], skipped=["review"]),
+            BatchStatus(
+                "b1",
+                "done",
+                "upload",
+                3.21,
+                ran=["inspect"],
+                skipped=["review"],
+                images="0 released, 3 waiting",
+            ),
             BatchStatus("b2", "failed", "deidentify", 1.0, notebook="/w/b2/phi/notebooks/02.ipynb"),
         ]
     )
     header = text.splitlines()[0].split()
-    assert header == ["batch", "status", "stage", "seconds", "ran", "skipped", "notebook"]
+    assert header == ["batch", "status", "stage", "seconds", "ran", "skipped", "images", "notebook"]
     assert "/w/b2/phi/notebooks/02.ipynb" in text and "3.2" in text
+    assert "0 released, 3 waiting" in text
 
 
 # ------------------------------------------------------------------ end to end

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import SenditError
+from .errors import SenditError, os_error_line
 from .layout import BatchLayout
 from .runner import Stage, run_stage
 from .settings import load_settings, parse_override
@@ -129,23 +129,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .pipeline import run_batches
 
             return run_batches(args.batches, args.work, args.params, overrides, force=args.force)
-        layouts = [BatchLayout.for_batch(b, args.work) for b in args.batches]
-        for layout in layouts:
-            layout.check_source()
-        return _run_each(Stage(args.command), layouts, args.params, overrides)
+        return _run_each(Stage(args.command), args.batches, args.work, args.params, overrides)
     except SenditError as exc:
         print(f"sendit: error: {exc}", file=sys.stderr)
         return 2
 
 
 def _run_each(
-    stage: Stage, layouts: Sequence[BatchLayout], params: Sequence[Path], overrides: dict[str, Any]
+    stage: Stage,
+    batches: Sequence[Path],
+    work: Path,
+    params: Sequence[Path],
+    overrides: dict[str, Any],
 ) -> int:
+    """Run ``stage`` on each batch; a batch that fails is reported and the others still run.
+
+    Returns
+    -------
+    int
+        0 when every batch succeeded, 1 when any failed.
+    """
     from . import pipeline
 
     failed = 0
-    for layout in layouts:
+    for batch in batches:
         try:
+            layout = BatchLayout.for_batch(batch, work)
+            layout.check_source()
             # every stage command holds the batch lock, as `sendit run` does: no stage can
             # rewrite release/ while another uploads it
             layout.ensure()
@@ -155,7 +165,13 @@ def _run_each(
             failed += 1
             print(f"sendit: error: {exc}", file=sys.stderr)
             continue
+        except OSError as exc:
+            failed += 1
+            print(f"sendit: error: batch {batch}: {os_error_line(exc)}", file=sys.stderr)
+            continue
         log.info("%s done for batch %s; executed notebook: %s", stage, layout.name, output)
+    if failed and len(batches) > 1:
+        print(f"sendit: {failed} of {len(batches)} batch(es) failed", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import stat
 import struct
 import warnings
 import zlib
@@ -111,11 +112,23 @@ def probe(path: str | os.PathLike[str]) -> Probe:
     """
     path = Path(path)
     try:
-        fh = open(path, "rb")  # closed by the with block below
+        # O_NONBLOCK: a FIFO put in a file's place is not waited on (no effect on files)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
-        return Probe(path, 0, "error", f"cannot open the file ({safe_reason(exc)})")
-    with fh:
-        size = os.fstat(fh.fileno()).st_size
+        return Probe(
+            path,
+            0,
+            "error",
+            f"cannot open the file ({safe_reason(exc)}); give the user running sendit read "
+            "access (chmod u+r) and rerun",
+        )
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        why = "not a regular file (a folder, FIFO, socket or device); not read"
+        return Probe(path, 0, "non_dicom", why)
+    with open(fd, "rb") as fh:
+        size = st.st_size
         if size == 0:
             return Probe(path, size, "non_dicom", "empty file (0 bytes)")
         head = fh.read(HEAD_BYTES)

@@ -7,6 +7,9 @@ to fix it.  They never carry an identifying *value* — only where it sits.
 
 from __future__ import annotations
 
+import errno
+import os
+
 
 class SenditError(Exception):
     """Base class of every error raised on purpose by ``sendit_helpers``."""
@@ -74,3 +77,46 @@ def tag_label(keyword: str, tag: int) -> str:
     group, elem = tag >> 16, tag & 0xFFFF
     code = f"({group:04X},{elem:04X})"
     return f"{keyword} {code}" if keyword else f"private/unknown tag {code}"
+
+
+def os_error_line(exc: OSError, fix: str = "check the work folder") -> str:
+    """One line for an :class:`OSError`: what happened, on which path, and the fix.
+
+    Parameters
+    ----------
+    exc : OSError
+        The error (its ``filename`` names the path, when known).
+    fix : str
+        Advice for errors without a specific one.
+
+    Returns
+    -------
+    str
+        For example ``"no space left on the device (ENOSPC) writing /w/b/phi/x; free space on
+        that disk or choose another --work folder, then rerun"``.
+    """
+    path = exc.filename if exc.filename is not None else ""
+    where = f" on {os.fsdecode(path)}" if path else ""
+    code = exc.errno
+    name = errno.errorcode.get(code, type(exc).__name__) if code is not None else type(exc).__name__
+    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        what, advice = (
+            "the disk is full or a file-size/quota limit was reached",
+            (
+                "free space on that disk (or raise the limit) or choose another --work folder, "
+                "then rerun"
+            ),
+        )
+    elif code == errno.EROFS:
+        what, advice = "the filesystem is read-only", "choose a writable --work folder"
+    elif code in (errno.EACCES, errno.EPERM):
+        what, advice = (
+            "permission denied",
+            (
+                "give the user running sendit access to it (chmod/chown), or choose another "
+                "--work folder"
+            ),
+        )
+    else:
+        what, advice = exc.strerror or type(exc).__name__, fix
+    return f"{what} ({name}){where}; {advice}"

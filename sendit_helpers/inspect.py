@@ -32,7 +32,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from . import disposition, executors
+from . import discovery, disposition, executors
 from .dicomio import probe
 from .disposition import Disposition, Row
 from .layout import BatchLayout
@@ -124,18 +124,26 @@ class InspectResult:
 
 # ------------------------------------------------------------------ discovery
 def discover(source: Path) -> list[Path]:
-    """Every file below ``source``, recursively, in a stable order (folder links not followed)."""
+    """Every regular file below ``source``, recursively, in a stable order (folder links not
+    followed; other entries are reported by :func:`discover_inputs`)."""
     return [Path(name) for name in discover_names(source)]
 
 
 def discover_names(source: Path) -> list[str]:
     """:func:`discover` as strings (a string costs a fraction of a :class:`Path`)."""
-    found: list[str] = []
-    for folder, dirs, files in os.walk(source):
-        dirs.sort()
-        base = Path(folder)
-        found.extend(os.fspath(base / name) for name in sorted(files))
-    return found
+    return discovery.scan(source).files
+
+
+def discover_inputs(layout: BatchLayout) -> discovery.Found:
+    """The batch's files to read, and a disposition row for every other entry.
+
+    A loose batch (:attr:`BatchLayout.loose`) is its folder's own entries and
+    the sub-folders holding no DICOM study; the work folder is always left out.
+    Never raises for an entry: unreadable folders, links that lead nowhere,
+    FIFOs, devices and non-UTF-8 names become rows (:func:`discovery.scan`).
+    """
+    include = discovery.loose_filter(layout.source) if layout.loose else None
+    return discovery.scan(layout.source, include=include, exclude=layout.work)
 
 
 # ------------------------------------------------------------------ per file
@@ -579,14 +587,21 @@ def inspect_batch(layout: BatchLayout, settings: Mapping[str, Any]) -> InspectRe
     """
     layout.check_source()
     layout.ensure()
-    rows = _read_spooled(layout, settings)
+    found = discover_inputs(layout)
+    rows = _read_spooled(layout, settings, found.files)
     files = files_frame(rows, layout.source)
     kinds = rows.select(["source_path", "kind", "reason"])
     del rows
     _release_arrow()
     ocr_note = ocr_screen(layout, files, settings)
     _release_arrow()
-    table = _merge_dispositions(layout, disposition_frame(kinds))
+    odd = disposition.to_frame(found.rows)
+    table = _merge_dispositions(
+        layout,
+        pd.concat([disposition_frame(kinds), odd], ignore_index=True)
+        if len(odd)
+        else disposition_frame(kinds),
+    )
     del kinds
     dates = dates_table(files)
     result = InspectResult(layout, files, table, series_table(files), dates)
@@ -641,7 +656,9 @@ def ocr_screen(layout: BatchLayout, files: pd.DataFrame, settings: Mapping[str, 
     return ""
 
 
-def _read_spooled(layout: BatchLayout, settings: Mapping[str, Any]) -> pa.Table:
+def _read_spooled(
+    layout: BatchLayout, settings: Mapping[str, Any], names: Sequence[str]
+) -> pa.Table:
     """Every file's row, read chunk by chunk through the spool ``phi/inspect/spool/``."""
     spool = layout.inspect_dir / "spool"
     shutil.rmtree(spool, ignore_errors=True)
@@ -649,7 +666,7 @@ def _read_spooled(layout: BatchLayout, settings: Mapping[str, Any]) -> pa.Table:
     filters = [str(SENDIT_FILTERS)] if settings["USE_SENDIT_FILTERS"] else []
     try:
         parts = spool_all(
-            discover_names(layout.source),
+            names,
             spool,
             layout.source,
             workers=int(settings["WORKERS"]),
@@ -751,7 +768,7 @@ def is_current(layout: BatchLayout) -> bool:
     if not marker.exists() or not layout.disposition_csv.exists():
         return False
     stamp = marker.stat().st_mtime
-    return all(os.stat(name).st_mtime <= stamp for name in discover_names(layout.source))
+    return all(os.stat(name).st_mtime <= stamp for name in discover_inputs(layout).files)
 
 
 def montages(result: InspectResult, settings: Mapping[str, Any]) -> list[Path]:

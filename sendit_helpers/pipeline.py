@@ -56,13 +56,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pydicom
 from tqdm.auto import tqdm
 
-from . import __version__, disposition, executors
-from .dicomio import READ_ERRORS
-from .errors import BatchError, SenditError
-from .inspect import discover
+from . import __version__, discovery, disposition, executors
+from .errors import BatchError, SenditError, os_error_line
+from .inspect import discover_inputs
 from .layout import BatchLayout
 from .runner import Stage, notebook_path, run_stage
 from .settings import BY_NAME, Settings, load_settings
@@ -136,64 +134,88 @@ class BatchStatus:
         }
 
 
-def _study_of(folder: Path) -> str | None:
-    """StudyInstanceUID of the first readable DICOM file directly in ``folder``."""
-    for entry in sorted(folder.iterdir()):
-        if not entry.is_file():
-            continue
-        try:
-            ds = pydicom.dcmread(entry, stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
-        except READ_ERRORS:
-            continue
-        return str(ds.get("StudyInstanceUID", "")) or None
-    return None
+@dataclass
+class Plan:
+    """The batches a run found: study batches, loose batches, and paths that gave none."""
+
+    batches: list[Path] = field(default_factory=list)
+    """Folders each holding one study (:func:`find_batches`)."""
+    loose: list[Path] = field(default_factory=list)
+    """Folders whose own entries (besides their study folders) form a loose batch."""
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    """``(path, message)`` of paths that are not folders."""
 
 
-def _studies(folder: Path, cache: dict[Path, set[str]]) -> set[str]:
-    if folder not in cache:
-        found: set[str] = set()
-        here = _study_of(folder)
-        if here:
-            found.add(here)
-        for child in sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink()):
-            found |= _studies(child, cache)
-        cache[folder] = found
-    return cache[folder]
+def plan_batches(paths: Iterable[str | os.PathLike[str]], work: Path | None = None) -> Plan:
+    """Resolve batch folders and roots to batches; never raises for what a folder holds.
 
+    A folder is a batch when its DICOM files name one study (a folder holding
+    no files but one sub-folder is looked into instead).  Any other folder is a
+    root: its study folders are searched for batches, and what else it holds
+    (its own files, folders without a DICOM study, unreadable folders, links,
+    FIFOs) is a *loose* batch of its own, so every input gets a disposition
+    row.  Sub-folders that cannot be read or whose names are not UTF-8 are
+    never batches: they go to the loose batch of the folder holding them.
 
-def find_batches(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
-    """Resolve batch folders and roots to the list of batch folders.
-
-    Raises
-    ------
-    BatchError
-        When a path does not exist or holds no DICOM study.
+    Parameters
+    ----------
+    paths : iterable of path-like
+        Batch folders and roots.
+    work : Path, optional
+        The work folder, left out of loose batches when it lies in a root.
     """
     cache: dict[Path, set[str]] = {}
-    batches: list[Path] = []
+    plan = Plan()
 
     def walk(folder: Path) -> None:
-        studies = _studies(folder, cache)
-        children = [
-            p
-            for p in sorted(folder.iterdir())
-            if p.is_dir() and not p.is_symlink() and _studies(p, cache)
-        ]
-        has_files = any(p.is_file() for p in folder.iterdir())
-        if len(studies) == 1 and (has_files or len(children) != 1):
-            batches.append(folder)
+        found = discovery.studies(folder, cache)
+        children = [p for p in discovery.subfolders(folder) if discovery.studies(p, cache)]
+        has_files = _has_files(folder)
+        if len(found) == 1 and (has_files or len(children) != 1):
+            plan.batches.append(folder)
             return
+        include = discovery.loose_filter(folder, cache)
+        leftover = discovery.scan(folder, include=include, exclude=work)
+        if leftover.files or leftover.rows:
+            plan.loose.append(folder)
         for child in children:
             walk(child)
 
     for raw in paths:
         path = Path(raw).expanduser().resolve()
         if not path.is_dir():
-            raise BatchError(f"{path} is not a folder; pass batch folders or a root holding them")
-        before = len(batches)
+            plan.problems.append(
+                (str(path), f"{path} is not a folder; pass batch folders or a root holding them")
+            )
+            continue
         walk(path)
-        if len(batches) == before:
+    return plan
+
+
+def _has_files(folder: Path) -> bool:
+    try:
+        return any(p.is_file() for p in folder.iterdir())
+    except OSError:
+        return False
+
+
+def find_batches(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Resolve batch folders and roots to the list of study batch folders (:func:`plan_batches`).
+
+    Raises
+    ------
+    BatchError
+        When a path does not exist or holds no DICOM study.
+    """
+    batches: list[Path] = []
+    for raw in paths:
+        plan = plan_batches([raw])
+        if plan.problems:
+            raise BatchError(plan.problems[0][1])
+        if not plan.batches:
+            path = Path(raw).expanduser().resolve()
             raise BatchError(f"{path} holds no readable DICOM study; check the path")
+        batches += plan.batches
     return batches
 
 
@@ -217,18 +239,25 @@ def _file_sha(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def inputs_fingerprint(source: Path) -> str:
-    """Hash of the batch's file list: relative path, size and mtime (ns) of every file.
+def inputs_fingerprint(layout: BatchLayout) -> str:
+    """Hash of the batch's inputs: relative path, size and mtime (ns) of every file,
+    and the row of every entry that is not one (an unreadable folder, a dangling link).
 
     Parameters
     ----------
-    source : Path
-        The batch folder (walked like :func:`~sendit_helpers.inspect.discover`).
+    layout : BatchLayout
+        The batch (walked like :func:`~sendit_helpers.inspect.discover_inputs`).
     """
-    rows = []
-    for path in discover(source):
-        st = path.stat()
-        rows.append((path.relative_to(source).as_posix(), st.st_size, st.st_mtime_ns))
+    found = discover_inputs(layout)
+    rows: list[tuple[str, int, int] | tuple[str, str, str]] = []
+    for name in found.files:
+        try:
+            st = os.stat(name)
+        except OSError as exc:  # gone or changed since the listing: a new fingerprint anyway
+            rows.append((name, "missing", str(exc.errno)))
+            continue
+        rows.append((os.path.relpath(name, layout.source), st.st_size, st.st_mtime_ns))
+    rows += [(r.source_path, str(r.disposition), r.reason) for r in found.rows]
     return _json_sha(rows)
 
 
@@ -297,7 +326,7 @@ def fingerprint(
         "extra": dict(extra if extra is not None else STAGE_EXTRA.get(stage, {})),
     }
     if index == 0:
-        parts["inputs"] = inputs_fingerprint(layout.source)
+        parts["inputs"] = inputs_fingerprint(layout)
     else:
         previous = read_stamp(layout, stages[index - 1])
         if previous is None:
@@ -357,7 +386,7 @@ def write_stamp(
     path = stamp_path(layout, stage)
     path.parent.mkdir(mode=0o700, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as fh:
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
         json.dump(record, fh, indent=1)
         fh.flush()
         os.fsync(fh.fileno())
@@ -510,11 +539,7 @@ def run_batch(
         status.stage = str(stage) if stage is not None else "setup"
         if stage is not None and notebook_path(stage, layout).exists():
             status.notebook = str(notebook_path(stage, layout))
-        if isinstance(exc, SenditError):
-            status.detail = str(exc)
-        else:
-            where = f" on {exc.filename}" if exc.filename else ""
-            status.detail = f"{type(exc).__name__} ({exc.strerror}){where}; check the work folder"
+        status.detail = str(exc) if isinstance(exc, SenditError) else os_error_line(exc)
     status.seconds = time.perf_counter() - start
     status.images = _images(layout)
     return status
@@ -559,7 +584,14 @@ def run_batches(
     """
     settings = load_settings(params, overrides)
     stages = [s for s in PIPELINE if s.source().exists()]
-    layouts = _unique_layouts(find_batches(paths), work)
+    plan = plan_batches(paths, Path(work).expanduser().resolve())
+    layouts, refused = _unique_layouts(plan, work)
+    for where, message in plan.problems:
+        refused.append(BatchStatus(Path(where).name, "failed", "setup", detail=message))
+    if not layouts and not refused:
+        refused.append(
+            BatchStatus("-", "failed", "setup", detail="no batch found; check the paths given")
+        )
     executor = str(settings["EXECUTOR"])
     scheduler = str(settings["DASK_SCHEDULER"])
     slots, file_workers = split_workers(int(settings["WORKERS"]), len(layouts), executor, scheduler)
@@ -585,6 +617,8 @@ def run_batches(
         run_batch, stages=stages, params=params, overrides=inner, force=force, hook=hook
     )
     statuses: list[BatchStatus | None] = [None] * len(layouts)
+    for status in refused:
+        bar.write(_line(status), file=sys.stderr)
     try:
         for index, outcome in executors.run_each(
             work_one, layouts, slots=slots, executor=executor, scheduler=scheduler, desc="batches"
@@ -597,27 +631,35 @@ def run_batches(
     finally:
         bar.close()
     done = [s for s in statuses if s is not None]
-    print(status_table(done))
-    for s in done:
+    print(status_table([*refused, *done]))
+    for s in [*refused, *done]:
         if s.status != "done":
             print(f"sendit: {s.batch}: {s.detail}", file=sys.stderr)
-    return 0 if len(done) == len(layouts) and all(s.status == "done" for s in done) else 1
+    ok = len(done) == len(layouts) and all(s.status == "done" for s in done)
+    return 0 if ok and not refused else 1
 
 
-def _unique_layouts(folders: Sequence[Path], work: str | os.PathLike[str]) -> list[BatchLayout]:
-    """One layout per batch folder; two folders of one name would share WORK/<name>."""
+def _unique_layouts(
+    plan: Plan, work: str | os.PathLike[str]
+) -> tuple[list[BatchLayout], list[BatchStatus]]:
+    """One layout per batch; of two folders of one name (they would share WORK/<name>)
+    the first runs and the second is refused with a failed status."""
     layouts: dict[Path, BatchLayout] = {}
-    for folder in folders:
-        layout = BatchLayout.for_batch(folder, work)
+    refused: list[BatchStatus] = []
+    found = [(f, False) for f in plan.batches] + [(f, True) for f in plan.loose]
+    for folder, loose in found:
+        layout = BatchLayout.for_batch(folder, work, loose=loose)
         other = layouts.get(layout.root)
-        if other is not None and other.source != layout.source:
-            raise BatchError(
+        if other is not None:
+            detail = (
                 f"batches {other.source} and {layout.source} are both named {layout.name} and "
-                f"would share the work folder {layout.root}; rename one or run them with "
-                "different --work folders"
+                f"would share the work folder {layout.root}; {layout.source} is not run: rename "
+                "it or run it with another --work folder"
             )
+            refused.append(BatchStatus(layout.name, "failed", "setup", detail=detail))
+            continue
         layouts[layout.root] = layout
-    return list(layouts.values())
+    return list(layouts.values()), refused
 
 
 def _line(status: BatchStatus) -> str:

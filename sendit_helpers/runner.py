@@ -138,6 +138,8 @@ def run_stage(
     }
     parameters.update(extra or {})
     failure: StageError | None = None
+    # A report of an earlier run must not pass for this one's, whatever happens below.
+    output.with_suffix(".html").unlink(missing_ok=True)
     try:
         pm.execute_notebook(
             str(stage.source()),
@@ -160,8 +162,22 @@ def run_stage(
             f"stage {stage} failed for batch {layout.name}: the kernel stopped "
             f"({type(exc).__name__}); see {output.with_suffix('.kernel.log')} and {output}"
         )
-    if html and output.exists():
-        export_html(output)
+    try:
+        if html and output.exists():
+            try:
+                export_html(output)
+            except Exception as exc:  # noqa: BLE001 - nbconvert/jinja raise anything; reported below
+                if failure is None:
+                    raise StageError(
+                        f"stage {stage} ran for batch {layout.name} but its HTML copy could not "
+                        f"be written ({type(exc).__name__}); the executed notebook {output} "
+                        "is complete: open it instead, or rerun to retry the copy"
+                    ) from None
+                failure = StageError(
+                    f"{failure} (its HTML copy could not be written either: {type(exc).__name__})"
+                )
+    finally:
+        layout.secure_phi()
     if failure is not None:
         raise failure
     return output

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -177,17 +178,49 @@ def _convert(kind: type, value: Any) -> Any:
     return kind(value)
 
 
+#: Most values a params file may expand to through YAML anchors and aliases (``&a``/``*a``):
+#: a few aliased lists are fine, an "alias bomb" that grows to gigabytes is refused.
+MAX_YAML_NODES = 10_000
+
+
 def _read_params(path: Path) -> dict[str, Any]:
+    """Read one params file; every failure is a :class:`SettingsError` naming file and line."""
     try:
-        data = yaml.safe_load(path.read_text())
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise SettingsError(f"params file {path} does not exist; check the --params path") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
+    except OSError as exc:
         raise SettingsError(
-            f"params file {path} is not valid YAML{where}; fix the syntax (NAME: value per line)"
+            f"params file {path} cannot be read ({type(exc).__name__}: {exc.strerror}); "
+            "check the path and that the file is readable by this user"
         ) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise SettingsError(
+            f"params file {path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at line {line}); "
+            "save it as UTF-8"
+        ) from None
+    loader: yaml.SafeLoader | None = None
+    try:
+        loader = yaml.SafeLoader(text)
+        node = loader.get_single_node()
+        if node is not None:
+            _check_expansion(node, path)
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as exc:
+        raise SettingsError(
+            f"params file {path} is not valid YAML{_yaml_where(exc, text)}; "
+            "fix the syntax (NAME: value per line)"
+        ) from None
+    except RecursionError:
+        raise SettingsError(
+            f"params file {path} nests values too deeply; write NAME: value per line"
+        ) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -195,6 +228,50 @@ def _read_params(path: Path) -> dict[str, Any]:
             f"params file {path} must hold a mapping of NAME: value, found {type(data).__name__}"
         )
     return data
+
+
+def _yaml_where(exc: yaml.YAMLError, text: str) -> str:
+    """`` at line N`` for a YAML error, when it says where."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    if mark is not None:
+        return f" at line {mark.line + 1}"
+    position = getattr(exc, "position", None)  # reader errors (control characters)
+    if isinstance(position, int):
+        return f" at line {text[:position].count(chr(10)) + 1}"
+    return ""
+
+
+def _check_expansion(root: yaml.Node, path: Path) -> None:
+    """Refuse a document whose aliases expand to more than :data:`MAX_YAML_NODES` values."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise SettingsError(
+                f"params file {path} line {node.start_mark.line + 1}: a YAML alias refers to "
+                "itself; write the values out instead of using & anchors and * aliases"
+            )
+        active.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        active.discard(key)
+        if total > MAX_YAML_NODES:
+            raise SettingsError(
+                f"params file {path} line {node.start_mark.line + 1}: YAML aliases expand to more "
+                f"than {MAX_YAML_NODES} values; write the values out instead of using & anchors "
+                "and * aliases"
+            )
+        sizes[key] = total
+        return total
+
+    size(root)
 
 
 def load_settings(
@@ -247,6 +324,12 @@ def load_settings(
             sources[setting.name] = "environment"
     for name, raw in (overrides or {}).items():
         setting = _declared(str(name), "command-line/notebook overrides")
+        if setting.secret:
+            raise SettingsError(
+                f"{setting.name} is a secret and must come from the environment, not from "
+                f"--set or notebook overrides (they are written into the executed notebooks); "
+                f"export {setting.name} instead"
+            )
         values[setting.name] = coerce(setting, raw, "command-line/notebook overrides")
         sources[setting.name] = "override"
     missing = [s.name for s in SETTINGS if s.name not in values]
@@ -275,8 +358,43 @@ def _require(settings: Settings, when: str, names: Sequence[str]) -> None:
             )
 
 
+#: What to do instead of putting credentials in a URL setting.
+_CREDENTIAL_FIX = {
+    "ORTHANC_URL": "export ORTHANC_USERNAME and ORTHANC_PASSWORD instead",
+    "IDENTIFIER_URL": "export IDENTIFIER_TOKEN instead",
+}
+
+
+def check_no_credentials(settings: Settings) -> None:
+    """Refuse URL settings that carry credentials (``http://user:password@host``).
+
+    Settings are shown in notebooks, messages and receipts; credentials come
+    from the environment's secret settings only.  The message never repeats
+    the URL.
+
+    Raises
+    ------
+    SettingsError
+    """
+    for setting in SETTINGS:
+        value = settings.resolved.get(setting.name)
+        if setting.secret or not isinstance(value, str) or "@" not in value:
+            continue
+        try:
+            parts = urlsplit(value.strip())
+        except ValueError:
+            continue
+        if parts.scheme and "@" in parts.netloc:
+            fix = _CREDENTIAL_FIX.get(setting.name, "give credentials through the environment")
+            raise SettingsError(
+                f"{setting.name} ({settings.sources.get(setting.name, 'default')}) holds "
+                f"credentials (user:password@ before the host); remove them from the URL and {fix}"
+            )
+
+
 def validate(settings: Settings) -> None:
     """Check settings that only make sense together."""
+    check_no_credentials(settings)
     if settings["SEND_TO_GOOGLE"]:
         _require(
             settings,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,92 @@ def test_parse_override() -> None:
 def test_examples_load(monkeypatch: pytest.MonkeyPatch) -> None:
     for example in sorted((DEFAULT_PARAMS.parent / "examples").glob("*.yml")):
         assert load_settings([example], environ={}) is not None
+
+
+# ------------------------------------------------------------------ hostile params files
+def test_yaml_alias_bomb_refused_quickly(tmp_path: Path) -> None:
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for i, name in enumerate("bcdefghi"):
+        previous = "abcdefghi"[i]
+        lines.append(f"{name}: &{name} [{', '.join([f'*{previous}'] * 9)}]")
+    lines.append("DEID_RECIPES: *i")
+    params = tmp_path / "bomb.yml"
+    params.write_text("\n".join(lines) + "\n")
+    start = time.perf_counter()
+    with pytest.raises(SettingsError, match=r"bomb\.yml line \d+: YAML aliases expand to more than"):
+        load_settings([params], environ={})
+    assert time.perf_counter() - start < 2
+
+
+def test_yaml_recursive_alias_refused(tmp_path: Path) -> None:
+    params = tmp_path / "loop.yml"
+    params.write_text("DEID_RECIPES: &a [*a]\n")
+    with pytest.raises(SettingsError, match=r"loop\.yml line 1: a YAML alias refers to itself"):
+        load_settings([params], environ={})
+
+
+def test_small_aliases_still_work(tmp_path: Path) -> None:
+    params = tmp_path / "ok.yml"
+    params.write_text("SAFE_PRIVATE_TAGS: &tags ['(0019,0010)']\n")
+    assert load_settings([params], environ={})["SAFE_PRIVATE_TAGS"] == ["(0019,0010)"]
+
+
+def test_non_utf8_params_named_with_line(tmp_path: Path) -> None:
+    params = tmp_path / "latin1.yml"
+    params.write_bytes("WORKERS: 1\nREVIEWER: Jos\xe9\n".encode("latin-1"))
+    with pytest.raises(SettingsError, match=r"latin1\.yml is not UTF-8 text \(byte 0xe9 at line 2\)"):
+        load_settings([params], environ={})
+
+
+def test_control_character_params_named_with_line(tmp_path: Path) -> None:
+    params = tmp_path / "ctl.yml"
+    params.write_text("WORKERS: 1\nREVIEWER: a\x07b\n")
+    with pytest.raises(SettingsError, match=r"ctl\.yml is not valid YAML at line 2"):
+        load_settings([params], environ={})
+
+
+def test_unreadable_params_is_a_line(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match=r"params file .* cannot be read \(IsADirectoryError"):
+        load_settings([tmp_path], environ={})
+
+
+# ------------------------------------------------------------------ secrets
+@pytest.mark.parametrize(
+    "name",
+    [
+        "ORTHANC_PASSWORD",
+        "ORTHANC_USERNAME",
+        "IDENTIFIER_TOKEN",
+        "SENDIT_SITE_SECRET",
+        "GOOGLE_APPLICATION_CREDENTIALS",
+    ],
+)
+def test_set_refuses_secrets(name: str) -> None:
+    with pytest.raises(
+        SettingsError, match=rf"^{name} is a secret and must come from the environment, not from --set"
+    ) as info:
+        load_settings([], {name: "hunter2-distinct"}, environ={})
+    assert "hunter2-distinct" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "fix"),
+    [
+        ("ORTHANC_URL", "export ORTHANC_USERNAME and ORTHANC_PASSWORD instead"),
+        ("IDENTIFIER_URL", "export IDENTIFIER_TOKEN instead"),
+    ],
+)
+def test_url_with_credentials_refused(tmp_path: Path, name: str, fix: str) -> None:
+    url = "http://alice:pw-distinct@pacs.example:8042/"
+    for source in ("override", "environment", "file"):
+        params = tmp_path / "p.yml"
+        params.write_text(f"{name}: {url}\n" if source == "file" else "")
+        with pytest.raises(SettingsError, match=rf"^{name} .* holds credentials.*{fix}") as info:
+            load_settings(
+                [params],
+                {name: url} if source == "override" else {},
+                environ={name: url} if source == "environment" else {},
+            )
+        assert "pw-distinct" not in str(info.value) and "alice" not in str(info.value)
+    plain = load_settings([], {name: "http://pacs.example:8042/"}, environ={})
+    assert plain[name] == "http://pacs.example:8042/"

@@ -133,6 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SenditError as exc:
         print(f"sendit: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"sendit: error: {os_error_line(exc, near=args.work)}", file=sys.stderr)
+        return 2
 
 
 def _run_each(
@@ -167,7 +170,8 @@ def _run_each(
             continue
         except OSError as exc:
             failed += 1
-            print(f"sendit: error: batch {batch}: {os_error_line(exc)}", file=sys.stderr)
+            line = os_error_line(exc, near=Path(work).expanduser().resolve())
+            print(f"sendit: error: batch {batch}: {line}", file=sys.stderr)
             continue
         log.info("%s done for batch %s; executed notebook: %s", stage, layout.name, output)
     if failed and len(batches) > 1:

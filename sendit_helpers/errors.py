@@ -79,7 +79,9 @@ def tag_label(keyword: str, tag: int) -> str:
     return f"{keyword} {code}" if keyword else f"private/unknown tag {code}"
 
 
-def os_error_line(exc: OSError, fix: str = "check the work folder") -> str:
+def os_error_line(
+    exc: OSError, fix: str = "check the work folder", near: str | os.PathLike[str] | None = None
+) -> str:
     """One line for an :class:`OSError`: what happened, on which path, and the fix.
 
     Parameters
@@ -88,6 +90,8 @@ def os_error_line(exc: OSError, fix: str = "check the work folder") -> str:
         The error (its ``filename`` names the path, when known).
     fix : str
         Advice for errors without a specific one.
+    near : path-like, optional
+        The folder being written, named when the error does not say which file.
 
     Returns
     -------
@@ -96,7 +100,10 @@ def os_error_line(exc: OSError, fix: str = "check the work folder") -> str:
         that disk or choose another --work folder, then rerun"``.
     """
     path = exc.filename if exc.filename is not None else ""
-    where = f" on {os.fsdecode(path)}" if path else ""
+    if path:
+        where = f" on {os.fsdecode(path)}"
+    else:
+        where = f" writing under {os.fsdecode(near)}" if near is not None else ""
     code = exc.errno
     name = errno.errorcode.get(code, type(exc).__name__) if code is not None else type(exc).__name__
     if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):

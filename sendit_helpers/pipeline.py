@@ -539,7 +539,10 @@ def run_batch(
         status.stage = str(stage) if stage is not None else "setup"
         if stage is not None and notebook_path(stage, layout).exists():
             status.notebook = str(notebook_path(stage, layout))
-        status.detail = str(exc) if isinstance(exc, SenditError) else os_error_line(exc)
+        if isinstance(exc, SenditError):
+            status.detail = str(exc)
+        else:
+            status.detail = os_error_line(exc, near=layout.root)
     status.seconds = time.perf_counter() - start
     status.images = _images(layout)
     return status

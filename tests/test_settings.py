@@ -144,7 +144,9 @@ def test_yaml_alias_bomb_refused_quickly(tmp_path: Path) -> None:
     params = tmp_path / "bomb.yml"
     params.write_text("\n".join(lines) + "\n")
     start = time.perf_counter()
-    with pytest.raises(SettingsError, match=r"bomb\.yml line \d+: YAML aliases expand to more than"):
+    with pytest.raises(
+        SettingsError, match=r"bomb\.yml line \d+: YAML aliases expand to more than"
+    ):
         load_settings([params], environ={})
     assert time.perf_counter() - start < 2
 
@@ -165,7 +167,9 @@ def test_small_aliases_still_work(tmp_path: Path) -> None:
 def test_non_utf8_params_named_with_line(tmp_path: Path) -> None:
     params = tmp_path / "latin1.yml"
     params.write_bytes("WORKERS: 1\nREVIEWER: Jos\xe9\n".encode("latin-1"))
-    with pytest.raises(SettingsError, match=r"latin1\.yml is not UTF-8 text \(byte 0xe9 at line 2\)"):
+    with pytest.raises(
+        SettingsError, match=r"latin1\.yml is not UTF-8 text \(byte 0xe9 at line 2\)"
+    ):
         load_settings([params], environ={})
 
 
@@ -194,7 +198,8 @@ def test_unreadable_params_is_a_line(tmp_path: Path) -> None:
 )
 def test_set_refuses_secrets(name: str) -> None:
     with pytest.raises(
-        SettingsError, match=rf"^{name} is a secret and must come from the environment, not from --set"
+        SettingsError,
+        match=rf"^{name} is a secret and must come from the environment, not from --set",
     ) as info:
         load_settings([], {name: "hunter2-distinct"}, environ={})
     assert "hunter2-distinct" not in str(info.value)

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 
+from .dicomio import READ_ERRORS
 from .errors import GateError, LeakError
 from .layout import BatchLayout
 
@@ -46,12 +48,81 @@ Span = tuple[int, int, int, bool]
 
 
 def release_files(layout: BatchLayout) -> list[Path]:
-    """Every file under ``release/``, sorted by relative path."""
+    """Every regular file under ``release/`` (links not followed), sorted by relative path.
+
+    Everything else there is listed by :func:`release_entries`.
+    """
+    return release_entries(layout)[0]
+
+
+def release_entries(layout: BatchLayout) -> tuple[list[Path], list[str], list[tuple[str, str]]]:
+    """``release/`` as the gate sees it: regular files, folders, and entries that may not be there.
+
+    ``release/`` may hold only regular files, in the entity folders the stage
+    creates (folders directly in ``release/``).  A symbolic link, FIFO,
+    socket or device, a folder inside an entity folder, or a folder that
+    cannot be listed is *odd*: the gate fails on it and upload refuses
+    (no byte of it was scanned; its name alone may carry PHI).
+
+    Returns
+    -------
+    tuple
+        Regular files (sorted by relative name), folders' relative names
+        (sorted), and ``(relative name, what it is)`` of the odd entries.
+    """
     root = layout.release
-    if not root.exists():
-        return []
-    return sorted(
-        (p for p in root.rglob("*") if p.is_file()), key=lambda p: p.relative_to(root).as_posix()
+    files: list[Path] = []
+    folders: list[str] = []
+    odd: list[tuple[str, str]] = []
+    if not root.is_dir():
+        return files, folders, odd
+
+    def failed(exc: OSError) -> None:
+        name = os.path.relpath(exc.filename, root) if exc.filename else "."
+        odd.append((Path(name).as_posix(), f"a folder that cannot be listed ({exc.strerror})"))
+
+    for folder, dirs, names in os.walk(root, onerror=failed):
+        base = Path(folder)
+        depth = len(base.relative_to(root).parts)
+        for name in [*dirs, *names]:
+            path = base / name
+            rel = path.relative_to(root).as_posix()
+            try:
+                mode = path.lstat().st_mode
+            except OSError as exc:
+                odd.append((rel, f"an entry that cannot be read ({exc.strerror})"))
+                continue
+            if stat.S_ISDIR(mode):
+                folders.append(rel)
+                if depth >= 1:
+                    odd.append((rel, "a folder inside an entity folder"))
+            elif stat.S_ISREG(mode):
+                files.append(path)
+            else:
+                odd.append((rel, _entry_kind(mode)))
+    files.sort(key=lambda p: p.relative_to(root).as_posix())
+    return files, sorted(folders), sorted(odd)
+
+
+def _entry_kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
+def _odd_message(layout: BatchLayout, odd: list[tuple[str, str]]) -> str:
+    rel, what = odd[0]
+    more = f" and {len(odd) - 1} more" if len(odd) > 1 else ""
+    return (
+        f"{layout.release} holds {rel!s}, {what}{more}: release/ may hold only the regular "
+        "files de-identification wrote, in its entity folders; remove it and rerun "
+        "`sendit deidentify` (or `sendit review`)"
     )
 
 
@@ -132,6 +203,7 @@ def write_record(
     record: dict[str, object] = {
         "passed": True,
         "digest": _digest(entries),
+        "folders": release_entries(layout)[1],
         "files": n_files,
         "values_checked": n_values,
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -187,6 +259,15 @@ def passed_index(layout: BatchLayout) -> dict[str, FileEntry]:
             "run `sendit deidentify` (or `sendit review`) on this batch first"
         )
     record = json.loads(path.read_text())
+    _files, folders, odd = release_entries(layout)
+    if odd:
+        raise GateError(_odd_message(layout, odd))
+    recorded_folders = record.get("folders")
+    if isinstance(recorded_folders, list) and recorded_folders != folders:
+        raise GateError(
+            f"{layout.release} has folders the leak gate did not scan (record {path}); run "
+            "`sendit deidentify` or `sendit review` again so the gate scans its current contents"
+        )
     index = release_index(layout, _recorded_index(record))
     if not record.get("passed") or record.get("digest") != _digest(index):
         raise GateError(
@@ -294,7 +375,7 @@ def _pixel_span(data: bytes) -> tuple[int, int, pydicom.Dataset] | None:
     buffer = BytesIO(data)
     try:
         ds = pydicom.dcmread(buffer, stop_before_pixels=True, force=True)
-    except (pydicom.errors.InvalidDicomError, EOFError, ValueError, OSError, KeyError, TypeError):
+    except READ_ERRORS:
         return None
     return buffer.tell(), len(data), ds
 
@@ -382,19 +463,42 @@ def scan_file_entry(
     return hits + [(relative, _field_at(data, offset, start), c) for offset, c in found], entry
 
 
+def _pixel_end(data: bytes, start: int) -> int | None:
+    """End of the pixel data value starting at ``start`` (little endian), when it can be told."""
+    if start < 4:
+        return None
+    length = int.from_bytes(data[start - 4 : start], "little")
+    if length != 0xFFFFFFFF:
+        return start + length
+    delimiter = data.find(b"\xfe\xff\xdd\xe0\x00\x00\x00\x00", start)
+    return None if delimiter < 0 else delimiter + 8
+
+
 def _field_at(data: bytes, offset: int, pixel_start: int) -> str:
-    """Name the element holding byte ``offset`` (keyword and tag), best effort."""
+    """Name the element holding byte ``offset`` (keyword and tag), best effort.
+
+    Never raises: bytes that do not parse (after the pixel data, say) are
+    named by where they sit.
+    """
     from io import BytesIO
 
     from .errors import tag_label
 
     whole = offset >= pixel_start
+    fallback = "(header)"
+    if whole:
+        end = _pixel_end(data, pixel_start)
+        inside = end is None or offset < end
+        fallback = "PixelData (7FE0,0010)" if inside else "bytes after PixelData (7FE0,0010)"
+        if inside:
+            return fallback
     try:
         ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=not whole, force=True)
-    except (pydicom.errors.InvalidDicomError, EOFError, ValueError, OSError):
-        return "PixelData (7FE0,0010)" if whole else "(header)"
-    best, best_start = "(header)", -1
-    for elem in ds.iterall():
+        elements = list(ds.iterall())
+    except READ_ERRORS:
+        return fallback
+    best, best_start = fallback, -1
+    for elem in elements:
         start = getattr(elem, "file_tell", None)
         if start is not None and best_start < start <= offset:
             best, best_start = tag_label(elem.keyword, int(elem.tag)), start
@@ -489,7 +593,7 @@ def run_gate(layout: BatchLayout, values: Mapping[str, str], *, workers: int = 1
         When any value is found; the message gives counts and the report path.
     """
     scanner = Scanner.build(values)
-    files = release_files(layout)
+    files, folders, odd = release_entries(layout)
     spans = load_spans(layout)
     items: list[tuple[str, str, Span | None]] = []
     for p in files:
@@ -504,6 +608,9 @@ def run_gate(layout: BatchLayout, values: Mapping[str, str], *, workers: int = 1
     else:
         parts = [_scan_chunk(items, scanner)]
     hits = [h for part_hits, _index in parts for h in part_hits]
+    for rel in folders:  # an empty folder's name is in no file's name
+        hits += [(rel, "folder name", c) for _o, c in scanner.find(rel.encode("utf-8"))]
+    hits += [(rel, "entry type", f"not allowed in release/: {what}") for rel, what in odd]
     index = {rel: entry for _hits, part_index in parts for rel, entry in part_index.items()}
     table = pd.DataFrame(hits, columns=["file", "field", "category"]).drop_duplicates()
     report = GateReport(not hits, len(files), len(scanner), scanner.too_short, table)

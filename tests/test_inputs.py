@@ -20,13 +20,22 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sendit_helpers import deidentify, discovery, inspect, review, synthetic, upload
+from sendit_helpers import (
+    deidentify,
+    discovery,
+    inspect,
+    leakgate,
+    review,
+    runner,
+    synthetic,
+    upload,
+)
 from sendit_helpers.cli import main
 from sendit_helpers.dicomio import probe
-from sendit_helpers.errors import BatchError
+from sendit_helpers.errors import BatchError, GateError, LeakError, StageError
 from sendit_helpers.layout import BatchLayout
 from sendit_helpers.pipeline import plan_batches
-from sendit_helpers.runner import open_batch
+from sendit_helpers.runner import Stage, notebook_path, open_batch
 
 TINY = synthetic.BatchSpec(n_series=1, images_per_series=2, rows=16, columns=16)
 QUIET = {"PROGRESS": False, "THUMBNAILS": False, "OCR_SCREEN": "off"}
@@ -326,3 +335,130 @@ def test_full_disk_is_one_line(tmp_path: Path) -> None:
     line = [x for x in result.stderr.splitlines() if x.startswith(f"sendit: {made[0].name}:")]
     assert len(line) == 1 and "the disk is full or a file-size/quota limit was reached" in line[0]
     assert f"under {work / made[0].name}" in line[0] and "free space" in line[0]
+
+
+# ------------------------------------------------------------------ point 8: tight edges
+@pytest.fixture
+def gated(tmp_path: Path) -> tuple[BatchLayout, dict[str, str]]:
+    """A de-identified tiny batch whose gate passed, and the gate's values."""
+    synthetic.make_batch(tmp_path / "in" / "DOE_JANE_MRN777", TINY)
+    layout, settings = open_batch(tmp_path / "in" / "DOE_JANE_MRN777", tmp_path / "work", [], QUIET)
+    inspect.inspect_batch(layout, settings)
+    deidentify.deidentify_batch(layout, settings)
+    leakgate.require_pass(layout)
+    return layout, leakgate.load_values(layout)
+
+
+def test_hit_after_pixel_data_is_reported(gated: tuple[BatchLayout, dict[str, str]]) -> None:
+    layout, values = gated
+    name = next(v for v, c in values.items() if c == "name")
+    target = leakgate.release_files(layout)[0]
+    rel = target.relative_to(layout.release).as_posix()
+    for trailer in (name.encode(), b"\x08\x00\x20\x00XX\x08\x00" + name.encode()):
+        target.write_bytes(target.read_bytes() + trailer)
+        with pytest.raises(LeakError, match=r"leak gate failed: \d+ identifying value"):
+            leakgate.run_gate(layout, values)
+        report = pd.read_csv(layout.deid_dir / "leak_report.csv")
+        assert set(report["file"]) == {rel}
+        assert set(report["field"]) == {"bytes after PixelData (7FE0,0010)"}
+
+
+def test_release_holds_only_scanned_regular_files(
+    gated: tuple[BatchLayout, dict[str, str]],
+) -> None:
+    layout, values = gated
+    entity = next(p for p in layout.release.iterdir() if p.is_dir())
+    clean = leakgate.release_files(layout)[0]
+    os.symlink(clean, entity / "link.dcm")
+    os.mkfifo(entity / "pipe.dcm")
+    (entity / "nested").mkdir()
+    (layout.release / "DOE_JANE_MRN777").mkdir()  # an empty folder whose name is PHI
+    with pytest.raises(LeakError, match="leak gate failed"):
+        leakgate.run_gate(layout, values)
+    report = pd.read_csv(layout.deid_dir / "leak_report.csv").set_index("file")
+    prefix = entity.name
+    assert "a symbolic link" in report.loc[f"{prefix}/link.dcm", "category"]
+    assert "a FIFO" in report.loc[f"{prefix}/pipe.dcm", "category"]
+    assert "a folder inside an entity folder" in report.loc[f"{prefix}/nested", "category"]
+    assert "folder name" in set(report.loc[["DOE_JANE_MRN777"], "field"])
+    with pytest.raises(GateError, match="no leak-gate record|holds"):
+        leakgate.require_pass(layout)
+
+    # after a passing gate: an odd entry or a new folder makes upload refuse
+    for extra in ("link.dcm", "pipe.dcm", "nested"):
+        path = entity / extra
+        path.rmdir() if path.is_dir() and not path.is_symlink() else path.unlink()
+    (layout.release / "DOE_JANE_MRN777").rmdir()
+    leakgate.run_gate(layout, values)
+    os.mkfifo(entity / "late_pipe")
+    with pytest.raises(GateError, match=r"holds .*late_pipe, a FIFO \(named pipe\): release/ may"):
+        leakgate.require_pass(layout)
+    (entity / "late_pipe").unlink()
+    (layout.release / "empty_entity").mkdir()
+    with pytest.raises(GateError, match="has folders the leak gate did not scan"):
+        leakgate.require_pass(layout)
+
+
+@pytest.mark.slow
+def test_cli_reports_a_failing_batch_and_runs_the_others(tmp_path: Path) -> None:
+    made = list(synthetic.make_batches(tmp_path / "root", n=2, spec=TINY))
+    work = tmp_path / "work"
+    (work / made[0].name).mkdir(parents=True)
+    (work / made[0].name / "phi").write_text("a file where the phi folder belongs")
+    result = _sendit("inspect", str(made[0]), str(made[1]), "--work", str(work))
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and f"on {work / made[0].name / 'phi'}" in errors[0]
+    assert (work / made[1].name / "phi" / "notebooks" / "01_inspect.html").exists()
+    assert result.stderr.strip().splitlines()[-1] == "sendit: 1 of 2 batch(es) failed"
+
+
+def _notebook(path: Path, code: str) -> Path:
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell(
+        'batch_dir = ""\nwork_dir = ""\nparams_files: list = []\noverrides: dict = {}'
+    )
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(code)]
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.mark.slow
+def test_html_failure_never_masks_the_stage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synthetic.make_batch(tmp_path / "in" / "b", TINY)
+    layout = BatchLayout.for_batch(tmp_path / "in" / "b", tmp_path / "work").ensure()
+    html = notebook_path(Stage.INSPECT, layout).with_suffix(".html")
+    layout.notebooks_dir.mkdir(mode=0o700, exist_ok=True)
+
+    def broken(_notebook: Path) -> Path:
+        raise RuntimeError("exporter down")
+
+    monkeypatch.setattr(runner, "export_html", broken)
+    failing = _notebook(tmp_path / "failing.ipynb", "raise ValueError('stage went wrong')")
+    monkeypatch.setattr(Stage, "source", lambda self: failing)
+    html.write_text("a report of an earlier run")
+    with pytest.raises(
+        StageError,
+        match=r"stage inspect failed for batch b in cell \d+ \(ValueError\).*"
+        r"HTML copy could not be written either: RuntimeError",
+    ):
+        runner.run_stage(Stage.INSPECT, layout)
+    assert not html.exists(), "a stale report survived the failed run"
+
+    passing = _notebook(tmp_path / "passing.ipynb", "x = 1")
+    monkeypatch.setattr(Stage, "source", lambda self: passing)
+    html.write_text("a report of an earlier run")
+    with pytest.raises(StageError, match=r"ran for batch b but its HTML copy could not be written"):
+        runner.run_stage(Stage.INSPECT, layout)
+    assert not html.exists()
+    assert notebook_path(Stage.INSPECT, layout).stat().st_mode & 0o777 == 0o600

@@ -22,16 +22,23 @@ import pandas as pd
 import pytest
 import requests
 
-from sendit_helpers import cli, deidentify, pipeline, synthetic
+from sendit_helpers import cli, deidentify, leakgate, pipeline, synthetic
 from sendit_helpers.errors import UploadError
 from sendit_helpers.layout import BatchLayout
 from sendit_helpers.query import find_entities, find_images
 from sendit_helpers.runner import open_batch
-from sendit_helpers.targets import Item, Target
+from sendit_helpers.targets import ChangedError, Item, Target
 from sendit_helpers.targets.base import public_url
 from sendit_helpers.targets.local import LocalTarget
 from sendit_helpers.targets.orthanc import OrthancDicomTarget, OrthancRestTarget
-from sendit_helpers.upload import MISSING, VERIFIED, Manifest, still_uploaded, upload_batch
+from sendit_helpers.upload import (
+    MISSING,
+    VERIFIED,
+    Manifest,
+    load_release,
+    still_uploaded,
+    upload_batch,
+)
 from tests.conftest_servers import ReleaseFactory
 from tests.servers import FakeGcsServer, OrthancServer
 
@@ -63,7 +70,7 @@ def _edit_in_prepare(monkeypatch: pytest.MonkeyPatch, cls: type[Target]) -> None
 
 REFUSED = (
     r"1 of 6 item\(s\) to {kind} did not go \(first error: release/IR661f30/IR661f30_5_2\.dcm "
-    r"changed after the leak gate passed .*re-run deidentify"
+    r"changed after the leak gate passed; re-run deidentify"
 )
 
 
@@ -87,6 +94,25 @@ def test_file_edited_after_gate_is_refused_local(
         assert sent == gated[str(key)]
         assert row["checksum"] == hashlib.sha256(sent).hexdigest()  # SHA-256 of what was sent
     assert b"DOE^JANE" not in b"".join(p.read_bytes() for p in store.rglob("*.dcm"))
+
+
+def test_item_load_checks_the_bytes_against_the_gate(
+    make_release: ReleaseFactory, upload_settings: dict[str, Any]
+) -> None:
+    layout = make_release(entities=1, images=1)
+    (item,), _ = load_release(layout, upload_settings, leakgate.passed_index(layout))
+    gated = item.path.read_bytes()
+    loaded = item.load()
+    _edit(item.path)
+    assert loaded.read() == gated  # what was checked is what is sent, whatever the disk says
+    with loaded.sent_file() as copy:
+        assert copy.read_bytes() == gated
+    with pytest.raises(
+        ChangedError,
+        match=r"^release/IR661f30/IR661f30_5_1\.dcm changed after the leak gate passed; "
+        r"re-run deidentify",
+    ):
+        item.load()
 
 
 @pytest.mark.servers
@@ -349,3 +375,24 @@ def test_image_count_across_batches_datastore(
     entities = find_entities(settings, layouts[0].work)
     assert entities.set_index("id").loc[eid, "IMAGE_COUNT"] == total
     assert len(find_images(settings, layouts[0].work)) == total
+
+
+def test_sendit_run_reruns_a_current_upload_when_the_store_lost_items(
+    make_release: ReleaseFactory, tmp_path: Path
+) -> None:
+    """The upload stage's stamp is current only while the destination still holds everything."""
+    from sendit_helpers.runner import Stage, notebook_path
+    from sendit_helpers.settings import load_settings
+
+    layout = make_release(entities=1, images=2)
+    layout.source.mkdir(parents=True, exist_ok=True)
+    (layout.source / "a.dcm").write_bytes(b"input")
+    settings = load_settings(overrides={"PROGRESS": False}, environ={})
+    upload_batch(layout, settings, progress=False)
+    stages = (Stage.UPLOAD,)
+    notebook_path(Stage.UPLOAD, layout).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    notebook_path(Stage.UPLOAD, layout).write_text("{}")
+    pipeline.write_stamp(layout, Stage.UPLOAD, settings, 1.0, stages)
+    assert pipeline.is_current(Stage.UPLOAD, layout, settings, stages)
+    (layout.work / "storage" / "sendit" / "IR661f30" / "IR661f30_5_1.dcm").unlink()
+    assert not pipeline.is_current(Stage.UPLOAD, layout, settings, stages)

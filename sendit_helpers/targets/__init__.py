@@ -12,10 +12,20 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SettingsError
-from .base import Entity, Item, Receipt, Target, TargetKind, TransientError, setting
+from .base import (
+    ChangedError,
+    Entity,
+    Item,
+    Receipt,
+    Target,
+    TargetKind,
+    TransientError,
+    setting,
+)
 from .local import LocalTarget
 
 __all__ = [
+    "ChangedError",
     "Entity",
     "Item",
     "Receipt",

@@ -163,9 +163,8 @@ class Item:
             ) from exc
         if not self.sha256 or hashlib.sha256(data).hexdigest() != self.sha256:
             raise ChangedError(
-                f"{what} changed after the leak gate passed (its SHA-256 is not the one the "
-                "gate recorded); it was not sent: re-run deidentify (or review) so the gate "
-                "scans it again"
+                f"{what} changed after the leak gate passed; re-run deidentify (or review) so "
+                "the gate scans it again (not sent: its SHA-256 is not the one the gate recorded)"
             )
         return replace(self, size=len(data), data=data)
 

@@ -6,7 +6,9 @@ The files of one series (or study) share nearly their whole header: of the
 times and window values).  Under the default recipe, and any recipe whose
 rules act on elements by tag, what de-identification does to one top-level
 element depends only on its own bytes and on a small *context*: the
-pseudonyms and date shift of the job, the character set, and (for
+pseudonyms and date shift of the job, the character set, the SOP class
+(REMOVE and BLANK follow the attribute's Type in the object's IOD,
+:mod:`~sendit_helpers.iodtypes`), and (for
 ``func:clean_text``) the file's identifying values
 (:data:`~sendit_helpers.recipes.CLEAN_SOURCE_TAGS`).
 
@@ -34,6 +36,7 @@ generated batches with planted identifiers and on pydicom's test files.
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from collections import OrderedDict
 from collections.abc import Hashable
@@ -428,6 +431,7 @@ class ElementCache:
         self, data: bytes, elements: list[tuple[int, int, int]], ctx: DeidContext
     ) -> _Context | None:
         charset = b""
+        sop_class = ""
         sources: list[bytes] = []
         present: set[int] = set()
         clean = self._recipe.cleans_text
@@ -438,14 +442,20 @@ class ElementCache:
                 sources.append(data[start:end])
             if tag in self._adds or tag in (_SOP_CLASS, _SOP_INSTANCE):
                 present.add(tag)
+                if tag == _SOP_CLASS:  # REMOVE/BLANK follow the Types of the object's IOD
+                    head = 12 if data[start + 4 : start + 6] in _LONG_VRS else 8  # UN too
+                    sop_class = data[start + head : end].rstrip(b"\x00 ").decode("ascii", "replace")
         if present & self._adds or not {_SOP_CLASS, _SOP_INSTANCE} <= present:
             return None
+        if sop_class != ctx.sop_class_uid:
+            ctx = dataclasses.replace(ctx, sop_class_uid=sop_class)
         key = (
             tuple(sorted(ctx.variables.items())),
             ctx.date_shift_days,
             tuple(ctx.identifying_values),
             ctx.safe_private,
             ctx.uid_map,  # the mapper itself (an id could be reused once it is gone)
+            ctx.sop_class_uid,
             charset,
             tuple(sources),
         )

@@ -64,6 +64,7 @@ recompiles every regular expression for every file (~1 ms per file for the
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import difflib
 import re
@@ -85,7 +86,7 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import BaseTag
 
-from . import descriptors
+from . import descriptors, iodtypes
 from .dicomwrite import element_strings, item_strings, simple_codec, text_codec
 from .errors import RecipeError, RecipeWarning, tag_label
 
@@ -169,6 +170,10 @@ class DeidContext:
         ``func:clean_text`` (in addition to the file's own names, IDs and dates).
     safe_private : frozenset of int
         Full private tags (``0xggggbbee`` as found in the file) to keep.
+    sop_class_uid : str
+        The object's SOPClassUID: REMOVE and BLANK follow the attribute's Type in its IOD
+        (:mod:`sendit_helpers.iodtypes`).  :meth:`Recipe.apply` takes it from the data set;
+        callers of :meth:`Recipe.apply_element` set it.
     """
 
     variables: dict[str, str]
@@ -176,6 +181,7 @@ class DeidContext:
     uid_map: Callable[[str], str]
     identifying_values: Sequence[str] = ()
     safe_private: frozenset[int] = frozenset()
+    sop_class_uid: str = ""
 
 
 @dataclass
@@ -288,6 +294,7 @@ _UID_KEEP_KEYWORDS = frozenset({"CodingSchemeUID", "ContextGroupExtensionCreator
 FILE_META_DROP = (0x00020016, 0x00020017, 0x00020018, 0x00020100, 0x00020102)
 _AGE_TAG = 0x00101010
 _SOP_INSTANCE_UID = 0x00080018
+_SOP_CLASS = 0x00080016
 _MEDIA_SOP = BaseTag(0x00020003)
 
 #: Identifying values taken from the file itself for func:clean_text.
@@ -920,7 +927,13 @@ def _deid_load(path: Path) -> dict[str, Any]:
 
 # Plan kinds (small ints: the walk compares them a few hundred times per file).
 _K_KEEP, _K_SEQ, _K_REMOVE, _K_BLANK, _K_LIT, _K_VAR, _K_UID, _K_CLEAN, _K_JITTER = range(9)
-_K_UID_DEFAULT, _K_AGE, _K_FUNC_JITTER = 9, 10, 11
+_K_UID_DEFAULT, _K_AGE, _K_FUNC_JITTER, _K_DUMMY = 9, 10, 11, 12
+_IOD_EFFECTS = {
+    iodtypes.Effect.REMOVE: _K_REMOVE,
+    iodtypes.Effect.BLANK: _K_BLANK,
+    iodtypes.Effect.DUMMY: _K_DUMMY,
+    iodtypes.Effect.ITEMS: _K_SEQ,
+}
 
 # (kind, payload, rule, VR, keyword); _plan_for leaves VR and keyword empty.
 _Plan = tuple[int, Any, "_Rule | None", str, str]
@@ -1354,6 +1367,11 @@ class Recipe:
         elif " or " in vr:  # ambiguous (US or SS, OB or OW): the file's VR, else the first
             vr = elem_vr if elem_vr not in ("", "UN") else vr.split(" or ")[0]
         base = self._plan_for(self._resolve(tag, vr, keyword, name, None), tag, vr, keyword)
+        anchor = iodtypes.overlay_anchor(tag)
+        if anchor is not None and base[0] != _K_REMOVE:  # a removed overlay takes its group
+            data = self._cache.get(anchor) or self._public_plan(anchor, "OW")
+            if data[0] in (_K_REMOVE, _K_BLANK):
+                base = (_K_REMOVE, None, data[2], "", "")
         plan = (base[0], base[1], base[2], vr, keyword)
         self._cache[tag] = plan
         return plan
@@ -1381,6 +1399,9 @@ class Recipe:
             names the recipe line and the tag, never a value.
         """
         changes = Changes()
+        sop_class = str(ds[_SOP_CLASS].value or "") if _SOP_CLASS in ds else ""
+        if sop_class != ctx.sop_class_uid:
+            ctx = dataclasses.replace(ctx, sop_class_uid=sop_class)
         self._walk(ds, ctx, changes, "", _Tokens(ds if self._clean else None, ctx))
         for rule in self._adds:
             self._add(ds, rule, ctx, changes)
@@ -1475,6 +1496,8 @@ class Recipe:
     ) -> None:
         """Act on one public element whose plan is not KEEP."""
         tag = int(btag)
+        if (plan[0] == _K_REMOVE or plan[0] == _K_BLANK) and ctx.sop_class_uid:
+            plan = _iod_plan(plan, tag, raw, ctx.sop_class_uid, prefix)
         if plan[0] != _K_SEQ:
             _originals(ds, tag, plan[3], changes.originals, codec)
         if type(raw) is RawDataElement and raw.value is not None:
@@ -1735,6 +1758,12 @@ class Recipe:
                 elem.value = age_over_89(str(elem.value))
             return
         value = elem.value
+        if kind == _K_DUMMY:  # a Type 1 attribute the recipe removes or blanks
+            if vr != "UI":
+                self._record_removed(elem, changes)
+                elem.value = payload
+                return
+            kind = _K_UID
         if kind in (_K_UID, _K_UID_DEFAULT):
             if not value:
                 return
@@ -1876,6 +1905,20 @@ def _breaks_identity(rule: _Rule) -> bool:
     if action is Action.REPLACE and value is not None:
         return value.kind == _VAR or (value.kind == _FUNC and value.text != "uid")
     return False
+
+
+def _iod_plan(plan: _Plan, tag: int, raw: Any, sop_class: str, prefix: str) -> _Plan:
+    """REMOVE or BLANK as the attribute's Type in the object's IOD allows (:mod:`.iodtypes`)."""
+    if iodtypes.overlay_group(tag):
+        return plan  # overlays go whole (see Recipe._public_plan)
+    vr = str(getattr(raw, "VR", "") or "")
+    if vr in ("", "UN"):
+        vr = plan[3]
+    required = iodtypes.requirement(sop_class, prefix, plan[4])
+    effect = iodtypes.effect(plan[0] == _K_REMOVE, required, vr)
+    if effect is None:
+        return plan
+    return (_IOD_EFFECTS[effect], iodtypes.dummy_value(vr), plan[2], plan[3], plan[4])
 
 
 def _typed(text: str, vr: str, rule: _Rule | None, elem: DataElement | None, tag: int) -> Any:

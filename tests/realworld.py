@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pydicom.data
 import pytest
@@ -80,7 +81,7 @@ _NORMALISE = (
     (re.compile(r"= <[^>]*>"), "= <>"),  # values
     (re.compile(r'"[^"]*"'), '""'),  # quoted values (UIDs in root checks)
     (re.compile(r"\[\d+\]"), "[]"),  # value indices
-    (re.compile(r"\b\d+(\.\d+){3,}\b"), "<uid>"),  # UIDs written bare
+    (re.compile(r"\b\d+(\.\d+){2,}\b"), "<uid>"),  # UIDs written bare or in <…>
     (re.compile(r"(?i)\b(item|frame|value)s?\s*#?\s*\d+"), r"\1 #"),  # item / frame numbers
     (re.compile(r"\s+"), " "),
 )
@@ -145,3 +146,30 @@ def new_dciodvfy_errors_many(
     with ThreadPoolExecutor(max_workers=workers or max(2, os.cpu_count() or 2)) as pool:
         found = list(pool.map(lambda pair: new_dciodvfy_errors(*pair), todo))
     return {out: errors for (_, out), errors in zip(todo, found, strict=True) if errors}
+
+
+def output_pairs(release: Path, quarantine: Path, table: Any) -> list[tuple[Path, Path]]:
+    """``(input, output)`` for every file the de-identify stage released or held.
+
+    Parameters
+    ----------
+    release, quarantine : Path
+        The batch's ``release/`` and ``phi/quarantine/`` folders (outputs are found by name
+        anywhere under them, so new kinds of held files are included as they appear).
+    table : pandas.DataFrame
+        The disposition table (``source_path``, ``output_name``).
+
+    Returns
+    -------
+    list of (Path, Path)
+        Sorted by input path.
+    """
+    found = {
+        p.name: p for root in (release, quarantine) if root.exists() for p in root.rglob("*.dcm")
+    }
+    pairs = [
+        (Path(str(source)), found[str(name)])
+        for source, name in zip(table["source_path"], table["output_name"], strict=True)
+        if isinstance(name, str) and name in found
+    ]
+    return sorted(pairs)

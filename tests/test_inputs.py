@@ -462,3 +462,59 @@ def test_html_failure_never_masks_the_stage_error(
         runner.run_stage(Stage.INSPECT, layout)
     assert not html.exists()
     assert notebook_path(Stage.INSPECT, layout).stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.servers
+@pytest.mark.slow
+def test_orthanc_credentials_reach_no_file(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """``sendit run`` uploading to a real Orthanc with distinctive credentials from the
+    environment: they are in no file written (notebooks, HTML, logs, manifest, receipts)."""
+    from tests.servers import OrthancServer
+
+    server = OrthancServer(
+        "orthanc-secrets",
+        tmp_path_factory.mktemp("orthanc-secrets"),
+        user="user-4d7e1b-distinct",
+        password="pw-9a3c6f-distinct",  # noqa: S106 - test server only
+    )
+    try:
+        server.start()
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        made = list(synthetic.make_batches(tmp_path / "root", n=1, spec=TINY))
+        work = tmp_path / "work"
+        env = _env(ORTHANC_USERNAME=server.user, ORTHANC_PASSWORD=server.password)
+        result = _sendit(
+            "run",
+            str(made[0]),
+            "--work",
+            str(work),
+            "--set",
+            "SEND_TO_ORTHANC=true",
+            "--set",
+            f"ORTHANC_URL={server.url}",
+            env=env,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert server.instance_count() > 0
+        # a URL carrying them is refused before anything runs, without echoing them
+        leaky = server.url.replace("://", f"://{server.user}:{server.password}@")
+        refused = _sendit(
+            "upload", str(made[0]), "--work", str(work), "--set", f"ORTHANC_URL={leaky}"
+        )
+        assert refused.returncode == 2 and "export ORTHANC_USERNAME and ORTHANC_PASSWORD" in (
+            refused.stderr
+        )
+        for text in (result.stdout, result.stderr, refused.stdout, refused.stderr):
+            assert server.password not in text and server.user not in text
+    finally:
+        server.kill()
+    written = [p for p in work.rglob("*") if p.is_file() and not p.is_symlink()]
+    assert any(p.name == "manifest.csv" for p in written)
+    for path in written:
+        data = path.read_bytes()
+        for value in (server.user, server.password, SECRET_HEX):
+            assert value.encode() not in data, (path, value)

@@ -173,6 +173,15 @@ def _run_each(
             line = os_error_line(exc, near=Path(work).expanduser().resolve())
             print(f"sendit: error: batch {batch}: {line}", file=sys.stderr)
             continue
+        except Exception as exc:  # noqa: BLE001 - reported and counted; the other batches go on
+            failed += 1
+            print(
+                f"sendit: error: batch {batch}: {stage} failed unexpectedly "
+                f"({type(exc).__name__}); this is a bug: report it with the executed notebook "
+                "under the batch's phi/notebooks/",
+                file=sys.stderr,
+            )
+            continue
         log.info("%s done for batch %s; executed notebook: %s", stage, layout.name, output)
     if failed and len(batches) > 1:
         print(f"sendit: {failed} of {len(batches)} batch(es) failed", file=sys.stderr)

@@ -78,7 +78,8 @@ def open_batch(
     settings = load_settings(params_files, overrides)
     layout = BatchLayout.for_batch(batch_dir, work_dir)
     layout.check_source()
-    return layout.ensure(), settings
+    layout.ensure().secure_phi()  # also when the notebook runs outside `sendit`
+    return layout, settings
 
 
 def run_stage(

@@ -396,3 +396,30 @@ def test_sendit_run_reruns_a_current_upload_when_the_store_lost_items(
     assert pipeline.is_current(Stage.UPLOAD, layout, settings, stages)
     (layout.work / "storage" / "sendit" / "IR661f30" / "IR661f30_5_1.dcm").unlink()
     assert not pipeline.is_current(Stage.UPLOAD, layout, settings, stages)
+
+
+@pytest.mark.servers
+def test_image_count_rewritten_when_another_upload_moved_it(
+    google_env: dict[str, Any],
+    make_release: ReleaseFactory,
+    upload_settings: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A count taken before another batch's images landed is corrected by the recount."""
+    from sendit_helpers.targets.google import GoogleTarget
+
+    layout = make_release(entities=1, images=3)
+    settings = {**upload_settings, **google_env}
+    real = GoogleTarget.image_counts
+    calls: list[dict[str, int]] = []
+
+    def stale_first(self: GoogleTarget, entity_ids: set[str]) -> dict[str, int]:
+        counts = real(self, entity_ids)
+        calls.append(counts)
+        return {k: v - 1 for k, v in counts.items()} if len(calls) == 1 else counts
+
+    monkeypatch.setattr(GoogleTarget, "image_counts", stale_first)
+    upload_batch(layout, settings, progress=False)
+    assert len(calls) == 3  # stale count written, recount differs and is written, recount agrees
+    entities = find_entities(settings, layout.work)
+    assert entities["IMAGE_COUNT"].tolist() == [3]

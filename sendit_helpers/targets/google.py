@@ -77,6 +77,8 @@ LOOKUP_CHUNK = 100
 """Keys per Datastore lookup when verifying (production allows 1000); chunks go in parallel."""
 ENTITY_BATCH = 200
 """Stored images per metadata write while the uploads go on (one commit of <= 500 mutations)."""
+COUNT_ROUNDS = 5
+"""Writes of an Entity's IMAGE_COUNT before giving up on a count that keeps moving."""
 STORAGE_FIELDS = ("url", "md5", "crc32c", "size", "generation", "content_type")
 INSTALL_EXTRA = "google"
 
@@ -420,14 +422,34 @@ class GoogleTarget(Target):
 
         Properties: ``id``, ``PatientSex``, ``PatientAge``, ``IMAGE_COUNT``,
         ``UPLOAD_AGENT`` (the design document's) and ``PatientAgeYears``.
+
+        Another batch of the same entity may be uploading at the same time (two studies
+        of one patient in one ``sendit run``), so each written count is checked by
+        counting again after the write, and written again until the two agree: the last
+        write to an Entity is then followed by a count that saw every Image committed
+        before it, whichever upload wrote last.
+
+        Raises
+        ------
+        TransientError
+            The count still moved after :data:`COUNT_ROUNDS` writes (retried by the caller).
         """
-        if not entities:
-            return
         client = self.datastore_client()
-        counts = self.image_counts({e.id for e in entities})
-        records = [self.entity_record(client, e, counts.get(e.id, 0)) for e in entities]
-        for chunk in chunk_commits(records, self._datastore_mod):
-            self._commit(client, chunk)
+        pending = list(entities)
+        written: dict[str, int] = {}
+        for _ in range(COUNT_ROUNDS):
+            counts = self.image_counts({e.id for e in pending})
+            pending = [e for e in pending if written.get(e.id) != counts[e.id]]
+            if not pending:
+                return
+            records = [self.entity_record(client, e, counts[e.id]) for e in pending]
+            for chunk in chunk_commits(records, self._datastore_mod):
+                self._commit(client, chunk)
+            written.update({e.id: counts[e.id] for e in pending})
+        raise TransientError(
+            f"google target: IMAGE_COUNT of entity {pending[0].id} kept changing while it was "
+            "counted (another upload of this entity is running)"
+        )
 
     def entity_record(self, client: Any, entity: Entity, image_count: int) -> Any:
         """The Entity record of ``entity`` holding ``image_count`` as ``IMAGE_COUNT``."""

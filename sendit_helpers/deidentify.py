@@ -52,16 +52,20 @@ from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRL
 
 from . import disposition, executors, inspect, leakgate
 from .cleaned import KEPT_VRS, TECHNICAL_KEYWORDS, WORDS, describe
-from .dicomio import READ_ERRORS, read_full, safe_reason
+from .dicomio import PARSE_ERRORS, READ_ERRORS, file_reason, read_full
 from .dicomwrite import encode_header, split_file
 from .disposition import Disposition, Row
 from .elementcache import ElementCache
-from .errors import RecipeError
+from .errors import RecipeError, one_line
 from .identifiers import StudyKey, UidMapper, load_site_secret, make_provider
 from .layout import BatchLayout
 from .recipes import GATE_VRS, Changes, DeidContext, Recipe, shift_date
 
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
+#: What de-identifying one malformed file may raise: its disposition becomes an error.
+_FILE_ERRORS: tuple[type[Exception], ...] = (*PARSE_ERRORS, RuntimeError)
+#: ... and what makes the element cache leave a file to the paths that report it.
+_CACHE_ERRORS: tuple[type[Exception], ...] = (*_FILE_ERRORS, RecipeError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,7 +288,7 @@ def _cached_path(job: Job, config: WorkerConfig, data: bytes, outcome: Outcome) 
     cache = _element_cache(config.recipe_files, config.include_default)
     try:
         done = cache.deidentify(data, _context(job, config))
-    except (*READ_ERRORS, RuntimeError, RecipeError):
+    except _CACHE_ERRORS:
         return None
     if done is None:
         return None
@@ -351,11 +355,11 @@ def deidentify_file(job: Job, config: WorkerConfig) -> Outcome:
         # time: a malformed one fails this file (and its output goes), not the batch.
         outcome.cleaned, kept = describe(ds)
     except RecipeError as exc:
-        outcome.error = f"recipe could not be applied: {exc}"
+        outcome.error = f"recipe could not be applied: {one_line(exc)}"
         return outcome
-    except (*READ_ERRORS, RuntimeError) as exc:
+    except _FILE_ERRORS as exc:
         Path(job.output).unlink(missing_ok=True)
-        outcome.error = f"could not de-identify: {safe_reason(exc)}"
+        outcome.error = f"could not de-identify: {file_reason(exc, job.source_path)}"
         outcome.pixel_span = None
         return outcome
     outcome.removed = removed_from(changes, kept)

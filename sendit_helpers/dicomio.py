@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import stat
 import struct
 import warnings
@@ -24,8 +23,11 @@ from typing import BinaryIO
 
 import pydicom
 from pydicom import config
+from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
+
+from .errors import one_line, tag_label
 
 # Odd values are read and written as they are: validation warnings would quote
 # values (possibly identifying) into logs, and refusing them would lose data.
@@ -50,7 +52,6 @@ _LONG_VRS = {
 }
 _DELIMITER_LE = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 _DELIMITER_BE = b"\xff\xfe\xe0\xdd\x00\x00\x00\x00"
-_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 #: Errors pydicom raises on malformed input.
 READ_ERRORS = (
     InvalidDicomError,
@@ -67,7 +68,7 @@ READ_ERRORS = (
 )
 
 #: Errors a header parse or a value conversion may raise (pydicom's, a wrong-length binary value).
-PARSE_ERRORS: tuple[type[BaseException], ...] = (*READ_ERRORS, BytesLengthException)
+PARSE_ERRORS: tuple[type[Exception], ...] = (*READ_ERRORS, BytesLengthException)
 #: ... and zlib's, when a deflated data set is cut by the in-memory head.
 _HEAD_ERRORS: tuple[type[BaseException], ...] = (*PARSE_ERRORS, zlib.error)
 #: Bytes read at once from each file: its header is parsed from memory when it fits.
@@ -89,10 +90,72 @@ class Probe:
 
 
 def safe_reason(exc: BaseException) -> str:
-    """An exception as ``Type: message`` with quoted parts (possible values) masked."""
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    text = _QUOTED.sub("'…'", text)[:160]
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    """An exception as one PHI-safe line (:func:`~sendit_helpers.errors.one_line`)."""
+    return one_line(exc)
+
+
+def file_reason(exc: BaseException, path: str | os.PathLike[str]) -> str:
+    """:func:`safe_reason` for a failure on one file, with the element it failed on.
+
+    A value that cannot be converted raises without naming its element
+    (``ValueError``, ``TypeError`` ...); the file's elements are then read one
+    by one and the first one that fails to convert is named, with its VR.
+
+    Parameters
+    ----------
+    exc : BaseException
+        What processing the file raised.
+    path : path-like
+        The file.
+
+    Returns
+    -------
+    str
+        One line: type, ``Keyword (gggg,eeee)`` and VR when found, what was
+        expected and the fix; never a value.
+    """
+    reason = one_line(exc)
+    if isinstance(exc, (AttributeError, KeyError, OSError)) or " on " in reason:
+        return reason
+    found = first_bad_element(path)
+    if found is None:
+        return reason
+    tag, vr = found
+    keyword = "" if (tag >> 16) & 1 else str(keyword_for_tag(tag))
+    return (
+        f"{type(exc).__name__} on {tag_label(keyword, tag)}: its value cannot be read as VR {vr}; "
+        "fix it at the source, or REMOVE or BLANK it in the recipe"
+    )
+
+
+def first_bad_element(path: str | os.PathLike[str]) -> tuple[int, str] | None:
+    """``(tag, VR)`` of the first element of ``path`` whose value pydicom cannot convert.
+
+    Sequences are searched depth first; pixel data is not read.  None when every
+    value converts or the header itself cannot be read.
+    """
+    try:
+        ds = pydicom.dcmread(path, force=True, stop_before_pixels=True)
+    except PARSE_ERRORS:
+        return None
+    return _first_bad(ds)
+
+
+def _first_bad(ds: Dataset) -> tuple[int, str] | None:
+    for tag in list(ds._dict):
+        raw = ds.get_item(tag, keep_deferred=True)
+        vr = str(getattr(raw, "VR", "") or "UN")
+        try:
+            elem = ds[tag]
+            value = elem.value
+        except PARSE_ERRORS:
+            return int(tag), vr
+        if elem.VR == "SQ":
+            for item in value or ():
+                found = _first_bad(item)
+                if found is not None:
+                    return found
+    return None
 
 
 def probe(path: str | os.PathLike[str]) -> Probe:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import errno
 import os
+import re
+from functools import lru_cache
 
 
 class SenditError(Exception):
@@ -127,3 +129,169 @@ def os_error_line(
     else:
         what, advice = exc.strerror or type(exc).__name__, fix
     return f"{what} ({name}){where}; {advice}"
+
+
+# --------------------------------------------------------------------------- causes
+#
+# A failure's one-line cause, safe to print, log and write into disposition.csv.
+# SenditError messages follow the rule above and pass through.  Any other message
+# may quote a value (pydicom quotes the bytes it could not convert), so it is
+# reduced to what cannot be identifying: the exception type, the tags, keywords and
+# VRs it names, and a fixed wording for the messages known here.
+
+_TAG_RE = re.compile(r"\(\s*([0-9A-Fa-f]{4})\s*,\s*([0-9A-Fa-f]{4})\s*\)")
+_VR_RE = re.compile(r"\bVR (?:of )?'?([A-Z]{2})\b'?")
+_WORD_RE = re.compile(r"\b[A-Z][A-Za-z0-9]{3,}\b")
+_ATTRIBUTE_RE = re.compile(r"^'([A-Za-z_]\w*)' object has no attribute '([A-Za-z_]\w*)'")
+#: Known messages (their start) of other libraries -> what they mean, value-free.
+_KNOWN: tuple[tuple[str, str], ...] = (
+    (
+        "Expected total bytes to be an even multiple of bytes per value",
+        "the value's length is not a multiple of its VR's value size; fix or re-export the "
+        "file, or REMOVE the element in the recipe",
+    ),
+    ("could not convert string to float", "a value is not a number"),
+    ("invalid literal for int()", "a value is not a whole number"),
+    ("unpack requires a buffer", "the data ends inside an element (truncated file?)"),
+    ("day is out of range for month", "a date does not exist"),
+    ("month must be in 1..12", "a date does not exist"),
+    ("No such file or directory", "the file does not exist"),
+    ("Permission denied", "permission denied; check the file's owner and mode"),
+)
+
+
+@lru_cache(maxsize=1)
+def _keywords() -> dict[str, int]:
+    from pydicom.datadict import keyword_dict
+
+    return dict(keyword_dict)
+
+
+def _labels(text: str) -> list[str]:
+    """``Keyword (gggg,eeee)`` for every tag or DICOM keyword ``text`` names, in order."""
+    from pydicom.datadict import keyword_for_tag
+
+    found: list[str] = []
+    for group, elem in _TAG_RE.findall(text):
+        tag = int(group + elem, 16)
+        label = tag_label(keyword_for_tag(tag) if not (tag >> 16) & 1 else "", tag)
+        if label not in found:
+            found.append(label)
+    words = _keywords()
+    for word in _WORD_RE.findall(_TAG_RE.sub(" ", text)):
+        if word in words and words[word] >> 16:  # not a command element (Status, Priority)
+            label = tag_label(word, words[word])
+            if label not in found:
+                found.append(label)
+    return found
+
+
+#: SenditError subclasses defined outside this module, by class name: an exception that
+#: crossed a process boundary as text is trusted by its name (see :func:`reduce_message`)
+#: without importing every module.  tests/test_errors.py keeps it complete.
+ELSEWHERE: frozenset[str] = frozenset(
+    {"ExecutorError", "FieldError", "LockError", "OcrUnavailableError", "TransientError"}
+)
+
+
+def sendit_error_names() -> frozenset[str]:
+    """Class names of the :class:`SenditError` subclasses: this module's, :data:`ELSEWHERE`
+    and any other already imported."""
+    names: set[str] = set(ELSEWHERE)
+    todo: list[type[BaseException]] = [SenditError]
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    return frozenset(names)
+
+
+def _one(text: str) -> str:
+    return " ".join(text.split())
+
+
+def reduce_message(ename: str, evalue: str, *, sendit: bool | None = None) -> str:
+    """The PHI-safe one-line cause of an exception known by type name and message.
+
+    Used for exceptions that crossed a process boundary as text (a notebook
+    cell's ``ename``/``evalue`` under papermill) and, through :func:`one_line`,
+    for live ones.
+
+    Parameters
+    ----------
+    ename : str
+        The exception's class name.
+    evalue : str
+        Its message.
+    sendit : bool, optional
+        Whether ``ename`` is a :class:`SenditError`; None looks the name up
+        among the subclasses ``sendit_helpers`` defines.
+
+    Returns
+    -------
+    str
+        ``Type: message`` for a SenditError (its messages never carry values).
+        Otherwise the type, the ``Keyword (gggg,eeee)`` tags and the VR the
+        message names, and a fixed wording for known messages; the message
+        itself only when it names just code (``'X' object has no attribute 'y'``).
+    """
+    if sendit is None:
+        sendit = ename in sendit_error_names()
+    if sendit:
+        return f"{ename}: {_one(evalue)}" if evalue.strip() else ename
+    attribute = _ATTRIBUTE_RE.match(evalue)
+    if attribute is not None:
+        owner, name = attribute.groups()
+        tag = _keywords().get(name)
+        if tag is not None:
+            return (
+                f"{ename}: the data set has no {tag_label(name, tag)}, which is needed here; the "
+                "file lacks it or a recipe rule removed it (KEEP it in the recipe, or re-export "
+                "the file)"
+            )
+        return f"{ename}: '{owner}' object has no attribute '{name}'"
+    labels = _labels(evalue)
+    vr = _VR_RE.search(evalue)
+    where = f" on {', '.join(labels)}" if labels else ""
+    if vr is not None:
+        where += f" (VR {vr.group(1)})"
+    meaning = next((text for start, text in _KNOWN if start in evalue), "")
+    if meaning:
+        return f"{ename}{where}: {meaning}"
+    if evalue.strip():
+        return f"{ename}{where} (its message is not shown: it may quote a value)"
+    return f"{ename}{where}"
+
+
+def one_line(exc: BaseException) -> str:
+    """The PHI-safe one-line cause of ``exc`` (see :func:`reduce_message`).
+
+    Parameters
+    ----------
+    exc : BaseException
+        Any exception.
+
+    Returns
+    -------
+    str
+        For example ``"RecipeError: r.deid:3: unknown field ..."`` or
+        ``"BytesLengthException on Rows (0028,0010) (VR US): the value's length ..."``.
+    """
+    name = type(exc).__name__
+    if isinstance(exc, SenditError):
+        return reduce_message(name, str(exc), sendit=True)
+    if isinstance(exc, KeyError) and len(exc.args) == 1:
+        key = exc.args[0]
+        if isinstance(key, int):  # pydicom's BaseTag
+            return f"{name}: {tag_label(_keyword_of(key), key)} is missing"
+        if isinstance(key, str) and key in _keywords():
+            return f"{name}: {tag_label(key, _keywords()[key])} is missing"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{name}: {exc.strerror}"
+    return reduce_message(name, str(exc), sendit=False)
+
+
+def _keyword_of(tag: int) -> str:
+    from pydicom.datadict import keyword_for_tag
+
+    return "" if (tag >> 16) & 1 else str(keyword_for_tag(tag))

@@ -17,8 +17,10 @@ one :class:`distributed.Client` per address is created and reused.  Both are
 closed at interpreter exit (or by :func:`shutdown`).
 
 Errors raised inside a chunk or item become :class:`ExecutorError`, which
-names the work (``desc``), the chunk or item number and the exception *type*
-only: exception messages can quote DICOM values and are never repeated.
+names the work (``desc``), the chunk or item number and the cause as
+:func:`~sendit_helpers.errors.one_line` gives it: a SenditError's own message,
+any other exception reduced to its type and the tags it names (exception
+messages can quote DICOM values and are never repeated).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
 
-from .errors import SenditError
+from .errors import SenditError, one_line
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -129,10 +131,9 @@ def _chunk_error(
     if isinstance(exc, BrokenProcessPool):
         why = "a worker process died (out of memory or killed?)"
     else:
-        why = f"it raised {kind}"
+        why = one_line(exc)
     return ExecutorError(
-        f"{what}: chunk {index + 1} of {total} (items {first + 1}-{first + size}) failed: "
-        f"{why}; rerun with --workers 1 to see the error in the notebook",
+        f"{what}: chunk {index + 1} of {total} (items {first + 1}-{first + size}) failed: {why}",
         index,
         kind,
     )
@@ -445,7 +446,7 @@ def run_each(
     def failure(index: int, exc: BaseException) -> ExecutorError:
         kind = type(exc).__name__
         return ExecutorError(
-            f"{desc or 'work'}: item {index + 1} of {len(items)} failed: it raised {kind}",
+            f"{desc or 'work'}: item {index + 1} of {len(items)} failed: {one_line(exc)}",
             index,
             kind,
         )

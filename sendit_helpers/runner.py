@@ -15,7 +15,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from .errors import StageError
+from .errors import StageError, reduce_message
 from .layout import BatchLayout
 from .resources import shipped
 from .settings import Settings, load_settings
@@ -120,9 +120,11 @@ def run_stage(
     Raises
     ------
     StageError
-        When a cell fails or the kernel dies; names the cell and the exception
-        type, not its message (which may quote identifying values), and the
-        executed notebook to open.
+        When a cell fails or the kernel dies: the cause in one line, then the
+        executed notebook and the cell.  The cause is the exception's message
+        when it is a :class:`~sendit_helpers.errors.SenditError` (their
+        messages never carry values), otherwise its PHI-safe reduction
+        (:func:`~sendit_helpers.errors.reduce_message`: type, tags, VR).
     """
     import papermill as pm
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
@@ -155,8 +157,9 @@ def run_stage(
         )
     except PapermillExecutionError as exc:
         failure = StageError(
-            f"stage {stage} failed for batch {layout.name} in cell {exc.exec_count} "
-            f"({exc.ename}); open the executed notebook {output} to see why"
+            f"stage {stage} failed for batch {layout.name}: "
+            f"{reduce_message(str(exc.ename), str(exc.evalue or ''))}; "
+            f"executed notebook: {output} (cell {exc.exec_count})"
         )
     except (DeadKernelError, CellTimeoutError, RuntimeError, TimeoutError) as exc:
         failure = StageError(

@@ -81,7 +81,8 @@ def test_local_error_names_chunk_not_value(workers: int) -> None:
     text = str(info.value)
     assert isinstance(info.value, SenditError)
     assert "deidentify: chunk 3 of 4 (items 11-15)" in text and "ValueError" in text
-    assert SECRET not in text and "PatientName" not in text
+    assert SECRET not in text and "DOE" not in text and "JOHN" not in text
+    assert "on PatientName (0010,0010)" in text  # where, never what
     assert info.value.chunk == 2 and info.value.error_type == "ValueError"
     assert info.value.__cause__ is None and info.value.__suppress_context__
 

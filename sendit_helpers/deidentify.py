@@ -185,6 +185,8 @@ def removed_values(
         for value in values:
             if value in current or value.casefold() in kept:
                 continue
+            if vr == "UI" and value in UID_dictionary:
+                continue  # a UID the standard defines identifies nobody (as removed_from)
             removed.setdefault(value, "name" if vr == "PN" else keyword)
     for value in extra:
         if value.strip() and value.strip().casefold() not in kept:

@@ -32,18 +32,35 @@ __all__ = [
 
 #: Value representations whose kept values are never treated as identifying.
 KEPT_VRS = GATE_VRS | {"CS", "AS", "IS", "DS"}
-#: Kept technical fields whose words are never treated as identifying (an
-#: InstitutionName "TOSHIBA" beside a Manufacturer "TOSHIBA_MEC").
+#: Technical (device and station) fields whose values and words, where the
+#: outputs keep them, are never treated as identifying (an InstitutionName
+#: "TOSHIBA" beside a Manufacturer "TOSHIBA_MEC"); see :class:`.leakgate.Policy`.
+#: A field the recipe removes or blanks (StationName, DeviceSerialNumber in the
+#: default recipe) keeps nothing, so it gives nothing here.
 TECHNICAL_KEYWORDS = frozenset(
     {
         "Manufacturer",
         "ManufacturerModelName",
+        "ManufacturerModelVersion",
         "SoftwareVersions",
         "ConvolutionKernel",
         "ImplementationVersionName",
         "SecondaryCaptureDeviceManufacturer",
         "SecondaryCaptureDeviceManufacturerModelName",
         "SecondaryCaptureDeviceSoftwareVersions",
+        "StationName",
+        "DeviceSerialNumber",
+        "DeviceDescription",
+        "DeviceLabel",
+        "DetectorDescription",
+        "DetectorManufacturerName",
+        "DetectorManufacturerModelName",
+        "TransducerData",
+        "ReceiveCoilName",
+        "ReceiveCoilManufacturerName",
+        "TransmitCoilName",
+        "SequenceName",
+        "PulseSequenceName",
     }
 )
 #: What separates the words of a kept value.

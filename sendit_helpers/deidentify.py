@@ -919,11 +919,14 @@ def _clear_outputs(layout: BatchLayout) -> None:
 def deidentify_batch(layout: BatchLayout, settings: Mapping[str, Any]) -> DeidResult:
     """Run the de-identify stage on one batch (inspect first when its outputs are missing).
 
+    The leak gate then holds every file it finds an identifying value in
+    (:func:`hold_for_gate`); the rest of the batch is released.
+
     Raises
     ------
     LeakError
-        When the leak gate finds an identifying value in ``release/``; the
-        report (``phi/deidentify/leak_report.csv``) names file and field.
+        When the leak gate finds a value it cannot hold (in no image's file or
+        row); the report (``phi/deidentify/leak_report.csv``) names file and field.
     """
     if not inspect.is_current(layout):
         inspect.inspect_batch(layout, settings)
@@ -1036,9 +1039,182 @@ def finish(
     table = disposition.update(layout, rows)
     del rows
     release_unused()
-    report = leakgate.run_gate(layout, values, workers=int(settings["WORKERS"]))
+    policy = leakgate.policy_of_tables(
+        [layout.release / "cleaned.parquet", layout.deid_dir / "quarantined.parquet"]
+    )
+    leakgate.save_policy(layout, policy)
+    (layout.deid_dir / "leak_report.csv").unlink(missing_ok=True)
+    (layout.deid_dir / GATE_HELD_FILE).unlink(missing_ok=True)
+    report = leakgate.run_gate(
+        layout,
+        values,
+        workers=int(settings["WORKERS"]),
+        policy=policy,
+        hold=functools.partial(hold_for_gate, layout, settings),
+    )
+    if report.held:
+        table = disposition.read(layout)
+        entities = pd.read_parquet(layout.release / "entities.parquet")
     release_unused()
     return DeidResult(layout, outcomes, entities, table, report)
+
+
+# ------------------------------------------------------------------ files the gate holds
+#: ``phi/deidentify/gate_held.csv``: the files the leak gate holds, one row each.
+GATE_HELD_FILE = "gate_held.csv"
+GATE_HELD_COLUMNS = ["path", "field", "category", "reason"]
+
+
+def gate_held(layout: BatchLayout) -> pd.DataFrame:
+    """The files the leak gate holds in quarantine now (columns :data:`GATE_HELD_COLUMNS`).
+
+    Parameters
+    ----------
+    layout : BatchLayout
+        The batch.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per held file still in ``phi/quarantine/``: its path
+        (``<entity>/<name>``), the field a value was found in, the value's
+        category and the disposition reason (never the value).
+    """
+    path = layout.deid_dir / GATE_HELD_FILE
+    if not path.exists():
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in GATE_HELD_COLUMNS})
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    present = table["path"].map(lambda rel: (layout.quarantine / rel).is_file())
+    return table[present.astype(bool)].reset_index(drop=True)
+
+
+def _write_gate_held(layout: BatchLayout, table: pd.DataFrame) -> None:
+    path = layout.deid_dir / GATE_HELD_FILE
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    table[GATE_HELD_COLUMNS].to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def _string_columns(table: pa.Table) -> pa.Table:
+    """``table`` with every column a string, and the pandas metadata of an all-string frame."""
+    like = pd.DataFrame([dict.fromkeys(table.column_names, "x")]).astype("string")
+    schema = pa.Schema.from_pandas(like, preserve_index=False)
+    columns = [table.column(n).cast(pa.string()) for n in table.column_names]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _write_table(table: pa.Table, out: Path) -> None:
+    tmp = out.with_name(f".{out.name}.tmp")
+    pq.write_table(_string_columns(table), tmp)
+    os.replace(tmp, out)
+
+
+def _move_rows(layout: BatchLayout, names: Sequence[str]) -> None:
+    """Move the cleaned rows of ``names`` from ``release/cleaned.parquet`` to the quarantined table.
+
+    A row already in ``quarantined.parquet`` (an item review released) is not added twice.
+    """
+    cleaned_path = layout.release / "cleaned.parquet"
+    held_path = layout.deid_dir / "quarantined.parquet"
+    wanted = pa.array(sorted(set(names)), pa.string())
+    cleaned = pq.read_table(cleaned_path)
+    moving = pc.is_in(cleaned.column("name").cast(pa.string()), value_set=wanted)
+    moved = cleaned.filter(moving)
+    _write_table(cleaned.filter(pc.invert(moving)), cleaned_path)
+    held = pq.read_table(held_path) if held_path.exists() else None
+    if held is not None and held.num_rows:
+        names = held.column("name").cast(pa.string())
+        there = pc.is_in(moved.column("name").cast(pa.string()), value_set=names)
+        moved = moved.filter(pc.invert(there))
+        if not moved.num_rows:
+            return
+        moved = pa.concat_tables(
+            [_string_columns(held), _string_columns(moved)], promote_options="default"
+        )
+    _write_table(moved, held_path)
+
+
+def hold_for_gate(
+    layout: BatchLayout,
+    settings: Mapping[str, Any],
+    held: Sequence[leakgate.Held],
+    originals: Path | None = None,
+) -> set[str]:
+    """Move the released files the leak gate found values in to quarantine (the gate's ``hold``).
+
+    Each file goes from ``release/<entity>/<name>`` to ``phi/quarantine/<entity>/<name>``
+    (from ``originals`` instead, when the untouched file of a reviewed item is kept
+    there), its cleaned row from ``release/cleaned.parquet`` to
+    ``phi/deidentify/quarantined.parquet``; ``entities.parquet`` is rewritten, the
+    disposition becomes ``quarantined`` with the gate's reason (field and category,
+    never the value), and ``phi/deidentify/gate_held.csv`` lists the file for review.
+
+    Parameters
+    ----------
+    layout : BatchLayout
+        The batch.
+    settings : mapping
+        Resolved settings (``UPLOAD_AGENT``).
+    held : sequence of leakgate.Held
+        The files to hold.
+    originals : Path, optional
+        Where review keeps the untouched files of the items it released.
+
+    Returns
+    -------
+    set of str
+        The paths held; a path that is not a released image of this batch is left
+        (the gate then fails).
+    """
+    table = disposition.read(layout, ["source_path", "disposition", "output_name"])
+    released = table[table["disposition"] == str(Disposition.RELEASED)]
+    source_of = dict(zip(released["output_name"], released["source_path"], strict=True))
+    rows: list[Row] = []
+    done: list[leakgate.Held] = []
+    for entry in held:
+        name = entry.path.rsplit("/", 1)[-1]
+        out = layout.release / entry.path
+        if "/" not in entry.path or name not in source_of or not out.is_file():
+            continue
+        target = layout.quarantine / entry.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        original = None if originals is None else originals / entry.path
+        if original is not None and original.is_file():
+            tmp = target.with_name(f".{target.name}.tmp")
+            shutil.copyfile(original, tmp)
+            os.replace(tmp, target)
+            out.unlink()
+        else:
+            os.replace(out, target)
+        rows.append(Row(source_of[name], Disposition.QUARANTINED, entry.reason, name))
+        done.append(entry)
+    if not done:
+        return set()
+    for folder in sorted({(layout.release / e.path).parent for e in done}, reverse=True):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+    _move_rows(layout, [e.path.rsplit("/", 1)[-1] for e in done])
+    agent = str(settings.get("UPLOAD_AGENT", ""))
+    entities = _entities(layout.release / "cleaned.parquet", agent)
+    entities.to_parquet(layout.release / "entities.parquet", index=False)
+    disposition.update(layout, rows)
+    new = pd.DataFrame(
+        [(e.path, e.field, e.category, e.reason) for e in done], columns=GATE_HELD_COLUMNS
+    )
+    path = layout.deid_dir / GATE_HELD_FILE
+    old = pd.read_csv(path, dtype=str, keep_default_na=False) if path.exists() else new.iloc[:0]
+    _write_gate_held(layout, pd.concat([old[~old["path"].isin(new["path"])], new]))
+    return {e.path for e in done}
+
+
+def forget_gate_held(layout: BatchLayout, paths: Sequence[str]) -> None:
+    """Drop ``paths`` from ``gate_held.csv`` (review released them and the gate passed them)."""
+    path = layout.deid_dir / GATE_HELD_FILE
+    if not path.exists() or not paths:
+        return
+    old = pd.read_csv(path, dtype=str, keep_default_na=False)
+    _write_gate_held(layout, old[~old["path"].isin(list(paths))])
 
 
 def release_unused() -> None:
@@ -1108,7 +1284,9 @@ def gate_summary(result: DeidResult) -> pd.DataFrame:
             ("files scanned in release/", gate.files),
             ("identifying values searched", gate.values_checked),
             ("values too short to search", gate.too_short),
+            ("values the recipe's policy keeps (not searched)", gate.kept_by_policy),
             ("hits", len(gate.hits)),
+            ("files held for review", len(gate.held)),
         ],
         columns=["item", "value"],
     )

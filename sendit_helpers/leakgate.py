@@ -1,11 +1,21 @@
 """The leak gate: nothing leaves ``release/`` unless it was scanned clean.
 
 After de-identification (and again after review) every byte and every file
-name under ``release/`` is scanned for every identifying value in the batch's
-lookup.  A hit fails the stage with a report in ``phi/`` that names the file
-and the field — never the value.  A pass leaves a record holding a SHA-256
-digest of ``release/``'s contents; the upload stage requires that record to
-match the folder as it is now.
+name under ``release/`` is scanned for every identifying value the recipe
+removed.  The gate holds files, not batches: the files a value is found in
+(and the files whose rows of ``cleaned.parquet`` hold one) are moved to
+``phi/quarantine/`` by the stage's ``hold`` function, with a reason naming
+the field and the category of the value, never the value; the rest is
+scanned clean and released.  A report in ``phi/`` names file, field and
+category.  The gate fails the stage only when it cannot run, or cannot hold
+what it found (a value in a table row or file that belongs to no image).  A
+pass leaves a record holding a SHA-256 digest of ``release/``'s contents; the
+upload stage requires that record to match the folder as it is now.
+
+Values the recipe's own policy keeps are not searched (:class:`Policy`): a
+removed value that is, or is part of, a technical field the outputs keep
+verbatim (Manufacturer, model, software versions, station and device
+descriptors), or that consists only of words Clean Descriptors keeps.
 """
 
 from __future__ import annotations
@@ -15,7 +25,7 @@ import json
 import os
 import re
 import stat
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,8 +33,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pydicom
 
+from .cleaned import TECHNICAL_KEYWORDS, WORDS
+from .descriptors import allowed_words
 from .dicomio import READ_ERRORS
 from .errors import GateError, LeakError
 from .layout import BatchLayout
@@ -278,6 +293,124 @@ def passed_index(layout: BatchLayout) -> dict[str, FileEntry]:
     return index
 
 
+# ------------------------------------------------------------------ policy
+#: Categories of names (a PN value, and each of its parts).
+NAME_CATEGORIES = frozenset({"name", "name part"})
+POLICY_FILE = "gate_policy.json"
+_DESCRIPTOR_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What the recipe's own policy keeps, so the gate does not search for it.
+
+    A removed value is not a leak where the outputs keep it by policy:
+
+    1. it equals a value, or a word, of a technical field kept in the
+       batch's outputs (:data:`~sendit_helpers.cleaned.TECHNICAL_KEYWORDS`:
+       Manufacturer, ManufacturerModelName, SoftwareVersions, StationName,
+       DeviceSerialNumber ... as the outputs have them; a field the recipe
+       removes or blanks contributes nothing); or it is part of such a value
+       starting at a word boundary, when it has no digit and is not a name
+       (``LightSpeed Ultr`` in ``LightSpeed Ultra``);
+    2. or it consists only of words Clean Descriptors keeps by name
+       (``descriptor-words.txt``, and words of one or two letters), at
+       least one of them listed (``CT, HEAD/BRAIN WO CONT``).  Numbers and
+       codes never qualify, so IDs, dates and UIDs are always searched.
+
+    A name part equal to such a word (a family name ``Head``, or ``Siemens``
+    beside a Manufacturer ``SIEMENS``) is therefore not searched on its own;
+    the whole name and its other parts still are.
+
+    Parameters
+    ----------
+    technical : frozenset of str
+        Case-folded values of the kept technical fields.
+    words : frozenset of str
+        Their words (split at anything but letters and digits).
+    """
+
+    technical: frozenset[str] = frozenset()
+    words: frozenset[str] = frozenset()
+
+    @classmethod
+    def of_values(cls, values: Iterable[str]) -> Policy:
+        """The policy of kept technical values (as written in the outputs)."""
+        technical = {v.strip().casefold() for v in values if v and v.strip()}
+        words = {w for v in technical for w in WORDS.split(v) if w}
+        return cls(frozenset(technical), frozenset(words))
+
+    def keeps(self, value: str, category: str) -> bool:
+        """Whether the policy keeps ``value`` (of ``category``), so it is not searched."""
+        folded = value.strip().casefold()
+        if not folded:
+            return False
+        if folded in self.technical or folded in self.words:
+            return True
+        if category not in NAME_CATEGORIES and not any(c.isdigit() for c in folded):
+            for kept in self.technical:
+                start = kept.find(folded)
+                while start >= 0:
+                    if start == 0 or not kept[start - 1].isalnum():
+                        return True
+                    start = kept.find(folded, start + 1)
+        return only_descriptor_words(folded)
+
+
+def only_descriptor_words(text: str) -> bool:
+    """True when ``text`` holds only words Clean Descriptors keeps by name, one of them listed.
+
+    Words of one or two letters count as kept; numbers, codes and words with
+    digits do not (so an ID is never "only descriptor words").
+    """
+    words = _DESCRIPTOR_WORD.findall(text.casefold())
+    listed = allowed_words()
+    if not words or not all(w in listed or (w.isalpha() and len(w) <= 2) for w in words):
+        return False
+    return any(w in listed for w in words)
+
+
+def policy_of_tables(paths: Iterable[Path]) -> Policy:
+    """The :class:`Policy` of the kept technical fields in cleaned tables (any depth).
+
+    Parameters
+    ----------
+    paths : iterable of Path
+        ``cleaned.parquet`` and ``quarantined.parquet`` (missing ones are skipped).
+    """
+    values: set[str] = set()
+    for path in paths:
+        if not path.exists():
+            continue
+        names = pq.read_schema(path).names
+        wanted = [n for n in names if n.rsplit(".", 1)[-1] in TECHNICAL_KEYWORDS]
+        if not wanted:
+            continue
+        table = pq.read_table(path, columns=wanted)
+        for column in table.columns:
+            for text in pc.unique(column.cast(pa.string())).to_pylist():
+                if text:
+                    values.update(v for part in text.split(" | ") for v in part.split("\\"))
+    return Policy.of_values(values)
+
+
+def save_policy(layout: BatchLayout, policy: Policy) -> Path:
+    """Keep the batch's :class:`Policy` in ``phi/deidentify/`` for later gate runs (review)."""
+    path = layout.deid_dir / POLICY_FILE
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.write_text(json.dumps({"technical": sorted(policy.technical)}, ensure_ascii=False))
+    return path
+
+
+def load_policy(layout: BatchLayout) -> Policy:
+    """The policy saved by :func:`save_policy` (none kept when there is none)."""
+    path = layout.deid_dir / POLICY_FILE
+    if not path.exists():
+        return Policy()
+    raw = json.loads(path.read_text())
+    return Policy.of_values(str(v) for v in raw.get("technical", []))
+
+
 # ------------------------------------------------------------------ scanning
 def _encodings(value: str) -> set[bytes]:
     """The byte forms a value can take in a file, lowered the way :meth:`Scanner.find` lowers data.
@@ -312,6 +445,8 @@ class Scanner:
     tokens: dict[bytes, str] = field(default_factory=dict)
     phrases: dict[bytes, str] = field(default_factory=dict)
     too_short: int = 0
+    kept_by_policy: int = 0
+    """Values (and name parts) left out because the recipe's :class:`Policy` keeps them."""
     _phrase_re: re.Pattern[bytes] | None = None
     prefilter_ok: bool = True
     """False when a value has no run of three printable ASCII bytes (e.g. a
@@ -319,13 +454,19 @@ class Scanner:
     data is then always scanned in full."""
 
     @classmethod
-    def build(cls, values: Mapping[str, str]) -> Scanner:
-        """Compile a scanner from ``value -> category``."""
+    def build(cls, values: Mapping[str, str], policy: Policy | None = None) -> Scanner:
+        """Compile a scanner from ``value -> category``, leaving out what ``policy`` keeps."""
         scanner = cls()
         for value, category in values.items():
-            scanner._add(value.strip().lower(), category)
+            if policy is not None and policy.keeps(value, category):
+                scanner.kept_by_policy += 1
+            else:
+                scanner._add(value.strip().lower(), category)
             if category == "name":
                 for part in _NAME_SPLIT.split(value.lower()):
+                    if policy is not None and policy.keeps(part, "name part"):
+                        scanner.kept_by_policy += 1
+                        continue
                     scanner._add(part, "name part", MIN_NAME_PART)
         scanner.prefilter_ok = all(
             _PRINTABLE3.search(v) for v in (*scanner.tokens, *scanner.phrases)
@@ -518,7 +659,11 @@ def _scan_chunk(
 
 @dataclass
 class GateReport:
-    """Outcome of one gate run (no values, only where they were found)."""
+    """Outcome of one gate run (no values, only where they were found).
+
+    ``passed`` is True when ``release/`` is now clean: every file the gate
+    found a value in was held (``held``).
+    """
 
     passed: bool
     files: int
@@ -526,6 +671,60 @@ class GateReport:
     too_short: int
     hits: pd.DataFrame
     report: Path | None = None
+    held: list[Held] = field(default_factory=list)
+    """The files moved out of ``release/`` to quarantine, with the first place a value was found."""
+    kept_by_policy: int = 0
+    """Values (and name parts) not searched because the recipe's :class:`Policy` keeps them."""
+
+
+#: Files at the top of ``release/`` that hold one row per released image.
+TABLE_FILES = ("cleaned.parquet",)
+#: Tables of ``release/`` whose rows belong to no single image (a hit there cannot be held).
+_CATEGORY_TEXT = {
+    "name": "a removed name",
+    "name part": "part of a removed name",
+    "free text": "removed free text",
+    "batch folder name": "the batch folder name",
+}
+
+
+@dataclass(frozen=True)
+class Held:
+    """One file the gate holds: where the first value was found, never the value.
+
+    Attributes
+    ----------
+    path : str
+        ``<entity>/<name>`` relative to ``release/`` (and to the quarantine).
+    field : str
+        Where the value was found: ``Keyword (gggg,eeee)``, ``file name``,
+        or ``cleaned.parquet column <name>``.
+    category : str
+        What the value was: the keyword of the field it was removed from,
+        ``name``, ``name part``, ``free text`` or ``batch folder name``.
+    more : int
+        How many other places of the file hold a value.
+    """
+
+    path: str
+    field: str
+    category: str
+    more: int = 0
+
+    @property
+    def reason(self) -> str:
+        """The disposition reason: field and category, never the value."""
+        what = _CATEGORY_TEXT.get(self.category, f"a removed {self.category} value")
+        plural = "s" if self.more != 1 else ""
+        others = f" (and {self.more} more place{plural})" if self.more else ""
+        return f"{GATE_REASON_PREFIX} {what} found in {self.field}{others}; held for review"
+
+
+#: The start of the disposition reason of every file the gate holds.
+GATE_REASON_PREFIX = "leak gate:"
+HoldFunction = Callable[[list[Held]], set[str]]
+"""Moves the files given out of ``release/`` (tables and dispositions updated); returns the
+paths it held.  The de-identify and review stages each provide one."""
 
 
 def save_values(layout: BatchLayout, values: Mapping[str, str]) -> Path:
@@ -584,22 +783,10 @@ def _chunks(
         yield items[i : i + size]
 
 
-def run_gate(layout: BatchLayout, values: Mapping[str, str], *, workers: int = 1) -> GateReport:
-    """Scan ``release/`` for ``values``; record a pass, or write a report and raise.
-
-    Raises
-    ------
-    LeakError
-        When any value is found; the message gives counts and the report path.
-    """
-    scanner = Scanner.build(values)
-    files, folders, odd = release_entries(layout)
-    spans = load_spans(layout)
-    items: list[tuple[str, str, Span | None]] = []
-    for p in files:
-        rel = p.relative_to(layout.release).as_posix()
-        items.append((str(p), rel, spans.get(rel)))
-    workers = workers or os.cpu_count() or 1
+def _scan_items(
+    items: list[tuple[str, str, Span | None]], scanner: Scanner, workers: int
+) -> tuple[list[tuple[str, str, str]], dict[str, FileEntry]]:
+    """Scan files (in parallel when many), giving hits and entries."""
     if workers > 1 and len(items) >= 64:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             parts = list(
@@ -608,20 +795,169 @@ def run_gate(layout: BatchLayout, values: Mapping[str, str], *, workers: int = 1
     else:
         parts = [_scan_chunk(items, scanner)]
     hits = [h for part_hits, _index in parts for h in part_hits]
-    for rel in folders:  # an empty folder's name is in no file's name
-        hits += [(rel, "folder name", c) for _o, c in scanner.find(rel.encode("utf-8"))]
-    hits += [(rel, "entry type", f"not allowed in release/: {what}") for rel, what in odd]
     index = {rel: entry for _hits, part_index in parts for rel, entry in part_index.items()}
-    table = pd.DataFrame(hits, columns=["file", "field", "category"]).drop_duplicates()
-    report = GateReport(not hits, len(files), len(scanner), scanner.too_short, table)
+    return hits, index
+
+
+def table_rows_hit(path: Path, scanner: Scanner) -> list[tuple[str, str, str]]:
+    """``(image path, column, category)`` of every row of a cleaned table holding a value.
+
+    Parameters
+    ----------
+    path : Path
+        A ``cleaned.parquet`` (its ``path`` column names each row's image).
+    scanner : Scanner
+        The gate's scanner.
+
+    Returns
+    -------
+    list of (str, str, str)
+        One entry per row and column a value was found in, by column order.
+    """
+    table = pq.read_table(path)
+    if "path" not in table.column_names or not table.num_rows:
+        return []
+    paths = table.column("path").cast(pa.string())
+    found: list[tuple[str, str, str]] = []
+    for name in table.column_names:
+        column = table.column(name).cast(pa.string())
+        hits = {}
+        for text in pc.unique(column).to_pylist():
+            if text:
+                where = scanner.find(text.encode("utf-8"))
+                if where:
+                    hits[text] = where[0][1]
+        if not hits:
+            continue
+        for row_path, text in zip(paths.to_pylist(), column.to_pylist(), strict=True):
+            if text in hits and row_path:
+                found.append((str(row_path), f"cleaned.parquet column {name}", hits[text]))
+    return found
+
+
+def _to_hold(
+    layout: BatchLayout, hits: list[tuple[str, str, str]], scanner: Scanner
+) -> dict[str, Held]:
+    """The files to hold for ``hits`` (first place per file, in scan order)."""
+    places: dict[str, list[tuple[str, str]]] = {}
+    for rel, where, category in hits:
+        if rel in TABLE_FILES:
+            for image, column, found in table_rows_hit(layout.release / rel, scanner):
+                places.setdefault(image, []).append((column, found))
+        else:
+            places.setdefault(rel, []).append((where, category))
+    return {
+        rel: Held(rel, where[0][0], where[0][1], len(dict.fromkeys(where)) - 1)
+        for rel, where in places.items()
+    }
+
+
+#: Rounds of holding and scanning again before the gate gives up.
+_MAX_ROUNDS = 4
+
+
+def run_gate(
+    layout: BatchLayout,
+    values: Mapping[str, str],
+    *,
+    workers: int = 1,
+    policy: Policy | None = None,
+    hold: HoldFunction | None = None,
+) -> GateReport:
+    """Scan ``release/`` for ``values``; hold the files they are found in; record a pass.
+
+    Parameters
+    ----------
+    layout : BatchLayout
+        The batch.
+    values : mapping of str to str
+        Identifying value -> category (:func:`load_values`).
+    workers : int
+        Processes scanning files (0: one per core).
+    policy : Policy, optional
+        What the recipe's policy keeps (not searched); default: nothing.
+    hold : callable, optional
+        Moves files out of ``release/`` (:data:`HoldFunction`).  Without it,
+        any hit fails the gate (nothing is moved).
+
+    Returns
+    -------
+    GateReport
+        ``passed`` (``release/`` is clean now), the files held and the hits.
+
+    Raises
+    ------
+    LeakError
+        When a value is found and there is no ``hold``, or a hit cannot be held
+        (a file that is no image, a table row of no image, or a file still hit
+        after holding); the message gives counts and the report path.
+    """
+    scanner = Scanner.build(values, policy)
+    workers = workers or os.cpu_count() or 1
     layout.gate_record.unlink(missing_ok=True)
-    if hits:
-        report.report = layout.deid_dir / "leak_report.csv"
-        table.to_csv(report.report, index=False)
+    spans = load_spans(layout)
+    index: dict[str, FileEntry] = {}
+    todo, _folders, _odd = release_entries(layout)
+    all_hits: list[tuple[str, str, str]] = []
+    held: dict[str, Held] = {}
+    report_path = layout.deid_dir / "leak_report.csv"
+    for _round in range(_MAX_ROUNDS):
+        items: list[tuple[str, str, Span | None]] = []
+        for p in todo:
+            rel = p.relative_to(layout.release).as_posix()
+            items.append((str(p), rel, spans.get(rel)))
+        hits, scanned = _scan_items(items, scanner, workers)
+        index.update(scanned)
+        _files, folders, odd = release_entries(layout)
+        for rel in folders:  # an empty folder's name is in no file's name
+            hits += [(rel, "folder name", c) for _o, c in scanner.find(rel.encode("utf-8"))]
+        hits += [(rel, "entry type", f"not allowed in release/: {what}") for rel, what in odd]
+        if not hits:
+            break
+        all_hits += hits
+        table = pd.DataFrame(all_hits, columns=["file", "field", "category"]).drop_duplicates()
+        report_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        table.to_csv(report_path, index=False)
+        wanted = _to_hold(layout, hits, scanner) if hold is not None else {}
+        wanted = {rel: h for rel, h in wanted.items() if rel not in held}
+        done = hold(list(wanted.values())) if hold is not None and wanted else set()
+        held.update({rel: h for rel, h in wanted.items() if rel in done})
+        stuck = sorted({rel for rel, _w, _c in hits if rel not in held and rel not in TABLE_FILES})
+        if hold is None or stuck or not done:
+            raise LeakError(
+                f"leak gate failed: {len(table)} identifying value(s) found in "
+                f"{table['file'].nunique()} file(s) of {layout.release}; "
+                + (
+                    "nothing may be uploaded. "
+                    if hold is None
+                    else f"{len(stuck) or 'some'} of them cannot be held (no image of this batch "
+                    f"owns them, e.g. {(stuck or sorted(set(table['file'])))[0]}); nothing may be "
+                    "uploaded. "
+                )
+                + f"See {report_path} (file, field, category) and fix the recipe, then rerun"
+            )
+        for rel in done:
+            index.pop(rel, None)
+        # Scan again what holding changed (the tables) or left new; the rest was scanned clean.
+        known = {rel: index.pop(rel) for rel in list(index)}
+        current = release_index(layout, known)
+        index = {rel: entry for rel, entry in current.items() if known.get(rel) == entry}
+        todo = [layout.release / rel for rel in current if rel not in index]
+    else:
         raise LeakError(
-            f"leak gate failed: {len(table)} identifying value(s) found in "
-            f"{table['file'].nunique()} file(s) of {layout.release}; nothing may be uploaded. "
-            f"See {report.report} (file, field, category) and fix the recipe, then rerun"
+            f"leak gate failed: values still found in {layout.release} after holding "
+            f"{len(held)} file(s); nothing may be uploaded. See {report_path} and fix the "
+            "recipe, then rerun"
         )
-    write_record(layout, n_files=len(files), n_values=len(scanner), index=index)
-    return report
+    table = pd.DataFrame(all_hits, columns=["file", "field", "category"]).drop_duplicates()
+    write_record(layout, n_files=len(index), n_values=len(scanner), index=index)
+    return GateReport(
+        True,
+        len(index) + len(held),
+        len(scanner),
+        scanner.too_short,
+        table,
+        report_path if all_hits else None,
+        list(held.values()),
+        scanner.kept_by_policy,
+    )

@@ -202,7 +202,11 @@ ITEM_COLUMNS = [
     "suggested",
     "triggers",
     "ocr_boxes",
+    "held_by",
 ]
+#: ``held_by`` of an item the leak gate holds (a value found in it); else the pixel screen.
+HELD_BY_GATE = "leak gate"
+HELD_BY_SCREEN = "pixel screen"
 
 
 def load_items(layout: BatchLayout) -> pd.DataFrame:
@@ -225,7 +229,10 @@ def load_items(layout: BatchLayout) -> pd.DataFrame:
         recipe's coordinates) and ``triggers`` (dict of the header fields the
         rule looks at and their de-identified values) and ``ocr_boxes`` (list of
         :class:`Box`, the text the OCR screen found, from ``phi/inspect/ocr.parquet``;
-        they are part of ``suggested`` too).
+        they are part of ``suggested`` too), and ``held_by``: :data:`HELD_BY_GATE`
+        for an image the leak gate holds (its ``label`` is the field a removed
+        value was found in, ``reason`` the gate's, ``triggers`` field and
+        category, never the value), else :data:`HELD_BY_SCREEN`.
 
     Raises
     ------
@@ -243,12 +250,23 @@ def load_items(layout: BatchLayout) -> pd.DataFrame:
         return pd.DataFrame(columns=ITEM_COLUMNS)
     source_of = _sources_by_name(layout, {_text(name) for name in held["name"]})
     ocr_boxes = ocr.boxes_by_source(ocr.load(layout))
+    gate = {row.path: row for row in _tuples(deidentify.gate_held(layout))}
     rows = []
     for start in range(0, len(held), _RECORD_ROWS):  # a slice at a time: fewer dicts at once
         for record in _records(held.iloc[start : start + _RECORD_ROWS]):
             source = source_of.get(_text(record.get("name")), "")
             screen = _screen_of(screens, source)
-            rows.append(_item_row(record, source, screen, ocr_boxes.get(source, [])))
+            row = _item_row(record, source, screen, ocr_boxes.get(source, []))
+            found = gate.get(row["path"])
+            if found is not None:
+                row |= {
+                    "group": HELD_BY_GATE,
+                    "label": found.field,
+                    "reason": found.reason,
+                    "triggers": {"found in": found.field, "value removed from": found.category},
+                    "held_by": HELD_BY_GATE,
+                }
+            rows.append(row)
     items = pd.DataFrame(rows, columns=ITEM_COLUMNS)
     del rows, held, screens, source_of
     items = items.sort_values(
@@ -354,6 +372,7 @@ def _item_row(
         "suggested": suggested,
         "triggers": _triggers(reason, record),
         "ocr_boxes": found,
+        "held_by": HELD_BY_SCREEN,
     }
 
 
@@ -781,6 +800,8 @@ class ApplyResult:
     dispositions: pd.DataFrame
     gate: leakgate.GateReport | None = None
     errors: dict[str, str] = field(default_factory=dict)
+    held: list[str] = field(default_factory=list)
+    """Items decided release or scrub that the leak gate held again (a value still found)."""
 
     @functools.cached_property
     def cleaned(self) -> pd.DataFrame:
@@ -796,15 +817,17 @@ class ApplyResult:
                 "scrubbed and released": len(self.scrubbed),
                 "kept in quarantine": len(self.kept),
                 "undecided": len(self.undecided),
+                "held by the leak gate": len(self.held),
             }
         )
 
     def summary(self) -> str:
         """One line for people."""
         gate = f"; leak gate passed on {self.gate.files} files" if self.gate is not None else ""
+        held = f", {len(self.held)} held again by the leak gate" if self.held else ""
         return (
             f"{len(self.released)} released as is, {len(self.scrubbed)} scrubbed and released, "
-            f"{len(self.kept)} kept, {len(self.undecided)} undecided{gate}"
+            f"{len(self.kept)} kept, {len(self.undecided)} undecided{held}{gate}"
         )
 
 
@@ -907,13 +930,17 @@ def apply_decisions(
     -------
     ApplyResult
 
+    The leak gate runs again on ``release/``: an item it still finds a value
+    in goes back to quarantine (:func:`deidentify.hold_for_gate`, from its
+    untouched original) and is listed in :attr:`ApplyResult.held`.
+
     Raises
     ------
     ReviewError
         When a scrub cannot be carried out (the item stays quarantined and
         the error names it).
     LeakError
-        When the leak gate finds an identifying value in ``release/``.
+        When the leak gate finds a value it cannot hold.
     """
     items = load_items(layout)
     if settings.get("AUTO_SCRUB_OCR", False) if auto_ocr is None else auto_ocr:
@@ -944,8 +971,23 @@ def apply_decisions(
         done.errors,
     )
     result.gate = leakgate.run_gate(
-        layout, leakgate.load_values(layout), workers=int(settings.get("WORKERS", 1) or 1)
+        layout,
+        leakgate.load_values(layout),
+        workers=int(settings.get("WORKERS", 1) or 1),
+        policy=leakgate.load_policy(layout),
+        hold=functools.partial(
+            deidentify.hold_for_gate, layout, settings, originals=originals_dir(layout)
+        ),
     )
+    if result.gate.held:
+        back = {h.path.rsplit("/", 1)[-1] for h in result.gate.held}
+        result.held = [i for i in [*done.released, *done.scrubbed] if i in back]
+        result.released = [i for i in done.released if i not in back]
+        result.scrubbed = [i for i in done.scrubbed if i not in back]
+        result.dispositions = disposition.read(layout)
+        result.entities = pd.read_parquet(layout.release / "entities.parquet")
+    passed = [path for path in items["path"].astype(str) if (layout.release / path).is_file()]
+    deidentify.forget_gate_held(layout, passed)
     if done.errors:
         first = next(iter(done.errors.items()))
         raise ReviewError(
@@ -1037,7 +1079,7 @@ def _hold(
         reason = f"{disposition.KEPT_BY_REVIEW} by {who}"
     else:
         done.undecided.append(item.item)
-        reason = AWAITING
+        reason = item.reason if item.held_by == HELD_BY_GATE else AWAITING
     done.rows.append(Row(item.source_path, Disposition.QUARANTINED, reason, item.item))
 
 

@@ -36,6 +36,7 @@ from .errors import LeakError, ReviewError
 from .layout import BatchLayout
 from .plots import montage, preview_png
 from .review import (
+    HELD_BY_GATE,
     ApplyResult,
     Decision,
     DecisionLog,
@@ -210,6 +211,21 @@ def _rule_details(row: Any) -> str:
     )
 
 
+def _gate_list(items: pd.DataFrame) -> str:
+    """HTML: the items the leak gate holds, each with the field a removed value was found in."""
+    held = items[items["held_by"] == HELD_BY_GATE] if "held_by" in items else items.iloc[:0]
+    if held.empty:
+        return ""
+    lines = "".join(
+        f"<li><code>{_escape(row.item)}</code>: {_escape(row.reason)}</li>" for row in _rows(held)
+    )
+    return (
+        f"<b>Held by the leak gate ({len(held)})</b> — a value the recipe removed was found in "
+        "these images; scrub it (pixels), or change the recipe and run deidentify again. "
+        f"Released, they are scanned again.<ul>{lines}</ul>"
+    )
+
+
 def _box_summary(boxes: Sequence[Box], suggested: Sequence[Box]) -> str:
     """HTML: the rectangles to scrub, and the ones the rule suggests."""
     shown = ", ".join(str(b) for b in boxes) or "none (enter x, y, w, h and press Add box)"
@@ -274,6 +290,7 @@ class Reviewer:
 
     # -- building
     def _make_series_widgets(self) -> None:
+        self.gate_held = _labelled(widgets.HTML(_gate_list(self.items)), "gate-held")
         self.progress = _labelled(widgets.HTML(), "progress")
         self.message = _labelled(widgets.HTML(), "message")
         self.series_select = _labelled(
@@ -411,6 +428,7 @@ class Reviewer:
         whole = widgets.VBox(
             [
                 widgets.HBox([self.progress, self.message]),
+                self.gate_held,
                 series_box,
                 widgets.HTML("<hr>"),
                 image_box,

@@ -152,18 +152,14 @@ def _run_each(
     int
         0 when every batch succeeded, 1 when any failed.
     """
-    from . import pipeline
-
     failed = 0
     for batch in batches:
         try:
             layout = BatchLayout.for_batch(batch, work)
             layout.check_source()
-            # every stage command holds the batch lock, as `sendit run` does: no stage can
-            # rewrite release/ while another uploads it
-            layout.ensure()
-            with pipeline.batch_lock(layout, timeout=pipeline.LOCK_TIMEOUT):
-                output = run_stage(stage, layout, params_files=params, overrides=overrides)
+            # run_stage holds the batch lock, as `sendit run` does: no stage can rewrite
+            # release/ while another uploads it
+            output = run_stage(stage, layout, params_files=params, overrides=overrides)
         except SenditError as exc:
             failed += 1
             print(f"sendit: error: {exc}", file=sys.stderr)

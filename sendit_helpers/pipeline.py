@@ -527,6 +527,7 @@ def run_batch(
                 run_stage(
                     stage,
                     layout,
+                    lock=False,  # held above for the whole batch
                     params_files=params,
                     overrides=overrides,
                     extra=STAGE_EXTRA.get(stage),

@@ -90,8 +90,9 @@ def run_stage(
     overrides: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
     html: bool = True,
+    lock: bool = True,
 ) -> Path:
-    """Execute one stage notebook for one batch with papermill.
+    """Execute one stage notebook for one batch with papermill, holding the batch lock.
 
     The executed notebook, an offline-readable HTML copy of it and the
     kernel's own log go to ``phi/notebooks/`` (``NN_stage.ipynb``,
@@ -111,6 +112,10 @@ def run_stage(
         for the review notebook).
     html : bool
         Also write the HTML copy (:func:`export_html`).
+    lock : bool
+        Hold the batch lock (``phi/stages/.lock``, :func:`~sendit_helpers.pipeline.batch_lock`)
+        while the notebook runs, so that no two stages run on one batch at once.  Only a
+        caller already holding it (``sendit run``) passes ``False``.
 
     Returns
     -------
@@ -125,12 +130,33 @@ def run_stage(
         when it is a :class:`~sendit_helpers.errors.SenditError` (their
         messages never carry values), otherwise its PHI-safe reduction
         (:func:`~sendit_helpers.errors.reduce_message`: type, tags, VR).
+    LockError
+        Another process holds the batch (``phi/stages/.lock``) for longer than
+        ``pipeline.LOCK_TIMEOUT`` seconds.
     """
+    from . import pipeline
+
+    layout.ensure()
+    if not lock:
+        return _execute(stage, layout, params_files, overrides, extra, html)
+    # no stage may rewrite release/ while another reads or uploads it
+    with pipeline.batch_lock(layout, timeout=pipeline.LOCK_TIMEOUT):
+        return _execute(stage, layout, params_files, overrides, extra, html)
+
+
+def _execute(
+    stage: Stage,
+    layout: BatchLayout,
+    params_files: Sequence[str | os.PathLike[str]],
+    overrides: Mapping[str, Any] | None,
+    extra: Mapping[str, Any] | None,
+    html: bool,
+) -> Path:
+    """:func:`run_stage` once the batch lock is held."""
     import papermill as pm
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
     from papermill.exceptions import PapermillExecutionError
 
-    layout.ensure()
     layout.notebooks_dir.mkdir(mode=0o700, exist_ok=True)
     output = notebook_path(stage, layout)
     parameters: dict[str, Any] = {

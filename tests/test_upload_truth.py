@@ -22,11 +22,11 @@ import pandas as pd
 import pytest
 import requests
 
-from sendit_helpers import cli, deidentify, leakgate, pipeline, synthetic
+from sendit_helpers import cli, deidentify, leakgate, pipeline, runner, synthetic
 from sendit_helpers.errors import UploadError
 from sendit_helpers.layout import BatchLayout
 from sendit_helpers.query import find_entities, find_images
-from sendit_helpers.runner import open_batch
+from sendit_helpers.runner import Stage, open_batch
 from sendit_helpers.targets import ChangedError, Item, Target
 from sendit_helpers.targets.base import public_url
 from sendit_helpers.targets.local import LocalTarget
@@ -141,23 +141,32 @@ def test_file_edited_after_gate_is_refused_orthanc(
     assert names == {"IR661f30", "IR661f31"}
 
 
-def test_stage_command_waits_for_the_batch_lock(
+def test_stage_commands_hold_the_batch_lock(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`sendit deidentify` does not start while another process holds the batch."""
+    """`sendit deidentify` waits for a batch another process holds, and holds it itself."""
     batch = tmp_path / "in" / "b1"
     batch.mkdir(parents=True)
     (batch / "x.dcm").write_bytes(b"")
     layout = BatchLayout.for_batch(batch, tmp_path / "work").ensure()
+    command = ["deidentify", str(batch), "--work", str(tmp_path / "work")]
     monkeypatch.setattr(pipeline, "LOCK_TIMEOUT", 0.3)
-    ran: list[str] = []
-    monkeypatch.setattr(cli, "run_stage", lambda *a, **k: ran.append("ran") or Path("nb"))
     with pipeline.batch_lock(layout):
-        status = cli.main(["deidentify", str(batch), "--work", str(tmp_path / "work")])
-    assert status == 1 and not ran
+        assert cli.main(command) == 1
     assert "is being run by another sendit process" in capsys.readouterr().err
-    assert cli.main(["deidentify", str(batch), "--work", str(tmp_path / "work")]) == 0
-    assert ran == ["ran"]
+
+    ran: list[Stage] = []
+
+    def execute(stage: Stage, held: BatchLayout, *args: Any) -> Path:
+        with pytest.raises(pipeline.LockError):  # held while the notebook would run
+            with pipeline.batch_lock(held, timeout=0.1):
+                pass
+        ran.append(stage)
+        return held.notebooks_dir / "nb.ipynb"
+
+    monkeypatch.setattr(runner, "_execute", execute)
+    assert cli.main(command) == 0
+    assert ran == [Stage.DEIDENTIFY]
 
 
 # -- 2. destinations have an identity ------------------------------------------------------
@@ -381,7 +390,7 @@ def test_sendit_run_reruns_a_current_upload_when_the_store_lost_items(
     make_release: ReleaseFactory, tmp_path: Path
 ) -> None:
     """The upload stage's stamp is current only while the destination still holds everything."""
-    from sendit_helpers.runner import Stage, notebook_path
+    from sendit_helpers.runner import notebook_path
     from sendit_helpers.settings import load_settings
 
     layout = make_release(entities=1, images=2)

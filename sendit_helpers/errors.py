@@ -7,6 +7,7 @@ to fix it.  They never carry an identifying *value* — only where it sits.
 
 from __future__ import annotations
 
+import builtins
 import errno
 import os
 import re
@@ -295,3 +296,25 @@ def _keyword_of(tag: int) -> str:
     from pydicom.datadict import keyword_for_tag
 
     return "" if (tag >> 16) & 1 else str(keyword_for_tag(tag))
+
+
+_ERRNO_TEXT = re.compile(r"^\[Errno (\d+)\] ([^:]*)(?:: '(.*)')?")
+_ERRNO_ANYWHERE = re.compile(r"\[errno (\d+)\] ([^\]:'\"]+)", re.IGNORECASE)
+
+
+def os_error_from_text(ename: str, evalue: str) -> OSError | None:
+    """Rebuild an :class:`OSError` from a notebook error's type name and text, or None.
+
+    A stage notebook reports only ``ename``/``evalue`` (e.g. ``OSError`` and
+    ``[Errno 28] No space left on device: '/w/b/phi/x'``); this lets the
+    command say what happened and the fix with :func:`os_error_line`.
+    """
+    cls = getattr(builtins, ename, None)
+    if not (isinstance(cls, type) and issubclass(cls, OSError)):
+        return None
+    match = _ERRNO_TEXT.match(evalue or "")
+    if match is None:  # pyarrow: "Error writing bytes to file. Detail: [errno 28] No space ..."
+        found = _ERRNO_ANYWHERE.search(evalue or "")
+        return None if found is None else OSError(int(found.group(1)), found.group(2).strip())
+    code, text, filename = int(match.group(1)), match.group(2), match.group(3)
+    return OSError(code, text, filename) if filename is not None else OSError(code, text)

@@ -15,7 +15,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from .errors import StageError, reduce_message
+from .errors import StageError, os_error_from_text, os_error_line, reduce_message
 from .layout import BatchLayout
 from .resources import shipped
 from .settings import Settings, load_settings
@@ -182,10 +182,17 @@ def _execute(
             start_timeout=KERNEL_START_TIMEOUT,
         )
     except PapermillExecutionError as exc:
+        cause = os_error_from_text(exc.ename, exc.evalue)
+        if cause is not None and _names_input(cause, layout):
+            cause.filename = None  # an input's name may identify: the notebook shows it
         failure = StageError(
             f"stage {stage} failed for batch {layout.name}: "
-            f"{reduce_message(str(exc.ename), str(exc.evalue or ''))}; "
-            f"executed notebook: {output} (cell {exc.exec_count})"
+            + (
+                reduce_message(str(exc.ename), str(exc.evalue or ""))
+                if cause is None
+                else os_error_line(cause, near=layout.root)
+            )
+            + f"; executed notebook: {output} (cell {exc.exec_count})"
         )
     except (DeadKernelError, CellTimeoutError, RuntimeError, TimeoutError) as exc:
         failure = StageError(
@@ -197,20 +204,32 @@ def _execute(
             try:
                 export_html(output)
             except Exception as exc:  # noqa: BLE001 - nbconvert/jinja raise anything; reported below
+                why = (
+                    os_error_line(exc, near=layout.notebooks_dir)
+                    if isinstance(exc, OSError)
+                    else type(exc).__name__
+                )
                 if failure is None:
                     raise StageError(
                         f"stage {stage} ran for batch {layout.name} but its HTML copy could not "
-                        f"be written ({type(exc).__name__}); the executed notebook {output} "
-                        "is complete: open it instead, or rerun to retry the copy"
+                        f"be written ({why}); the executed notebook {output} is complete: open "
+                        "it instead, or rerun to retry the copy"
                     ) from None
                 failure = StageError(
-                    f"{failure} (its HTML copy could not be written either: {type(exc).__name__})"
+                    f"{failure} (its HTML copy could not be written either: {why})"
                 )
     finally:
         layout.secure_phi()
     if failure is not None:
         raise failure
     return output
+
+
+def _names_input(exc: OSError, layout: BatchLayout) -> bool:
+    """True when ``exc`` names a path inside the batch's input folder."""
+    if not exc.filename:
+        return False
+    return Path(os.fsdecode(exc.filename)).is_relative_to(layout.source)
 
 
 def notebook_path(stage: Stage, layout: BatchLayout) -> Path:

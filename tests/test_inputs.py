@@ -32,7 +32,14 @@ from sendit_helpers import (
 )
 from sendit_helpers.cli import main
 from sendit_helpers.dicomio import probe
-from sendit_helpers.errors import BatchError, GateError, LeakError, StageError
+from sendit_helpers.errors import (
+    BatchError,
+    GateError,
+    LeakError,
+    StageError,
+    os_error_from_text,
+    os_error_line,
+)
 from sendit_helpers.layout import BatchLayout
 from sendit_helpers.pipeline import plan_batches
 from sendit_helpers.runner import Stage, notebook_path, open_batch
@@ -449,7 +456,7 @@ def test_html_failure_never_masks_the_stage_error(
     html.write_text("a report of an earlier run")
     with pytest.raises(
         StageError,
-        match=r"stage inspect failed for batch b in cell \d+ \(ValueError\).*"
+        match=r"stage inspect failed for batch b: ValueError.*"
         r"HTML copy could not be written either: RuntimeError",
     ):
         runner.run_stage(Stage.INSPECT, layout)
@@ -518,3 +525,76 @@ def test_orthanc_credentials_reach_no_file(
         data = path.read_bytes()
         for value in (server.user, server.password, SECRET_HEX):
             assert value.encode() not in data, (path, value)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs (skipped where mounting is not allowed)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)],
+        capture_output=True,
+        check=False,
+    )
+    if mount.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here; test_full_disk_is_one_line covers EFBIG")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@pytest.mark.slow
+def test_enospc_is_one_line(tmp_path: Path, tiny_disk: Path) -> None:
+    made = list(synthetic.make_batches(tmp_path / "root", n=1, spec=TINY))
+    work = tiny_disk / "work"
+    result = subprocess.run(
+        [sys.executable, "-m", "sendit_helpers.cli", "run", str(made[0]), "--work", str(work)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=_env(),
+        timeout=240,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    line = [x for x in result.stderr.splitlines() if x.startswith(f"sendit: {made[0].name}:")]
+    assert len(line) == 1, result.stderr
+    assert "the disk is full" in line[0] and "(ENOSPC)" in line[0] and "free space" in line[0]
+
+
+@pytest.mark.parametrize(
+    ("ename", "evalue", "expected"),
+    [
+        (
+            "OSError",
+            "[Errno 28] No space left on device: '/w/b/phi/inspect/files.parquet'",
+            "the disk is full or a file-size/quota limit was reached (ENOSPC) on "
+            "/w/b/phi/inspect/files.parquet; free space on that disk",
+        ),
+        (
+            "PermissionError",
+            "[Errno 13] Permission denied: '/w/storage'",
+            "permission denied (EACCES) on /w/storage; give the user running sendit access",
+        ),
+        (
+            "OSError",
+            "[Errno 30] Read-only file system: '/w/b/release/x.dcm'",
+            "the filesystem is read-only (EROFS) on /w/b/release/x.dcm; choose a writable --work",
+        ),
+        (
+            "OSError",
+            "Error writing bytes to file. Detail: [errno 28] No space left on device",
+            "(ENOSPC) writing under /w/b; free space",
+        ),
+    ],
+)
+def test_kernel_os_errors_become_one_line(ename: str, evalue: str, expected: str) -> None:
+    cause = os_error_from_text(ename, evalue)
+    assert cause is not None and expected in os_error_line(cause, near="/w/b")
+
+
+def test_other_kernel_errors_are_left_alone() -> None:
+    assert os_error_from_text("ValueError", "[Errno 28] looks like one") is None
+    assert os_error_from_text("OSError", "no errno here") is None

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import hashlib
 import os
 import shutil
 import uuid
@@ -47,8 +48,14 @@ import pyarrow.parquet as pq
 from pydicom._uid_dict import UID_dictionary
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filereader import read_file_meta_info
 from pydicom.multival import MultiValue
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 from . import disposition, executors, inspect, leakgate
 from .cleaned import KEPT_VRS, TECHNICAL_KEYWORDS, WORDS, describe
@@ -66,6 +73,24 @@ DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 _FILE_ERRORS: tuple[type[Exception], ...] = (*PARSE_ERRORS, RuntimeError)
 #: ... and what makes the element cache leave a file to the paths that report it.
 _CACHE_ERRORS: tuple[type[Exception], ...] = (*_FILE_ERRORS, RecipeError)
+#: SOP classes whose content the recipe cannot clean (a document, a 3D model, vendor
+#: raw data, all free of any structure the recipe knows): their header is
+#: de-identified and the file held in quarantine for a person to review.
+OPAQUE_CLASSES: dict[str, str] = {
+    "1.2.840.10008.5.1.4.1.1.104.1": "encapsulated PDF",
+    "1.2.840.10008.5.1.4.1.1.104.2": "encapsulated CDA document",
+    "1.2.840.10008.5.1.4.1.1.104.3": "encapsulated STL model",
+    "1.2.840.10008.5.1.4.1.1.104.4": "encapsulated OBJ model",
+    "1.2.840.10008.5.1.4.1.1.104.5": "encapsulated MTL material",
+    "1.2.840.10008.5.1.4.1.1.66": "raw data",
+}
+#: The disposition reason of a file of :data:`OPAQUE_CLASSES` (``{kind}`` filled in).
+OPAQUE_REASON = (
+    "{kind}: its content may carry free text or identifying data the recipe cannot clean "
+    "(header de-identified); awaiting review"
+)
+#: The disposition reason of an image the pixel screen flagged.
+FLAGGED_REASON = "pixel screen flagged possible burned-in PHI; awaiting review"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +108,8 @@ class Job:
     """PatientBirthDate shifted by ``jitter_days`` (``var:entity_timestamp``), or empty."""
     item_timestamp: str = ""
     """StudyDate shifted by ``jitter_days`` (``var:item_timestamp``), or empty."""
+    reason: str = ""
+    """Why the file is held (quarantined jobs only)."""
 
 
 @dataclass(frozen=True)
@@ -210,6 +237,10 @@ def _ensure_meta(ds: Dataset) -> None:
             else ExplicitVRBigEndian
         )
         ds.file_meta = new
+    if ds.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian:
+        # The same data set, written without the deflate: the leak gate must read the
+        # output's bytes, and every target stores explicit VR little endian.
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
 
@@ -440,22 +471,55 @@ def _patient_key(row: Mapping[str, Any]) -> StudyKey:
     return StudyKey(patient, accession.strip() or study, date)
 
 
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else ""
-
-
 def _number(value: Any, fallback: int) -> int:
     return fallback if value is None or pd.isna(value) else int(value)
 
 
-def _names(candidates: pd.DataFrame, codes: Mapping[str, tuple[str, str, int]]) -> dict[str, str]:
-    """Unique ``<item>_<series>_<instance>.dcm`` per source file, stable in source order."""
+def _text(value: Any) -> str:
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _modality(value: Any) -> str:
+    """A Modality as a file-name part: letters and digits only, ``OT`` when there are none."""
+    return "".join(c for c in _text(value).upper() if c.isascii() and c.isalnum())[:8] or "OT"
+
+
+def _instance_part(row: Any, uid_map: UidMapper | None) -> str:
+    """InstanceNumber, else a digest of the de-identified SOPInstanceUID (the object's own name)."""
+    if row.InstanceNumber is not None and not pd.isna(row.InstanceNumber):
+        return str(int(row.InstanceNumber))
+    uid = _text(getattr(row, "SOPInstanceUID", None))
+    if not uid or uid_map is None:
+        return "x"  # no UID either: the suffix below keeps names unique
+    return "u" + hashlib.sha256(uid_map(uid).encode("ascii")).hexdigest()[:10]
+
+
+def _names(
+    candidates: pd.DataFrame,
+    codes: Mapping[str, tuple[str, str, int]],
+    uid_map: UidMapper | None = None,
+) -> dict[str, str]:
+    """Unique names per source file, stable in source order.
+
+    Images are ``<item>_<series>_<instance>.dcm``; objects without pixel data
+    (SR, KOS, presentation states, RT plans and structure sets, waveforms)
+    ``<item>_<Modality>_<series>_<instance>.dcm``, so they do not take an
+    image's name.  A missing SeriesNumber is ``0``; a missing InstanceNumber is
+    ``u`` + 10 hex digits of the SHA-256 of the de-identified SOPInstanceUID:
+    the same object gets the same name whatever else the batch holds.  Names
+    still equal get ``_2``, ``_3``... in source order.
+    """
     names: dict[str, str] = {}
     taken: set[str] = set()
-    for index, row in enumerate(candidates.itertuples(index=False)):
+    pixels = "has_pixels" in candidates.columns
+    for row in candidates.itertuples(index=False):
         source = str(row.source_path)
         _entity, item, _jitter = codes[source]
-        base = f"{item}_{_number(row.SeriesNumber, 0)}_{_number(row.InstanceNumber, index + 1)}"
+        series, instance = _number(row.SeriesNumber, 0), _instance_part(row, uid_map)
+        if pixels and not bool(row.has_pixels):
+            base = f"{item}_{_modality(getattr(row, 'Modality', None))}_{series}_{instance}"
+        else:
+            base = f"{item}_{series}_{instance}"
         name, n = f"{base}.dcm", 1
         while name in taken:
             n += 1
@@ -478,6 +542,8 @@ PLAN_COLUMNS = (
     "SeriesNumber",
     "InstanceNumber",
     "PatientBirthDate",
+    "SOPInstanceUID",
+    "Modality",
 )
 
 
@@ -507,23 +573,13 @@ def plan(
         )
         .to_numpy()
     ]
+    sop_class = dicom["SOPClassUID"].map(_text)
+    storable = (sop_class != "") & (sop_class != DICOMDIR_CLASS)
     skipped = [
-        Row(p, Disposition.SKIPPED, "media directory (DICOMDIR), not an image; not released")
-        for p in dicom.loc[dicom["SOPClassUID"] == DICOMDIR_CLASS, "source_path"]
+        Row(p, Disposition.SKIPPED, _not_storable(p)) for p in dicom.loc[~storable, "source_path"]
     ]
-    skipped += [
-        Row(p, Disposition.SKIPPED, "no pixel data (non-image object); only images are released")
-        for p in dicom.loc[
-            (~dicom["has_pixels"]) & (dicom["SOPClassUID"] != DICOMDIR_CLASS), "source_path"
-        ]
-    ]
-    images = dicom[dicom["has_pixels"] & (dicom["SOPClassUID"] != DICOMDIR_CLASS)].sort_values(
-        "source_path"
-    )
-    keys = {
-        row.source_path: _patient_key(row._asdict())
-        for row in images.itertuples(index=False)
-    }
+    images = dicom[storable].sort_values("source_path")
+    keys = {row.source_path: _patient_key(row._asdict()) for row in images.itertuples(index=False)}
     provider = make_provider(
         settings["IDENTIFIER_PROVIDER"],
         secret=secret,
@@ -541,13 +597,20 @@ def plan(
         p: (pseudonyms[k].entity_id, pseudonyms[k].item_id, pseudonyms[k].jitter_days)
         for p, k in keys.items()
     }
-    names = _names(images, codes)
+    names = _names(images, codes, UidMapper(secret))
     quarantine = bool(settings["QUARANTINE_FLAGGED"])
     jobs = []
     for row in images.itertuples(index=False):
         entity, item, jitter = codes[row.source_path]
-        held = quarantine and bool(row.flagged)
-        root = layout.quarantine if held else layout.release
+        opaque = OPAQUE_CLASSES.get(_text(row.SOPClassUID))
+        reason = (
+            OPAQUE_REASON.format(kind=opaque)
+            if opaque is not None
+            else FLAGGED_REASON
+            if quarantine and bool(row.flagged) and bool(row.has_pixels)
+            else ""
+        )
+        root = layout.quarantine if reason else layout.release
         output = root / entity / names[row.source_path]
         jobs.append(
             Job(
@@ -557,12 +620,28 @@ def plan(
                 entity,
                 item,
                 jitter,
-                held,
+                bool(reason),
                 shift_date(_text(getattr(row, "PatientBirthDate", None)), jitter),
                 shift_date(_text(row.StudyDate), jitter),
+                reason,
             )
         )
     return Plan(jobs, skipped)
+
+
+def _not_storable(path: str) -> str:
+    """The skip reason of a file without a storable SOP class (a DICOMDIR, a fragment)."""
+    try:
+        meta = read_file_meta_info(path)
+    except READ_ERRORS:
+        meta = None
+    media = _text(str(meta.get("MediaStorageSOPClassUID", ""))) if meta is not None else ""
+    if media == DICOMDIR_CLASS or Path(path).name.upper().startswith("DICOMDIR"):
+        return "media directory (DICOMDIR), an index of the other files; not released"
+    return (
+        "no SOPClassUID (0008,0016): a data set without a SOP class is not a storable object; "
+        "not released (re-export it from the PACS if it should be)"
+    )
 
 
 # ------------------------------------------------------------------ tables
@@ -1030,7 +1109,7 @@ def finish(
                 Row(
                     o.job.source_path,
                     Disposition.QUARANTINED,
-                    "pixel screen flagged possible burned-in PHI; awaiting review",
+                    o.job.reason or FLAGGED_REASON,
                     o.job.name,
                 )
             )

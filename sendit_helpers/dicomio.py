@@ -26,6 +26,7 @@ from pydicom import config
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from .errors import one_line, tag_label
 
@@ -86,7 +87,7 @@ class Probe:
     reason: str = ""
     dataset: Dataset | None = None
     pixel_offset: int | None = None
-    """Byte offset of the pixel data element, when the file has one."""
+    """Byte offset of the pixel data element, when the file has one (-1: deflated, no offset)."""
 
 
 def safe_reason(exc: BaseException) -> str:
@@ -287,6 +288,8 @@ def _check_pixels(probe_: Probe, fh: BinaryIO, offset: int, head: bytes) -> Prob
     """
     ds = probe_.dataset
     assert ds is not None
+    if _deflated(ds):
+        return _check_deflated(probe_)
     if len(head) < 8:
         return probe_
     implicit, little = _encoding(ds)
@@ -309,6 +312,27 @@ def _check_pixels(probe_: Probe, fh: BinaryIO, offset: int, head: bytes) -> Prob
     elif offset + header + length > probe_.size:
         missing = offset + header + length - probe_.size
         return _truncated(probe_, f"pixel data is {missing} bytes shorter than its declared length")
+    return probe_
+
+
+def _deflated(ds: Dataset) -> bool:
+    meta = getattr(ds, "file_meta", None)
+    return meta is not None and meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
+
+
+def _check_deflated(probe_: Probe) -> Probe:
+    """A deflated data set: the bytes read tell nothing, so inflate the whole file and look.
+
+    ``pixel_offset`` is then ``-1``: the file has pixel data, at no offset of its own bytes.
+    """
+    try:
+        whole = pydicom.dcmread(probe_.path, force=True, defer_size=1024)
+    except (*READ_ERRORS, zlib.error) as exc:
+        probe_.kind = "error"
+        probe_.reason = f"unreadable deflated data set ({safe_reason(exc)}); re-export it"
+        return probe_
+    if any(tag in whole for tag in PIXEL_TAGS):
+        probe_.pixel_offset = -1
     return probe_
 
 

@@ -29,7 +29,8 @@ Files the cache cannot reproduce exactly return None and take the general
 path: anything but explicit VR little endian (uncompressed or encapsulated),
 no ``DICM`` preamble, elements after the pixel data, elements out of order,
 a private element the recipe keeps, an element an ADD rule would overwrite,
-a recipe that changes the character set.  ``tests/test_elementcache.py``
+a recipe that changes the character set, structured content (SR, GSPS: see
+:mod:`.structured`).  ``tests/test_elementcache.py``
 checks that both paths give the same bytes, rows, lookup and gate values on
 generated batches with planted identifiers and on pydicom's test files.
 """
@@ -54,6 +55,7 @@ from pydicom.uid import UID
 from . import cleaned
 from .dicomwrite import PIXEL_DATA, encapsulated_end, encode_meta, text_codec, write_elements
 from .recipes import CLEAN_SOURCE_TAGS, FILE_META_DROP, Changes, DeidContext, Recipe
+from .structured import STRUCTURED_TAGS
 
 __all__ = ["CacheStats", "CachedResult", "ElementCache", "HeaderScan", "scan_header"]
 
@@ -534,6 +536,8 @@ class ElementCache:
 
     def _compute(self, context: _Context, tag: int, raw: bytes) -> _Fragment | None:
         """What the recipe engine makes of one element (``raw``: creator + element if private)."""
+        if tag in STRUCTURED_TAGS:
+            return None  # SR / GSPS content: the engine also lists the options applied
         ds = _tiny(context, tag, raw)
         elem = ds._dict.get(BaseTag(tag))
         if (

@@ -86,7 +86,7 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import BaseTag
 
-from . import descriptors, iodtypes
+from . import descriptors, iodtypes, structured
 from .dicomwrite import element_strings, item_strings, simple_codec, text_codec
 from .errors import RecipeError, RecipeWarning, tag_label
 
@@ -934,6 +934,7 @@ _IOD_EFFECTS = {
     iodtypes.Effect.DUMMY: _K_DUMMY,
     iodtypes.Effect.ITEMS: _K_SEQ,
 }
+_K_STRUCT = 13  # a structured-content sequence: :func:`structured.clean_sequence`
 
 # (kind, payload, rule, VR, keyword); _plan_for leaves VR and keyword empty.
 _Plan = tuple[int, Any, "_Rule | None", str, str]
@@ -1192,7 +1193,15 @@ class Recipe:
             if rule.value is not None and rule.value.kind == _LIT:
                 vr = _entry(rule.fields[0].tag)[0].split(" or ")[0]
                 DataElement(rule.fields[0].tag, vr, _typed(rule.value.text, vr, rule, None, 0))
-        self._clean = any(r.value is not None and r.value.text == "clean_text" for r in rules)
+        self._default_source = 0 if files and Path(files[0]) == DEFAULT_RECIPE else None
+        self._structured = frozenset(
+            tag
+            for tag in structured.STRUCTURED_TAGS
+            if self._cleans_structured(self._resolve(tag, "SQ", *_entry(tag)[1:], None))
+        )
+        self._clean = bool(self._structured) or any(
+            r.value is not None and r.value.text == "clean_text" for r in rules
+        )
         groups: list[str] = []
         for lab in labels:
             if lab.group not in groups:
@@ -1310,7 +1319,16 @@ class Recipe:
                 return chosen
         return None
 
+    def _cleans_structured(self, rule: _Rule | None) -> bool:
+        """Whether a structured sequence under ``rule`` gets the Clean Structured Content /
+        Clean Graphics options (:mod:`.structured`): no rule, or the default profile's."""
+        return rule is None or (
+            rule.source == self._default_source and rule.action in (Action.BLANK, Action.REMOVE)
+        )
+
     def _plan_for(self, rule: _Rule | None, tag: int, vr: str, keyword: str) -> _Plan:
+        if vr == "SQ" and tag in self._structured:
+            return (_K_STRUCT, None, rule, "", "")
         if rule is None:
             if vr == "SQ":
                 return _PLAN_SEQ
@@ -1405,6 +1423,8 @@ class Recipe:
         self._walk(ds, ctx, changes, "", _Tokens(ds if self._clean else None, ctx))
         for rule in self._adds:
             self._add(ds, rule, ctx, changes)
+        if self._structured:
+            self._structured_codes(ds)
         sop = str(ds[_SOP_INSTANCE_UID].value or "") if _SOP_INSTANCE_UID in ds else ""
         meta = getattr(ds, "file_meta", None)
         if meta is not None:
@@ -1418,6 +1438,42 @@ class Recipe:
                 meta[_MEDIA_SOP] = DataElement(_MEDIA_SOP, "UI", new, validation_mode=_IGNORE)
                 ds.SOPInstanceUID = new
         return changes
+
+    def _structured_codes(self, ds: Dataset) -> None:
+        """List the structured-content options applied in DeidentificationMethodCodeSequence."""
+        done = {
+            tag
+            for tag in self._structured
+            if tag in ds._dict and ds[tag].VR == "SQ" and ds[tag].value
+        }
+        codes = structured.method_code_items(ds, done)
+        if codes is not None:
+            ds.DeidentificationMethodCodeSequence = codes
+
+    def walk_item(
+        self, item: Dataset, ctx: DeidContext, changes: Changes, prefix: str, tokens: _Tokens
+    ) -> None:
+        """Apply the recipe's rules to one sequence item, as :meth:`apply` does at any depth.
+
+        Parameters
+        ----------
+        item : pydicom.Dataset
+            The item, changed in place.
+        ctx, changes, prefix, tokens
+            The file's context, the changes so far, the item's path
+            (``Seq[i].``) and the file's ``func:clean_text`` tokens.
+        """
+        self._walk(item, ctx, changes, prefix, tokens)
+
+    def decides(self, tag: int, vr: str) -> bool:
+        """Whether a rule of the recipe (or its UID / age default) decides the public ``tag``.
+
+        False for an element no rule names (kept, or recursed into when a sequence).
+        """
+        plan = self._cache.get(tag)
+        if plan is None:
+            plan = self._public_plan(tag, vr)
+        return plan[2] is not None or plan[0] in (_K_UID_DEFAULT, _K_AGE, _K_STRUCT)
 
     def _walk(
         self,
@@ -1498,7 +1554,7 @@ class Recipe:
         tag = int(btag)
         if (plan[0] == _K_REMOVE or plan[0] == _K_BLANK) and ctx.sop_class_uid:
             plan = _iod_plan(plan, tag, raw, ctx.sop_class_uid, prefix)
-        if plan[0] != _K_SEQ:
+        if plan[0] not in (_K_SEQ, _K_STRUCT):
             _originals(ds, tag, plan[3], changes.originals, codec)
         if type(raw) is RawDataElement and raw.value is not None:
             if self._fast(ds, btag, raw, plan, ctx, changes, prefix, tokens):
@@ -1735,6 +1791,11 @@ class Recipe:
         kind, payload, rule = plan[0], plan[1], plan[2]
         elem = ds[tag]
         vr = elem.VR
+        if kind == _K_STRUCT:
+            if not structured.clean_sequence(self, ds, tag, ctx, changes, prefix, tokens):
+                self._record_removed(elem, changes)  # not a sequence in this file: dropped
+                del ds[tag]
+            return
         if kind == _K_SEQ:
             if vr != "SQ":  # dictionary says SQ, the file disagrees: nothing to recurse into
                 return
@@ -1932,6 +1993,21 @@ def _typed(text: str, vr: str, rule: _Rule | None, elem: DataElement | None, tag
                 f"{where}: the value for {tag_label(keyword, tag)} must be a number (VR {vr})"
             ) from None
     return text
+
+
+def clean_text(text: str, tokens: _Tokens, changes: Changes) -> str:
+    """``func:clean_text`` of one value with the file's tokens (for :mod:`.structured`)."""
+    return _clean_text(text, tokens.get(), changes)
+
+
+def record_originals(ds: Dataset, tag: int, vr: str, changes: Changes) -> None:
+    """Report the current values of element ``tag`` of ``ds`` as originals (for the gate)."""
+    _originals(ds, tag, vr, changes.originals)
+
+
+def shift_value(value: Any, vr: str, days: int) -> Any:
+    """A DA / DT value moved by ``days`` (None when it cannot be parsed)."""
+    return _shift(value, vr, days)
 
 
 def _clean_text(text: str, tokens: list[str], changes: Changes) -> str:

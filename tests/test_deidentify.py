@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -293,17 +294,31 @@ def test_odd_transfer_syntaxes(tmp_path: Path, name: str) -> None:
     assert "PatientName" not in new or str(new.PatientName) != str(old.get("PatientName", ""))
 
 
-def test_non_image_objects_are_skipped_with_reason(tmp_path: Path) -> None:
-    folder = tmp_path / "sr"
+def test_non_image_objects_are_released(tmp_path: Path) -> None:
+    folder = tmp_path / "rt"
     folder.mkdir()
-    for name in ("ExplVR_BigEndNoMeta.dcm", "rtplan.dcm", "test-SR.dcm"):
+    names = ("ExplVR_BigEndNoMeta.dcm", "rtplan.dcm", "rtstruct.dcm", "waveform_ecg.dcm")
+    for name in names:
         shutil.copy2(get_testdata_file(name), folder / name)  # type: ignore[arg-type]
     layout = BatchLayout.for_batch(folder, tmp_path / "work").ensure()
     from sendit_helpers.settings import load_settings
 
     deidentify.deidentify_batch(layout, load_settings(overrides={"PROGRESS": False}, environ={}))
     table = disposition.read(layout)
-    assert set(table["disposition"]) == {"skipped"}
-    assert set(table["reason"]) == {"no pixel data (non-image object); only images are released"}
-    assert not _released(layout)
+    assert set(table["disposition"]) == {"released"}
+    outputs = dict(
+        zip(table["source_path"].map(lambda p: Path(p).name), table["output_name"], strict=True)
+    )
+    assert outputs["ExplVR_BigEndNoMeta.dcm"].endswith("_RTPLAN_1_1.dcm")
+    assert outputs["waveform_ecg.dcm"].endswith("_ECG_0_1.dcm")  # no SeriesNumber
+    # the plan has no InstanceNumber: named after its de-identified SOPInstanceUID
+    assert re.fullmatch(r"IR\w+_RTPLAN_2_u[0-9a-f]{10}\.dcm", outputs["rtplan.dcm"])
+    assert len(_released(layout)) == 4
     assert leakgate.require_pass(layout)
+    released = {p.name: pydicom.dcmread(p) for p in _released(layout)}
+    rt = released[outputs["rtstruct.dcm"]]
+    source = pydicom.dcmread(folder / "rtstruct.dcm", force=True)
+    assert rt.StructureSetROISequence[0].ROIName == source.StructureSetROISequence[0].ROIName
+    frame = rt.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID
+    assert frame == rt.StructureSetROISequence[0].ReferencedFrameOfReferenceUID
+    assert frame != source.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID

@@ -73,22 +73,24 @@ DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 _FILE_ERRORS: tuple[type[Exception], ...] = (*PARSE_ERRORS, RuntimeError)
 #: ... and what makes the element cache leave a file to the paths that report it.
 _CACHE_ERRORS: tuple[type[Exception], ...] = (*_FILE_ERRORS, RecipeError)
-#: SOP classes whose content the recipe cannot clean (a document, a 3D model, vendor
-#: raw data, all free of any structure the recipe knows): their header is
-#: de-identified and the file held in quarantine for a person to review.
-OPAQUE_CLASSES: dict[str, str] = {
-    "1.2.840.10008.5.1.4.1.1.104.1": "encapsulated PDF",
-    "1.2.840.10008.5.1.4.1.1.104.2": "encapsulated CDA document",
-    "1.2.840.10008.5.1.4.1.1.104.3": "encapsulated STL model",
-    "1.2.840.10008.5.1.4.1.1.104.4": "encapsulated OBJ model",
-    "1.2.840.10008.5.1.4.1.1.104.5": "encapsulated MTL material",
-    "1.2.840.10008.5.1.4.1.1.66": "raw data",
-}
-#: The disposition reason of a file of :data:`OPAQUE_CLASSES` (``{kind}`` filled in).
-OPAQUE_REASON = (
-    "{kind}: its content may carry free text or identifying data the recipe cannot clean "
-    "(header de-identified); awaiting review"
+_DOCUMENT = (
+    "{kind}: a document of free text the recipe cannot clean; the profile empties it "
+    "(EncapsulatedDocument (0042,0011), D) and the header is de-identified; held for review"
 )
+#: SOP classes whose content the recipe cannot clean (a document, a 3D model, vendor
+#: raw data), with the disposition reason: their header is de-identified and the
+#: file held in quarantine for a person to review.
+OPAQUE_CLASSES: dict[str, str] = {
+    "1.2.840.10008.5.1.4.1.1.104.1": _DOCUMENT.format(kind="encapsulated PDF"),
+    "1.2.840.10008.5.1.4.1.1.104.2": _DOCUMENT.format(kind="encapsulated CDA"),
+    "1.2.840.10008.5.1.4.1.1.104.3": _DOCUMENT.format(kind="encapsulated STL model"),
+    "1.2.840.10008.5.1.4.1.1.104.4": _DOCUMENT.format(kind="encapsulated OBJ model"),
+    "1.2.840.10008.5.1.4.1.1.104.5": _DOCUMENT.format(kind="encapsulated MTL material"),
+    "1.2.840.10008.5.1.4.1.1.66": (
+        "raw data: vendor data the recipe cannot read (private elements removed, header "
+        "de-identified); held for review"
+    ),
+}
 #: The disposition reason of an image the pixel screen flagged.
 FLAGGED_REASON = "pixel screen flagged possible burned-in PHI; awaiting review"
 
@@ -602,14 +604,9 @@ def plan(
     jobs = []
     for row in images.itertuples(index=False):
         entity, item, jitter = codes[row.source_path]
-        opaque = OPAQUE_CLASSES.get(_text(row.SOPClassUID))
-        reason = (
-            OPAQUE_REASON.format(kind=opaque)
-            if opaque is not None
-            else FLAGGED_REASON
-            if quarantine and bool(row.flagged) and bool(row.has_pixels)
-            else ""
-        )
+        reason = OPAQUE_CLASSES.get(_text(row.SOPClassUID), "")
+        if not reason and quarantine and bool(row.flagged) and bool(row.has_pixels):
+            reason = FLAGGED_REASON
         root = layout.quarantine if reason else layout.release
         output = root / entity / names[row.source_path]
         jobs.append(

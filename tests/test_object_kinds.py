@@ -283,3 +283,31 @@ def test_pydicom_test_files_every_kind(tmp_path: Path, pydicom_batch: Path) -> N
     source = pydicom.dcmread(next(pydicom_batch.rglob("image_dfl.dcm")))
     assert deflated.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
     assert deflated.PixelData == source.PixelData
+
+
+def test_encapsulated_pdf_is_held_with_its_reason(study: ObjectStudy, tmp_path: Path) -> None:
+    folder = tmp_path / "DOE_PDF"
+    ct = next(p for p in sorted(study.folder.rglob("*.dcm")) if "objects" not in p.parts)
+    (folder / "ct").mkdir(parents=True)
+    (folder / "ct" / "ct.dcm").write_bytes(ct.read_bytes())
+    source = pydicom.dcmread(ct)
+    pdf = Dataset()
+    for keyword in ("PatientName", "PatientID", "StudyInstanceUID", "StudyDate", "AccessionNumber"):
+        setattr(pdf, keyword, source.data_element(keyword).value)
+    pdf.SOPClassUID = "1.2.840.10008.5.1.4.1.1.104.1"
+    pdf.SOPInstanceUID = pydicom.uid.generate_uid()
+    pdf.SeriesInstanceUID = pydicom.uid.generate_uid()
+    pdf.Modality, pdf.SeriesNumber, pdf.InstanceNumber = "DOC", 7, 1
+    pdf.MIMETypeOfEncapsulatedDocument = "application/pdf"
+    pdf.EncapsulatedDocument = b"%PDF-1.4 " + str(source.PatientName).encode() + b"\n%%EOF\n"
+    pdf.ensure_file_meta()
+    pdf.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    pdf.save_as(folder / "report.dcm", enforce_file_format=True)
+    layout, settings = open_batch(folder, tmp_path / "work", [], QUIET)
+    result = deidentify.deidentify_batch(layout, settings)
+    assert result.gate.passed
+    row = result.dispositions.set_index("source_path").loc[str(folder / "report.dcm")]
+    assert row["disposition"] == "quarantined"
+    assert row["reason"].startswith("encapsulated PDF: a document of free text")
+    held = pydicom.dcmread(next(layout.quarantine.rglob(row["output_name"])))
+    assert not held.EncapsulatedDocument and held.PatientName != source.PatientName

@@ -187,19 +187,32 @@ def _labels(text: str) -> list[str]:
     return found
 
 
-#: SenditError subclasses defined outside this module, by class name: an exception that
-#: crossed a process boundary as text is trusted by its name (see :func:`reduce_message`)
-#: without importing every module.  tests/test_errors.py keeps it complete.
-ELSEWHERE: frozenset[str] = frozenset(
-    {"ExecutorError", "FieldError", "LockError", "OcrUnavailableError", "TransientError"}
-)
+_CLASS_RE = re.compile(r"^class\s+(\w+)\s*\(([^)]*)\)", re.MULTILINE)
 
 
+@lru_cache(maxsize=1)
 def sendit_error_names() -> frozenset[str]:
-    """Class names of the :class:`SenditError` subclasses: this module's, :data:`ELSEWHERE`
-    and any other already imported."""
-    names: set[str] = set(ELSEWHERE)
-    todo: list[type[BaseException]] = [SenditError]
+    """Class names of every :class:`SenditError` subclass in ``sendit_helpers``.
+
+    Read from the package's source (class statements and their bases), not by
+    importing every module: an exception that crossed a process boundary as
+    text (a notebook cell's ``ename``) is trusted by its name only if it is one
+    of these (see :func:`reduce_message`).
+    """
+    from pathlib import Path
+
+    bases: dict[str, set[str]] = {}
+    for path in Path(__file__).resolve().parent.rglob("*.py"):
+        for name, listed in _CLASS_RE.findall(path.read_text(encoding="utf-8")):
+            words = {part.strip().rsplit(".", 1)[-1] for part in listed.split(",")}
+            bases.setdefault(name, set()).update(words)
+    names = {"SenditError"}
+    grown = True
+    while grown:
+        more = {name for name, of in bases.items() if of & names} - names
+        names |= more
+        grown = bool(more)
+    todo: list[type[BaseException]] = [SenditError]  # and any defined elsewhere, imported
     while todo:
         cls = todo.pop()
         names.add(cls.__name__)

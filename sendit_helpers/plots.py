@@ -70,38 +70,63 @@ def render(
     return image
 
 
-_BOX_COLOUR = np.array([1.0, 0.15, 0.15], dtype=np.float32)
 _SUGGEST_COLOUR = np.array([1.0, 0.8, 0.0], dtype=np.float32)
+#: Largest side, in pixels, of the PNG renderings (larger images are shown every n-th pixel).
+PNG_MAX_SIZE = 640
 
 
-def _draw(
-    image: npt.NDArray[np.floating[Any]],
-    boxes: Sequence[Box],
-    colour: npt.NDArray[np.float32],
-    fill: bool,
-) -> npt.NDArray[np.float32]:
-    """``image`` as RGB with the edges of ``boxes`` in ``colour`` (darkened inside if ``fill``)."""
+def _rgb(image: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float32]:
+    """``image`` (grey or colour, 0..1) as an RGB copy."""
     rgb = np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image[:, :, :3]
-    rgb = np.asarray(rgb, dtype=np.float32).copy()
+    return np.asarray(rgb, dtype=np.float32).copy()
+
+
+def _clipped(box: Box, rows: int, cols: int) -> tuple[int, int, int, int] | None:
+    """``(x0, y0, x1, y1)`` of ``box`` inside a ``cols`` x ``rows`` image, None when empty."""
+    x0, y0 = max(0, box.x), max(0, box.y)
+    x1, y1 = min(cols, box.x + box.width), min(rows, box.y + box.height)
+    return None if x1 <= x0 or y1 <= y0 else (x0, y0, x1, y1)
+
+
+def _outline(
+    rgb: npt.NDArray[np.float32], boxes: Sequence[Box], colour: npt.NDArray[np.float32]
+) -> None:
+    """Draw the edges of ``boxes`` on ``rgb`` in ``colour``, in place."""
     rows, cols = rgb.shape[:2]
     edge = max(1, min(rows, cols) // 200)
-    for b in boxes:
-        x0, y0 = max(0, b.x), max(0, b.y)
-        x1, y1 = min(cols, b.x + b.width), min(rows, b.y + b.height)
-        if x1 <= x0 or y1 <= y0:
+    for box in boxes:
+        corners = _clipped(box, rows, cols)
+        if corners is None:
             continue
-        if fill:
-            rgb[y0:y1, x0:x1] = rgb[y0:y1, x0:x1] * 0.15
+        x0, y0, x1, y1 = corners
         rgb[y0 : y0 + edge, x0:x1] = colour
         rgb[max(y0, y1 - edge) : y1, x0:x1] = colour
         rgb[y0:y1, x0 : x0 + edge] = colour
         rgb[y0:y1, max(x0, x1 - edge) : x1] = colour
-    return rgb
 
 
-def _png(image: npt.NDArray[np.floating[Any]], max_size: int = 640) -> bytes:
+def _blacken(rgb: npt.NDArray[np.float32], boxes: Sequence[Box]) -> None:
+    """Fill ``boxes`` of ``rgb`` with black, in place (what a scrub writes, as displayed)."""
+    rows, cols = rgb.shape[:2]
+    for box in boxes:
+        corners = _clipped(box, rows, cols)
+        if corners is not None:
+            x0, y0, x1, y1 = corners
+            rgb[y0:y1, x0:x1] = 0.0
+
+
+def png_step(rows: int, columns: int, max_size: int = PNG_MAX_SIZE) -> int:
+    """Every how many source pixels a rendering of a ``columns`` x ``rows`` image keeps one.
+
+    A rendering's pixel ``(x, y)`` is the source pixel ``(x * step, y * step)``:
+    the reviewer converts drawn rectangles back to source pixels with it.
+    """
+    return max(1, int(np.ceil(max(rows, columns, 1) / max_size)))
+
+
+def _png(image: npt.NDArray[np.floating[Any]], max_size: int = PNG_MAX_SIZE) -> bytes:
     """``image`` (0..1) as PNG bytes, downsampled to at most ``max_size`` pixels a side."""
-    step = max(1, int(np.ceil(max(image.shape[:2]) / max_size)))
+    step = png_step(image.shape[0], image.shape[1], max_size)
     buffer = io.BytesIO()
     data = np.clip(image[::step, ::step], 0, 1)
     plt.imsave(buffer, data, cmap="gray" if data.ndim == 2 else None, vmin=0, vmax=1, format="png")
@@ -117,15 +142,22 @@ def preview_png(
     center: float | None = None,
     width: float | None = None,
 ) -> bytes:
-    """The image rendered as PNG, with the rectangles to scrub drawn (darkened, red edge).
+    """The image rendered as PNG as a scrub of ``boxes`` would leave it.
 
-    Suggested rectangles that are not among ``boxes`` get a yellow edge.
+    Every rectangle of ``boxes`` is black, as :func:`~sendit_helpers.scrub.scrub_pixels`
+    writes it (the lowest stored value, the highest for MONOCHROME1: black
+    under any window that starts at or above the data's minimum), with no edge
+    drawn over the pixels around it.  Suggested rectangles that are not among
+    ``boxes`` get a yellow edge (they are not scrubbed).  Without rectangles it
+    is the plain rendering (:func:`render`), downsampled by :func:`png_step`.
     """
     image = render(ds, frame, center, width)
-    if boxes or suggested:
-        image = _draw(image, [b for b in suggested if b not in boxes], _SUGGEST_COLOUR, False)
-        image = _draw(image, boxes, _BOX_COLOUR, True)
-    return _png(image)
+    if not boxes and not suggested:
+        return _png(image)
+    rgb = _rgb(image)
+    _outline(rgb, [b for b in suggested if b not in boxes], _SUGGEST_COLOUR)
+    _blacken(rgb, boxes)
+    return _png(rgb)
 
 
 def thumbnail(path: str | os.PathLike[str], size: int = 128) -> np.ndarray | str:

@@ -18,11 +18,12 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from sendit_helpers import deidentify, disposition, leakgate, review, synthetic
+from sendit_helpers import deidentify, disposition, leakgate, plots, review, synthetic
 from sendit_helpers.errors import ReviewError
 from sendit_helpers.layout import BatchLayout
+from sendit_helpers.plots import png_step
 from sendit_helpers.review import Box, Decision, DecisionLog
-from sendit_helpers.reviewer import Reviewer
+from sendit_helpers.reviewer import KEYS, Reviewer, to_source
 from sendit_helpers.runner import open_batch
 
 SETTINGS = {"PROGRESS": False}
@@ -407,11 +408,15 @@ def test_reviewer_widget_saves_at_once(held_batch: tuple[BatchLayout, dict[str, 
     layout, settings = held_batch
     ui = Reviewer(layout, settings, reviewer="gil")
     total = len(ui.items)
-    assert ui.progress.value == f"<b>0 of {total} decided</b>"
-    assert bytes(ui.image.value)[:4] == b"\x89PNG" and bytes(ui.montage.value)[:4] == b"\x89PNG"
+    assert ui.progress.value.startswith(f"<b>0 of {total} decided</b>")
+    assert f"{total} waiting" in ui.progress.value
+    status = ui.status_widget()
+    assert bytes(ui.preview.value)[:4] == b"\x89PNG" and bytes(ui.montage.value)[:4] == b"\x89PNG"
+    assert bytes(ui.draw.image_bytes)[:4] == b"\x89PNG"
     ui.decide_series(Decision.RELEASE)  # the first series: CT
     ct = int((ui.items["modality"] == "CT").sum())
     assert len(DecisionLog(layout).current()) == ct
+    assert status.value.startswith(f"<b>{ct} of {total} decided</b>")
     ot = ui.current
     assert ot.modality == "OT"
     ui.decide(Decision.SCRUB)  # no rectangle yet: refused
@@ -421,13 +426,67 @@ def test_reviewer_widget_saves_at_once(held_batch: tuple[BatchLayout, dict[str, 
     ui.scrub.click()
     current = DecisionLog(layout).current().set_index("item")
     assert current.loc[ot.item, "boxes"] == [Box(0, 0, 100, 30)]
-    ui.command.value = "k"
-    ui.command.value = "k"  # both ultrasound images
-    assert ui.progress.value == f"<b>{total} of {total} decided</b>"
+    assert (ui.box_x.value, ui.box_w.value) == (0, 1)  # the fields start afresh on each image
+    ui.press(KEYS["keep"])
+    ui.press(KEYS["keep"])  # both ultrasound images
+    assert ui.progress.value.startswith(f"<b>{total} of {total} decided</b>")
     result = ui.apply()
     assert result is not None and result.scrubbed == [ot.item]
     assert "Applied" in ui.apply_result.value
     leakgate.require_pass(layout)
+
+
+def test_reviewer_resumes_at_the_first_undecided_image(
+    held_batch: tuple[BatchLayout, dict[str, object]],
+) -> None:
+    layout, settings = held_batch
+    items = review.load_items(layout)
+    DecisionLog(layout, "gil").record_many(
+        [(name, Decision.RELEASE, []) for name in items["item"].iloc[:2]]
+    )
+    ui = Reviewer(layout, settings, reviewer="gil")
+    assert ui.index == 2 and ui.current.item == items["item"].iloc[2]
+
+
+def test_drawn_rectangles_are_source_pixels_and_suggestions_wait(
+    held_batch: tuple[BatchLayout, dict[str, object]],
+) -> None:
+    layout, settings = held_batch
+    ui = Reviewer(layout, settings, reviewer="gil")
+    row = ui.current
+    suggested = Box(0, 0, 10, 10)
+    ui.pending[row.item] = [suggested]
+    ui._redraw(image=False)
+    assert [b["label"] for b in ui.draw.bboxes] == ["suggested"]
+    # a drag on the drawing widget (it reports the rendering's pixels) plus the suggestion
+    drag = {"x": 4, "y": 5, "width": 20.4, "height": 7, "label": "scrub"}
+    ui.draw.bboxes = [*ui.draw.bboxes, drag]
+    step = png_step(int(row.rows), int(row.columns))
+    drawn = Box(4 * step, 5 * step, round(20.4 * step), 7 * step)
+    assert ui.boxes[row.item] == [drawn] and ui.pending[row.item] == [suggested]
+    ui.press(KEYS["accept-suggestion"])
+    assert ui.boxes[row.item] == [drawn, suggested] and ui.pending[row.item] == []
+    ui.clear()
+    assert ui.boxes[row.item] == [] and ui.draw.bboxes == []
+    assert to_source({"x": -5, "y": 2, "width": 3, "height": 3}, 1, 64, 64) is None
+    assert to_source({"x": 60, "y": 60, "width": 9, "height": 9}, 1, 64, 64) == Box(60, 60, 4, 4)
+
+
+def test_preview_blackens_the_boxes_as_written(
+    held_batch: tuple[BatchLayout, dict[str, object]],
+) -> None:
+    import io
+
+    import matplotlib.image as mpimg
+
+    layout, settings = held_batch
+    items = review.load_items(layout)
+    ds = pydicom.dcmread(review.item_file(layout, items["path"].iloc[0]))
+    box = Box(2, 3, 20, 10)
+    png = mpimg.imread(io.BytesIO(plots.preview_png(ds, [box])), format="png")
+    step = png_step(int(ds.Rows), int(ds.Columns))
+    inside = png[box.y // step + 1 : (box.y + box.height) // step - 1, box.x // step + 1 : 5]
+    assert inside.size and not inside[..., :3].any()
 
 
 def test_review_stage_runs_non_interactively(

@@ -592,6 +592,10 @@ def scan_file_entry(
     st = path.stat()  # before the read: see file_entry
     data = path.read_bytes()
     entry: FileEntry = (hashlib.sha256(data).hexdigest(), *_signature(st))
+    if path.suffix == ".parquet":
+        found_in_table = _scan_parquet(data, relative, scanner)
+        if found_in_table is not None:
+            return hits + found_in_table, entry
     found_span = _checked_span(data, span) or _parsed_span(data)
     if found_span is None:
         where = "table contents" if path.suffix == ".parquet" else "file contents"
@@ -602,6 +606,43 @@ def scan_file_entry(
     if not (native16 and scanner.prefilter_ok) or _native_words_printable(pixels):
         found += [(start + o, c) for o, c in scanner.find(pixels)]
     return hits + [(relative, _field_at(data, offset, start), c) for offset, c in found], entry
+
+
+#: Parquet schema metadata that only describes the columns (their names are scanned as such).
+_FORMAT_METADATA = (b"pandas", b"ARROW:schema")
+
+
+def _scan_parquet(
+    data: bytes, relative: str, scanner: Scanner
+) -> list[tuple[str, str, str]] | None:
+    """Scan a Parquet table by what it holds: column names, every value, user metadata.
+
+    The values are decoded (a compressed page does not hide them) and the
+    format's own words (``field_name`` in the pandas metadata, say) are not
+    mistaken for a name.  None when the bytes are no readable Parquet file
+    (the caller scans the raw bytes then).
+    """
+    try:
+        source = pq.ParquetFile(pa.BufferReader(data))
+        schema = source.schema_arrow
+    except (pa.ArrowException, OSError, ValueError):
+        return None
+    hits: list[tuple[str, str, str]] = []
+    for name in schema.names:
+        hits += [(relative, "column name", c) for _o, c in scanner.find(name.encode("utf-8"))]
+        try:
+            column = source.read(columns=[name]).column(0).cast(pa.string())
+        except (pa.ArrowException, OSError, ValueError):
+            return None
+        values = [v for v in pc.unique(column).to_pylist() if v]
+        if values:  # NUL never occurs in a searched value: no match spans two values
+            blob = "\0".join(values).encode("utf-8")
+            found = dict.fromkeys(c for _o, c in scanner.find(blob))
+            hits += [(relative, f"column {name}", c) for c in found]
+    for key, value in (schema.metadata or {}).items():
+        if key not in _FORMAT_METADATA:
+            hits += [(relative, "table metadata", c) for _o, c in scanner.find(key + b"\0" + value)]
+    return hits
 
 
 def _pixel_end(data: bytes, start: int) -> int | None:
@@ -852,6 +893,8 @@ def _to_hold(
     }
 
 
+#: Columns of ``phi/deidentify/leak_report.csv`` (never the value).
+_REPORT_COLUMNS = ["file", "field", "category"]
 #: Rounds of holding and scanning again before the gate gives up.
 _MAX_ROUNDS = 4
 
@@ -901,6 +944,11 @@ def run_gate(
     all_hits: list[tuple[str, str, str]] = []
     held: dict[str, Held] = {}
     report_path = layout.deid_dir / "leak_report.csv"
+    earlier = (  # the stage's earlier runs (de-identify, then each review) stay in the report
+        pd.read_csv(report_path, dtype=str, keep_default_na=False).reindex(columns=_REPORT_COLUMNS)
+        if report_path.exists()
+        else pd.DataFrame(columns=_REPORT_COLUMNS)
+    )
     for _round in range(_MAX_ROUNDS):
         items: list[tuple[str, str, Span | None]] = []
         for p in todo:
@@ -915,9 +963,9 @@ def run_gate(
         if not hits:
             break
         all_hits += hits
-        table = pd.DataFrame(all_hits, columns=["file", "field", "category"]).drop_duplicates()
+        table = pd.DataFrame(all_hits, columns=_REPORT_COLUMNS).drop_duplicates()
         report_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        table.to_csv(report_path, index=False)
+        pd.concat([earlier, table]).drop_duplicates().to_csv(report_path, index=False)
         wanted = _to_hold(layout, hits, scanner) if hold is not None else {}
         wanted = {rel: h for rel, h in wanted.items() if rel not in held}
         done = hold(list(wanted.values())) if hold is not None and wanted else set()
@@ -949,7 +997,7 @@ def run_gate(
             f"{len(held)} file(s); nothing may be uploaded. See {report_path} and fix the "
             "recipe, then rerun"
         )
-    table = pd.DataFrame(all_hits, columns=["file", "field", "category"]).drop_duplicates()
+    table = pd.DataFrame(all_hits, columns=_REPORT_COLUMNS).drop_duplicates()
     write_record(layout, n_files=len(index), n_values=len(scanner), index=index)
     return GateReport(
         True,

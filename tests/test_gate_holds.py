@@ -217,6 +217,8 @@ def test_a_decision_re_gates_a_held_file(tmp_path: Path) -> None:
     applied = review.apply_decisions(layout, settings)
     assert applied.scrubbed == [scrubbed] and applied.held == [released]
     assert "1 held again by the leak gate" in applied.summary()
+    report = pd.read_csv(layout.deid_dir / "leak_report.csv")  # de-identify's rows stay
+    assert len(report) == 2 and set(report["field"]) == {"PixelData (7FE0,0010)"}
     assert not _leaks(layout, planted)
     now = disposition.read(layout).set_index("output_name")
     assert now.loc[scrubbed, "disposition"] == "released"
@@ -242,3 +244,57 @@ def test_a_value_no_image_owns_fails_the_gate(tmp_path: Path) -> None:
     hold = lambda held: deidentify.hold_for_gate(layout, settings, held)  # noqa: E731
     with pytest.raises(LeakError, match=r"cannot be held .*e\.g\. notes\.txt"):
         leakgate.run_gate(layout, leakgate.load_values(layout), hold=hold)
+
+
+@pytest.mark.slow
+def test_sendit_run_fails_no_batch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Vendor files and the harsh pixels batch through ``sendit run``: no failure, no leak."""
+    from sendit_helpers.pipeline import run_batches
+
+    vendor = tmp_path / "in" / "vendor"
+    vendor.mkdir(parents=True)
+    for index, name in enumerate(VENDOR_FILES):
+        shutil.copy2(realworld.pydicom_test_dir() / name, vendor / f"v{index}.dcm")
+    layout, _settings, planted, _files = _harsh(tmp_path / "h")
+    harsh = tmp_path / "in" / "harsh"
+    harsh.mkdir()
+    for index, path in enumerate(sorted(layout.source.rglob("*.dcm"))):
+        shutil.copy2(path, harsh / f"h{index}.dcm")
+    work = tmp_path / "work"
+    overrides = {"PROGRESS": False, "QUARANTINE_FLAGGED": False}
+    assert run_batches([vendor, harsh], work, overrides=overrides) == 0
+    out = capsys.readouterr().out
+    assert "failed" not in out and "2 released, 2 waiting" in out
+    assert not _leaks(BatchLayout.for_batch(harsh, work), planted)
+
+
+# ------------------------------------------------------------------ tables
+def test_tables_are_scanned_by_their_values_not_their_format(tmp_path: Path) -> None:
+    path = tmp_path / "cleaned.parquet"
+    table = pd.DataFrame({"path": ["e/a.dcm", "e/b.dcm"], "ImageComments": ["ok", "by ZQX0001PHI"]})
+    table.astype("string").to_parquet(path, index=False, compression="zstd")
+    scanner = leakgate.Scanner.build({"ZQX0001PHI": "PatientID", "Dr. floral field": "name"})
+    assert leakgate.scan_file(path, "cleaned.parquet", scanner) == [
+        ("cleaned.parquet", "column ImageComments", "PatientID")
+    ]
+    assert b"field" in path.read_bytes()  # the pandas metadata's field_name ...
+    clean = leakgate.Scanner.build({"Dr. floral field": "name"})
+    assert leakgate.scan_file(path, "cleaned.parquet", clean) == []  # ... is no name part
+
+
+def test_a_value_in_a_cleaned_row_holds_its_image(tmp_path: Path) -> None:
+    layout, settings, planted, files = _harsh(tmp_path)
+    result = deidentify.deidentify_batch(layout, settings)
+    cleaned = pd.read_parquet(layout.release / "cleaned.parquet")
+    token = next(t for t, w in planted.items() if w == "Accession")
+    cleaned.loc[0, "ImageComments"] = f"see {token}"
+    cleaned.to_parquet(layout.release / "cleaned.parquet", index=False)
+    values = leakgate.load_values(layout)
+    hold = lambda held: deidentify.hold_for_gate(layout, settings, held)  # noqa: E731
+    report = leakgate.run_gate(layout, values, policy=leakgate.load_policy(layout), hold=hold)
+    assert [h.field for h in report.held] == ["cleaned.parquet column ImageComments"]
+    assert report.held[0].path == cleaned.loc[0, "path"]
+    assert not (layout.release / cleaned.loc[0, "path"]).exists()
+    assert len(pd.read_parquet(layout.release / "cleaned.parquet")) == len(cleaned) - 1
+    assert not _leaks(layout, planted) and leakgate.require_pass(layout)
+    assert len(result.gate.held) == 2  # the two planted in pixels, held by de-identify

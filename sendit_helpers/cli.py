@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .errors import SenditError, os_error_line
+from . import __version__, disposition
+from .errors import SenditError, one_line, os_error_line
 from .layout import BatchLayout
 from .runner import Stage, run_stage
 from .settings import load_settings, parse_override
@@ -173,12 +173,19 @@ def _run_each(
             failed += 1
             print(
                 f"sendit: error: batch {batch}: {stage} failed unexpectedly "
-                f"({type(exc).__name__}); this is a bug: report it with the executed notebook "
+                f"({one_line(exc)}); this is a bug: report it with the executed notebook "
                 "under the batch's phi/notebooks/",
                 file=sys.stderr,
             )
             continue
-        log.info("%s done for batch %s; executed notebook: %s", stage, layout.name, output)
+        note = disposition.first_error(layout)
+        log.info(
+            "%s done for batch %s%s; executed notebook: %s",
+            stage,
+            layout.name,
+            f" ({note}; see {layout.disposition_csv})" if note else "",
+            output,
+        )
     if failed and len(batches) > 1:
         print(f"sendit: {failed} of {len(batches)} batch(es) failed", file=sys.stderr)
     return 1 if failed else 0

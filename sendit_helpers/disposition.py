@@ -131,3 +131,16 @@ def counts(table: pd.DataFrame) -> pd.Series:
     """Number of files per disposition, every disposition listed."""
     order = [str(d) for d in Disposition]
     return table["disposition"].value_counts().reindex(order, fill_value=0)
+
+
+def first_error(layout: BatchLayout) -> str:
+    """``"N file(s) in error, first: <source path>: <reason>"``, or ``""`` when none is.
+
+    The reasons follow the error rule (no values), so the line can be printed.
+    """
+    table = read(layout, ["source_path", "disposition", "reason"])
+    errors = table[table["disposition"] == str(Disposition.ERROR)]
+    if errors.empty:
+        return ""
+    first = errors.sort_values("source_path", kind="stable").iloc[0]
+    return f"{len(errors)} file(s) in error, first: {first['source_path']}: {first['reason']}"

@@ -22,8 +22,16 @@ Semantics (the contract the leak gate and the tests rely on)
   ``fields:NAME`` (a ``%fields`` list).  ``values:NAME`` (value-based lists)
   needs a per-file scan of every value and is rejected with a
   :class:`~sendit_helpers.errors.RecipeError`.
+* deid's own recipes load as they are: an old keyword (``PatientsName``) is
+  read as today's, a field deid ignores (``REMOVE jitter``: an action or
+  function name) is ignored, each with a :class:`RecipeWarning` naming
+  file:line; any other unknown field is a RecipeError naming file:line and the
+  closest keyword.  A REMOVE / BLANK / JITTER (or REPLACE with var:) that
+  decides an :data:`IDENTITY_TAGS` element keeps class UIDs and maps instance
+  UIDs (as ``func:uid``) instead, warned at load: outputs stay DICOM files.
 * Values: literal strings (surrounding double quotes stripped), ``var:NAME``
-  (``DeidContext.variables``), ``func:uid`` (``DeidContext.uid_map``),
+  (a name of :data:`VARIABLES`, else a RecipeError at load; the value from
+  ``DeidContext.variables``), ``func:uid`` (``DeidContext.uid_map``),
   ``func:clean_text`` (remove known identifying values from the text),
   ``func:jitter`` (shift a date by ``DeidContext.date_shift_days``) and, for
   ADD only, ``func:method_codes CODE ...`` (a DCM-coded

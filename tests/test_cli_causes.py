@@ -35,6 +35,15 @@ def test_stage_failures_print_their_cause(tmp_path: Path) -> None:
     work = tmp_path / "work"
     notebooks = work / "B1" / "phi" / "notebooks"
 
+    # a stage that succeeds names the first file in error (the batch has a truncated file)
+    result = _sendit("inspect", str(batch), "--work", str(work))
+    assert result.returncode == 0, result.stderr
+    done = [line for line in result.stderr.splitlines() if "inspect done for batch B1" in line]
+    assert len(done) == 1, result.stderr
+    assert " (1 file(s) in error, first: " in done[0]
+    assert ": truncated file: pixel data is " in done[0]
+    assert f"see {work / 'B1' / 'phi' / 'disposition.csv'}); executed notebook: " in done[0]
+
     # upload before de-identify: the gate has no record
     result = _sendit("upload", str(batch), "--work", str(work))
     assert result.returncode == 1

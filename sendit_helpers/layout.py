@@ -186,7 +186,8 @@ class BatchLayout:
         finally:
             tmp.unlink(missing_ok=True)
         try:
-            owner = json.loads(record.read_text(encoding="utf-8"))["source"]
+            data = json.loads(record.read_text(encoding="utf-8"))
+            owner = data["source"]
         except (OSError, ValueError, KeyError, TypeError):
             raise BatchError(
                 f"{record} is unreadable, so it is not known which input folder the work folder "
@@ -199,6 +200,14 @@ class BatchLayout:
                 f"--work folder, or rename the input folder so its name is new (if the batch "
                 f"itself moved, move it back or run it with another --work)"
             )
+        if (
+            data.get("loose", False) is not self.loose
+        ):  # the folder became (or stopped being) a root
+            fresh = record.with_name(f".{record.name}.{uuid.uuid4().hex}.tmp")
+            fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PHI_FILE_MODE)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(self._record(), fh)
+            os.replace(fresh, record)
 
     def _record(self) -> dict[str, object]:
         return {"source": os.fsdecode(self.source), "loose": self.loose}

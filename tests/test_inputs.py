@@ -225,6 +225,9 @@ def test_loose_files_and_empty_folders_form_a_batch(tmp_path: Path) -> None:
     # once claimed, the notebooks (given only the folder) see the same loose batch
     layout.ensure()
     assert BatchLayout.for_batch(root, work).loose
+    BatchLayout.for_batch(root, work, loose=False).ensure()  # the root became a plain batch
+    assert not BatchLayout.for_batch(root, work).loose
+    layout.ensure()
     # nothing loose: no loose batch; a path that is not a folder: a problem, not an abort
     (root / "README.txt").unlink()
     (root / "stray.dcm").unlink()

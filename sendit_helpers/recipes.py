@@ -1731,6 +1731,7 @@ class Recipe:
             return False
         if kind == _K_CLEAN:
             cleaned = [_clean_text(t, tokens.get(), changes) for t in texts]
+            cleaned = _kept_value(cleaned, texts, ctx, prefix, keyword)
             if cleaned != texts:
                 value: Any = cleaned if len(cleaned) > 1 else (cleaned[0] if cleaned else "")
                 _put(ds, btag, DataElement(btag, vr, value))
@@ -1865,6 +1866,7 @@ class Recipe:
                 return
             texts = _text_values(value)
             cleaned = [_clean_text(t, tokens.get(), changes) for t in texts]
+            cleaned = _kept_value(cleaned, texts, ctx, prefix, elem.keyword)
             if cleaned != texts:
                 elem.value = cleaned if len(cleaned) > 1 else cleaned[0]
             return
@@ -1974,6 +1976,17 @@ def _breaks_identity(rule: _Rule) -> bool:
     if action is Action.REPLACE and value is not None:
         return value.kind == _VAR or (value.kind == _FUNC and value.text != "uid")
     return False
+
+
+def _kept_value(
+    cleaned: list[str], texts: list[str], ctx: DeidContext, prefix: str, keyword: str
+) -> list[str]:
+    """``cleaned``, or the dummy value when cleaning emptied an attribute the IOD requires
+    with a value (Type 1 / 1C: StructureSetLabel, RTPlanLabel ...)."""
+    if any(cleaned) or not any(texts):
+        return cleaned
+    required = iodtypes.requirement(ctx.sop_class_uid, prefix, keyword)
+    return [iodtypes.DUMMY] if required is iodtypes.Requirement.VALUE else cleaned
 
 
 def _iod_plan(plan: _Plan, tag: int, raw: Any, sop_class: str, prefix: str) -> _Plan:

@@ -23,7 +23,8 @@ Profile also empties although a verified SR requires it) are kept the same way.
   any LO / SH / LT / ST / UT / UC value) goes through ``func:clean_text``, the
   Clean Descriptors machinery (the file's names, IDs and dates cut out, then
   only known or technical words kept); person names become ``ANONYMIZED``;
-  dates are shifted.  Coded entries (any ``...CodeSequence``) are kept as they
+  dates are shifted; a text that cleaning empties becomes ``ANONYMIZED`` (a content
+  item's value is required).  Coded entries (any ``...CodeSequence``) are kept as they
   are: they come from controlled terminologies.
 
 Every name and date changed here, and every identifying value ``func:clean_text``
@@ -67,7 +68,8 @@ STRUCTURED_TAGS: frozenset[int] = frozenset(
 )
 #: Free-text value representations cleaned with ``func:clean_text``.
 FREE_TEXT_VRS = frozenset({"LO", "SH", "LT", "ST", "UT", "UC"})
-#: The replacement of a person's name no rule decided (the profile's dummy value).
+#: The replacement of a person's name no rule decided, and of a text that cleaning
+#: emptied (the profile's dummy value).
 DUMMY_NAME = "ANONYMIZED"
 #: PS3.16 CID 7050 codes added to DeidentificationMethodCodeSequence when the
 #: options were applied.
@@ -158,6 +160,8 @@ def clean_item(
             # words it drops only because they are unknown are not identifying values.
             texts = [str(v) for v in elem.value] if elem.VM > 1 else [str(elem.value)]
             cleaned = [clean_text(t, tokens, changes) for t in texts]
+            if not any(cleaned):  # a content item's value is required (TextValue: Type 1C)
+                cleaned = [DUMMY_NAME]
             if cleaned != texts:
                 elem.value = cleaned if len(cleaned) > 1 else cleaned[0]
         elif vr == "PN":

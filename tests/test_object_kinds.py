@@ -21,6 +21,7 @@ from sendit_helpers.errors import LeakError
 from sendit_helpers.layout import BatchLayout
 from sendit_helpers.runner import open_batch
 from sendit_helpers.upload import upload_batch
+from tests import realworld
 from tests.object_kinds import TEXT_MRN, TEXT_NAME, ObjectStudy, make_object_study
 from tests.servers import OrthancServer
 from tests.test_elementcache import _same
@@ -106,6 +107,12 @@ def test_no_planted_value_reaches_release(study: ObjectStudy, done: deidentify.D
         data = path.read_bytes().lower() + path.relative_to(done.layout.release).as_posix().encode()
         leaked = [v for v in values if v.encode() in data]
         assert not leaked, f"{path.name} leaks {len(leaked)} planted values"
+
+
+def test_no_output_gains_a_dciodvfy_error(done: deidentify.DeidResult) -> None:
+    pairs = [(Path(source), out) for source, out in _outputs(done.layout).items()]
+    assert len(pairs) == 9
+    assert realworld.new_dciodvfy_errors_many(pairs, workers=2) == {}
 
 
 def test_references_resolve_to_the_released_objects(done: deidentify.DeidResult) -> None:
@@ -275,6 +282,16 @@ def test_pydicom_test_files_every_kind(tmp_path: Path, pydicom_batch: Path) -> N
     skipped = table[table["disposition"] == "skipped"]
     assert skipped["reason"].str.contains("DICOMDIR|no SOPClassUID \\(0008,0016\\)").all()
     assert not table["reason"].str.contains("no pixel data").any()
+    # dciodvfy cannot read the deflated input; reportsi.dcm's "ReferencedSOPInstanceUID 0"
+    # becomes a real UID, which the comparison takes for a new error
+    checked = [
+        (Path(source), out)
+        for source, out in _outputs(layout).items()
+        if Path(source).name in PYDICOM_KINDS
+        and Path(source).name not in ("image_dfl.dcm", "reportsi.dcm")
+    ]
+    assert len(checked) == len(PYDICOM_KINDS) - 2
+    assert realworld.new_dciodvfy_errors_many(checked, workers=2) == {}
     # the deflated image is read as an image (a secondary capture: held by the pixel screen)
     # and written without the deflate, so the leak gate reads its bytes
     deflated = pydicom.dcmread(

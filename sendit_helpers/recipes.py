@@ -1192,6 +1192,7 @@ class Recipe:
         self._labels = labels
         self.files: tuple[Path, ...] = tuple(files)
         self._adds = [r for r in rules if r.action is Action.ADD]
+        self._adds.extend(_implied_adds(self._adds, self.files))
         self._header = [r for r in rules if r.action is not Action.ADD]
         self._sources = sorted({r.source for r in self._header}, reverse=True)
         self._cache: dict[int, _Plan] = {}
@@ -1966,6 +1967,35 @@ class Recipe:
                 return ScreenResult(False, lab.group, lab.name, lab.reason, ())
             return ScreenResult(True, lab.group, lab.name, lab.reason, _coordinates(lab, ds))
         return ScreenResult(False, None, None, "no filter label matched", ())
+
+
+_PATIENT_IDENTITY_REMOVED = 0x00120062
+_DEID_METHOD = 0x00120063
+_DEID_METHOD_CODES = 0x00120064
+
+
+def _implied_adds(adds: Sequence[_Rule], files: Sequence[Path]) -> list[_Rule]:
+    """ADD rules the recipe's own ADDs require for a valid file.
+
+    ``PatientIdentityRemoved YES`` (deid's bundled recipes add it) makes
+    DeidentificationMethod or its code sequence Type 1 (PS3.3 C.7.1.1): when
+    no rule adds either, DeidentificationMethod names the recipe files.
+    """
+    added = {rule.fields[0].tag: rule for rule in adds}
+    said = added.get(_PATIENT_IDENTITY_REMOVED)
+    if (
+        said is None
+        or said.value is None
+        or said.value.kind != _LIT
+        or said.value.text.strip().upper() != "YES"
+        or _DEID_METHOD in added
+        or _DEID_METHOD_CODES in added
+    ):
+        return []
+    text = ("sendit with " + ", ".join(Path(p).name for p in files))[:64].strip()
+    field = _Field("tag", tag=_DEID_METHOD)
+    value = _Value(_LIT, text)
+    return [_Rule(Action.ADD, (field,), value, said.source, said.where, "DeidentificationMethod")]
 
 
 def _breaks_identity(rule: _Rule) -> bool:

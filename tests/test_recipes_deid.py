@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 from pathlib import Path
@@ -19,6 +20,7 @@ from sendit_helpers.errors import RecipeError, RecipeWarning
 from sendit_helpers.layout import BatchLayout
 from sendit_helpers.recipes import VARIABLES, DeidContext, Recipe, shift_date
 from sendit_helpers.runner import open_batch
+from tests import realworld
 
 BUNDLED = sorted(p.name for p in Path(data_base).glob("deid.dicom*"))
 #: pydicom test files of several kinds: CT, MR, big endian, deflated, JPEG 2000, RGB, RT plan.
@@ -118,6 +120,8 @@ def test_bundled_recipe_deidentifies_generated_and_pydicom_files(name: str, tmp_
         deidentify._recipe.cache_clear()
         deidentify._element_cache.cache_clear()
         deidentify._recipe(config.recipe_files, config.include_default)
+    default = deidentify.WorkerConfig((), True, SECRET)
+    pairs: list[tuple[Path, Path, Path]] = []
     for index, source in enumerate(sources):
         before = pydicom.dcmread(source, force=True)
         job = deidentify.Job(
@@ -133,6 +137,9 @@ def test_bundled_recipe_deidentifies_generated_and_pydicom_files(name: str, tmp_
         )
         outcome = deidentify.deidentify_file(job, config)
         assert outcome.error == "", (source.name, outcome.error)
+        ours = dataclasses.replace(job, output=str(tmp_path / "default" / f"{index}.dcm"))
+        assert deidentify.deidentify_file(ours, default).error == ""
+        pairs.append((source, Path(job.output), Path(ours.output)))
         after = pydicom.dcmread(job.output)
         assert after.SOPClassUID == before.SOPClassUID, source.name
         assert after.file_meta.MediaStorageSOPClassUID == before.SOPClassUID
@@ -152,6 +159,12 @@ def test_bundled_recipe_deidentifies_generated_and_pydicom_files(name: str, tmp_
         assert after.StudyDate == job.item_timestamp
         if before.get("StudyDate"):
             assert after.StudyDate and after.StudyDate != before.StudyDate
+        # PatientIdentityRemoved YES requires a DeidentificationMethod (PS3.3 C.7.1.1)
+        assert str(after.DeidentificationMethod).startswith("sendit with deid.dicom")
+    # valid in, valid out: no dciodvfy error the default recipe's output does not have too
+    for source, output, reference in pairs:
+        gained = realworld.new_dciodvfy_errors(source, output)
+        assert gained == realworld.new_dciodvfy_errors(source, reference), source.name
 
 
 class _nothing:

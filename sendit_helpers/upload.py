@@ -515,7 +515,9 @@ def upload_batch(
     Returns
     -------
     pandas.DataFrame
-        The whole manifest: ``item``, ``target``, ``status``, ``checksum``, ``remote_id``, ``time``.
+        The whole manifest: ``item``, ``target`` (kind), ``destination``
+        (:attr:`Target.destination_id`), ``status``, ``checksum`` (SHA-256 of the bytes
+        sent, which is the leak gate's), ``remote_id``, ``time``.
 
     Raises
     ------

@@ -247,6 +247,18 @@ def _ensure_meta(ds: Dataset) -> None:
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
 
 
+def meta_kept(meta: Dataset | None) -> set[str]:
+    """The output file meta's ImplementationClassUID, casefolded: a value still in the file.
+
+    The software that wrote a file often names itself with the same root in
+    InstanceCreatorUID (DCMTK does); the recipe replaces the latter, and the
+    meta carries the former over, so it is a technical value, not a leak.
+    """
+    uid = meta.get("ImplementationClassUID") if meta is not None else None
+    text = str(uid or "").strip("\x00 ").casefold()
+    return {text} if text else set()
+
+
 def removed_from(changes: Changes, kept: set[str]) -> dict[str, str]:
     """Values the recipe removed or changed: value -> category (its keyword or ``name``).
 
@@ -389,6 +401,7 @@ def deidentify_file(job: Job, config: WorkerConfig) -> Outcome:
         # Values of elements the recipe did not touch are decoded here for the first
         # time: a malformed one fails this file (and its output goes), not the batch.
         outcome.cleaned, kept = describe(ds)
+        kept.update(meta_kept(getattr(ds, "file_meta", None)))
     except RecipeError as exc:
         outcome.error = f"recipe could not be applied: {one_line(exc)}"
         return outcome

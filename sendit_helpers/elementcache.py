@@ -78,6 +78,7 @@ _CHARSET = 0x00080005
 _SOP_CLASS = 0x00080016
 _SOP_INSTANCE = 0x00080018
 _BITS_ALLOCATED = 0x00280100
+_IMPLEMENTATION_CLASS = 0x00020012
 _SPECIAL = frozenset({_SOP_CLASS, _SOP_INSTANCE, _BITS_ALLOCATED})
 _META_GL_HEAD = b"\x02\x00\x00\x00UL\x04\x00"
 #: Distinct values of one tag remembered per context (a study): enough for its series;
@@ -628,6 +629,11 @@ class ElementCache:
         if not sop_class or not sop:
             return None
         body[2] = self._file_meta(data, found.meta, sop_class, sop)
+        for tag, start, end in found.meta:  # as deidentify.meta_kept on the general path
+            if tag == _IMPLEMENTATION_CLASS:
+                uid = data[start + 8 : end].rstrip(b"\x00 ").decode("ascii", "replace")
+                if uid.strip():
+                    kept.add(uid.strip().casefold())
         header = b"".join(body)
         native16 = special.get(_BITS_ALLOCATED, b"")[8:] == b"\x10\x00" and not (
             UID(found.syntax).is_compressed

@@ -328,3 +328,19 @@ def test_encapsulated_pdf_is_held_with_its_reason(study: ObjectStudy, tmp_path: 
     assert row["reason"].startswith("encapsulated PDF: a document of free text")
     held = pydicom.dcmread(next(layout.quarantine.rglob(row["output_name"])))
     assert not held.EncapsulatedDocument and held.PatientName != source.PatientName
+
+
+def test_dcmtk_sr_is_not_held_for_its_own_implementation_uid(tmp_path: Path) -> None:
+    """DCMTK names itself in InstanceCreatorUID (replaced) and ImplementationClassUID (kept)."""
+    folder = tmp_path / "sr"
+    folder.mkdir()
+    source = realworld.pydicom_test_dir() / "test-SR.dcm"
+    (folder / "test-SR.dcm").write_bytes(source.read_bytes())
+    layout, settings = open_batch(folder, tmp_path / "work", [], QUIET)
+    result = deidentify.deidentify_batch(layout, settings)
+    assert result.gate.passed
+    assert result.dispositions["disposition"].tolist() == ["released"]
+    out = pydicom.dcmread(next(layout.release.rglob("*.dcm")))
+    original = pydicom.dcmread(source)
+    assert out.InstanceCreatorUID != original.InstanceCreatorUID
+    assert out.file_meta.ImplementationClassUID == original.file_meta.ImplementationClassUID

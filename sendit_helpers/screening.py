@@ -112,10 +112,14 @@ def field_of(ds: Dataset, tag: int, cell: Callable[[int, Any], Hashable] | None 
     try:
         elem = ds.get(tag)
     except CONVERT_ERRORS as exc:
-        raise FieldError(
-            f"cannot decode {tag_label(_keyword(tag), tag)} ({safe_reason(exc)})"
-        ) from None
+        raise FieldError(_decode_error(tag, exc)) from None
     return ABSENT if elem is None else _field(elem, tag, cell)
+
+
+def _decode_error(tag: int, exc: BaseException) -> str:
+    """``cannot decode Keyword (gggg,eeee) (<cause>)``, the tag named once."""
+    label = tag_label(_keyword(tag), tag)
+    return f"cannot decode {label} ({safe_reason(exc).replace(f' on {label}', '', 1)})"
 
 
 def _decode(
@@ -133,9 +137,7 @@ def _decode(
     try:
         elem = convert_raw_data_element(raw, encoding=encoding, ds=ds)
     except CONVERT_ERRORS as exc:
-        raise FieldError(
-            f"cannot decode {tag_label(_keyword(tag), tag)} ({safe_reason(exc)})"
-        ) from None
+        raise FieldError(_decode_error(tag, exc)) from None
     return _field(elem, tag, cell)
 
 

@@ -13,7 +13,7 @@ from pydicom.errors import BytesLengthException
 from pydicom.tag import BaseTag
 
 import sendit_helpers
-from sendit_helpers import deidentify, errors
+from sendit_helpers import deidentify, errors, inspect
 from sendit_helpers.errors import RecipeError, SenditError, one_line, reduce_message
 from sendit_helpers.executors import ExecutorError, map_chunks
 
@@ -148,3 +148,17 @@ def test_disposition_reason_of_a_missing_sop_class(tmp_path: Path) -> None:
         "could not de-identify: AttributeError: the data set has no SOPClassUID (0008,0016)"
     )
     assert "'…'" not in outcome.error
+
+
+def test_inspect_reason_names_the_element_once(tmp_path: Path) -> None:
+    path = _ct(tmp_path, "bad_rows.dcm")
+    data = path.read_bytes()
+    at = data.find(b"\x28\x00\x10\x00US\x02\x00")
+    path.write_bytes(data[:at] + b"\x28\x00\x10\x00US\x03\x00\x40\x00\x00" + data[at + 10 :])
+    row = inspect.read_one(str(path))
+    assert row["kind"] == "error"
+    assert row["reason"] == (
+        "unreadable header value: cannot decode Rows (0028,0010) (BytesLengthException (VR US): "
+        "the value's length is not a multiple of its VR's value size; fix or re-export the file, "
+        "or REMOVE the element in the recipe)"
+    )

@@ -55,19 +55,19 @@ def test_stage_failures_print_their_cause(tmp_path: Path) -> None:
     assert "run `sendit deidentify`" in line
     assert f"; executed notebook: {notebooks / '04_upload.ipynb'} (cell " in line
 
-    # a recipe typo: the recipe's own message, not "chunk 1 of 4 raised RecipeError"
+    # a recipe typo under `sendit run`: the recipe's own message, not "chunk 1 of 4 raised"
     recipe = tmp_path / "site.deid"
     recipe.write_text("FORMAT dicom\n%header\nREMOVE PatientNme\n", encoding="utf-8")
-    result = _sendit(
-        "deidentify", str(batch), "--work", str(work), "--set", f"DEID_RECIPES={recipe}"
-    )
+    result = _sendit("run", str(batch), "--work", str(work), "--set", f"DEID_RECIPES={recipe}")
     assert result.returncode == 1
-    line = _error_line(result)
-    assert (
-        f"stage deidentify failed for batch B1: RecipeError: {recipe}:3: unknown field "
-        "'PatientNme' (did you mean PatientName (0010,0010)?)" in line
+    lines = [line for line in result.stderr.splitlines() if line.startswith("sendit: B1: ")]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(
+        f"sendit: B1: stage deidentify failed for batch B1: RecipeError: {recipe}:3: unknown "
+        "field 'PatientNme' (did you mean PatientName (0010,0010)?)"
     )
-    assert f"executed notebook: {notebooks / '02_deidentify.ipynb'} (cell " in line
+    assert f"executed notebook: {notebooks / '02_deidentify.ipynb'} (cell " in lines[0]
+    assert "chunk" not in result.stderr and "--workers 1" not in result.stderr
 
     # a decisions typo (nothing quarantined: the item column is not checked against a list)
     decisions = tmp_path / "decisions.csv"

@@ -562,13 +562,11 @@ def still_uploaded(layout: BatchLayout, settings: Mapping[str, Any]) -> bool:
     settings : Mapping[str, Any]
         The upload settings, as for :func:`upload_batch`.
     """
-    try:
+    targets: list[Target] = []
+    try:  # any error (gate, tables, settings, a target) is the stage's to report: run it
         items, _ = load_release(layout, settings, leakgate.passed_index(layout))
-    except SenditError:
-        return False
-    manifest = Manifest(layout.upload_dir / MANIFEST_NAME)
-    targets = make_targets(settings, layout.work)
-    try:
+        manifest = Manifest(layout.upload_dir / MANIFEST_NAME)
+        targets = make_targets(settings, layout.work)
         for target in targets:
             done = manifest.verified(target.destination_id)
             if any(done.get(i.key, ("", ""))[0] != i.checksum for i in items):
@@ -576,7 +574,7 @@ def still_uploaded(layout: BatchLayout, settings: Mapping[str, Any]) -> bool:
             remote = {i.key: done[i.key][1] for i in items}
             if items and target.present(items, remote) != set(remote):
                 return False
-    except UploadError:
+    except SenditError:
         return False
     finally:
         for target in targets:

@@ -227,6 +227,8 @@ def test_emptied_local_store_is_refilled(
     upload_batch(layout, upload_settings, progress=False)
     assert still_uploaded(layout, upload_settings)
     assert (store / "sendit" / VICTIM).is_file()
+    unusable = {**upload_settings, "SEND_TO_GOOGLE": True}  # no bucket: the stage says why
+    assert not still_uploaded(layout, unusable)
     shutil.rmtree(store)  # the whole store lost, index included
     upload_batch(layout, upload_settings, progress=False)
     assert len(list(store.rglob("*.dcm"))) == 6

@@ -189,11 +189,12 @@ def _scan_folder(
         path = entry.path
         if skip is not None and path == skip:
             continue
-        try:
-            st = entry.stat(follow_symlinks=False)
+        try:  # the entry's type from the listing itself (no system call) when it is plain
+            plain = "dir" if entry.is_dir(follow_symlinks=False) else ""
+            plain = plain or ("file" if entry.is_file(follow_symlinks=False) else "")
         except OSError:
-            st = None
-        kind, row = classify(path, st)
+            plain = ""
+        kind, row = (plain, None) if plain else classify(path)
         if include is not None and not include(path, kind == "dir"):
             continue
         if kind == "dir":

@@ -418,7 +418,7 @@ def test_cli_reports_a_failing_batch_and_runs_the_others(tmp_path: Path) -> None
     result = _sendit("inspect", str(made[0]), str(made[1]), "--work", str(work))
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("sendit: error:")]
     assert len(errors) == 1 and f"on {work / made[0].name / 'phi'}" in errors[0]
     assert (work / made[1].name / "phi" / "notebooks" / "01_inspect.html").exists()
     assert result.stderr.strip().splitlines()[-1] == "sendit: 1 of 2 batch(es) failed"

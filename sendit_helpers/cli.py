@@ -186,9 +186,20 @@ def _run_each(
             f" ({note}; see {layout.disposition_csv})" if note else "",
             output,
         )
+        if stage in (Stage.REVIEW, Stage.UPLOAD):
+            _warn_waiting(layout)
     if failed and len(batches) > 1:
         print(f"sendit: {failed} of {len(batches)} batch(es) failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _warn_waiting(layout: BatchLayout) -> None:
+    """Say how many images of the batch still wait for review (they are never uploaded)."""
+    if not layout.disposition_csv.exists():
+        return
+    table = disposition.read(layout, ["disposition", "reason"])
+    if disposition.review_counts(table)[2]:
+        log.warning("batch %s: %s", layout.name, disposition.waiting_line(table))
 
 
 if __name__ == "__main__":

@@ -121,6 +121,44 @@ def release_counts(table: pd.DataFrame) -> tuple[int, int]:
     return released, waiting
 
 
+def review_counts(table: pd.DataFrame) -> tuple[int, int, int]:
+    """``(released, held, waiting)``: files in ``release/``, files a reviewer decided to
+    keep in quarantine, and quarantined files still awaiting a decision.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        A disposition table (:func:`read`).
+
+    Returns
+    -------
+    tuple of (int, int, int)
+    """
+    if table.empty:
+        return 0, 0, 0
+    state = table["disposition"].astype(str)
+    reason = table["reason"].astype(str) if "reason" in table else pd.Series("", index=table.index)
+    released = int((state == str(Disposition.RELEASED)).sum())
+    quarantined = state == str(Disposition.QUARANTINED)
+    held = int((quarantined & reason.str.startswith(KEPT_BY_REVIEW)).sum())
+    return released, held, int(quarantined.sum()) - held
+
+
+def waiting_line(table: pd.DataFrame) -> str:
+    """One line for people: how many images wait for review, and that they are not uploaded.
+
+    ``"No image waits for review."`` when none does.
+    """
+    waiting = review_counts(table)[2]
+    if not waiting:
+        return "No image waits for review."
+    return (
+        f"{waiting} image{'s' if waiting != 1 else ''} wait{'s' if waiting == 1 else ''} for "
+        "review in quarantine and will not be uploaded until decided: run 03_review_phi "
+        "(sendit review BATCH --work WORK)."
+    )
+
+
 def release_line(table: pd.DataFrame) -> str:
     """``"N released, M waiting"`` for people (see :func:`release_counts`)."""
     released, waiting = release_counts(table)

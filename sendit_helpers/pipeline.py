@@ -105,9 +105,11 @@ class BatchStatus:
         unchanged since their last success.
     detail : str
         The error message (value-free) when failed.
-    images : str
-        ``"N released, M waiting"`` from the batch's ``disposition.csv`` at the
-        end of the run (empty when it has none).
+    released, held, waiting : int or None
+        From the batch's ``disposition.csv`` at the end of the run
+        (:func:`~sendit_helpers.disposition.review_counts`): files released,
+        kept in quarantine by a reviewer, and still waiting for review.  None
+        when the batch has no disposition table.
     """
 
     batch: str
@@ -118,7 +120,9 @@ class BatchStatus:
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     detail: str = ""
-    images: str = ""
+    released: int | None = None
+    held: int | None = None
+    waiting: int | None = None
 
     def row(self) -> dict[str, Any]:
         """The status-table row."""
@@ -129,7 +133,9 @@ class BatchStatus:
             "seconds": round(self.seconds, 1),
             "ran": len(self.ran),
             "skipped": len(self.skipped),
-            "images": self.images,
+            "released": _count(self.released),
+            "held": _count(self.held),
+            "waiting": _count(self.waiting),
             "notebook": self.notebook,
         }
 
@@ -545,18 +551,25 @@ def run_batch(
         else:
             status.detail = os_error_line(exc, near=layout.root)
     status.seconds = time.perf_counter() - start
-    status.images = _images(layout)
+    counts = _review_counts(layout)
+    if counts is not None:
+        status.released, status.held, status.waiting = counts
     return status
 
 
-def _images(layout: BatchLayout) -> str:
-    """``"N released, M waiting"`` of a batch (``""`` when it has no disposition table)."""
+def _count(value: int | None) -> str:
+    """A count for the status table (``-`` when unknown)."""
+    return "-" if value is None else str(value)
+
+
+def _review_counts(layout: BatchLayout) -> tuple[int, int, int] | None:
+    """``(released, held, waiting)`` of a batch (None when it has no disposition table)."""
     if not layout.disposition_csv.exists():
-        return ""
+        return None
     try:
-        return disposition.release_line(disposition.read(layout, ["disposition", "reason"]))
+        return disposition.review_counts(disposition.read(layout, ["disposition", "reason"]))
     except (OSError, ValueError):
-        return ""
+        return None
 
 
 def run_batches(
@@ -669,14 +682,30 @@ def _unique_layouts(
 def _line(status: BatchStatus) -> str:
     if status.status == "done":
         extra = f", {len(status.skipped)} stage(s) unchanged" if status.skipped else ""
-        images = f": {status.images}" if status.images else ""
+        images = (
+            f": {status.released} released, {status.held} held, "
+            f"{status.waiting} waiting for review"
+            if status.waiting is not None
+            else ""
+        )
         return f"sendit: batch {status.batch}: done in {status.seconds:.1f} s{extra}{images}"
     return f"sendit: batch {status.batch}: failed at {status.stage}"
 
 
 def status_table(statuses: Sequence[BatchStatus]) -> str:
     """The end-of-run table: batch, status, stage, seconds, stages run/skipped, images
-    (``N released, M waiting``), failed notebook."""
+    released / held (kept by review) / waiting for review, failed notebook."""
     rows = [s.row() for s in statuses]
-    columns = ["batch", "status", "stage", "seconds", "ran", "skipped", "images", "notebook"]
+    columns = [
+        "batch",
+        "status",
+        "stage",
+        "seconds",
+        "ran",
+        "skipped",
+        "released",
+        "held",
+        "waiting",
+        "notebook",
+    ]
     return pd.DataFrame(rows, columns=columns).to_string(index=False)

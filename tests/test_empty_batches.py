@@ -94,6 +94,7 @@ def test_release_counts_leave_out_kept_items() -> None:
         }
     )
     assert disposition.release_counts(table) == (1, 1)
+    assert disposition.review_counts(table) == (1, 1, 1)
     assert disposition.release_line(table.iloc[:0]) == "0 released, 0 waiting"
 
 
@@ -106,4 +107,7 @@ def test_sendit_run_on_an_all_quarantined_batch(
     folder = _copy(us_only, tmp_path)
     assert run_batches([folder], tmp_path / "work", overrides={"PROGRESS": False}) == 0
     out = capsys.readouterr().out
-    assert "0 released, 3 waiting" in out and "failed" not in out
+    header, row = out.strip().splitlines()[-2:]
+    counts = dict(zip(header.split(), row.split(), strict=False))
+    assert (counts["released"], counts["held"], counts["waiting"]) == ("0", "0", "3")
+    assert "failed" not in out

@@ -128,15 +128,22 @@ def test_status_table_columns() -> None:
                 3.21,
                 ran=["inspect"],
                 skipped=["review"],
-                images="0 released, 3 waiting",
+                released=0,
+                held=1,
+                waiting=3,
             ),
             BatchStatus("b2", "failed", "deidentify", 1.0, notebook="/w/b2/phi/notebooks/02.ipynb"),
         ]
     )
     header = text.splitlines()[0].split()
-    assert header == ["batch", "status", "stage", "seconds", "ran", "skipped", "images", "notebook"]
+    assert header == [
+        *("batch", "status", "stage", "seconds", "ran", "skipped"),
+        *("released", "held", "waiting", "notebook"),
+    ]
     assert "/w/b2/phi/notebooks/02.ipynb" in text and "3.2" in text
-    assert "0 released, 3 waiting" in text
+    b1 = text.splitlines()[1].split()
+    assert b1[6:9] == ["0", "1", "3"]
+    assert text.splitlines()[2].split()[6:9] == ["-", "-", "-"]
 
 
 # ------------------------------------------------------------------ end to end

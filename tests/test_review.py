@@ -508,6 +508,42 @@ def test_review_stage_runs_non_interactively(
     leakgate.require_pass(layout)
 
 
+def test_pending_review_is_said_downstream(
+    held_batch: tuple[BatchLayout, dict[str, object]],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    import nbformat
+
+    from sendit_helpers import cli
+
+    layout, _ = held_batch
+    items = review.load_items(layout)
+    decisions = write_csv(tmp_path / "d.csv", [f"{items['item'].iloc[0]},release,,,,"])
+    batch = [str(layout.source), "--work", str(layout.work)]
+    with caplog.at_level(logging.WARNING, logger="sendit"):
+        assert cli.main(["review", *batch, "--decisions", str(decisions)]) == 0
+        assert cli.main(["upload", *batch]) == 0
+    waiting = len(items) - 1
+    table = disposition.read(layout)
+    assert disposition.review_counts(table)[2] == waiting
+    said = f"{waiting} images wait for review in quarantine and will not be uploaded"
+    assert disposition.waiting_line(table).startswith(said)
+    assert sum(said in r.getMessage() for r in caplog.records) == 2  # after review, after upload
+
+    def first_line(name: str) -> str:
+        nb = nbformat.read(layout.notebooks_dir / name, as_version=4)
+        outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+        return str(outputs[0].get("text", "")).splitlines()[0]
+
+    assert first_line("03_review_phi.ipynb").startswith(
+        f"{len(items)} images still wait for a decision in batch"
+    )
+    assert first_line("04_upload.ipynb").startswith(said)
+
+
 def test_log_refuses_a_scrub_without_rectangle(
     held_batch: tuple[BatchLayout, dict[str, object]],
 ) -> None:

@@ -77,7 +77,9 @@ FORMAT dicom
 #   U           -> REPLACE func:uid (consistent remap through the engine's
 #                  uid_map, so references between objects still match)
 #   X/Z, Z/D, X/Z/D -> BLANK: the least destructive code that keeps the file
-#                  valid whatever the attribute's type in the IOD
+#                  valid whatever the attribute's type in the IOD; the engine
+#                  then applies the Type in the object's IOD (PS3.15 E.1.1):
+#                  removed if Type 3, a dummy if Type 1 (sendit_helpers/iodtypes.py)
 #   X/D         -> as D (the attribute may be type 1, where X is invalid)
 #   X/Z/U*      -> KEEP the sequence (Referenced/Source Image Sequence): the
 #                  engine recurses and remaps the UIDs inside it, so the

@@ -46,6 +46,11 @@ Semantics (the contract the leak gate and the tests rely on)
 * Actions apply at every nesting depth.  KEEP on a sequence keeps the
   sequence but still processes its items; REMOVE drops it with its items;
   BLANK empties it.
+* REMOVE and BLANK follow the attribute's Type in the object's IOD
+  (PS3.15 E.1.1, :mod:`sendit_helpers.iodtypes`): Type 1 gets a dummy value
+  (a sequence keeps its de-identified items), Type 2 zero length, Type 3 or
+  an attribute outside the IOD is removed; a removed Overlay Data
+  ``(60xx,3000)`` removes its whole group.
 * Engine defaults for tags no rule matches: public tags are kept (PS3.15
   lists the identifying ones) except UI values, which are mapped through
   ``uid_map`` unless the keyword names a class / transfer syntax / coding

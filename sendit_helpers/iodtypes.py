@@ -60,6 +60,7 @@ TYPES_TABLE: Path = _SOURCE if _SOURCE.exists() else _BUNDLED
 DUMMY = "ANONYMIZED"
 _ORDER = ("1", "1C", "2", "2C", "3")
 _INDEX = re.compile(r"\[\d+\]$")
+_CONTENT = "ContentSequence"
 
 
 class Requirement(StrEnum):
@@ -129,7 +130,9 @@ def requirement(sop_class_uid: str, prefix: str, keyword: str) -> Requirement:
         The object's SOPClassUID (empty: unknown).
     prefix : str
         Where the attribute sits, as the recipe engine names it: ``""`` at the top level,
-        ``"Sequence[0]."`` in an item of a top-level sequence, deeper prefixes beyond.
+        ``"Sequence[0]."`` in an item of a top-level sequence, deeper prefixes beyond (only
+        the SR content tree, ``ContentSequence`` in ``ContentSequence``, is known there:
+        each level is the same content item macro).
     keyword : str
         The attribute's keyword (empty for private attributes: unknown).
 
@@ -144,6 +147,8 @@ def requirement(sop_class_uid: str, prefix: str, keyword: str) -> Requirement:
     if types is None:
         return Requirement.UNKNOWN
     path = [_INDEX.sub("", part) for part in prefix.split(".") if part]
+    if len(path) > 1 and all(part == _CONTENT for part in path):
+        path = [_CONTENT]  # the SR content tree: every level is the same content item macro
     if not path:
         return _REQUIREMENTS[types.get(keyword, "3")]
     if len(path) == 1 and path[0] in types:  # the items of a sequence the IOD lists

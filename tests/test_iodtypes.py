@@ -28,7 +28,7 @@ DEFAULT = Recipe.load(include_deid_filters=False)
 def _read(name: str) -> pydicom.Dataset:
     path = get_testdata_file(name)
     assert path is not None
-    return pydicom.dcmread(path)
+    return pydicom.dcmread(path, force=True)
 
 
 def _ref(sop_class: str, sop_instance: str) -> Dataset:
@@ -122,3 +122,19 @@ def test_types_table_is_generated_from_the_installed_highdicom() -> None:
         check=False,
     )
     assert check.returncode == 0, check.stderr
+
+
+def test_type1_text_clean_descriptors_empties_gets_the_dummy() -> None:
+    rt = _read("rtstruct.dcm")
+    rt.StructureSetLabel = "Zorblax Qwimby"  # words Clean Descriptors does not keep
+    DEFAULT.apply(rt, ctx())
+    assert rt.StructureSetLabel == iodtypes.DUMMY  # Type 1 in Structure Set: never empty
+    sr = _read("reportsi.dcm")
+    texts = [e for e in sr.iterall() if e.keyword == "TextValue"]
+    assert texts and all(e.value for e in texts)
+    DEFAULT.apply(sr, ctx())
+    assert all(e.value for e in sr.iterall() if e.keyword == "TextValue")
+    requirement = iodtypes.requirement(
+        sr.SOPClassUID, "ContentSequence[0].ContentSequence[1].", "TextValue"
+    )
+    assert requirement is Requirement.VALUE  # the content tree: same macro at every level

@@ -10,7 +10,9 @@ its annotations.  With these options the recipe engine keeps the sequences and
 de-identifies each item like the header:
 
 The verifying observers of an SR (``VerifyingObserverSequence``, which the Basic
-Profile also empties although a verified SR requires it) are kept the same way.
+Profile also empties although a verified SR requires it) are kept the same way, and
+the annotations of a waveform (``WaveformAnnotationSequence``: an ECG's
+interpretation as free text, which the profile does not list) are cleaned too.
 
 * the recipe's own rules apply at every depth (the engine walks each item):
   ``PersonName`` (PNAME items, e.g. Person Observer Name) is replaced, ``Date``
@@ -60,11 +62,13 @@ __all__ = [
 #: The sequences whose items are de-identified here: ContentSequence (0040,A730),
 #: AcquisitionContextSequence (0040,0555), SpecimenPreparationSequence (0040,0610)
 #: (Clean Structured Content), GraphicAnnotationSequence (0070,0001) (Clean Graphics)
-#: and VerifyingObserverSequence (0040,A073), whose items the profile's rules clean
+#: VerifyingObserverSequence (0040,A073), whose items the profile's rules clean
 #: (observer name and organization replaced, date shifted, identification code emptied)
-#: where emptying the sequence would break a verified SR (Type 1C).
+#: where emptying the sequence would break a verified SR (Type 1C), and
+#: WaveformAnnotationSequence (0040,B020), whose free-text annotations (an ECG's
+#: interpretation) the profile does not name at all.
 STRUCTURED_TAGS: frozenset[int] = frozenset(
-    {0x0040A730, 0x00400555, 0x00400610, 0x00700001, 0x0040A073}
+    {0x0040A730, 0x00400555, 0x00400610, 0x00700001, 0x0040A073, 0x0040B020}
 )
 #: Free-text value representations cleaned with ``func:clean_text``.
 FREE_TEXT_VRS = frozenset({"LO", "SH", "LT", "ST", "UT", "UC"})

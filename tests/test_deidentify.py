@@ -319,6 +319,13 @@ def test_non_image_objects_are_released(tmp_path: Path) -> None:
     rt = released[outputs["rtstruct.dcm"]]
     source = pydicom.dcmread(folder / "rtstruct.dcm", force=True)
     assert rt.StructureSetROISequence[0].ROIName == source.StructureSetROISequence[0].ROIName
+    ecg = released[outputs["waveform_ecg.dcm"]]
+    notes = [
+        i.UnformattedTextValue
+        for i in ecg.WaveformAnnotationSequence
+        if "UnformattedTextValue" in i
+    ]
+    assert notes == ["ANONYMIZED", "ECG"]  # "RITMO SINUSALE", "ECG NORMALE": unknown words go
     frame = rt.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID
     assert frame == rt.StructureSetROISequence[0].ReferencedFrameOfReferenceUID
     assert frame != source.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID

@@ -670,7 +670,7 @@ def _read_spooled(
             spool,
             layout.source,
             workers=int(settings["WORKERS"]),
-            filter_recipes=[*filters, *settings["PIXEL_FILTER_RECIPES"]],
+            filter_recipes=[*filters, *settings["PIXEL_FILTER_RECIPES"], *_site(settings)],
             use_deid=bool(settings["USE_DEID_FILTERS"]),
             progress=bool(settings["PROGRESS"]),
             executor=str(settings["EXECUTOR"]),
@@ -680,6 +680,14 @@ def _read_spooled(
     finally:
         shutil.rmtree(spool, ignore_errors=True)
         _release_arrow()
+
+
+def _site(settings: Mapping[str, Any]) -> list[str]:
+    """The site's filter file (review's rules), when it exists: screened first of all."""
+    from .siterules import site_filters_path
+
+    path = site_filters_path(settings)
+    return [str(path)] if path.is_file() else []
 
 
 def disposition_frame(rows: pa.Table) -> pd.DataFrame:

@@ -64,6 +64,7 @@ from .inspect import discover_inputs
 from .layout import BatchLayout
 from .runner import Stage, notebook_path, run_stage
 from .settings import BY_NAME, Settings, load_settings
+from .siterules import site_filters_path
 
 log = logging.getLogger("sendit")
 
@@ -271,7 +272,8 @@ def settings_fingerprint(settings: Settings) -> str:
     """Hash of the settings that shape a stage's output.
 
     Secrets and :data:`EXECUTION_SETTINGS` are left out; the contents of the
-    files named by :data:`FILE_SETTINGS` are in.
+    files named by :data:`FILE_SETTINGS` and of the site filter file
+    (:func:`~sendit_helpers.siterules.site_filters_path`) are in.
     """
     public = {
         name: value
@@ -283,6 +285,8 @@ def settings_fingerprint(settings: Settings) -> str:
         value = settings.resolved.get(name) or []
         paths = [value] if isinstance(value, str) else list(value)
         files[name] = [_file_sha(p) for p in paths if p]
+    site = site_filters_path(settings)  # review's rules: a new one screens the next run anew
+    files["SITE_FILTERS"] = [_file_sha(site)] if site.is_file() else []
     return _json_sha({"settings": public, "files": files})
 
 

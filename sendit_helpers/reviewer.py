@@ -73,6 +73,7 @@ from .review import (
     waiting_message,
 )
 from .scrub import Box, check_box
+from .siterules import SiteRule, add_rule
 
 __all__ = ["KEYS", "KeyCatcher", "Reviewer"]
 
@@ -91,6 +92,7 @@ KEYS = {
     "drop-suggestion": "x",
     "clear-boxes": "z",
     "add-box": "b",
+    "make-rule": "g",
     "apply": "a",
 }
 if len(set(KEYS.values())) != len(KEYS):  # pragma: no cover - a programming error
@@ -379,7 +381,7 @@ class Reviewer:
     at the first image without a decision.  Widgets carry stable CSS classes
     (``sendit-release``, ``sendit-scrub``, ``sendit-keep``, ``sendit-release-series`` …,
     ``sendit-draw``, ``sendit-preview``, ``sendit-box-x`` …, ``sendit-add-box``,
-    ``sendit-accept-suggestion``, ``sendit-drop-suggestion``, ``sendit-apply``,
+    ``sendit-accept-one``, ``sendit-drop-one``, ``sendit-make-rule``, ``sendit-apply``,
     ``sendit-progress``, ``sendit-item``, ``sendit-series``) for browser tests.
 
     Parameters
@@ -500,6 +502,12 @@ class Reviewer:
         self.clear_boxes = _button(
             "Clear boxes", "clear-boxes", "remove the rectangles drawn on this image"
         )
+        self.make_rule_button = _button(
+            "Make a rule",
+            "make-rule",
+            "write a %filter rule to the site filter file: every image with this Manufacturer, "
+            "model and size gets these rectangles suggested from the next batch on",
+        )
         self.box_list = _labelled(widgets.HTML(), "boxes")
         self.suggestions = _labelled(widgets.VBox(), "suggestions")
 
@@ -533,6 +541,7 @@ class Reviewer:
         self.next_open.on_click(lambda _b: self.go_undecided())
         self.add_box.on_click(lambda _b: self.add(self.typed_box()))
         self.clear_boxes.on_click(lambda _b: self.clear())
+        self.make_rule_button.on_click(lambda _b: self.make_rule())
         self.apply_button.on_click(lambda _b: self.apply())
         self.series_select.observe(self._on_series, names="value")
         for slider in (self.center, self.width, self.frame):
@@ -572,7 +581,15 @@ class Reviewer:
                 ),
                 self.suggestions,
                 widgets.HBox(
-                    [self.box_x, self.box_y, self.box_w, self.box_h, self.add_box, self.clear_boxes]
+                    [
+                        self.box_x,
+                        self.box_y,
+                        self.box_w,
+                        self.box_h,
+                        self.add_box,
+                        self.clear_boxes,
+                        self.make_rule_button,
+                    ]
                 ),
                 self.box_list,
                 widgets.HBox(
@@ -875,6 +892,25 @@ class Reviewer:
         self.boxes[self.current.item] = []
         self._redraw(image=False)
 
+    def make_rule(self) -> SiteRule | None:
+        """Turn the rectangles of the image shown into a site ``%filter`` rule.
+
+        See :func:`~sendit_helpers.siterules.add_rule`: every image with the same
+        Manufacturer, ManufacturerModelName, Rows and Columns gets them suggested
+        from the next inspected batch on.  Returns None (and says why) when it cannot.
+        """
+        row = self.current
+        try:
+            rule = add_rule(self.settings, self._ds(row), self._boxes_of(row), self.log.reviewer)
+        except ReviewError as exc:
+            self._say(str(exc), error=True)
+            return None
+        self._say(
+            f"rule '{rule.label}' written to {rule.path}: the next batch from this scanner "
+            "arrives with these rectangles suggested"
+        )
+        return rule
+
     def _record(self, decisions: list[tuple[str, Decision, Sequence[Box]]]) -> None:
         self.log.record_many(decisions)
         for item, decision, boxes in decisions:
@@ -965,6 +1001,7 @@ class Reviewer:
             "drop-suggestion": self.drop_suggestion,
             "clear-boxes": self.clear,
             "add-box": lambda: self.add(self.typed_box()),
+            "make-rule": self.make_rule,
             "apply": self.apply,
         }
         by_key = {KEYS[name]: action for name, action in actions.items()}

@@ -49,6 +49,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("USE_DEID_FILTERS", bool),
     Setting("USE_SENDIT_FILTERS", bool),
     Setting("PIXEL_FILTER_RECIPES", list),
+    Setting("SITE_FILTERS", str),
     Setting("THUMBNAILS", bool),
     Setting("THUMBNAIL_SIZE", int, minimum=16),
     Setting("MONTAGE_MAX_IMAGES", int, minimum=1),

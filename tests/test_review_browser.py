@@ -2,9 +2,11 @@
 
 Each test draws a rectangle with the mouse on an image with burned-in text and
 checks it black in the preview, decides with the keyboard, and checks
-``phi/review/decisions.csv``; in JupyterLab also that the keys never reached
-the notebook (same cells, same types) and that the saved notebook reopens
-without widget errors and lands on the first undecided image.
+``phi/review/decisions.csv``.  In Voilà the rectangle also becomes a site
+``%filter`` rule, and the next batch from the same scanner opens with it
+suggested; in JupyterLab the keys never reach the notebook (same cells, same
+types) and the saved notebook reopens without widget errors and lands on the
+first undecided image.
 
 A screenshot of each step is kept under ``$SENDIT_TEST_ARTIFACTS`` (default
 ``<temp dir>/sendit-test-artifacts``), one folder per test; the paths are printed.
@@ -35,7 +37,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from sendit_helpers import deidentify, leakgate, review, synthetic
+from sendit_helpers import deidentify, inspect, leakgate, review, synthetic
 from sendit_helpers.layout import BatchLayout
 from sendit_helpers.review import Box, Decision, DecisionLog
 from sendit_helpers.reviewer import KEYS
@@ -109,31 +111,34 @@ def _tool(name: str) -> Path:
     return found
 
 
+def _notebook(target: Path, source: Path, work: Path, site_filters: Path) -> None:
+    """The review notebook parameterized for the batch ``source``, written to ``target``."""
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
+
+    nb = load_notebook_node(str(NOTEBOOK))
+    overrides = {"REVIEWER": "browser-test", "PROGRESS": False, "SITE_FILTERS": str(site_filters)}
+    nb = parameterize_notebook(
+        nb, {"batch_dir": str(source), "work_dir": str(work), "overrides": overrides}
+    )
+    nbformat.write(nb, target)
+
+
 @pytest.fixture
 def site(tmp_path: Path) -> Site:
-    """A de-identified synthetic batch and ``site/review.ipynb`` parameterized for it."""
+    """A de-identified synthetic batch and ``site/review.ipynb`` parameterized for it.
+
+    The site filter file (``SITE_FILTERS``) is ``<tmp>/params/site-filters.deid``.
+    """
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing; run make test (it installs chromium)")
     source = tmp_path / "in" / "b1"
     synthetic.make_batch(source)
     layout, settings = open_batch(source, tmp_path / "work", [], {"PROGRESS": False})
     deidentify.deidentify_batch(layout, settings)
-
-    from papermill.iorw import load_notebook_node
-    from papermill.parameterize import parameterize_notebook
-
-    nb = load_notebook_node(str(NOTEBOOK))
-    nb = parameterize_notebook(
-        nb,
-        {
-            "batch_dir": str(source),
-            "work_dir": str(tmp_path / "work"),
-            "overrides": {"REVIEWER": "browser-test", "PROGRESS": False},
-        },
-    )
     served = tmp_path / "site" / "review.ipynb"
     served.parent.mkdir()
-    nbformat.write(nb, served)
+    _notebook(served, source, tmp_path / "work", tmp_path / "params" / "site-filters.deid")
     return Site(layout, served, tmp_path)
 
 
@@ -188,12 +193,12 @@ def _serve(command: list[str], probe: str, site: Site, name: str) -> Iterator[No
 
 @pytest.fixture
 def voila(site: Site) -> Iterator[str]:
-    """Voilà serving the review notebook: its URL."""
+    """Voilà serving the folder of the review notebook: its base URL (``voila/render/<name>``)."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}/"
     command = [
         str(_tool("voila")),
-        str(site.notebook),
+        str(site.notebook.parent),
         "--no-browser",
         f"--port={port}",
         "--Voila.ip=127.0.0.1",
@@ -279,6 +284,21 @@ def _check_scrubbed(layout: BatchLayout, item: str, box: Box) -> None:
     assert np.array_equal(original[below], cleaned[below])
 
 
+def _next_batch(site: Site) -> str:
+    """A second batch from the same scanner, inspected (site rules included) and
+    de-identified, served as ``site/next.ipynb``: the name of its OT image."""
+    source = site.tmp / "in" / "b2"
+    synthetic.make_batch(source, synthetic.BatchSpec(seed=2))
+    site_filters = site.tmp / "params" / "site-filters.deid"
+    overrides = {"PROGRESS": False, "SITE_FILTERS": str(site_filters), "OCR_SCREEN": "off"}
+    layout, settings = open_batch(source, site.tmp / "work", [], overrides)
+    inspect.inspect_batch(layout, settings)
+    deidentify.deidentify_batch(layout, settings)
+    _notebook(site.notebook.with_name("next.ipynb"), source, site.tmp / "work", site_filters)
+    items = review.load_items(layout)
+    return str(items.loc[items["modality"] == "OT", "item"].iloc[0])
+
+
 def test_draw_and_decide_with_keys_in_voila(site: Site, voila: str) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -294,7 +314,7 @@ def test_draw_and_decide_with_keys_in_voila(site: Site, voila: str) -> None:
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1800})
             page.set_default_timeout(30_000)
-            page.goto(voila)
+            page.goto(voila + "voila/render/review.ipynb")
             page.locator(".sendit-progress").wait_for()
             assert page.locator(".sendit-progress").inner_text().startswith(
                 f"0 of {len(items)} decided"
@@ -308,6 +328,11 @@ def test_draw_and_decide_with_keys_in_voila(site: Site, voila: str) -> None:
             _drag_box(page, DRAG, int(ot["columns"]))
             _assert_black_in_preview(page, DRAG, int(ot["columns"]))
             shots(page, "drawn-and-black-in-preview")
+            page.keyboard.press(KEYS["make-rule"])
+            page.wait_for_function(
+                "() => document.querySelector('.sendit-message').innerText.includes('written to')"
+            )
+            shots(page, "rule-made", ".sendit-message")
             page.keyboard.press(KEYS["scrub"])
             page.wait_for_function(DECIDED, arg=len(ct) + 1)
             page.keyboard.press(KEYS["keep-series"])  # both ultrasound images
@@ -317,6 +342,29 @@ def test_draw_and_decide_with_keys_in_voila(site: Site, voila: str) -> None:
                 "() => document.querySelector('.sendit-apply-result').innerText.includes('Applied')"
             )
             shots(page, "applied")
+            drawn = DecisionLog(layout).current().set_index("item").loc[ot["item"], "boxes"][0]
+
+            # the next batch from the same scanner arrives with the rectangle suggested
+            nxt = _next_batch(site)
+            page.goto(voila + "voila/render/next.ipynb")
+            page.locator(".sendit-progress").wait_for()
+            _focus_reviewer(page)
+            page.keyboard.press(KEYS["release-series"])
+            page.wait_for_function(SHOWN, arg=nxt)
+            page.wait_for_function(
+                "box => document.querySelector('.sendit-suggestions').innerText.includes(box)",
+                arg=str(drawn),
+            )
+            assert page.locator(".sendit-draw svg rect").count() >= 1
+            shots(page, "next-batch-arrives-with-the-rule-suggested", ".sendit-item")
+            page.locator("button.sendit-accept-one").first.click()
+            page.wait_for_function(
+                "box => document.querySelector('.sendit-boxes').innerText"
+                ".includes('scrub: ' + box)",
+                arg=str(drawn),
+            )
+            _assert_black_in_preview(page, drawn, int(ot["columns"]))
+            shots(page, "suggestion-accepted-black-in-preview", ".sendit-item")
         finally:
             browser.close()
     print(f"{time.monotonic() - started:.1f} s in the browser")

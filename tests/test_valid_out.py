@@ -66,3 +66,14 @@ def test_generated_batch_stays_valid(batch: tuple[Path, synthetic.Planted], tmp_
     outputs, gained = _new_errors(batch[0], tmp_path / "work")
     assert outputs >= 8
     assert not gained, _report(gained)
+
+
+@pytest.mark.slow
+def test_highdicom_objects_stay_valid(tmp_path: Path) -> None:
+    """SEG, TID 1500 SR, KOS, SC, GSPS and RT Structure Set built on a generated CT series."""
+    from object_kinds import make_object_study
+
+    study = make_object_study(tmp_path / "objects")
+    outputs, gained = _new_errors(study.folder, tmp_path / "work")
+    assert outputs >= 3 + len(study.objects)
+    assert not gained, _report(gained)

@@ -198,6 +198,11 @@ def test_harsh_values_in_pixels_hold_their_files_and_release_the_rest(tmp_path: 
         "name part",
         "PatientID",
     }
+    from sendit_helpers.reviewer import Reviewer
+
+    shown = Reviewer(layout, settings).gate_held.value  # the list in the reviewer
+    assert "Held by the leak gate (2)" in shown and "PixelData (7FE0,0010)" in shown
+    assert "ZQX" not in shown
     manifest = upload.upload_batch(layout, settings, progress=False)
     assert manifest["item"].nunique() == 2
 

@@ -128,7 +128,7 @@ def os_error_line(
             ),
         )
     else:
-        what, advice = exc.strerror or type(exc).__name__, fix
+        what, advice = f"{type(exc).__name__}: {exc.strerror or 'error'}", fix
     return f"{what} ({name}){where}; {advice}"
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -188,8 +189,8 @@ def montage(
         else:
             ax.imshow(thumb, cmap="gray", vmin=0, vmax=1)
         ax.set_title(caption, fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=9)
+    if title:  # wrapped to the figure's width: a long series description is not clipped
+        fig.suptitle(textwrap.fill(title, width=max(24, 16 * cols)), fontsize=9)
     fig.tight_layout()
     return fig
 

@@ -65,6 +65,9 @@ def open_batch(
     and an empty ``work_dir`` the demo work folder, so every notebook runs
     as it is.
 
+    It also sets pandas to show whole cells (paths and reasons are not cut
+    with ``...`` in the notebooks and their reports).
+
     Returns
     -------
     tuple of (BatchLayout, Settings)
@@ -76,10 +79,18 @@ def open_batch(
     if not str(work_dir):
         work_dir = synthetic.demo_root() / "work"
     settings = load_settings(params_files, overrides)
+    _whole_cells()
     layout = BatchLayout.for_batch(batch_dir, work_dir)
     layout.check_source()
     layout.ensure().secure_phi()  # also when the notebook runs outside `sendit`
     return layout, settings
+
+
+def _whole_cells() -> None:
+    """Tables in the notebooks (and their reports) show whole paths and reasons, not ``...``."""
+    import pandas as pd
+
+    pd.set_option("display.max_colwidth", None)
 
 
 def run_stage(
@@ -240,9 +251,12 @@ def notebook_path(stage: Stage, layout: BatchLayout) -> Path:
 def export_html(notebook: Path) -> Path:
     """Write an offline-readable HTML copy beside an executed notebook.
 
-    Widget state (``metadata.widgets``) is dropped: it needs the widget
-    JavaScript from the network and is large; the outputs' plain-text and
-    image fallbacks stay.  No script is loaded from the network (no
+    A report for people (:func:`report.prepare <sendit_helpers.report.prepare>`):
+    code cells' inputs are left out, a header says batch, stage, status, start
+    and end, versions and the parameters, and widgets show what they showed
+    last (a progress bar its final count) instead of their frozen plain-text
+    fallback; the widget state itself (``metadata.widgets``, which needs the
+    widget JavaScript from the network) is dropped.  No script is loaded from the network (no
     require.js, MathJax, Mermaid or widget renderer URLs), so opening a copy that shows
     PHI contacts nobody.  Written atomically (temporary file, then rename),
     owner-only like everything in ``phi/``.
@@ -260,11 +274,14 @@ def export_html(notebook: Path) -> Path:
     nbformat: Any = importlib.import_module("nbformat")
     nbconvert: Any = importlib.import_module("nbconvert")
 
-    nb = nbformat.read(str(notebook), as_version=4)
-    nb.metadata.pop("widgets", None)
+    from .report import prepare
+
+    nb = prepare(nbformat.read(str(notebook), as_version=4), notebook)
     quiet = logging.getLogger("sendit.html")
     quiet.setLevel(logging.ERROR)  # nbconvert warns about images without alt text
-    exporter = nbconvert.HTMLExporter(log=quiet)
+    exporter = nbconvert.HTMLExporter(
+        log=quiet, exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True
+    )
     for url in (
         "widget_renderer_url",
         "require_js_url",

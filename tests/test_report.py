@@ -1,0 +1,92 @@
+"""HTML copies of executed notebooks read as reports: header, no code, final progress values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pydicom
+
+from sendit_helpers import __version__, plots
+from sendit_helpers.runner import export_html, open_batch
+
+BAR = {
+    "bar": {
+        "model_name": "HBoxModel",
+        "state": {"children": ["IPY_MODEL_d", "IPY_MODEL_p", "IPY_MODEL_n"]},
+    },
+    "d": {"model_name": "HTMLModel", "state": {"value": "inspect: 100%"}},
+    "p": {"model_name": "FloatProgressModel", "state": {"value": 18.0, "max": 18.0}},
+    "n": {"model_name": "HTMLModel", "state": {"value": "\u200718/18\u2007[00:05&lt;00:00]"}},
+    "line": {"model_name": "HTMLModel", "state": {"value": "<b>3 of 7 decided</b>"}},
+    "ui": {"model_name": "VBoxModel", "state": {"children": []}},
+}
+
+
+def _view(model_id: str, fallback: str) -> dict[str, object]:
+    return nbformat.v4.new_output(
+        "display_data",
+        data={
+            "application/vnd.jupyter.widget-view+json": {"model_id": model_id, "version_major": 2},
+            "text/plain": fallback,
+        },
+    )
+
+
+def _executed(folder: Path, failed: bool = False) -> Path:
+    nb = nbformat.v4.new_notebook()
+    code = nbformat.v4.new_code_cell("layout, settings = open_batch(batch_dir, work_dir)")
+    code.outputs = [
+        _view("bar", "inspect:   0%|          | 0/18"),
+        _view("line", "HTML(value='')"),
+        _view("ui", "VBox(children=(...))"),
+    ]
+    if failed:
+        code.outputs.append(
+            nbformat.v4.new_output("error", ename="ReviewError", evalue="x", traceback=[])
+        )
+    nb.cells = [nbformat.v4.new_markdown_cell("# 01 · Inspect a batch"), code]
+    nb.metadata["widgets"] = {
+        "application/vnd.jupyter.widget-state+json": {"state": BAR, "version_major": 2}
+    }
+    nb.metadata["papermill"] = {
+        "parameters": {"batch_dir": "/data/export/" + "x" * 120, "overrides": {"WORKERS": 2}},
+        "start_time": "2026-12-03T10:00:00+00:00",
+        "end_time": "2026-12-03T10:00:09+00:00",
+        "exception": failed,
+    }
+    path = folder / "b7" / "phi" / "notebooks" / "01_inspect.ipynb"
+    path.parent.mkdir(parents=True)
+    nbformat.write(nb, path)
+    return path
+
+
+def test_report_header_final_progress_and_no_code(tmp_path: Path) -> None:
+    text = export_html(_executed(tmp_path)).read_text()
+    assert "sendit · inspect · batch b7" in text
+    assert "status</th><td>done" in text and "2026-12-03T10:00:09+00:00" in text
+    assert f"sendit-notebooks {__version__}" in text
+    assert f"pydicom {pydicom.__version__}" in text
+    assert "/data/export/" + "x" * 120 in text and "WORKERS=2" in text  # one summary, whole
+    assert "open_batch(batch_dir" not in text  # code left out
+    assert "inspect: 100%|██████████| 18/18 [00:05&lt;00:00]" in text
+    assert "0/18" not in text
+    assert "<b>3 of 7 decided</b>" in text and "interactive widget" in text
+    assert "widget-state+json" not in text
+
+
+def test_report_of_a_failed_run(tmp_path: Path) -> None:
+    assert "status</th><td>failed" in export_html(_executed(tmp_path, failed=True)).read_text()
+
+
+def test_tables_and_titles_are_not_cut(tmp_path: Path) -> None:
+    source = tmp_path / "in" / "b1"
+    source.mkdir(parents=True)
+    (source / "x.txt").write_text("x")
+    open_batch(source, tmp_path / "work")
+    long = "/data/" + "y" * 200
+    assert long in pd.DataFrame({"path": [long]}).to_html()
+    fig = plots.montage([], [], 64, "series 3 — " + "A VERY LONG SERIES DESCRIPTION " * 4)
+    title = fig._suptitle.get_text()  # noqa: SLF001 - the drawn title
+    assert "\n" in title

@@ -344,3 +344,15 @@ def test_dcmtk_sr_is_not_held_for_its_own_implementation_uid(tmp_path: Path) -> 
     original = pydicom.dcmread(source)
     assert out.InstanceCreatorUID != original.InstanceCreatorUID
     assert out.file_meta.ImplementationClassUID == original.file_meta.ImplementationClassUID
+
+
+def test_leak_gate_reads_objects_without_pixel_data(done: deidentify.DeidResult) -> None:
+    """No pixel data span: every byte of an SR is scanned, its content items included."""
+    from sendit_helpers import leakgate
+
+    sr = next(done.layout.release.rglob("*_SR_*.dcm"))
+    found = pydicom.dcmread(sr)
+    kept_text = next(i for i in _content(found) if i.ValueType == "TEXT").TextValue
+    scanner = leakgate.Scanner.build({"Quimbyville": "name", kept_text: "free text"})
+    hits = leakgate.scan_file(sr, sr.name, scanner)
+    assert [category for _file, _field, category in hits] == ["free text"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,19 +31,79 @@ log = logging.getLogger("sendit")
 PIPELINE = (Stage.INSPECT, Stage.DEIDENTIFY, Stage.REVIEW, Stage.UPLOAD)
 
 
+#: What ``sendit --help`` says first (plain text: argparse prints it as it is).
+DESCRIPTION = (
+    "sendit: de-identify DICOM batches and send what may leave the site. Each command runs "
+    "one stage's notebook with papermill and keeps the executed copy (with an HTML report) "
+    "under WORK/<batch>/phi/notebooks/."
+)
+EXAMPLES = """examples:
+  sendit inspect /data/export/study1 --work /data/work
+  sendit deidentify /data/export/study1 --work /data/work --params site.yml --workers 2
+  sendit review /data/export/study1 --work /data/work --decisions decisions.csv
+  sendit run /data/export --work /data/work --set SEND_TO_ORTHANC=true
+"""
+#: Per stage: what it does, and how to see or drive it interactively.
+STAGE_HELP = {
+    Stage.INSPECT: (
+        "inventory a batch: tables, QA summary, pixel-PHI screen, montages",
+        "Notebook: notebooks/01_inspect.ipynb; executed copy: "
+        "WORK/<batch>/phi/notebooks/01_inspect.ipynb (and .html).",
+    ),
+    Stage.DEIDENTIFY: (
+        "de-identify a batch into release/ behind the leak gate",
+        "Notebook: notebooks/02_deidentify.ipynb; executed copy: "
+        "WORK/<batch>/phi/notebooks/02_deidentify.ipynb (and .html).",
+    ),
+    Stage.REVIEW: (
+        "apply review decisions (a decisions file) to quarantined images",
+        "Notebook: notebooks/03_review_phi.ipynb; executed copy: "
+        "WORK/<batch>/phi/notebooks/03_review_phi.ipynb (and .html).\n\n"
+        "This command applies a decisions file without anyone at the screen. To look at the "
+        "images and decide (draw rectangles with the mouse, one key per action), open the "
+        "reviewer:\n"
+        "  in JupyterLab:\n"
+        "    jupyter lab notebooks/03_review_phi.ipynb\n"
+        "    (set batch_dir and work_dir in its Parameters cell, then Run > Run All Cells)\n"
+        "  in Voila:\n"
+        "    papermill notebooks/03_review_phi.ipynb review.ipynb --prepare-only \\\n"
+        "        -p batch_dir BATCH -p work_dir WORK\n"
+        "    voila review.ipynb\n"
+        "Decisions are saved as you make them (WORK/<batch>/phi/review/decisions.csv); run "
+        "sendit upload (or sendit run) afterwards.",
+    ),
+    Stage.UPLOAD: (
+        "upload release/ to Orthanc, Google or the local store",
+        "Notebook: notebooks/04_upload.ipynb; executed copy: "
+        "WORK/<batch>/phi/notebooks/04_upload.ipynb (and .html). Images still waiting for "
+        "review are not uploaded; the command says how many.",
+    ),
+}
+
+
+def _plain(text: str, width: int = 78) -> str:
+    """``text`` wrapped to ``width`` (lines that start with two spaces, commands, stay whole)."""
+    lines = []
+    for line in text.split("\n"):
+        lines.append(line if line.startswith("  ") else textwrap.fill(line, width) if line else "")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with one subcommand per stage."""
-    parser = argparse.ArgumentParser(prog="sendit", description=__doc__.splitlines()[0])
+    """The argument parser with one subcommand per stage (help in plain text)."""
+    plain = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="sendit", description=_plain(DESCRIPTION), epilog=EXAMPLES, formatter_class=plain
+    )
     parser.add_argument("--version", action="version", version=f"sendit-notebooks {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    helps = {
-        Stage.INSPECT: "inventory a batch: tables, QA summary, pixel-PHI screen, montages",
-        Stage.DEIDENTIFY: "de-identify a batch into release/ behind the leak gate",
-        Stage.REVIEW: "apply review decisions to quarantined images",
-        Stage.UPLOAD: "upload release/ to Orthanc, Google or the local store",
-    }
-    for stage, text in helps.items():
-        cmd = sub.add_parser(str(stage), help=text, description=text)
+    for stage, (text, more) in STAGE_HELP.items():
+        cmd = sub.add_parser(
+            str(stage),
+            help=text,
+            description=_plain(f"{text[0].upper()}{text[1:]}.\n\n{more}"),
+            formatter_class=plain,
+        )
         _common(cmd, "BATCH_DIR", "batch folder(s): one study's DICOM files each")
         if stage is Stage.REVIEW:
             cmd.add_argument(
@@ -51,7 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
                 help="decisions CSV (item, decision, x, y, width, height)",
             )
     run = sub.add_parser(
-        "run", help="run every stage on many batches", description="run every stage on many batches"
+        "run",
+        help="run every stage on many batches",
+        description=_plain(
+            "Run every stage (inspect, deidentify, review, upload) on many batches.\n\n"
+            "Executed notebooks: WORK/<batch>/phi/notebooks/; the run ends with a table of "
+            "batches (status, stage, images released / held / waiting for review)."
+        ),
+        formatter_class=plain,
     )
     _common(run, "BATCH_OR_ROOT", "batch folders, or roots searched for batches")
     run.add_argument(
@@ -60,8 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="re-run every stage, also those unchanged since their last success",
     )
     run.epilog = (
-        "Resumable: a stage unchanged since its last success (inputs, settings, notebook) is "
-        "skipped. --workers N is split between batches and files: min(N, batches) batches at "
+        "Resumable: a stage unchanged since its last success (inputs, settings, notebook) is\n"
+        "skipped. --workers N is split between batches and files: min(N, batches) batches at\n"
         "once, N // that processes for each batch's files."
     )
     return parser

@@ -105,3 +105,21 @@ def test_run_deidentify_and_upload_local(tmp_path: Path) -> None:
         "04_upload.ipynb",
     }
     assert list((work / "storage").rglob("*.dcm"))
+
+
+def test_help_is_plain_text_and_says_how_to_review(capsys: pytest.CaptureFixture[str]) -> None:
+    from sendit_helpers import cli
+
+    texts = {}
+    commands = ("inspect", "deidentify", "review", "upload", "run")
+    for argv in (["--help"], *([c, "--help"] for c in commands)):
+        with pytest.raises(SystemExit):
+            cli.main(argv)
+        texts[argv[0]] = capsys.readouterr().out
+    for name, text in texts.items():
+        assert "``" not in text and "::" not in text, name
+        assert all(len(line) <= 100 for line in text.splitlines()), name
+    for stage in ("inspect", "deidentify", "review", "upload"):
+        assert "notebooks/0" in texts[stage] and "WORK/<batch>/phi/notebooks/" in texts[stage]
+    assert "jupyter lab notebooks/03_review_phi.ipynb" in texts["review"]
+    assert "voila review.ipynb" in texts["review"]

@@ -64,7 +64,7 @@ def find_images(
         One row per image with :data:`IMAGE_COLUMNS`; ``url`` links to the stored object.
     """
     if setting(settings, "SEND_TO_GOOGLE", False):
-        equal = {"PatientSex": sex, "Modality": modality}
+        equal = {"PatientSex": _code(sex), "Modality": _code(modality)}
         frame = _datastore(settings, "Image", equal, IMAGE_COLUMNS)
         if "entity_id" in frame and frame["entity_id"].isna().any():
             frame["entity_id"] = frame["entity_id"].fillna("")
@@ -100,10 +100,15 @@ def find_entities(
         One row per entity with :data:`ENTITY_COLUMNS`; ``url`` is the entity's folder/prefix.
     """
     if setting(settings, "SEND_TO_GOOGLE", False):
-        frame = _datastore(settings, "Entity", {"PatientSex": sex}, ENTITY_COLUMNS)
+        frame = _datastore(settings, "Entity", {"PatientSex": _code(sex)}, ENTITY_COLUMNS)
     else:
         frame = _sqlite_entities(settings, Path(work), sex)
     return _age(frame, age_min, age_max).sort_values("id").reset_index(drop=True)
+
+
+def _code(value: str | None) -> str | None:
+    """DICOM code strings (sex, modality) are stored upper-case; match them regardless of case."""
+    return None if value is None else value.strip().upper()
 
 
 def _age(frame: pd.DataFrame, age_min: int | None, age_max: int | None) -> pd.DataFrame:
@@ -165,8 +170,8 @@ def _where(collection: str, sex: str | None, modality: str | None = None) -> tup
     clauses, params = ["collection = ?"], [collection]
     for col, value in (("PatientSex", sex), ("Modality", modality)):
         if value is not None:
-            clauses.append(f"{col} = ?")
-            params.append(value)
+            clauses.append(f"UPPER({col}) = ?")
+            params.append(_code(value))
     return " AND ".join(clauses), params
 
 

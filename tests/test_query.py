@@ -17,6 +17,9 @@ def _check(images: Any, entities: Any, settings: dict[str, Any], work: Any, sche
     assert len(find_images(settings, work, age_min=35, age_max=45)) == 3
     assert set(find_images(settings, work, modality="CT")["Modality"]) == {"CT"}
     assert len(find_images(settings, work, modality="CT")) == 3
+    assert len(find_images(settings, work, modality=" ct")) == 3
+    assert set(find_images(settings, work, sex="m")["entity_id"]) == {"IR661f31"}
+    assert list(find_entities(settings, work, sex="o")["IMAGE_COUNT"]) == [3]
     assert set(find_images(settings, work, text="KNEE")["entity_id"]) == {"IR661f30"}
     assert len(find_images(settings, work, sex="F", text="chest", modality="MR")) == 1
     assert list(entities["id"]) == ["IR661f30", "IR661f31", "IR661f32"]

@@ -171,7 +171,7 @@ def _where(collection: str, sex: str | None, modality: str | None = None) -> tup
     for col, value in (("PatientSex", sex), ("Modality", modality)):
         if value is not None:
             clauses.append(f"UPPER({col}) = ?")
-            params.append(_code(value))
+            params.append(value.strip().upper())
     return " AND ".join(clauses), params
 
 

@@ -208,3 +208,33 @@ def plot_counts(images: pd.DataFrame) -> Any:
     ax.set_ylabel("images")
     fig.tight_layout()
     return fig
+
+
+def open_link(url: str, jupyter_root: str | Path | None = None) -> str:
+    """Turn a stored object's ``url`` into a link a browser (or JupyterLab) can open.
+
+    Parameters
+    ----------
+    url : str
+        A ``gs://BUCKET/OBJECT`` or ``file://`` URL from :func:`find_images` / :func:`find_entities`.
+    jupyter_root : str or Path, optional
+        The Jupyter server's root directory; a local file under it becomes a relative
+        ``files/`` link, one outside it stays ``file://``.
+
+    Returns
+    -------
+    str
+        The Cloud console URL for Storage objects, a Jupyter ``files/`` link or ``file://`` URL.
+    """
+    if url.startswith("gs://"):
+        bucket, _, obj = url[len("gs://"):].partition("/")
+        return f"https://console.cloud.google.com/storage/browser/_details/{bucket}/{obj}"
+    if url.startswith("file://") and jupyter_root is not None:
+        from urllib.parse import unquote, urlparse
+
+        path = Path(unquote(urlparse(url).path))
+        root = Path(jupyter_root).resolve()
+        if path.is_relative_to(root):
+            tail = "/" if url.endswith("/") else ""
+            return "files/" + path.relative_to(root).as_posix() + tail
+    return url

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from sendit_helpers.query import find_entities, find_images
+from sendit_helpers.query import find_entities, find_images, open_link
 from sendit_helpers.upload import upload_batch
 from tests.conftest_servers import ReleaseFactory
 
@@ -51,3 +51,14 @@ def test_datastore_queries(
     images = find_images(settings, layout.work)
     entities = find_entities(settings, layout.work)
     _check(images, entities, settings, layout.work, "gs://")
+
+
+def test_open_link_per_backend(tmp_path: Any) -> None:
+    assert open_link("gs://bkt/sendit/IR1/img.dcm") == (
+        "https://console.cloud.google.com/storage/browser/_details/bkt/sendit/IR1/img.dcm"
+    )
+    inside = (tmp_path / "storage" / "a.dcm").as_uri()
+    assert open_link(inside, tmp_path) == "files/storage/a.dcm"
+    outside = "file:///elsewhere/a.dcm"
+    assert open_link(outside, tmp_path) == outside
+    assert open_link(inside) == inside

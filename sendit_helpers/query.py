@@ -216,7 +216,7 @@ def open_link(url: str, jupyter_root: str | Path | None = None) -> str:
     Parameters
     ----------
     url : str
-        A ``gs://BUCKET/OBJECT`` or ``file://`` URL from :func:`find_images` / :func:`find_entities`.
+        A ``gs://BUCKET/OBJECT`` or ``file://`` URL from :func:`find_images`.
     jupyter_root : str or Path, optional
         The Jupyter server's root directory; a local file under it becomes a relative
         ``files/`` link, one outside it stays ``file://``.

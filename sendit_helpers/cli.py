@@ -127,6 +127,27 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="re-run every stage, also those unchanged since their last success",
     )
+    query = sub.add_parser(
+        "query",
+        help="search uploaded images by sex, age, modality, text",
+        description=_plain(
+            "Search uploaded images (local store index or Datastore, as the settings say) and "
+            "print a table, or write it with --out FILE (.csv or .parquet).\n\n"
+            "Notebook: notebooks/05_query.ipynb (same filters, with links and a chart)."
+        ),
+        formatter_class=plain,
+    )
+    query.add_argument("--work", required=True, type=Path, metavar="WORK_DIR", help="work folder")
+    query.add_argument("--params", action="append", default=[], type=Path, metavar="FILE",
+                       help="params YAML file; repeatable, later wins")  # fmt: skip
+    query.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                       help="override one setting; repeatable")  # fmt: skip
+    query.add_argument("--sex", help="PatientSex code (any case)")
+    query.add_argument("--modality", help="Modality code (any case)")
+    query.add_argument("--age-min", type=int, metavar="YEARS")
+    query.add_argument("--age-max", type=int, metavar="YEARS")
+    query.add_argument("--text", help="text in series/study description (any case)")
+    query.add_argument("--out", type=Path, metavar="FILE", help="write .csv or .parquet")
     run.epilog = (
         "Resumable: a stage unchanged since its last success (inputs, settings, notebook) is\n"
         "skipped. --workers N is split between batches and files: min(N, batches) batches at\n"
@@ -173,11 +194,11 @@ def _common(cmd: argparse.ArgumentParser, metavar: str, text: str) -> None:
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     overrides: dict[str, Any] = dict(parse_override(item) for item in args.set)
-    if args.workers is not None:
+    if getattr(args, "workers", None) is not None:
         overrides["WORKERS"] = args.workers
-    if args.executor is not None:
+    if getattr(args, "executor", None) is not None:
         overrides["EXECUTOR"] = args.executor
-    if args.scheduler is not None:
+    if getattr(args, "scheduler", None) is not None:
         overrides["DASK_SCHEDULER"] = args.scheduler
     if getattr(args, "decisions", None):
         overrides["REVIEW_DECISIONS"] = str(Path(args.decisions).resolve())
@@ -192,7 +213,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         overrides = _overrides(args)
-        load_settings(args.params, overrides)  # fail fast, before any notebook starts
+        settings = load_settings(args.params, overrides)  # fail fast, before any notebook
+        if args.command == "query":
+            return _query(args, settings)
         if args.command == "run":
             from .pipeline import run_batches
 
@@ -204,6 +227,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"sendit: error: {os_error_line(exc, near=args.work)}", file=sys.stderr)
         return 2
+
+
+def _query(args: argparse.Namespace, settings: Any) -> int:
+    from .query import find_images
+
+    frame = find_images(
+        settings, args.work, sex=args.sex, modality=args.modality,
+        age_min=args.age_min, age_max=args.age_max, text=args.text,
+    )  # fmt: skip
+    if args.out is None:
+        print(frame.to_string(index=False) if len(frame) else "no images match")
+    elif args.out.suffix.lower() == ".parquet":
+        frame.to_parquet(args.out, index=False)
+    else:
+        frame.to_csv(args.out, index=False)
+    return 0
 
 
 def _run_each(

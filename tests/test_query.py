@@ -34,6 +34,17 @@ def test_local_queries(make_release: ReleaseFactory, upload_settings: dict[str, 
     entities = find_entities(upload_settings, layout.work)
     _check(images, entities, upload_settings, layout.work, "file://")
     assert entities["url"].iloc[0].endswith("/storage/sendit/IR661f30/")
+    pytest.importorskip("pyarrow")
+    import pandas as pd
+
+    from sendit_helpers import cli
+
+    sets = [f"--set={k}={v}" for k, v in upload_settings.items() if isinstance(v, (str, bool))]
+    for name, read in (("q.csv", pd.read_csv), ("q.parquet", pd.read_parquet)):
+        out = layout.work / name
+        argv = ["query", "--work", str(layout.work), "--sex", "m", "--out", str(out), *sets]
+        assert cli.main(argv) == 0
+        assert set(read(out)["entity_id"]) == {"IR661f31"}
 
 
 def test_local_query_without_index_is_empty(upload_settings: dict[str, Any], tmp_path: Any) -> None:

@@ -238,3 +238,26 @@ def open_link(url: str, jupyter_root: str | Path | None = None) -> str:
             tail = "/" if url.endswith("/") else ""
             return "files/" + path.relative_to(root).as_posix() + tail
     return url
+
+
+def orthanc_link(orthanc_url: str, instance_id: str) -> str:
+    """Orthanc Explorer link to one instance, with any ``user:password@`` removed from the URL.
+
+    Parameters
+    ----------
+    orthanc_url : str
+        ``ORTHANC_URL`` (e.g. ``http://orthanc:8042``).
+    instance_id : str
+        Orthanc's instance ID (the ``ID`` returned when the instance was stored).
+
+    Returns
+    -------
+    str
+        ``ORTHANC_URL/app/explorer.html#instance?uuid=ID`` without credentials.
+    """
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(orthanc_url)
+    netloc = parts.netloc.rpartition("@")[2]
+    base = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+    return f"{base}/app/explorer.html#instance?uuid={instance_id}"

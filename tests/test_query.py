@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from sendit_helpers.query import find_entities, find_images, open_link
+from sendit_helpers.query import find_entities, find_images, open_link, orthanc_link
 from sendit_helpers.upload import upload_batch
 from tests.conftest_servers import ReleaseFactory
 
@@ -73,3 +73,9 @@ def test_open_link_per_backend(tmp_path: Any) -> None:
     outside = "file:///elsewhere/a.dcm"
     assert open_link(outside, tmp_path) == outside
     assert open_link(inside) == inside
+
+
+def test_orthanc_link_drops_credentials() -> None:
+    assert orthanc_link("http://u:secret@orthanc:8042/", "abc-1") == (
+        "http://orthanc:8042/app/explorer.html#instance?uuid=abc-1"
+    )

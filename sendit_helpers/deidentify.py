@@ -1335,7 +1335,9 @@ def quarantine_reasons(result: DeidResult) -> pd.DataFrame:
     """Quarantined images with the screening rule that held them back."""
     table = result.dispositions[result.dispositions["disposition"] == str(Disposition.QUARANTINED)]
     files = _files_of(result.layout, table["source_path"], ["source_path", *_REASON_COLUMNS[1:]])
-    merged = table.merge(files, on="source_path", how="left")
+    # A batch of non-DICOM files only has an untyped (float) source_path in files.parquet.
+    files["source_path"] = files["source_path"].astype(object)
+    merged = table.astype({"source_path": object}).merge(files, on="source_path", how="left")
     return merged.reindex(columns=list(_REASON_COLUMNS)).rename(
         columns={"output_name": "item", "reason_screen": "rule"}
     )

@@ -15,6 +15,7 @@ from pydicom.data import get_testdata_file
 from sendit_helpers import deidentify, disposition, inspect, leakgate, synthetic
 from sendit_helpers.errors import GateError, LeakError
 from sendit_helpers.layout import BatchLayout
+from sendit_helpers.runner import open_batch
 from sendit_helpers.settings import Settings
 
 #: Planted categories that are not identifying by themselves
@@ -329,3 +330,14 @@ def test_non_image_objects_are_released(tmp_path: Path) -> None:
     frame = rt.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID
     assert frame == rt.StructureSetROISequence[0].ReferencedFrameOfReferenceUID
     assert frame != source.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID
+
+
+def test_quarantine_reasons_of_a_batch_without_dicom_files(tmp_path: Path) -> None:
+    """A batch of non-DICOM files only (deid-data's top folder) shows no quarantine reasons."""
+    folder = tmp_path / "in" / "textonly"
+    folder.mkdir(parents=True)
+    (folder / "README.md").write_text("not dicom")
+    layout, settings = open_batch(folder, tmp_path / "work", [], {})
+    inspect.inspect_batch(layout, settings)
+    result = deidentify.deidentify_batch(layout, settings)
+    assert deidentify.quarantine_reasons(result).empty

@@ -111,13 +111,7 @@ def release_counts(table: pd.DataFrame) -> tuple[int, int]:
         Released files, and quarantined ones (pixel screen or leak gate) that a
         reviewer has not decided to keep.
     """
-    if table.empty:
-        return 0, 0
-    state = table["disposition"].astype(str)
-    reason = table["reason"].astype(str) if "reason" in table else pd.Series("", index=table.index)
-    released = int((state == str(Disposition.RELEASED)).sum())
-    held = state == str(Disposition.QUARANTINED)
-    waiting = int((held & ~reason.str.startswith(KEPT_BY_REVIEW)).sum())
+    released, _kept, waiting = review_counts(table)
     return released, waiting
 
 

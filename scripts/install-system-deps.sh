@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system packages the test suite and benchmarks need, only when missing:
-#   Orthanc (+ dcmtk's storescu) for the upload tests, Debian's Chromium + ChromeDriver for the
-#   review UI browser test, tesseract for the OCR screen, and Java for Google's Datastore emulator.
+#   Orthanc (+ dcmtk's storescu) for the upload tests, Debian's Chromium for the review UI
+#   browser test (Playwright drives it directly: no ChromeDriver), tesseract for the OCR
+#   screen, and Java for Google's Datastore emulator.
 # The Datastore emulator itself ships with the Google Cloud SDK on these machines
 # (/usr/lib/google-cloud-sdk); elsewhere: `gcloud components install cloud-datastore-emulator`.
 set -euo pipefail
@@ -10,7 +11,6 @@ need=()
 command -v Orthanc >/dev/null 2>&1 || need+=(orthanc)
 command -v storescu >/dev/null 2>&1 || need+=(dcmtk)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
-command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 command -v tesseract >/dev/null 2>&1 || need+=(tesseract-ocr)
 command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
 fc-list 2>/dev/null | grep -qi dejavu || need+=(fonts-dejavu-core)

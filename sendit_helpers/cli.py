@@ -15,11 +15,13 @@ import argparse
 import logging
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from . import __version__, disposition
+from . import __version__, disposition, executors
 from .errors import SenditError, one_line, os_error_line
 from .layout import BatchLayout
 from .runner import Stage, run_stage
@@ -252,61 +254,125 @@ def _run_each(
     params: Sequence[Path],
     overrides: dict[str, Any],
 ) -> int:
-    """Run ``stage`` on each batch; a batch that fails is reported and the others still run.
+    """Run ``stage`` on each batch, spread over the workers as ``sendit run`` spreads them.
+
+    One batch runs here with the settings as given (its per-file work uses every worker,
+    on Dask too).  Several batches are split like :func:`~sendit_helpers.pipeline.split_workers`
+    splits them: ``min(WORKERS, batches)`` batches at once (threads of this process with
+    ``--executor local``, one Dask task each with ``--executor dask``), each with the left-over
+    workers for its files.  A batch that fails is reported and the others still run.
 
     Returns
     -------
     int
         0 when every batch succeeded, 1 when any failed.
     """
+    from .pipeline import split_workers
+
+    settings = load_settings(params, overrides)
+    executor, scheduler = str(settings["EXECUTOR"]), str(settings["DASK_SCHEDULER"])
+    slots, file_workers = split_workers(int(settings["WORKERS"]), len(batches), executor, scheduler)
+    inner = dict(overrides)
+    if len(batches) > 1:
+        inner.update({"WORKERS": file_workers, "EXECUTOR": "local", "DASK_SCHEDULER": ""})
+        log.info(
+            "%d batches, %d at a time (%s executor), %d worker process(es) per batch for files",
+            len(batches),
+            slots,
+            executor,
+            file_workers,
+        )
+    one = partial(run_stage_outcome, stage=stage, work=work, params=list(params), overrides=inner)
+    outcomes: Iterable[tuple[int, StageOutcome | Exception]]
+    if len(batches) == 1:
+        outcomes = [(0, one(batches[0]))]
+    else:
+        outcomes = executors.run_each(
+            one, batches, slots=slots, executor=executor, scheduler=scheduler, desc=str(stage)
+        )
     failed = 0
-    for batch in batches:
-        try:
-            layout = BatchLayout.for_batch(batch, work)
-            layout.check_source()
-            # run_stage holds the batch lock, as `sendit run` does: no stage can rewrite
-            # release/ while another uploads it
-            output = run_stage(stage, layout, params_files=params, overrides=overrides)
-        except SenditError as exc:
+    for _, outcome in outcomes:
+        if not isinstance(outcome, StageOutcome):
+            outcome = StageOutcome(error=str(outcome))
+        if outcome.error:
             failed += 1
-            print(f"sendit: error: {exc}", file=sys.stderr)
+            print(f"sendit: error: {outcome.error}", file=sys.stderr)
             continue
-        except OSError as exc:
-            failed += 1
-            line = os_error_line(exc, near=Path(work).expanduser().resolve())
-            print(f"sendit: error: batch {batch}: {line}", file=sys.stderr)
-            continue
-        except Exception as exc:  # noqa: BLE001 - reported and counted; the other batches go on
-            failed += 1
-            print(
-                f"sendit: error: batch {batch}: {stage} failed unexpectedly "
-                f"({one_line(exc)}); this is a bug: report it with the executed notebook "
-                "under the batch's phi/notebooks/",
-                file=sys.stderr,
-            )
-            continue
-        note = disposition.first_error(layout)
         log.info(
             "%s done for batch %s%s; executed notebook: %s",
             stage,
-            layout.name,
-            f" ({note}; see {layout.disposition_csv})" if note else "",
-            output,
+            outcome.batch,
+            f" ({outcome.note})" if outcome.note else "",
+            outcome.notebook,
         )
-        if stage in (Stage.REVIEW, Stage.UPLOAD):
-            _warn_waiting(layout)
+        if outcome.waiting:
+            log.warning("batch %s: %s", outcome.batch, outcome.waiting)
     if failed and len(batches) > 1:
         print(f"sendit: {failed} of {len(batches)} batch(es) failed", file=sys.stderr)
     return 1 if failed else 0
 
 
-def _warn_waiting(layout: BatchLayout) -> None:
-    """Say how many images of the batch still wait for review (they are never uploaded)."""
+@dataclass(frozen=True)
+class StageOutcome:
+    """How one batch's stage went (picklable: it comes back from a thread or a Dask task)."""
+
+    batch: str = ""
+    notebook: str = ""
+    error: str = ""
+    """The one-line error (never an identifying value); empty on success."""
+    note: str = ""
+    """The batch's first file in error, if any, with where to look."""
+    waiting: str = ""
+    """How many images still wait for review (review and upload), if any."""
+
+
+def run_stage_outcome(
+    batch: Path,
+    *,
+    stage: Stage,
+    work: Path,
+    params: Sequence[Path],
+    overrides: dict[str, Any],
+) -> StageOutcome:
+    """Run one stage on one batch and say how it went, never raising.
+
+    Module-level and returning its one-line error rather than raising it, so a thread or a
+    Dask worker can run it and the message reaches the command's output.
+    """
+    try:
+        layout = BatchLayout.for_batch(batch, work)
+        layout.check_source()
+        # run_stage holds the batch lock, as `sendit run` does: no stage can rewrite
+        # release/ while another uploads it
+        output = run_stage(stage, layout, params_files=params, overrides=overrides)
+    except SenditError as exc:
+        return StageOutcome(error=str(exc))
+    except OSError as exc:
+        line = os_error_line(exc, near=Path(work).expanduser().resolve())
+        return StageOutcome(error=f"batch {batch}: {line}")
+    except Exception as exc:  # noqa: BLE001 - reported and counted; the other batches go on
+        return StageOutcome(
+            error=f"batch {batch}: {stage} failed unexpectedly ({one_line(exc)}); this is a "
+            "bug: report it with the executed notebook under the batch's phi/notebooks/"
+        )
+    note = disposition.first_error(layout)
+    waiting = _waiting(layout) if stage in (Stage.REVIEW, Stage.UPLOAD) else ""
+    return StageOutcome(
+        batch=layout.name,
+        notebook=str(output),
+        note=f"{note}; see {layout.disposition_csv}" if note else "",
+        waiting=waiting,
+    )
+
+
+def _waiting(layout: BatchLayout) -> str:
+    """How many images of the batch still wait for review (they are never uploaded), or ""."""
     if not layout.disposition_csv.exists():
-        return
+        return ""
     table = disposition.read(layout, ["disposition", "reason"])
     if disposition.review_counts(table)[2]:
-        log.warning("batch %s: %s", layout.name, disposition.waiting_line(table))
+        return disposition.waiting_line(table)
+    return ""
 
 
 if __name__ == "__main__":

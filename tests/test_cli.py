@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -123,3 +125,62 @@ def test_help_is_plain_text_and_says_how_to_review(capsys: pytest.CaptureFixture
         assert "notebooks/0" in texts[stage] and "WORK/<batch>/phi/notebooks/" in texts[stage]
     assert "jupyter lab notebooks/03_review_phi.ipynb" in texts["review"]
     assert "voila review.ipynb" in texts["review"]
+
+
+def _papermill_times(notebook: Path) -> tuple[datetime, datetime]:
+    meta = json.loads(notebook.read_text())["metadata"]["papermill"]
+    return datetime.fromisoformat(meta["start_time"]), datetime.fromisoformat(meta["end_time"])
+
+
+def _release_tree(work: Path, batch: str) -> dict[str, bytes]:
+    release = work / batch / "release"
+    return {
+        p.relative_to(release).as_posix(): p.read_bytes()
+        for p in sorted(release.rglob("*"))
+        if p.is_file() and p.suffix == ".dcm"
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("executor", ["local", "dask"])
+def test_deidentify_spreads_batches_over_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, executor: str
+) -> None:
+    """Two batches with --workers 2 run at the same time and give what one-by-one runs give."""
+    monkeypatch.setenv("SENDIT_SITE_SECRET", "636c692d776f726b6572732d74657374")
+    monkeypatch.setenv("PROGRESS", "false")
+    monkeypatch.delenv("WORKERS", raising=False)
+    synthetic.make_batches(
+        tmp_path / "root",
+        n=2,
+        spec=synthetic.BatchSpec(n_series=1, images_per_series=3, rows=16, columns=16),
+    )
+    batches = [str(tmp_path / "root" / "batch_001"), str(tmp_path / "root" / "batch_002")]
+    runs = {}
+    for workers in ("2", "1"):
+        work = tmp_path / f"work{workers}"
+        extra = ["--executor", executor] if workers == "2" else []
+        done = _sendit("deidentify", *batches, "--work", str(work), "--workers", workers, *extra)
+        assert done.returncode == 0, done.stderr
+        runs[workers] = work
+    times = {
+        workers: [
+            _papermill_times(work / b / "phi" / "notebooks" / "02_deidentify.ipynb")
+            for b in ("batch_001", "batch_002")
+        ]
+        for workers, work in runs.items()
+    }
+    (s1, e1), (s2, e2) = times["2"]
+    assert s1 < e2 and s2 < e1, "with --workers 2 the two batches' notebooks overlap in time"
+    (s1, e1), (s2, e2) = sorted(times["1"])
+    assert e1 <= s2, "with --workers 1 they run one after the other"
+    for batch in ("batch_001", "batch_002"):
+        parallel, serial = (_release_tree(runs[w], batch) for w in ("2", "1"))
+        assert parallel and parallel == serial
+        tables = [
+            pd.read_csv(runs[w] / batch / "phi" / "disposition.csv", keep_default_na=False)
+            for w in ("2", "1")
+        ]
+        pd.testing.assert_frame_equal(tables[0], tables[1])
+        cleaned = [pd.read_parquet(runs[w] / batch / "release" / "cleaned.parquet") for w in "21"]
+        pd.testing.assert_frame_equal(cleaned[0], cleaned[1])

@@ -62,6 +62,10 @@ class RecipeWarning(SenditWarning):
     """A recipe line is accepted but not as written (old keyword, tolerated line, kept UID)."""
 
 
+class UploadWarning(SenditWarning):
+    """Items were not stored but the upload is complete (destination keeps another copy)."""
+
+
 def tag_label(keyword: str, tag: int) -> str:
     """Return ``Keyword (gggg,eeee)`` for use in messages.
 

@@ -33,6 +33,7 @@ import random
 import stat
 import threading
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
@@ -46,9 +47,17 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from . import leakgate
-from .errors import SenditError, UploadError
+from .errors import SenditError, UploadError, UploadWarning
 from .layout import BatchLayout
-from .targets import Entity, Item, Receipt, Target, TransientError, make_targets
+from .targets import (
+    ConflictError,
+    Entity,
+    Item,
+    Receipt,
+    Target,
+    TransientError,
+    make_targets,
+)
 from .targets.base import plain, setting
 
 MANIFEST_NAME = "manifest.csv"
@@ -58,6 +67,11 @@ UNVERIFIED = "unverified"
 FAILED = "failed"
 MISSING = "missing"
 """Recorded on a rerun for a verified item the destination no longer holds (sent again)."""
+CONFLICT = "conflict"
+"""Not stored: the destination already stores this object (same output name /
+SOPInstanceUID) with different content, e.g. the same source object from another batch
+or in another encoding.  The stored copy is kept, the item is not a failure, and later
+runs do not send it again (``remote_id`` names the stored copy)."""
 BACKOFF_BASE = 0.5
 """Seconds before the first retry; doubles with each further attempt."""
 BACKOFF_CAP = 30.0
@@ -143,11 +157,13 @@ class Manifest:
         table = pd.read_csv(self.path, dtype=str, keep_default_na=False, on_bad_lines="skip")
         return table.reindex(columns=MANIFEST_COLUMNS, fill_value="")
 
-    def verified(self, destination: str) -> dict[str, tuple[str, str]]:
+    def verified(
+        self, destination: str, status: str = VERIFIED
+    ) -> dict[str, tuple[str, str]]:
         """``item -> (checksum, remote_id)`` of items whose latest row for ``destination``
-        (a :attr:`Target.destination_id`) is ``verified``."""
+        (a :attr:`Target.destination_id`) is ``status`` (``verified``, or ``conflict``)."""
         latest = _latest(self.read())
-        done = latest[(latest["destination"] == destination) & (latest["status"] == VERIFIED)]
+        done = latest[(latest["destination"] == destination) & (latest["status"] == status)]
         return {
             item: (checksum, remote)
             for item, checksum, remote in zip(
@@ -326,6 +342,8 @@ class _Run:
     errors: list[UploadError] = field(default_factory=list)
     failed: int = 0
     went: int = 0
+    conflicts: list[ConflictError] = field(default_factory=list)
+    """Items not stored because the destination holds other bytes under their name."""
     unusable: bool = False
     """The target's check() or prepare() failed: nothing was sent to it."""
 
@@ -390,6 +408,10 @@ def _put_all(run: _Run, todo: Sequence[Item], entities: Sequence[Entity]) -> tup
             bar.update()
             try:
                 receipt = fut.result()
+            except ConflictError as exc:
+                run.conflicts.append(exc)
+                run.manifest.append(item.key, *run.where, CONFLICT, item.checksum, exc.remote_id)
+                continue
             except UploadError as exc:
                 _fail(run, [item], exc)
                 continue
@@ -462,6 +484,8 @@ def _upload_to(run: _Run, items: Sequence[Item], entities: Sequence[Entity]) -> 
     """
     target = run.target
     done = run.manifest.verified(target.destination_id)
+    kept = run.manifest.verified(target.destination_id, CONFLICT)
+    items = [i for i in items if kept.get(i.key, ("", ""))[0] != i.checksum]
     claimed = [i for i in items if i.key in done and done[i.key][0] == i.checksum]
     todo = [i for i in items if i.key not in done or done[i.key][0] != i.checksum]
     if not todo and not claimed:
@@ -487,7 +511,7 @@ def _upload_to(run: _Run, items: Sequence[Item], entities: Sequence[Entity]) -> 
     stored, unwritten = _put_all(run, todo, entities)
     if stored:
         _finish(run, stored, unwritten, entities)
-    run.went = len(todo) - run.failed
+    run.went = len(todo) - run.failed - len(run.conflicts)
 
 
 # -- entry point ---------------------------------------------------------------------------
@@ -542,6 +566,14 @@ def upload_batch(
         manifest.close()
         for target in targets:
             target.close()
+    for run in runs:
+        if run.conflicts:
+            warnings.warn(
+                f"{len(run.conflicts)} item(s) recorded as {CONFLICT!r} in {manifest.path} "
+                f"(first: {run.conflicts[0]})",
+                UploadWarning,
+                stacklevel=2,
+            )
     _raise_failures(runs, len(items), manifest.path)
     return manifest.read()
 
@@ -569,10 +601,12 @@ def still_uploaded(layout: BatchLayout, settings: Mapping[str, Any]) -> bool:
         targets = make_targets(settings, layout.work)
         for target in targets:
             done = manifest.verified(target.destination_id)
-            if any(done.get(i.key, ("", ""))[0] != i.checksum for i in items):
+            kept = manifest.verified(target.destination_id, CONFLICT)
+            mine = [i for i in items if kept.get(i.key, ("", ""))[0] != i.checksum]
+            if any(done.get(i.key, ("", ""))[0] != i.checksum for i in mine):
                 return False
-            remote = {i.key: done[i.key][1] for i in items}
-            if items and target.present(items, remote) != set(remote):
+            remote = {i.key: done[i.key][1] for i in mine}
+            if mine and target.present(mine, remote) != set(remote):
                 return False
     except SenditError:
         return False

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from sendit_helpers.errors import UploadError
-from sendit_helpers.targets import Receipt, TransientError
+from sendit_helpers.targets import ConflictError, Receipt, TransientError
 from sendit_helpers.targets import google as google_target
 from sendit_helpers.targets.google import GoogleTarget
 from sendit_helpers.upload import load_release, upload_batch
@@ -92,7 +92,7 @@ def test_rerun_is_create_once(
         blob = gcs.bucket(google_env["GOOGLE_CLOUD_STORAGE"]).blob(f"IRB41449/{items[1].key}")
         blob.upload_from_string(b"different", if_generation_match=None)
         with pytest.raises(
-            UploadError, match=r"already exists with different content.*IR661f30_5_2\.dcm"
+            ConflictError, match=r"IR661f30_5_2\.dcm not stored: .* already stored with different"
         ):
             target.put(items[1])
     finally:

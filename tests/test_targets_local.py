@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from sendit_helpers.errors import SettingsError, UploadError
-from sendit_helpers.targets import TargetKind, make_targets
+from sendit_helpers.targets import ConflictError, TargetKind, make_targets
 from sendit_helpers.targets.base import age_years
 from sendit_helpers.targets.local import LocalTarget
 from sendit_helpers.upload import load_release, summary, upload_batch
@@ -97,7 +97,7 @@ def test_local_put_is_create_once(
     assert target.put(items[0]).status == "exists"
     (target.root / "sendit" / items[0].key).write_bytes(b"other bytes")
     with pytest.raises(
-        UploadError, match=r"already exists with different content.*IR661f30_5_1\.dcm"
+        ConflictError, match=r"IR661f30_5_1\.dcm not stored: .* already stored with different"
     ):
         target.put(items[0])
     assert not list(target.root.rglob("*.tmp"))

@@ -14,6 +14,7 @@ from typing import Any
 from ..errors import SettingsError
 from .base import (
     ChangedError,
+    ConflictError,
     Entity,
     Item,
     Receipt,
@@ -26,6 +27,7 @@ from .local import LocalTarget
 
 __all__ = [
     "ChangedError",
+    "ConflictError",
     "Entity",
     "Item",
     "Receipt",

@@ -65,6 +65,29 @@ class ChangedError(UploadError):
     """A released file's bytes differ from what the leak gate scanned: it is not sent."""
 
 
+class ConflictError(UploadError):
+    """The destination already holds this object (same name / SOPInstanceUID) with other bytes.
+
+    The same source object in two batches (or in two encodings, e.g. pydicom's
+    ``ExplVR_BigEndNoMeta.dcm`` and ``ExplVR_LitEndNoMeta.dcm``) de-identifies to the
+    same SOPInstanceUID and output name with different bytes.  Create-once targets keep
+    the first copy; the later item is recorded as ``conflict`` in the manifest (reason:
+    already stored with different content), is not counted as a failure and is not sent
+    again on later runs, and the batch's other items still go.
+
+    Parameters
+    ----------
+    message : str
+        What conflicts, naming the target, the stored object and the released file.
+    remote_id : str
+        The destination's identifier of the copy it keeps (object path, instance ID).
+    """
+
+    def __init__(self, message: str, remote_id: str = "") -> None:
+        super().__init__(message)
+        self.remote_id = remote_id
+
+
 @dataclass(frozen=True)
 class Item:
     """One released image, ready to upload.

@@ -48,6 +48,7 @@ import requests
 from ..errors import UploadError
 from .base import (
     MAX_INDEXED_BYTES,
+    ConflictError,
     Entity,
     Item,
     Receipt,
@@ -357,10 +358,12 @@ class GoogleTarget(Target):
                 blob.reload(retry=None, timeout=TIMEOUT)
                 status = "exists"
         if status == "exists" and blob.md5_hash != _b64(item.md5):
-            raise UploadError(
-                f"google target: gs://{self.bucket_name}/{name} already exists with different "
-                f"content than release/{item.key}; delete that object or upload under a new "
-                "GOOGLE_STORAGE_COLLECTION"
+            raise ConflictError(
+                f"google target: release/{item.key} not stored: gs://{self.bucket_name}/{name} "
+                "is already stored with different content (the same object from another "
+                "batch or encoding); the stored copy is kept. To replace it, delete that "
+                "object or upload under a new GOOGLE_STORAGE_COLLECTION",
+                name,
             )
         return self._receipt(item, name, blob, status)
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from ..errors import UploadError
 from .base import (
+    ConflictError,
     Entity,
     Item,
     Receipt,
@@ -169,10 +170,12 @@ class LocalTarget(Target):
 
     def _existing(self, dest: Path, item: Item) -> str:
         if file_md5(dest) != item.md5:
-            raise UploadError(
-                f"local target: {dest} already exists with different content than "
-                f"release/{item.key}; remove the stored copy or re-run de-identification "
-                "under a new collection (GOOGLE_STORAGE_COLLECTION)"
+            raise ConflictError(
+                f"local target: release/{item.key} not stored: {dest} is already stored with "
+                "different content (the same object from another batch or encoding); the "
+                "stored copy is kept. To replace it, remove it or upload under a new "
+                "collection (GOOGLE_STORAGE_COLLECTION)",
+                dest.relative_to(self.root).as_posix(),
             )
         return "exists"
 

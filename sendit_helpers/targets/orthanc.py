@@ -25,6 +25,7 @@ import urllib3
 
 from ..errors import UploadError
 from .base import (
+    ConflictError,
     Item,
     Receipt,
     Target,
@@ -200,7 +201,11 @@ class OrthancRestTarget(Target):
         self.rest.check()
 
     def put(self, item: Item) -> Receipt:
-        """POST the file to /instances; ``AlreadyStored`` counts as ``exists``."""
+        """POST the file to /instances; ``AlreadyStored`` counts as ``exists``.
+
+        An instance Orthanc already stores with other bytes (its attachment MD5 differs
+        from the sent file's) raises :class:`ConflictError`.
+        """
         data = item.read(md5=False)  # MD5s are computed only for the files verify() checks
         self._sent[item.key] = (item.path, item.checksum)
         what = f"release/{item.key}"
@@ -214,6 +219,17 @@ class OrthancRestTarget(Target):
         answer = resp.json()
         status = "exists" if answer.get("Status") == "AlreadyStored" else "stored"
         instance = str(answer["ID"])
+        if status == "exists":
+            stored_md5 = self.rest.md5_of(instance)
+            sent_md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
+            if stored_md5 is not None and stored_md5 != sent_md5:
+                raise ConflictError(
+                    f"orthanc target: {what} not stored: {self.rest.url} already stores "
+                    f"instance {instance} with different content (the same object from "
+                    "another batch or encoding); the stored copy is kept. To replace it, "
+                    "delete that instance in Orthanc and upload again",
+                    instance,
+                )
         return Receipt(
             key=item.key,
             name=item.name,

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, disposition, executors
-from .errors import SenditError, one_line, os_error_line
+from .errors import SenditError, SettingsError, one_line, os_error_line
 from .layout import BatchLayout
 from .runner import Stage, run_stage
 from .settings import load_settings, parse_override
@@ -131,25 +131,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     query = sub.add_parser(
         "query",
-        help="search uploaded images by sex, age, modality, text",
+        help="search uploaded images by sex, age, modality, body part, text",
         description=_plain(
-            "Search uploaded images (local store index or Datastore, as the settings say) and "
-            "print a table, or write it with --out FILE (.csv or .parquet).\n\n"
-            "Notebook: notebooks/05_query.ipynb (same filters, with links and a chart)."
+            "Search the images uploaded so far (every batch) and print one row per image "
+            "with the link to where it is stored, or write the rows with --out FILE (.csv or "
+            ".parquet). Where it searches follows the upload settings: Datastore when "
+            "SEND_TO_GOOGLE is on (links gs://BUCKET/...), Orthanc when SEND_TO_ORTHANC is on "
+            "(links to ORTHANC_URL/instances/ID, never with credentials), else the local "
+            "store's index under LOCAL_STORAGE_DIR or WORK/storage (links file://...). Code "
+            "filters (sex, modality, body part) ignore case; --text matches series and study "
+            "descriptions.\n\n"
+            "Notebook: notebooks/05_query.ipynb (same filters, with links that open and a chart)."
         ),
         formatter_class=plain,
+    )
+    query.epilog = (
+        "examples:\n"
+        "  sendit query --work /data/work --sex f --modality ct --age-min 40\n"
+        "  sendit query --work /data/work --body-part chest --out chest.parquet"
     )
     query.add_argument("--work", required=True, type=Path, metavar="WORK_DIR", help="work folder")
     query.add_argument("--params", action="append", default=[], type=Path, metavar="FILE",
                        help="params YAML file; repeatable, later wins")  # fmt: skip
     query.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                        help="override one setting; repeatable")  # fmt: skip
-    query.add_argument("--sex", help="PatientSex code (any case)")
-    query.add_argument("--modality", help="Modality code (any case)")
-    query.add_argument("--age-min", type=int, metavar="YEARS")
-    query.add_argument("--age-max", type=int, metavar="YEARS")
-    query.add_argument("--text", help="text in series/study description (any case)")
-    query.add_argument("--out", type=Path, metavar="FILE", help="write .csv or .parquet")
+    query.add_argument("--sex", metavar="CODE", help="PatientSex: F, M or O (any case)")
+    query.add_argument("--modality", metavar="CODE", help="Modality, e.g. CT (any case)")
+    query.add_argument("--body-part", metavar="CODE",
+                       help="BodyPartExamined, e.g. CHEST (any case)")  # fmt: skip
+    query.add_argument("--age-min", type=int, metavar="YEARS", help="youngest age, in years")
+    query.add_argument("--age-max", type=int, metavar="YEARS", help="oldest age, in years")
+    query.add_argument("--text", help="words in the series or study description (any case)")
+    query.add_argument("--out", type=Path, metavar="FILE",
+                       help="write the rows to FILE (.csv or .parquet), not print")  # fmt: skip
     run.epilog = (
         "Resumable: a stage unchanged since its last success (inputs, settings, notebook) is\n"
         "skipped. --workers N is split between batches and files: min(N, batches) batches at\n"
@@ -234,16 +248,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _query(args: argparse.Namespace, settings: Any) -> int:
     from .query import find_images
 
+    suffix = args.out.suffix.lower() if args.out is not None else ""
+    if args.out is not None and suffix not in (".csv", ".parquet"):
+        raise SettingsError(f"--out {args.out}: name a .csv or .parquet file")
     frame = find_images(
-        settings, args.work, sex=args.sex, modality=args.modality,
+        settings, args.work, sex=args.sex, modality=args.modality, body_part=args.body_part,
         age_min=args.age_min, age_max=args.age_max, text=args.text,
     )  # fmt: skip
     if args.out is None:
         print(frame.to_string(index=False) if len(frame) else "no images match")
-    elif args.out.suffix.lower() == ".parquet":
+        return 0
+    if suffix == ".parquet":
         frame.to_parquet(args.out, index=False)
     else:
         frame.to_csv(args.out, index=False)
+    log.info("%d images written to %s", len(frame), args.out)
     return 0
 
 

@@ -135,6 +135,8 @@ def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
 
 SEXES = ("F", "M", "O")
 MODALITIES = ("CT", "MR", "US")
+BODY_PARTS = ("KNEE", "CHEST", "Head")
+"""BodyPartExamined per entity; the last one not upper-case, as some scanners write it."""
 
 
 def _dataset(
@@ -155,6 +157,7 @@ def _dataset(
     ds.SeriesNumber = series
     ds.InstanceNumber = index
     ds.Modality = MODALITIES[index % len(MODALITIES)]
+    ds.BodyPartExamined = BODY_PARTS[(int(entity[2:], 16) - 0x661F30) % len(BODY_PARTS)]
     if not tiny:
         ds.Rows = ds.Columns = 4
         ds.SamplesPerPixel = 1
@@ -180,13 +183,18 @@ def build_release(
     for e in range(entities):
         eid = f"IR{0x661F30 + e:06x}"
         sex, age = SEXES[e % len(SEXES)], f"{30 + 10 * e:03d}Y"
-        uids = (generate_uid(), generate_uid())
+        study_uid = generate_uid()
+        series_uids = {m: generate_uid() for m in MODALITIES}  # a series has one modality
         (layout.release / eid).mkdir(parents=True, exist_ok=True)
         for i in range(1, images + 1):
+            uids = (study_uid, series_uids[MODALITIES[i % len(MODALITIES)]])
             ds = _dataset(eid, i, 5, uids, tiny=tiny)
             name = f"{eid}_5_{i}.dcm"
+            row = _row(eid, name, ds, sex, age, long_text)
+            for kept in ("PatientSex", "PatientAge", "SeriesDescription", "StudyDescription"):
+                setattr(ds, kept, row[kept])  # the file says what its cleaned row says
             ds.save_as(layout.release / eid / name, enforce_file_format=True)
-            rows.append(_row(eid, name, ds, sex, age, long_text))
+            rows.append(row)
         ents.append(
             {"id": eid, "PatientSex": sex, "PatientAge": age, "IMAGE_COUNT": images,
              "UPLOAD_AGENT": "sendit-notebooks"}
@@ -204,6 +212,7 @@ def _row(eid: str, name: str, ds: Dataset, sex: str, age: str, long_text: bool) 
         "item_id": name.removesuffix(".dcm"),
         "path": f"{eid}/{name}",
         "Modality": ds.Modality,
+        "BodyPartExamined": ds.BodyPartExamined,
         "PatientSex": sex,
         "PatientAge": age,
         "SeriesNumber": int(ds.SeriesNumber),

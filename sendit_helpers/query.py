@@ -598,6 +598,10 @@ def links_table(
         extra = " download" if href.startswith("/") else ' target="_blank" rel="noopener"'
         anchors.append(f'<a href="{html.escape(href)}"{extra}>{html.escape(_shown(url))}</a>')
     cells["url"] = anchors
+    if "entity_id" in links:
+        caption = f"{len(links)} images from {links['entity_id'].nunique()} entities"
+    else:
+        caption = f"{len(links)} entities"
     note = f"<p>{len(shown)} of {len(links)} rows</p>" if len(shown) < len(links) else ""
     body = cells.to_html(index=False, escape=False, border=0, classes="sendit-links")
-    return LinksTable(links, body + note)
+    return LinksTable(links, f"<p>{caption}</p>" + body + note)

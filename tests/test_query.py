@@ -188,7 +188,7 @@ def test_links_table_renders_links_that_open(tmp_path: Path) -> None:
     assert "None" not in html and "nan" not in html
     outside = links_table(frame, tmp_path / "elsewhere", rows=1)
     assert f'href="{stored.as_uri()}"' in outside._repr_html_()
-    assert "1 of 3 rows" in outside._repr_html_()
+    assert "1 of 3 rows" in outside._repr_html_() and "<p>3 entities</p>" in html
     assert list(outside.frame["link"])[1] == console
 
 

@@ -140,6 +140,9 @@ class Outcome:
     pixel_span: tuple[int, int, int, bool] | None = None
     """``(value start, value end, file size, 16-bit native)`` of the written pixel
     data, for the leak gate (:func:`leakgate.save_spans`); None when unknown."""
+    written: leakgate.Written | None = None
+    """What the leak gate needs of a released file, taken from its bytes as they were
+    written (:func:`leakgate.written`); None for the other files."""
     part: str = ""
     """Name of the spool part (:func:`spool_chunk`) holding this outcome's cleaned
     and lookup rows, which then are no longer kept here; empty when they are."""
@@ -342,16 +345,29 @@ def _cached_path(job: Job, config: WorkerConfig, data: bytes, outcome: Outcome) 
     tail = memoryview(data)[done.pixel_at :]
     _write_parts(job.output, done.header, tail)
     size = len(done.header) + len(tail)
-    outcome.pixel_span = (len(done.header) + done.pixel_value_offset, size, size, done.native16)
+    start = len(done.header) + done.pixel_value_offset
+    outcome.pixel_span = (start, size, size, done.native16)
+    outcome.written = _written(job, done.header, tail, start, done.native16)
     outcome.cleaned = done.cleaned
     outcome.removed = removed_from(done.changes, done.kept)
     outcome.lookup = [(k, old, new) for k, (old, new) in done.changes.replaced.items()]
     return done.changes
 
 
+def _written(
+    job: Job, header: bytes, tail: memoryview, start: int, native16: bool
+) -> leakgate.Written | None:
+    """What the leak gate needs of a released file just written (None for a held one)."""
+    if job.quarantined:
+        return None
+    return leakgate.written(
+        f"{job.entity_id}/{job.name}", job.output, header, tail, start, native16
+    )
+
+
 def _fast_path(
     job: Job, config: WorkerConfig, recipe: Recipe, data: bytes
-) -> tuple[Dataset, Changes, tuple[int, int, int, bool]] | None:
+) -> tuple[Dataset, Changes, tuple[int, int, int, bool], leakgate.Written | None] | None:
     """Parse the header from memory, write header bytes + original pixel bytes.
 
     None when the file needs the general path (see :func:`dicomwrite.split_file`).
@@ -372,7 +388,8 @@ def _fast_path(
     _write_parts(job.output, header, tail)
     start = len(header) + split.pixel_value_at - split.pixel_at
     size = len(header) + len(tail)
-    return ds, changes, (start, size, size, _native16(ds))
+    native16 = _native16(ds)
+    return ds, changes, (start, size, size, native16), _written(job, header, tail, start, native16)
 
 
 def deidentify_file(job: Job, config: WorkerConfig) -> Outcome:
@@ -397,7 +414,7 @@ def deidentify_file(job: Job, config: WorkerConfig) -> Outcome:
             _ensure_meta(ds)
             _write(ds, Path(job.output))
         else:
-            ds, changes, outcome.pixel_span = done
+            ds, changes, outcome.pixel_span, outcome.written = done
         # Values of elements the recipe did not touch are decoded here for the first
         # time: a malformed one fails this file (and its output goes), not the batch.
         outcome.cleaned, kept = describe(ds)
@@ -409,6 +426,7 @@ def deidentify_file(job: Job, config: WorkerConfig) -> Outcome:
         Path(job.output).unlink(missing_ok=True)
         outcome.error = f"could not de-identify: {file_reason(exc, job.source_path)}"
         outcome.pixel_span = None
+        outcome.written = None
         return outcome
     outcome.removed = removed_from(changes, kept)
     outcome.lookup = [(k, old, new) for k, (old, new) in changes.replaced.items()]
@@ -734,7 +752,7 @@ def gate_values(outcomes: Sequence[Outcome], batch_name: str) -> dict[str, str]:
 # ------------------------------------------------------------------ spooled tables
 #: Spool part kinds: the released images' cleaned rows, the quarantined ones', the lookup
 #: rows, the removed values (value, category; first category per value in the chunk).
-SPOOL_KINDS = ("cleaned", "held", "lookup", "removed")
+SPOOL_KINDS = ("cleaned", "held", "lookup", "removed", "written")
 #: Outcomes spooled at a time by :func:`finish` when they still hold their rows.
 SPOOL_CHUNK = 256
 _LOOKUP_COLUMNS = ("source_path", "field", "original", "new", "entity_id", "item_id")
@@ -796,10 +814,50 @@ def spool_chunk(outcomes: Sequence[Outcome], spool: Path) -> list[Outcome]:
         )
         pq.write_table(table, spool / f".{part}.removed.tmp")
         os.replace(spool / f".{part}.removed.tmp", spool / f"{part}.removed.parquet")
+    kept = [o.written for o in fresh if o.written is not None]
+    if kept:
+        pq.write_table(_written_arrow(kept), spool / f".{part}.written.tmp")
+        os.replace(spool / f".{part}.written.tmp", spool / f"{part}.written.parquet")
     return [
         o if o.part else Outcome(o.job, o.error, pixel_span=o.pixel_span, part=part)
         for o in outcomes
     ]
+
+
+def _written_arrow(items: Sequence[leakgate.Written]) -> pa.Table:
+    """:class:`leakgate.Written` items as an Arrow table (one row each)."""
+    entries = [item.entry for item in items]
+    return pa.table(
+        {
+            "path": pa.array([item.path for item in items], pa.string()),
+            "sha256": pa.array([e[0] for e in entries], pa.string()),
+            **{
+                name: pa.array([e[i] for e in entries], pa.uint64())
+                for i, name in enumerate(("size", "mtime_ns", "ctime_ns", "inode"), start=1)
+            },
+            "header": pa.array([item.header for item in items], pa.binary()),
+            "tail": pa.array([item.tail for item in items], pa.binary()),
+            "kind": pa.array([str(item.kind) for item in items], pa.string()),
+        }
+    )
+
+
+def spooled_written(outcomes: Sequence[Outcome], spool: Path) -> Iterator[leakgate.Written]:
+    """The :class:`leakgate.Written` of spooled outcomes, read part by part from the spool."""
+    for path in _spooled(outcomes, spool, "written"):
+        table = pq.read_table(path).to_pydict()
+        for i, rel in enumerate(table["path"]):
+            entry: leakgate.FileEntry = (
+                table["sha256"][i],
+                table["size"][i],
+                table["mtime_ns"][i],
+                table["ctime_ns"][i],
+                table["inode"][i],
+            )
+            yield leakgate.Written(
+                rel, entry, table["header"][i], table["tail"][i], leakgate.Tail(table["kind"][i])
+            )
+    yield from (o.written for o in outcomes if o.written is not None)
 
 
 def spooled_gate_values(
@@ -1098,7 +1156,6 @@ def finish(
     write_cleaned(outcomes, spool, layout.deid_dir / "quarantined.parquet", released=False)
     write_lookup(outcomes, spool, layout.deid_dir / "lookup.parquet")
     values = spooled_gate_values(outcomes, spool, layout.name)
-    shutil.rmtree(spool, ignore_errors=True)
     entities = _entities(layout.release / "cleaned.parquet", str(settings["UPLOAD_AGENT"]))
     entities.to_parquet(layout.release / "entities.parquet", index=False)
     leakgate.save_values(layout, values)
@@ -1134,13 +1191,17 @@ def finish(
     leakgate.save_policy(layout, policy)
     (layout.deid_dir / "leak_report.csv").unlink(missing_ok=True)
     (layout.deid_dir / GATE_HELD_FILE).unlink(missing_ok=True)
-    report = leakgate.run_gate(
-        layout,
-        values,
-        workers=int(settings["WORKERS"]),
-        policy=policy,
-        hold=functools.partial(hold_for_gate, layout, settings),
-    )
+    try:
+        report = leakgate.run_gate(
+            layout,
+            values,
+            workers=int(settings["WORKERS"]),
+            policy=policy,
+            hold=functools.partial(hold_for_gate, layout, settings),
+            written=spooled_written(outcomes, spool),
+        )
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
     if report.held:
         table = disposition.read(layout)
         entities = pd.read_parquet(layout.release / "entities.parquet")

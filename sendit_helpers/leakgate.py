@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,12 @@ MIN_LENGTH = 4
 MIN_NAME_PART = 3
 _TOKEN = re.compile(rb"[a-z0-9._\-]{3,}")
 _SPLIT = re.compile(rb"[._\-]")
+_ALNUM = b"abcdefghijklmnopqrstuvwxyz0123456789"
+#: Byte maps turning every byte outside tokens (or outside their parts) into a space, so
+#: that ``split()`` gives the runs :data:`_TOKEN` (or a part) can match (runs shorter than
+#: a searched value included, which match nothing).
+_TOKEN_RUNS = bytes(b if b in _ALNUM + b"._-" else 0x20 for b in range(256))
+_PART_RUNS = bytes(b if b in _ALNUM else 0x20 for b in range(256))
 _WORD = re.compile(r"^[a-z0-9._\-]+$")
 _NAME_SPLIT = re.compile(r"[\^=,\s]+")
 _PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
@@ -452,6 +459,10 @@ class Scanner:
     """False when a value has no run of three printable ASCII bytes (e.g. a
     name in non-Latin script): the pixel prefilter could not see it, so pixel
     data is then always scanned in full."""
+    summary_ok: bool = True
+    """False when a phrase holds a byte outside :data:`TEXT_BYTES` (a control
+    character, say): the text runs kept of a written file (:class:`Written`)
+    could miss it, so such files are read and scanned in full."""
 
     @classmethod
     def build(cls, values: Mapping[str, str], policy: Policy | None = None) -> Scanner:
@@ -471,6 +482,7 @@ class Scanner:
         scanner.prefilter_ok = all(
             _PRINTABLE3.search(v) for v in (*scanner.tokens, *scanner.phrases)
         )
+        scanner.summary_ok = all(not p.translate(None, TEXT_BYTES) for p in scanner.phrases)
         if scanner.phrases:
             alternatives = sorted(scanner.phrases, key=len, reverse=True)
             scanner._phrase_re = re.compile(b"|".join(re.escape(p) for p in alternatives))
@@ -489,8 +501,25 @@ class Scanner:
     def __len__(self) -> int:
         return len(self.tokens) + len(self.phrases)
 
+    def found_any(self, data: bytes) -> bool:
+        """Whether :meth:`find` finds anything in ``data`` (quicker: no offsets, sets only).
+
+        A token matches a whole run of ``[a-z0-9._-]`` or one of its parts
+        split at ``.``/``_``/``-``, which is a whole run of ``[a-z0-9]``; a
+        phrase matches anywhere.
+        """
+        low = data.lower()
+        tokens = self.tokens.keys()
+        return (
+            not tokens.isdisjoint(low.translate(_TOKEN_RUNS).split())
+            or not tokens.isdisjoint(low.translate(_PART_RUNS).split())
+            or any(phrase in low for phrase in self.phrases)
+        )
+
     def find(self, data: bytes) -> list[tuple[int, str]]:
         """``(offset, category)`` of every value found in ``data``."""
+        if not self.found_any(data):
+            return []
         low = data.lower()
         hits = []
         for match in _TOKEN.finditer(low):
@@ -521,14 +550,18 @@ def _pixel_span(data: bytes) -> tuple[int, int, pydicom.Dataset] | None:
     return buffer.tell(), len(data), ds
 
 
-def _native_words_printable(pixels: bytes) -> bool:
+def _native_words_printable(pixels: bytes | memoryview) -> bool:
     """True when 16-bit native pixel data holds any 2-byte word of printable ASCII.
 
     Any three consecutive printable bytes contain such a word, so when there
     is none, no searched value can be there (:attr:`Scanner.prefilter_ok`
     says every value holds three printable ASCII bytes).
     """
-    words = np.frombuffer(pixels[: len(pixels) // 2 * 2], dtype="<u2")
+    words = np.frombuffer(pixels, dtype="<u2", count=len(pixels) // 2)
+    # A printable word lies in 0x2020..0x7E7E: most images (CT values below 8224) have
+    # none there, which one pass tells; the exact test runs only when some do.
+    if not bool(np.any((words - np.uint16(0x2020)) <= np.uint16(0x5E5E))):
+        return False
     low_ok = ((words & 0xFF) - 0x20).astype(np.uint8) < 0x5F
     high_ok = ((words >> 8) - 0x20).astype(np.uint8) < 0x5F
     return bool(np.any(low_ok & high_ok))
@@ -564,6 +597,132 @@ def _parsed_span(data: bytes) -> tuple[int, int, bool] | None:
         .is_compressed
     )
     return min(start, end), end, bool(native16)
+
+
+#: The bytes a searched value may consist of for the text runs of :class:`Written` to hold
+#: every place it can be: tab to carriage return, printable ASCII, and 0x80-0xFF.
+TEXT_BYTES = bytes([*range(0x09, 0x0E), *range(0x20, 0x7F), *range(0x80, 0x100)])
+_TEXT_LUT = np.zeros(256, dtype=bool)
+_TEXT_LUT[list(TEXT_BYTES)] = True
+#: Text runs of a file's pixel data above this many bytes: the gate reads the file instead.
+RUNS_LIMIT = 1 << 16
+#: Shortest run that can hold a searched value (name parts are 3 characters or more).
+_MIN_RUN = min(MIN_LENGTH, MIN_NAME_PART)
+
+
+class Tail(StrEnum):
+    """What :class:`Written` keeps of the bytes from the pixel data value on."""
+
+    CLEAN16 = "clean16"
+    """16-bit native pixel data without a printable word: nothing to search there
+    (when every value holds three printable ASCII bytes, :attr:`Scanner.prefilter_ok`)."""
+    RUNS = "runs"
+    """The runs of :data:`TEXT_BYTES` (3 bytes or longer), NUL-separated."""
+    FILE = "file"
+    """Nothing kept: the gate reads the file."""
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """One file de-identification wrote into ``release/``, as the gate needs it.
+
+    Taken from the bytes while they are in memory (:func:`written`), so the
+    gate neither reads the file again nor hashes it again: the gate scans
+    :attr:`header` and :attr:`tail` with the batch's values once they are all
+    known, as long as the file still has the size, times and inode recorded
+    in :attr:`entry` (else it reads the file).  A hit there makes the gate
+    read the file, to name the field.
+
+    Attributes
+    ----------
+    path : str
+        ``<entity>/<name>`` relative to ``release/``.
+    entry : FileEntry
+        SHA-256 of the bytes written and the file's stat signature after writing.
+    header : bytes
+        Every byte before the pixel data value.
+    tail : bytes
+        What :attr:`kind` says of the bytes from the pixel data value on.
+    kind : Tail
+        What :attr:`tail` holds.
+    """
+
+    path: str
+    entry: FileEntry
+    header: bytes
+    tail: bytes
+    kind: Tail
+
+
+def _text_runs(tail: memoryview) -> bytes | None:
+    """The runs of :data:`TEXT_BYTES` in ``tail``, NUL-separated; None above :data:`RUNS_LIMIT`."""
+    mask = _TEXT_LUT[np.frombuffer(tail, dtype=np.uint8)]
+    if not bool(mask.any()):
+        return b""
+    edges = np.flatnonzero(np.diff(np.concatenate(([False], mask, [False])).astype(np.int8)))
+    starts, ends = edges[0::2], edges[1::2]
+    keep = ends - starts >= _MIN_RUN
+    if int((ends - starts)[keep].sum()) > RUNS_LIMIT:
+        return None
+    return b"\0".join(bytes(tail[a:b]) for a, b in zip(starts[keep], ends[keep], strict=True))
+
+
+def written(
+    relative: str,
+    output: str,
+    header: bytes,
+    tail: memoryview,
+    pixel_start: int,
+    native16: bool,
+) -> Written:
+    """The :class:`Written` of a file just written as ``header + tail``.
+
+    Parameters
+    ----------
+    relative : str
+        ``<entity>/<name>`` relative to ``release/``.
+    output : str
+        The file (stat'ed here, after it was written and renamed into place).
+    header, tail : bytes
+        The file's bytes, in two parts.
+    pixel_start : int
+        Offset of the pixel data value in the file (at or after ``len(header)``).
+    native16 : bool
+        Pixel data is 16-bit and not compressed.
+    """
+    digest = hashlib.sha256(header)
+    digest.update(tail)
+    entry: FileEntry = (digest.hexdigest(), *_signature(os.stat(output)))
+    at = pixel_start - len(header)
+    if not 0 <= at <= len(tail):
+        return Written(relative, entry, b"", b"", Tail.FILE)
+    head = header + tail[:at].tobytes()
+    rest = tail[at:]
+    if native16 and not _native_words_printable(rest):
+        return Written(relative, entry, head, b"", Tail.CLEAN16)
+    runs = _text_runs(rest)
+    if runs is None:
+        return Written(relative, entry, b"", b"", Tail.FILE)
+    return Written(relative, entry, head, runs, Tail.RUNS)
+
+
+def clean_written(item: Written, scanner: Scanner) -> bool:
+    """True when ``item`` is known clean: its name, header and kept tail hold no value.
+
+    False when a value is there, or when what was kept cannot tell (the file
+    must be read then).
+    """
+    if item.kind is Tail.FILE:
+        return False
+    if item.kind is Tail.CLEAN16 and not scanner.prefilter_ok:
+        return False
+    if item.kind is Tail.RUNS and not scanner.summary_ok:
+        return False
+    return not (
+        scanner.found_any(item.path.encode("utf-8"))
+        or scanner.found_any(item.header)
+        or (item.tail and scanner.found_any(item.tail))
+    )
 
 
 def scan_file(
@@ -840,6 +999,32 @@ def _scan_items(
     return hits, index
 
 
+def _scan_written(
+    layout: BatchLayout,
+    todo: list[Path],
+    written: Iterable[Written],
+    scanner: Scanner,
+    index: dict[str, FileEntry],
+) -> list[Path]:
+    """Scan the files of ``todo`` still as written from what was kept; return the rest.
+
+    The entries of the files found clean go into ``index``.
+    """
+    pending = {p.relative_to(layout.release).as_posix(): p for p in todo}
+    for item in written:
+        path = pending.get(item.path)
+        if path is None:
+            continue
+        try:
+            unchanged = _signature(path.stat()) == tuple(item.entry[1:])
+        except OSError:
+            continue
+        if unchanged and clean_written(item, scanner):
+            index[item.path] = item.entry
+            del pending[item.path]
+    return [p for p in todo if p.relative_to(layout.release).as_posix() in pending]
+
+
 def table_rows_hit(path: Path, scanner: Scanner) -> list[tuple[str, str, str]]:
     """``(image path, column, category)`` of every row of a cleaned table holding a value.
 
@@ -906,6 +1091,7 @@ def run_gate(
     workers: int = 1,
     policy: Policy | None = None,
     hold: HoldFunction | None = None,
+    written: Iterable[Written] = (),
 ) -> GateReport:
     """Scan ``release/`` for ``values``; hold the files they are found in; record a pass.
 
@@ -922,6 +1108,10 @@ def run_gate(
     hold : callable, optional
         Moves files out of ``release/`` (:data:`HoldFunction`).  Without it,
         any hit fails the gate (nothing is moved).
+    written : iterable of Written
+        What de-identification kept of the files it wrote (:func:`written`):
+        a file still as written is scanned from these bytes (and its recorded
+        SHA-256 used), not read again; every other file of ``release/`` is read.
 
     Returns
     -------
@@ -941,6 +1131,7 @@ def run_gate(
     spans = load_spans(layout)
     index: dict[str, FileEntry] = {}
     todo, _folders, _odd = release_entries(layout)
+    todo = _scan_written(layout, todo, written, scanner, index)
     all_hits: list[tuple[str, str, str]] = []
     held: dict[str, Held] = {}
     report_path = layout.deid_dir / "leak_report.csv"

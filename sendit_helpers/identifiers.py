@@ -44,6 +44,7 @@ import hmac
 import os
 import re
 import secrets
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ from typing import Any, Protocol
 
 import requests
 
+from . import retry
 from .errors import IdentifierError, SettingsError
 
 __all__ = [
@@ -546,6 +548,18 @@ def _iso(study_date: str) -> str | None:
         return None
 
 
+BACKOFF_CAP = 30.0
+"""Longest wait between attempts of the ``rest`` provider, seconds (``Retry-After`` included)."""
+
+
+class _Unanswered(IdentifierError):
+    """A retryable failure of one request: no answer, HTTP 429 or 5xx (never leaves _post)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class RestProvider:
     """``rest`` provider: the SOM / DASHER identifier service of the original sendit.
 
@@ -578,8 +592,11 @@ class RestProvider:
     many per entity); larger inputs are split, a patient spread over several
     requests is sent in each, and the service must give it the same ``suid``
     every time.  Connection errors, timeouts, HTTP 429 and 5xx are retried
-    ``retries`` times with exponential backoff (``backoff * 2**n`` seconds,
-    at most 30 s); other HTTP errors fail at once.
+    ``retries`` times with exponential backoff and jitter (``backoff * 2**n``
+    seconds times 0.5 to 1), at least what a 429 or 503 answer's
+    ``Retry-After`` asks (seconds or HTTP date), at most :data:`BACKOFF_CAP`
+    (:func:`sendit_helpers.retry.call`); a set ``stop`` event ends them at once.
+    Other HTTP errors fail at once.
 
     Parameters
     ----------
@@ -601,6 +618,8 @@ class RestProvider:
         HTTP session (a new one by default).
     prefix : str
         Entity id prefix.
+    stop : threading.Event or None
+        When set (e.g. on shutdown), retries end and a wait in progress ends at once.
     """
 
     def __init__(
@@ -615,6 +634,7 @@ class RestProvider:
         session: requests.Session | None = None,
         *,
         prefix: str = "IR",
+        stop: threading.Event | None = None,
     ) -> None:
         if not url:
             raise SettingsError(
@@ -635,6 +655,7 @@ class RestProvider:
         self.max_items = max_items
         self.session = session if session is not None else requests.Session()
         self.prefix = prefix
+        self.stop = stop
 
     # -- request building
 
@@ -685,43 +706,52 @@ class RestProvider:
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
         attempts = self.retries + 1
-        last = ""
-        for attempt in range(1, attempts + 1):
+        made = 0
+
+        def attempt() -> Any:
+            nonlocal made
+            made += 1
             try:
                 resp = self.session.post(
                     self.url, json=body, headers=headers, timeout=(self.timeout, self.timeout)
                 )
             except requests.Timeout:
-                last = f"timed out after {self.timeout:g} s"
+                raise _Unanswered(f"timed out after {self.timeout:g} s") from None
             except requests.RequestException as exc:
-                last = f"connection failed ({type(exc).__name__})"
-            else:
-                code = resp.status_code
-                if code < 400:
-                    try:
-                        return resp.json()
-                    except ValueError:
-                        raise IdentifierError(
-                            f"identifier service {self.url} answered {which} with HTTP {code} "
-                            "but not JSON; check IDENTIFIER_URL points at the /identifiers "
-                            "endpoint"
-                        ) from None
-                if code != 429 and code < 500:
-                    hint = {
-                        401: "check IDENTIFIER_TOKEN",
-                        403: "check IDENTIFIER_TOKEN and the study's permissions",
-                        404: "check IDENTIFIER_URL",
-                        413: "lower the items per request (max_items)",
-                    }.get(code, "check IDENTIFIER_URL and IDENTIFIER_ID_SOURCE")
+                raise _Unanswered(f"connection failed ({type(exc).__name__})") from None
+            code = resp.status_code
+            if code < 400:
+                try:
+                    return resp.json()
+                except ValueError:
                     raise IdentifierError(
-                        f"identifier service {self.url} refused {which} with HTTP {code} "
-                        f"(attempt {attempt} of {attempts}, not retried); {hint}"
-                    )
-                last = f"HTTP {code}"
-            if attempt < attempts:
-                time.sleep(min(self.backoff * 2 ** (attempt - 1), 30.0))
+                        f"identifier service {self.url} answered {which} with HTTP {code} "
+                        "but not JSON; check IDENTIFIER_URL points at the /identifiers "
+                        "endpoint"
+                    ) from None
+            if code != 429 and code < 500:
+                hint = {
+                    401: "check IDENTIFIER_TOKEN",
+                    403: "check IDENTIFIER_TOKEN and the study's permissions",
+                    404: "check IDENTIFIER_URL",
+                    413: "lower the items per request (max_items)",
+                }.get(code, "check IDENTIFIER_URL and IDENTIFIER_ID_SOURCE")
+                raise IdentifierError(
+                    f"identifier service {self.url} refused {which} with HTTP {code} "
+                    f"(attempt {made} of {attempts}, not retried); {hint}"
+                )
+            asked = resp.headers.get("Retry-After") if code in (429, 503) else None
+            raise _Unanswered(f"HTTP {code}", retry.retry_after_seconds(asked))
+
+        backoff = retry.Backoff(self.retries, self.backoff, BACKOFF_CAP)
+        try:
+            return retry.call(attempt, backoff, (_Unanswered,), self.stop)
+        except _Unanswered as exc:
+            last = str(exc)
+        stopped = " (stopped)" if self.stop is not None and self.stop.is_set() else ""
         raise IdentifierError(
-            f"identifier service {self.url} failed {which} after {attempts} attempts "
+            f"identifier service {self.url} failed {which} after {made} "
+            f"attempt{'s' if made != 1 else ''}{stopped} "
             f"(last: {last}); the batch got no pseudonyms. Check the service is up and "
             "reachable, or raise IDENTIFIER_TIMEOUT / retries"
         )

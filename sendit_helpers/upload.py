@@ -29,10 +29,8 @@ from __future__ import annotations
 
 import csv
 import os
-import random
 import stat
 import threading
-import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -46,7 +44,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from . import leakgate
+from . import leakgate, retry
 from .errors import SenditError, UploadError, UploadWarning
 from .layout import BatchLayout
 from .targets import (
@@ -75,6 +73,7 @@ runs do not send it again (``remote_id`` names the stored copy)."""
 BACKOFF_BASE = 0.5
 """Seconds before the first retry; doubles with each further attempt."""
 BACKOFF_CAP = 30.0
+"""Longest wait between attempts, seconds (a longer ``Retry-After`` included)."""
 ROW_KEYS = ("name", "entity_id", "path")
 
 T = TypeVar("T")
@@ -309,25 +308,16 @@ def _entities(release: Path, items: Sequence[Item], settings: Mapping[str, Any])
 
 
 # -- retries -------------------------------------------------------------------------------
-def _delay(attempt: int, retry_after: float | None) -> float:
-    delay = min(BACKOFF_CAP, BACKOFF_BASE * (1 << attempt)) * random.uniform(0.5, 1.0)
-    return min(BACKOFF_CAP, max(delay, retry_after or 0.0))
-
-
 def with_retries(fn: Callable[[], T], retries: int, stop: threading.Event | None = None) -> T:
     """Call ``fn``; on :class:`TransientError` retry up to ``retries`` times with backoff.
 
-    A set ``stop`` event ends the retries early (another item already gave up).
+    Exponential backoff with jitter from :data:`BACKOFF_BASE` up to :data:`BACKOFF_CAP`,
+    at least the error's ``retry_after`` (the target's ``Retry-After``), see
+    :func:`~sendit_helpers.retry.call`.  A set ``stop`` event ends the retries at once,
+    a wait in progress included (another item already gave up).
     """
-    attempt = 0
-    while True:
-        try:
-            return fn()
-        except TransientError as exc:
-            if attempt >= retries or (stop is not None and stop.is_set()):
-                raise
-            time.sleep(_delay(attempt, exc.retry_after))
-            attempt += 1
+    backoff = retry.Backoff(retries, BACKOFF_BASE, BACKOFF_CAP)
+    return retry.call(fn, backoff, (TransientError,), stop)
 
 
 # -- one target ----------------------------------------------------------------------------

@@ -28,12 +28,14 @@ its item share one ``jitter``).  ``jittered_timestamp`` is ``null`` when no
 for the same patient, like the real (stateful) service.  The jitter is one
 per patient in ``[-33, -3]`` (the range the service's Swagger documents).
 
-Knobs (thread-safe): ``fail_next(n, status=503)``, ``stall_next(n, seconds)``,
+Knobs (thread-safe): ``fail_next(n, status=503, retry_after=None)`` (with a
+``Retry-After`` header when given), ``stall_next(n, seconds)``,
 ``answer_next(payload)`` (a canned 200 answer),
 ``max_items`` (more items in one entity -> 413), ``token`` (when set, a
 matching ``Authorization: Bearer`` header is required, else 401).
-``request_count`` counts every POST received (including failed ones) and
-``bodies`` keeps the parsed JSON of each.
+``request_count`` counts every POST received (including failed ones),
+``bodies`` keeps the parsed JSON of each and ``times`` the wall-clock time
+(``time.time()``) each arrived.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -61,7 +64,8 @@ class IdentifierServer(ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.request_count = 0
         self.bodies: list[Any] = []
-        self._fail: list[int] = []
+        self.times: list[float] = []
+        self._fail: list[tuple[int, str | None]] = []
         self._stall: list[float] = []
         self._answers: list[Any] = []
         self._released = threading.Event()
@@ -72,10 +76,10 @@ class IdentifierServer(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         return f"http://{host!s}:{port}{PATH}"
 
-    def fail_next(self, n: int, status: int = 503) -> None:
-        """Answer the next ``n`` requests with HTTP ``status``."""
+    def fail_next(self, n: int, status: int = 503, retry_after: str | None = None) -> None:
+        """Answer the next ``n`` requests with HTTP ``status`` (and ``Retry-After``, if given)."""
         with self.lock:
-            self._fail.extend([status] * n)
+            self._fail.extend([(status, retry_after)] * n)
 
     def stall_next(self, n: int, seconds: float) -> None:
         """Wait ``seconds`` before answering each of the next ``n`` requests."""
@@ -94,6 +98,7 @@ class IdentifierServer(ThreadingHTTPServer):
             self._stall.clear()
             self._answers.clear()
             self.bodies.clear()
+            self.times.clear()
             self.request_count = 0
 
     def code(self, kind: str, source: str, ident: str, width: int) -> str:
@@ -135,10 +140,12 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
         return
 
-    def _send(self, status: int, payload: Any) -> None:
+    def _send(self, status: int, payload: Any, retry_after: str | None = None) -> None:
         data = json.dumps(payload).encode()
         try:
             self.send_response(status)
+            if retry_after is not None:
+                self.send_header("Retry-After", retry_after)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -157,6 +164,7 @@ class _Handler(BaseHTTPRequestHandler):
         with srv.lock:
             srv.request_count += 1
             srv.bodies.append(body)
+            srv.times.append(time.time())
             fail = srv._fail.pop(0) if srv._fail else None
             stall = srv._stall.pop(0) if srv._stall else None
             canned = srv._answers.pop(0) if srv._answers else None
@@ -166,7 +174,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, {"error": "not found"})
             return
         if fail is not None:
-            self._send(fail, {"error": "injected failure"})
+            self._send(fail[0], {"error": "injected failure"}, fail[1])
             return
         if canned is not None:
             self._send(200, canned)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import re
 import stat
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from email.utils import formatdate
 from pathlib import Path
 
 import pytest
@@ -274,6 +276,43 @@ def test_rest_persistent_failure(identifier_server: tuple[str, IdentifierServer]
     assert url in msg and "after 3 attempts" in msg and "HTTP 503" in msg
     assert "MRN" not in msg and "ACC" not in msg
     assert server.request_count == 3
+
+
+def test_rest_honours_retry_after_seconds(
+    identifier_server: tuple[str, IdentifierServer],
+) -> None:
+    url, server = identifier_server
+    server.fail_next(1, 429, retry_after="0.4")
+    p = _rest(url, retries=2).pseudonymize(KEYS)  # backoff alone: 0.01 s
+    assert len(p) == len(KEYS) and server.request_count == 2
+    assert server.times[1] - server.times[0] >= 0.4
+
+
+def test_rest_honours_retry_after_http_date(
+    identifier_server: tuple[str, IdentifierServer],
+) -> None:
+    url, server = identifier_server
+    when = int(time.time()) + 1
+    if when - time.time() < 0.3:
+        when += 1
+    server.fail_next(1, 503, retry_after=formatdate(when, usegmt=True))
+    p = _rest(url, retries=2).pseudonymize(KEYS)
+    assert len(p) == len(KEYS) and server.request_count == 2
+    assert server.times[1] >= when - 0.05  # the date has whole seconds
+
+
+def test_rest_stop_event_ends_retries_at_once(
+    identifier_server: tuple[str, IdentifierServer],
+) -> None:
+    url, server = identifier_server
+    server.fail_next(5, 503, retry_after="20")
+    stop = threading.Event()
+    threading.Timer(0.2, stop.set).start()
+    start = time.monotonic()
+    with pytest.raises(IdentifierError, match=r"after 1 attempt \(stopped\) \(last: HTTP 503\)"):
+        _rest(url, retries=4, stop=stop).pseudonymize(KEYS)
+    assert time.monotonic() - start < 2.0
+    assert server.request_count == 1
 
 
 def test_rest_timeout(identifier_server: tuple[str, IdentifierServer]) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -122,6 +124,21 @@ def test_with_retries_gives_up(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(TransientError):
         with_retries(boom, 3)
     assert len(calls) == 4
+
+
+def test_with_retries_stops_at_once_when_stop_is_set() -> None:
+    calls = []
+
+    def busy() -> None:
+        calls.append(1)
+        raise TransientError("x target: HTTP 503", retry_after=20.0)
+
+    stop = threading.Event()
+    threading.Timer(0.2, stop.set).start()
+    start = time.monotonic()
+    with pytest.raises(TransientError, match="HTTP 503"):
+        with_retries(busy, 5, stop)
+    assert time.monotonic() - start < 2.0 and len(calls) == 1
 
 
 def test_summary_counts_latest_status() -> None:

@@ -46,6 +46,7 @@ from typing import Any
 import requests
 
 from ..errors import UploadError
+from ..retry import retry_after_seconds
 from .base import (
     MAX_INDEXED_BYTES,
     ConflictError,
@@ -172,7 +173,8 @@ def translate_error(
     Returns
     -------
     UploadError or None
-        A :class:`TransientError` for 429/5xx and dropped connections; an
+        A :class:`TransientError` for 429/5xx and dropped connections (with the
+        ``Retry-After`` of a 429 or 503 answer); an
         :class:`UploadError` naming the fix for 401/403 (the credentials file and IAM
         role), 404 and missing credentials; ``None`` for anything else (re-raise it).
     """
@@ -180,7 +182,11 @@ def translate_error(
     auth_exc = importlib.import_module("google.auth.exceptions")
     where = f"google target ({service}, bucket {bucket}, project {project})"
     if isinstance(exc, exc_mod.TooManyRequests | exc_mod.ServerError | exc_mod.RetryError):
-        return TransientError(f"{where}: {type(exc).__name__} while {what}")
+        asked = None
+        if isinstance(exc, exc_mod.TooManyRequests | exc_mod.ServiceUnavailable):
+            headers = getattr(getattr(exc, "response", None), "headers", None) or {}
+            asked = retry_after_seconds(headers.get("Retry-After"))
+        return TransientError(f"{where}: {type(exc).__name__} while {what}", asked)
     if isinstance(exc, requests.ConnectionError | requests.Timeout | auth_exc.TransportError):
         return TransientError(f"{where}: connection failed while {what}")
     if isinstance(exc, exc_mod.Forbidden | exc_mod.Unauthorized):

@@ -24,6 +24,7 @@ from typing import Any
 import urllib3
 
 from ..errors import UploadError
+from ..retry import retry_after_seconds
 from .base import (
     ConflictError,
     Item,
@@ -71,8 +72,10 @@ class Answer:
 
 
 def _retry_after(answer: Answer) -> float | None:
-    value = answer.headers.get("Retry-After", "")
-    return float(value) if value.replace(".", "", 1).isdigit() else None
+    """Seconds a 429 or 503 answer's ``Retry-After`` (seconds or HTTP date) asks to wait."""
+    if answer.status_code not in (429, 503):
+        return None
+    return retry_after_seconds(answer.headers.get("Retry-After"))
 
 
 class OrthancRest:

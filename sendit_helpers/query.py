@@ -436,7 +436,9 @@ def plot_counts(images: pd.DataFrame) -> Any:
     return fig
 
 
-def open_link(url: str, jupyter_root: str | Path | None = None) -> str:
+def open_link(
+    url: str, jupyter_root: str | Path | None = None, *, cwd: str | Path | None = None
+) -> str:
     """Turn a stored object's ``url`` into a link a browser (or JupyterLab) can open.
 
     Parameters
@@ -445,15 +447,19 @@ def open_link(url: str, jupyter_root: str | Path | None = None) -> str:
         A ``gs://BUCKET/OBJECT``, ``file://`` or Orthanc ``.../instances/ID`` URL from
         :func:`find_images` (or ``.../patients/ID`` from :func:`find_entities`).
     jupyter_root : str or Path, optional
-        The Jupyter server's root directory; a local file under it becomes a path from that
-        root (``/storage/a.dcm``), which JupyterLab serves through its file route
-        (``<base_url>files/storage/a.dcm``); one outside it stays ``file://``.
+        The Jupyter server's root directory; a local file under it becomes a path relative
+        to the notebook's folder (``../storage/a.dcm``), which JupyterLab resolves against
+        the notebook and serves through its file route (``<base_url>files/storage/a.dcm``);
+        one outside it stays ``file://``.
+    cwd : str or Path, optional
+        The notebook's folder (default: the current folder, which JupyterLab's kernels
+        start in).
 
     Returns
     -------
     str
         The Cloud console URL for Storage objects, Orthanc Explorer's page for Orthanc
-        resources (never with credentials), a Jupyter root path or ``file://`` URL.
+        resources (never with credentials), a relative path or a ``file://`` URL.
     """
     if url.startswith("gs://"):
         bucket, _, obj = url[len("gs://") :].partition("/")
@@ -467,9 +473,10 @@ def open_link(url: str, jupyter_root: str | Path | None = None) -> str:
     if url.startswith("file://") and jupyter_root is not None:
         path = Path(unquote(urlparse(url).path))
         root = Path(jupyter_root).resolve()
-        if path.is_relative_to(root):
+        here = Path(cwd or os.getcwd()).resolve()
+        if path.is_relative_to(root) and here.is_relative_to(root):
             tail = "/" if url.endswith("/") else ""
-            return "/" + path.relative_to(root).as_posix() + tail
+            return Path(os.path.relpath(path, here)).as_posix() + tail
     return url
 
 
@@ -568,7 +575,8 @@ def links_table(
     full location (``gs://`` URI, local path or Orthanc URL, never truncated) and
     whose target is :func:`open_link`'s: the Cloud console, Orthanc Explorer, or the
     local file through Jupyter's file route when the store lies under the Jupyter root
-    (else ``file://``, which browsers open only from local pages).
+    (a path relative to the notebook, which JupyterLab resolves and downloads from
+    ``<base_url>files/...``; else ``file://``, which browsers open only from local pages).
 
     Parameters
     ----------
@@ -595,13 +603,21 @@ def links_table(
         if not isinstance(url, str) or not url:
             anchors.append("")
             continue
-        extra = " download" if href.startswith("/") else ' target="_blank" rel="noopener"'
+        if "://" not in href:  # JupyterLab: a folder opens in its file browser, a file downloads
+            extra = "" if href.endswith("/") else " download"
+        else:
+            extra = ' target="_blank" rel="noopener"'
         anchors.append(f'<a href="{html.escape(href)}"{extra}>{html.escape(_shown(url))}</a>')
     cells["url"] = anchors
+
+    def count(n: int, what: str) -> str:
+        return f"{n} {what}" if n == 1 else f"{n} {what.replace('ty', 'tie')}s"
+
+    caption = count(len(links), "entity")
     if "entity_id" in links:
-        caption = f"{len(links)} images from {links['entity_id'].nunique()} entities"
-    else:
-        caption = f"{len(links)} entities"
+        caption = (
+            f"{count(len(links), 'image')} from {count(links['entity_id'].nunique(), 'entity')}"
+        )
     note = f"<p>{len(shown)} of {len(links)} rows</p>" if len(shown) < len(links) else ""
     body = cells.to_html(index=False, escape=False, border=0, classes="sendit-links")
     return LinksTable(links, f"<p>{caption}</p>" + body + note)

@@ -152,7 +152,10 @@ def test_open_link_per_backend(tmp_path: Any) -> None:
         "https://console.cloud.google.com/storage/browser/bkt/sendit/IR1/"
     )
     inside = (tmp_path / "storage" / "a.dcm").as_uri()
-    assert open_link(inside, tmp_path) == "/storage/a.dcm"  # JupyterLab: <base_url>files/...
+    # JupyterLab resolves it against the notebook's folder and serves <base_url>files/storage/a.dcm
+    assert open_link(inside, tmp_path, cwd=tmp_path / "notebooks") == "../storage/a.dcm"
+    assert open_link(inside, tmp_path, cwd=tmp_path) == "storage/a.dcm"
+    assert open_link(inside, tmp_path / "storage", cwd=tmp_path) == inside  # notebook outside
     outside = "file:///elsewhere/a.dcm"
     assert open_link(outside, tmp_path) == outside
     assert open_link(inside) == inside
@@ -164,7 +167,10 @@ def test_open_link_per_backend(tmp_path: Any) -> None:
     )
 
 
-def test_links_table_renders_links_that_open(tmp_path: Path) -> None:
+def test_links_table_renders_links_that_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the notebook's folder, where JupyterLab starts its kernel
     stored = tmp_path / "storage" / "sendit" / "IR1" / "IR1_5_1.dcm"
     frame = pd.DataFrame(
         {
@@ -180,7 +186,7 @@ def test_links_table_renders_links_that_open(tmp_path: Path) -> None:
     table = links_table(frame, tmp_path)
     html = table._repr_html_()
     assert len(table) == 3
-    assert f'<a href="/storage/sendit/IR1/IR1_5_1.dcm" download>{stored}</a>' in html
+    assert f'<a href="storage/sendit/IR1/IR1_5_1.dcm" download>{stored}</a>' in html
     console = "https://console.cloud.google.com/storage/browser/_details/bkt/sendit/IR1/IR1_5_2.dcm"
     assert f'<a href="{console}" target="_blank" rel="noopener">gs://bkt/sendit' in html
     assert 'href="http://o:8042/app/explorer.html#instance?uuid=c-3"' in html

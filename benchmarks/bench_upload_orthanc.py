@@ -342,13 +342,28 @@ def report(best: Mapping[str, Mapping[str, Timing]], n: int, threads: int) -> No
 
 def main(argv: list[str] | None = None) -> int:
     p = c.parser(__doc__.splitlines()[0] if __doc__ else "", files=1000, repeats=3)
-    p.add_argument("--threads", type=int, default=16, help="UPLOAD_THREADS (default 16, the setting's default)")
+    p.add_argument(
+        "--threads", type=int, default=16, help="UPLOAD_THREADS (default 16, the setting's default)"
+    )
     p.add_argument(
         "--configs",
         default="default,tuned",
         help="Orthanc configurations, comma-separated (default: default,tuned)",
     )
+    p.add_argument(
+        "--tools",
+        default=",".join(TOOLS),
+        help=f"tools, comma-separated (default: {','.join(TOOLS)}; storescu is always run)",
+    )
     args = p.parse_args(argv)
+    tools = [
+        "storescu",
+        *(
+            t.strip()
+            for t in args.tools.split(",")
+            if t.strip() in TOOLS and t.strip() != "storescu"
+        ),
+    ]
     configs = [name.strip() for name in args.configs.split(",") if name.strip()]
     unknown = sorted(set(configs) - set(CONFIGS))
     if unknown:
@@ -372,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     with c.scratch(args.out, "orthanc") as folder, environ(ORTHANC_ENV):
         for _ in range(max(1, args.repeats)):
             for config in configs:
-                for tool in TOOLS:
+                for tool in tools:
                     timing = one_run(config, tool, folder, layout, args.threads, n)
                     kept = best[config].get(tool)
                     if kept is None or timing.seconds < kept.seconds:

@@ -82,6 +82,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ORTHANC_PORT", int, minimum=1),
     Setting("ORTHANC_AE_TITLE", str),
     Setting("SENDIT_AE_TITLE", str),
+    Setting("DICOM_ASSOCIATIONS", int, minimum=1),
     Setting("ORTHANC_USERNAME", str, secret=True),
     Setting("ORTHANC_PASSWORD", str, secret=True),
     Setting("SEND_TO_GOOGLE", bool),

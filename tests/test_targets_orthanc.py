@@ -102,9 +102,9 @@ def test_dicom_socket_has_tcp_nodelay(
     try:
         target.prepare(items)
         receipts = [target.put(i) for i in items]
-        assoc = target._idle.get_nowait()
-        assert assoc.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
-        target._idle.put(assoc)
+        link = target._idle.get_nowait()
+        assert link.assoc.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        target._idle.put(link)
         assert target.verify(receipts) == {i.key for i in items}
     finally:
         target.close()
@@ -165,15 +165,44 @@ def test_dicom_reactor_leaves_replies_to_the_store(
     target = OrthancDicomTarget(_settings(upload_settings, orthanc, "dicom"))
     try:
         target.prepare(items)
-        assoc = target._acquire()
+        link = target._acquire()
+        assoc = link.assoc
         assert isinstance(assoc.dimse.get_msg, ReplyGuard) and assoc.dimse.get_msg.owner is assoc
         reply = C_STORE_RSP()
         assoc.dimse.msg_queue.put((1, reply))
         time.sleep(0.1)  # the reactor polls every millisecond: it would have taken it by now
         assert assoc.dimse.get_msg(block=True) == (1, reply)
-        target._idle.put(assoc)
+        target._idle.put(link)
         receipts = [target.put(item) for item in items]
         assert set(target._ids.values()) == set(orthanc.instances())  # IDs computed locally
         assert target.verify(receipts) == {item.key for item in items}
+    finally:
+        target.close()
+
+
+def test_dicom_broken_association_is_transient_and_replaced(
+    orthanc: OrthancServer, make_release: ReleaseFactory, upload_settings: dict[str, Any]
+) -> None:
+    """A connection lost mid-batch fails that store as retryable; the next gets a new one."""
+    import socket
+
+    from sendit_helpers.targets import TransientError
+
+    layout = make_release(entities=1, images=2)
+    items, _ = load_release(layout, upload_settings)
+    target = OrthancDicomTarget(
+        {**_settings(upload_settings, orthanc, "dicom"), "DICOM_ASSOCIATIONS": 1}
+    )
+    try:
+        target.prepare(items)
+        first = target.put(items[0])
+        link = target._idle.get_nowait()
+        link.sock.shutdown(socket.SHUT_RDWR)
+        target._idle.put(link)
+        with pytest.raises(TransientError, match=r"C-STORE of release/.* broke off"):
+            target.put(items[1])
+        second = target.put(items[1])
+        assert target._idle.get_nowait() is not link
+        assert target.verify([first, second]) == {i.key for i in items}
     finally:
         target.close()

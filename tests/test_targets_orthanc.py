@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pydicom
 import pytest
 import requests
 
@@ -147,6 +148,14 @@ def test_dicom_verify_computes_orthanc_ids(
         receipts = [target.put(i) for i in items]
         listed = requests.get(f"{orthanc.url}/instances", auth=orthanc.auth, timeout=5).json()
         assert sorted(target._ids.values()) == sorted(listed)
+        for item in items:  # from the cleaned row's identifiers, when it has them: the same
+            ds = pydicom.dcmread(item.path, stop_before_pixels=True)
+            ids = {
+                k: str(ds.get(k)) for k in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID")
+            }
+            with_ids = replace(item, metadata={**item.metadata, **ids})
+            computed = target._orthanc_id(with_ids, str(ds.SOPInstanceUID))
+            assert computed == target._ids[item.key]
         target._ids[items[0].key] = "not-an-id"  # falls back to /tools/lookup, still found
         ghost = replace(receipts[1], key="ghost", remote_id="1.2.3.4")
         assert target.verify([*receipts, ghost]) == {i.key for i in items}

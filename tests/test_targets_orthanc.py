@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -211,7 +212,47 @@ def test_dicom_broken_association_is_transient_and_replaced(
         with pytest.raises(TransientError, match=r"C-STORE of release/.* broke off"):
             target.put(items[1])
         second = target.put(items[1])
-        assert target._idle.get_nowait() is not link
+        replaced = target._idle.get_nowait()
+        target._idle.put(replaced)
+        assert replaced is not link
+        assert not link.assoc.is_alive() and not link.assoc.dul.is_alive()
         assert target.verify([first, second]) == {i.key for i in items}
     finally:
         target.close()
+    assert not _association_threads()
+
+
+def _association_threads() -> list[threading.Thread]:
+    """pynetdicom's threads still running (its DUL thread is not a daemon: exit waits)."""
+    from pynetdicom.association import Association
+    from pynetdicom.dul import DULServiceProvider
+
+    return [t for t in threading.enumerate() if isinstance(t, Association | DULServiceProvider)]
+
+
+def test_dicom_close_ends_every_association_thread(
+    orthanc: OrthancServer, make_release: ReleaseFactory, upload_settings: dict[str, Any]
+) -> None:
+    """Associations idle, held by a caller, or after a refused file all end at close()."""
+    from dataclasses import replace
+
+    layout = make_release(entities=1, images=3)
+    items, _ = load_release(layout, upload_settings)
+    assert not _association_threads()
+    target = OrthancDicomTarget(
+        {**_settings(upload_settings, orthanc, "dicom"), "DICOM_ASSOCIATIONS": 2}
+    )
+    try:
+        target.prepare(items)
+        target.put(items[0])
+        held = target._acquire()  # in use when close() comes
+        data = items[1].path.read_bytes()
+        broken = replace(items[1], data=data[:128] + b"XXXX" + data[132:])
+        with pytest.raises(UploadError, match="has no DICOM file meta"):
+            target.put(broken)
+        assert target._idle.qsize() == 1  # the association survived the refused file
+        assert len(_association_threads()) == 4
+    finally:
+        target.close()
+    assert not _association_threads()
+    assert not held.assoc.is_established

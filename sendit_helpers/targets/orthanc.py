@@ -47,6 +47,8 @@ MAX_CONTEXTS = 128
 MAX_ASSOCIATIONS = 4
 """Default ``DICOM_ASSOCIATIONS``: Orthanc serves 4 at once by default (DicomThreadsCount)."""
 DUL_WAIT = 0.01
+JOIN_TIMEOUT = 5.0
+"""Seconds :meth:`Link.close` waits for each of an association's two threads to end."""
 """Seconds pynetdicom's DUL thread sleeps between looks at its queue while a :class:`Link` has
 the socket."""
 ID_TAGS = ["PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"]
@@ -354,6 +356,9 @@ class OrthancDicomTarget(Target):
         self._ids: dict[str, str] = {}
         self._idle: queue.LifoQueue[Link] = queue.LifoQueue()
         self._slots = threading.BoundedSemaphore(self.associations)
+        self._links: set[Link] = set()
+        """Every association opened for C-STORE and not yet closed (idle or in use)."""
+        self._links_lock = threading.Lock()
         self._ae: Any = None
 
     @property
@@ -408,7 +413,7 @@ class OrthancDicomTarget(Target):
         try:
             status = assoc.send_c_echo()
         finally:
-            assoc.release()
+            end_association(assoc)
         if not status or status.Status != 0:
             raise UploadError(f"orthanc target: C-ECHO to {self.where} failed; check Orthanc's log")
 
@@ -444,9 +449,14 @@ class OrthancDicomTarget(Target):
     def _associate(self, ae: Any) -> Any:
         assoc = ae.associate(self.host, self.port, ae_title=self.called)
         if assoc.is_established:
-            assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            ReplyGuard.install(assoc)
+            try:
+                assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                ReplyGuard.install(assoc)
+            except BaseException:
+                end_association(assoc, release=False)
+                raise
             return assoc
+        end_association(assoc, release=False)  # rejected or refused: its threads end too
         if assoc.is_rejected:
             raise UploadError(
                 f"orthanc target: {self.where} rejected the association from calling AE "
@@ -467,18 +477,45 @@ class OrthancDicomTarget(Target):
                 break
             if link.usable:
                 return link
-            link.abort()
+            self._close_link(link, release=False)
         if self._ae is None:
             raise UploadError("orthanc target: prepare(items) must run before put()")
-        return Link(self._associate(self._ae))
+        assoc = self._associate(self._ae)
+        try:
+            link = Link(assoc)
+        except BaseException:
+            end_association(assoc, release=False)
+            raise
+        with self._links_lock:
+            self._links.add(link)
+        return link
+
+    def _close_link(self, link: Link, release: bool) -> None:
+        with self._links_lock:
+            if link not in self._links:
+                return  # closed already
+            self._links.remove(link)
+        link.close(release=release)
 
     def put(self, item: Item) -> Receipt:
-        """C-STORE one file over an idle pooled association, its dataset sent as it is."""
+        """C-STORE one file over an idle pooled association, its dataset sent as it is.
+
+        The association goes back to the idle pool after the answer, or after an error
+        that left it usable (a file without the meta a C-STORE needs, a context Orthanc
+        did not accept); any other error aborts it and ends its threads.
+        """
         what = f"release/{item.key}"
         data = item.read(md5=False)
         with self._slots:
             link = self._acquire()
-            code = self._store(link, data, what)
+            try:
+                code = self._store(link, data, what)
+            except BaseException:
+                if link.usable:
+                    self._idle.put(link)
+                else:
+                    self._close_link(link, release=False)
+                raise
             self._idle.put(link)
         return self._stored(item, code, self._uids.get(item.key, ""))
 
@@ -500,7 +537,7 @@ class OrthancDicomTarget(Target):
         try:
             return link.store(pdus, message_id)
         except OSError as exc:
-            link.abort()
+            self._close_link(link, release=False)
             raise TransientError(
                 f"orthanc target: C-STORE of {what} to {self.where} broke off "
                 f"({type(exc).__name__}); Orthanc's log may say why"
@@ -578,7 +615,7 @@ class OrthancDicomTarget(Target):
                 if status and int(status.Status) in (0xFF00, 0xFF01) and identifier is not None:
                     present.add(str(identifier.SOPInstanceUID))
         finally:
-            assoc.release()
+            end_association(assoc)
         return present
 
     def _release_idle(self) -> None:
@@ -587,13 +624,20 @@ class OrthancDicomTarget(Target):
                 link = self._idle.get_nowait()
             except queue.Empty:
                 return
-            link.release()
+            self._close_link(link, release=link.usable)
 
     def close(self) -> None:
-        """Release every idle association and the REST sessions."""
-        self._release_idle()
-        if self.rest is not None:
-            self.rest.close()
+        """Release every association (idle ones, and any a caller still holds) and end
+        their threads; close the REST sessions."""
+        try:
+            self._release_idle()
+            with self._links_lock:
+                left = list(self._links)
+            for link in left:
+                self._close_link(link, release=link.usable)
+        finally:
+            if self.rest is not None:
+                self.rest.close()
 
 
 class ReplyGuard:
@@ -631,6 +675,36 @@ class ReplyGuard:
         if not block and threading.current_thread() is self.owner:
             return None, None
         return self.get_msg(block)  # type: ignore[no-any-return]
+
+
+def end_association(assoc: Any, release: bool = True) -> None:
+    """Release or abort a pynetdicom association and wait for both its threads to end.
+
+    pynetdicom's DUL thread is not a daemon: one left running (an association neither
+    released nor aborted, or a release that did not finish) keeps the interpreter from
+    exiting.  Whatever happened before, the DUL and association threads are told to
+    stop and joined (:data:`JOIN_TIMEOUT` each).
+
+    Parameters
+    ----------
+    assoc : pynetdicom.association.Association
+        The association, in any state.
+    release : bool
+        Try an A-RELEASE first when it is established; an A-ABORT otherwise or after.
+    """
+    try:
+        if release and assoc.is_established:
+            assoc.release()
+    finally:
+        try:
+            if not (assoc.is_released or assoc.is_aborted) and assoc.dul.is_alive():
+                assoc.abort()
+        finally:
+            assoc.dul.kill_dul()
+            assoc.kill()
+            for thread in (assoc.dul, assoc):
+                if thread.is_alive() and thread is not threading.current_thread():
+                    thread.join(JOIN_TIMEOUT)
 
 
 def _instances(rest: OrthancRest, why: str) -> set[str]:
@@ -751,16 +825,17 @@ class Link:
                         return _command_values(command)
                 pos += 4 + size
 
-    def release(self) -> None:
-        """Release the association (through pynetdicom)."""
-        self._give_back()
-        if self.assoc.is_established:
-            self.assoc.release()
+    def close(self, release: bool = True) -> None:
+        """Release (or abort) the association through pynetdicom and end its threads.
 
-    def abort(self) -> None:
-        """Abort the association (through pynetdicom)."""
+        Parameters
+        ----------
+        release : bool
+            Negotiate an A-RELEASE first (the association is usable); else, or when the
+            release fails, send an A-ABORT.
+        """
         self._give_back()
-        self.assoc.abort()
+        end_association(self.assoc, release=release)
 
     def next_id(self) -> int:
         """The next DIMSE message ID of this association (1 to 65535, then again 1)."""

@@ -9,6 +9,7 @@ saved under ``phi/`` only.
 from __future__ import annotations
 
 import io
+import math
 import os
 import textwrap
 from collections.abc import Sequence
@@ -21,6 +22,8 @@ import numpy.typing as npt
 import pandas as pd
 import pydicom
 from matplotlib.figure import Figure
+from pydicom.dataset import Dataset
+from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 
 from .dicomio import READ_ERRORS, safe_reason
 from .scrub import Box
@@ -48,24 +51,131 @@ def _first(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
+def _number(value: Any) -> float | None:
+    """The first number of a DS / IS value; ``None`` when empty or not a finite number."""
+    try:
+        number = _first(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number is not None and math.isfinite(number) else None
+
+
+_VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
+_PROBE = 1e15
+"""An input value beyond any window: the VOI output range is that of -/+ this."""
+
+
+def _first_value(ds: Dataset, keyword: str) -> Any:
+    """The first value of a DS element as read (its own text kept), ``None`` when not a number."""
+    value = ds.get(keyword)
+    if _number(value) is None:
+        return None
+    return value[0] if isinstance(value, pydicom.multival.MultiValue | list | tuple) else value
+
+
+def _lut_ok(ds: Dataset, keyword: str, depths: Sequence[int]) -> bool:
+    """``ds`` has a first item of ``keyword`` with a LUT pydicom can apply."""
+    seq = ds.get(keyword)
+    if not seq:
+        return False
+    item = seq[0]
+    descriptor, data = item.get("LUTDescriptor"), item.get("LUTData")
+    if descriptor is None or data is None or not isinstance(descriptor, Sequence):
+        return False
+    return len(descriptor) == 3 and int(descriptor[2]) in depths
+
+
+def _lut_view(ds: Dataset) -> tuple[Dataset, bool]:
+    """The elements pydicom's LUT functions read, those it cannot use left out.
+
+    Returns
+    -------
+    tuple of (Dataset, bool)
+        The view, and whether it has a VOI transform (VOI LUT Sequence or window).
+        A Rescale Slope of 0 or empty counts as 1, an empty Rescale Intercept as 0
+        (as the renderings always did); a window needs a width of at least 1.
+    """
+    view = Dataset()
+    if getattr(ds, "file_meta", None) is not None and "TransferSyntaxUID" in ds.file_meta:
+        view.file_meta = ds.file_meta  # the endianness of OW LUT data
+    else:
+        view.set_original_encoding(*ds.original_encoding)
+    for keyword in ("BitsStored", "PixelRepresentation"):
+        if keyword in ds:
+            view[keyword] = ds[keyword]
+    if _lut_ok(ds, "ModalityLUTSequence", (8, 16)):
+        view["ModalityLUTSequence"] = ds["ModalityLUTSequence"]
+    elif "RescaleSlope" in ds or "RescaleIntercept" in ds:
+        slope = _number(ds.get("RescaleSlope"))
+        view.RescaleSlope = _first_value(ds, "RescaleSlope") if slope else "1"
+        view.RescaleIntercept = _first_value(ds, "RescaleIntercept") or "0"
+    voi = _lut_ok(ds, "VOILUTSequence", (8, *range(10, 17)))
+    if voi:
+        view["VOILUTSequence"] = ds["VOILUTSequence"]
+    else:
+        width = _number(ds.get("WindowWidth"))
+        if _number(ds.get("WindowCenter")) is not None and width is not None and width >= 1:
+            view["WindowCenter"], view["WindowWidth"] = ds["WindowCenter"], ds["WindowWidth"]
+            function = str(ds.get("VOILUTFunction", "") or "").strip().upper()
+            if function in _VOI_FUNCTIONS:
+                view.VOILUTFunction = function
+            photometric = str(ds.get("PhotometricInterpretation", "") or "").strip()
+            if photometric in ("MONOCHROME1", "MONOCHROME2"):  # windows are for grey images
+                view.PhotometricInterpretation = photometric
+            voi = {"BitsStored", "PixelRepresentation", "PhotometricInterpretation"} <= set(
+                view.dir()
+            )
+    return view, voi
+
+
+def modality_values(ds: Dataset, pixels: np.ndarray) -> np.ndarray:
+    """Stored ``pixels`` of ``ds`` in modality units (Hounsfield units for CT), as floats.
+
+    pydicom's :func:`~pydicom.pixels.apply_modality_lut`: the Modality LUT Sequence
+    when there is one, else Rescale Slope and Intercept (an empty or zero slope
+    counts as 1, an empty intercept as 0), else the stored values.
+    """
+    return np.asarray(apply_modality_lut(pixels, _lut_view(ds)[0]), dtype=np.float64)
+
+
 def render(
     ds: pydicom.Dataset, frame: int = 0, center: float | None = None, width: float | None = None
 ) -> np.ndarray:
-    """One frame as floats 0..1 (2-D grey, or 3-D RGB), rescaled and windowed."""
+    """One frame as floats 0..1 (2-D grey, or 3-D RGB) as a viewer shows it.
+
+    Grey images go through pydicom's LUT functions: :func:`modality_values`, then
+    :func:`~pydicom.pixels.apply_voi_lut` (the VOI LUT Sequence, else the first
+    window with its VOI LUT Function), whose output range becomes 0..1.  Without
+    either, the window is the 1st to 99th percentile.  A ``center`` or ``width``
+    given (the reviewer's window, in modality units) is used instead, the other
+    taken from the file.  MONOCHROME1 is inverted.
+    """
     pixels = ds.pixel_array
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
         pixels = pixels[min(frame, frames - 1)]
     if pixels.ndim == 3:
         return pixels.astype(np.float32) / max(float(pixels.max()), 1.0)
-    slope, intercept = (
-        float(ds.get("RescaleSlope", 1) or 1),
-        float(ds.get("RescaleIntercept", 0) or 0),
-    )
-    data = pixels * slope + intercept
-    center = center if center is not None else _first(ds.get("WindowCenter"))
-    width = width if width is not None else _first(ds.get("WindowWidth"))
-    image = window(data, center, width)
+    view, voi = _lut_view(ds)
+    data = apply_modality_lut(pixels, view)
+    if center is not None or width is not None:
+        center = center if center is not None else _number(ds.get("WindowCenter"))
+        width = width if width is not None else _number(ds.get("WindowWidth"))
+        image = window(np.asarray(data), center, width)
+    elif voi:
+        if "VOILUTSequence" in view:
+            descriptor = view.VOILUTSequence[0].LUTDescriptor
+            probe = np.arange(descriptor[1], descriptor[1] + (descriptor[0] or 2**16))
+            data = np.rint(data).astype(np.int64)  # a LUT maps integers
+        else:
+            probe = np.array([-_PROBE, _PROBE])
+        with np.errstate(over="ignore"):  # SIGMOID at the probe
+            shown = apply_voi_lut(data, view).astype(np.float32)
+            ends = apply_voi_lut(probe, view)
+        lo, hi = float(np.min(ends)), float(np.max(ends))
+        image = np.clip((shown - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
+    else:
+        image = window(np.asarray(data))
     if ds.get("PhotometricInterpretation") == "MONOCHROME1":
         image = 1 - image
     return image

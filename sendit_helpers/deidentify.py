@@ -283,7 +283,26 @@ def removed_from(changes: Changes, kept: set[str]) -> dict[str, str]:
     return removed
 
 
+def _resolve_vrs(ds: Dataset) -> None:
+    """Give every element a VR when an implicit-VR data set is written with explicit VR.
+
+    A file whose transfer syntax is explicit VR but whose data set is encoded implicit
+    VR (pydicom's ``SC_rgb_jpeg.dcm``: JPEG Baseline) is read implicit, so its raw
+    elements carry no VR and ``save_as`` under the file's transfer syntax fails with
+    ``TypeError`` on the first one.  Converting each element (at any depth) takes its VR
+    from the data dictionary (``UN`` for an unknown private tag), as pydicom does for
+    implicit VR.
+    """
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax is None or syntax.is_implicit_VR or all(e.VR for e in ds.elements()):
+        return
+    for _elem in ds.iterall():  # iterating converts each raw element (sequences recurse)
+        pass
+
+
 def _write(ds: Dataset, output: Path) -> None:
+    _resolve_vrs(ds)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp")
     ds.save_as(tmp, enforce_file_format=True)

@@ -162,6 +162,8 @@ def _reencode(source: Path, target: Path) -> bool:
     meta = getattr(ds, "file_meta", None)
     if meta is not None and meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    for _elem in ds.iterall():  # an implicit-VR data set under an explicit syntax: give VRs
+        pass
     ds.save_as(target, enforce_file_format=False)
     return True
 

@@ -1,0 +1,54 @@
+"""Real-world files that broke the pipeline one by one (issue #11, QA of the hidden check)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from sendit_helpers import deidentify, disposition
+from sendit_helpers.layout import BatchLayout
+from sendit_helpers.runner import open_batch
+from tests import realworld
+
+QUIET = {"PROGRESS": False}
+
+
+def _batch(tmp_path: Path, *names: str) -> Path:
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    for name in names:
+        shutil.copy2(str(get_testdata_file(name)), batch / name)
+    return batch
+
+
+def _run(batch: Path, tmp_path: Path) -> BatchLayout:
+    layout, settings = open_batch(batch, tmp_path / "work", [], QUIET)
+    deidentify.deidentify_batch(layout, settings)
+    return layout
+
+
+def _output(layout: BatchLayout, name: str) -> Path:
+    hits = [*layout.release.rglob(name), *layout.quarantine.rglob(name)]
+    assert len(hits) == 1, name
+    return hits[0]
+
+
+@pytest.mark.filterwarnings("ignore:Expected explicit VR, but found implicit VR")
+def test_implicit_vr_data_set_under_jpeg_syntax_is_written(tmp_path: Path) -> None:
+    """``SC_rgb_jpeg.dcm``: JPEG Baseline meta, implicit-VR data set; written with explicit VRs."""
+    batch = _batch(tmp_path, "SC_rgb_jpeg.dcm")
+    layout = _run(batch, tmp_path)
+    (row,) = disposition.read(layout).itertuples(index=False)
+    assert row.disposition in ("released", "quarantined"), row.reason
+    assert "TypeError" not in row.reason
+    out = _output(layout, row.output_name)
+    ds = pydicom.dcmread(out)
+    source = pydicom.dcmread(batch / "SC_rgb_jpeg.dcm")
+    assert ds.file_meta.TransferSyntaxUID == source.file_meta.TransferSyntaxUID
+    assert list(ds.ImageType) == list(source.ImageType)
+    assert ds.PixelData == source.PixelData
+    assert realworld.new_dciodvfy_errors(batch / "SC_rgb_jpeg.dcm", out) == []

@@ -50,6 +50,17 @@ FREE_TEXT_NAME = re.compile(
     r"|Notes|Narrative|Impression|Interpretation|Episode|Needs|PatientState"
 )
 FREE_TEXT_VRS = frozenset({"LT", "ST", "UT"})
+#: Descriptors Table E.1-1 does not list that carry a user's free text in presentation
+#: states, segmentations, parametric maps and RT objects (Content Identification Macro,
+#: PS3.3 Table 10-12; Graphic Layer Module).  A label or description typed by a reader
+#: names the patient as easily as a SeriesDescription, so they get the Clean Descriptors
+#: (and Clean Graphics) treatment: ``func:clean_text``, a dummy where the IOD makes the
+#: attribute Type 1 (ContentLabel, a CS: ``ANONYMIZED`` stays a valid CS).
+EXTRA_DESCRIPTORS = (
+    ("(0070,0068)", "Graphic Layer Description"),
+    ("(0070,0080)", "Content Label"),
+    ("(0070,0081)", "Content Description"),
+)
 
 HEADER = """\
 FORMAT dicom
@@ -241,6 +252,14 @@ def render(entries: list[dict[str, str]]) -> str:
             comment += f"; {note}"
         sort_key = entry["tag"].upper().replace("X", "0")
         rows.append((sort_key + entry["tag"], f"{line:<64} {comment}"))
+    listed = {entry["tag"].upper() for entry in entries}
+    for tag_text, name in EXTRA_DESCRIPTORS:
+        if tag_text.upper() in listed:
+            continue
+        _tag, _vr, keyword = _lookup(tag_text)
+        line = f"REPLACE {keyword} func:clean_text"
+        comment = f"# {tag_text} {name}: not in Table E.1-1; descriptor cleaned (cleanDescOpt)"
+        rows.append((tag_text.upper() + tag_text, f"{line:<64} {comment}"))
     rows.sort()
     body = "\n".join(text for _key, text in rows)
     return f"{HEADER}\n%header\n\n{body}\n{FOOTER}"

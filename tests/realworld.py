@@ -162,8 +162,10 @@ def _reencode(source: Path, target: Path) -> bool:
     meta = getattr(ds, "file_meta", None)
     if meta is not None and meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    for _elem in ds.iterall():  # an implicit-VR data set under an explicit syntax: give VRs
-        pass
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax is not None and not syntax.is_implicit_VR and not all(e.VR for e in ds.elements()):
+        for _elem in ds.iterall():  # an implicit-VR data set under an explicit syntax: give VRs
+            pass
     ds.save_as(target, enforce_file_format=False)
     return True
 

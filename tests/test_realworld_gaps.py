@@ -13,6 +13,7 @@ from sendit_helpers import deidentify, disposition
 from sendit_helpers.layout import BatchLayout
 from sendit_helpers.runner import open_batch
 from tests import realworld
+from tests.object_kinds import make_object_study
 
 QUIET = {"PROGRESS": False}
 
@@ -52,3 +53,31 @@ def test_implicit_vr_data_set_under_jpeg_syntax_is_written(tmp_path: Path) -> No
     assert list(ds.ImageType) == list(source.ImageType)
     assert ds.PixelData == source.PixelData
     assert realworld.new_dciodvfy_errors(batch / "SC_rgb_jpeg.dcm", out) == []
+
+
+@pytest.mark.slow
+def test_gsps_descriptors_with_a_planted_name_are_cleaned_and_released(tmp_path: Path) -> None:
+    """ContentLabel / ContentDescription / ContentCreatorName / GraphicLayerDescription of a
+    GSPS naming the patient: cleaned (a dummy for the Type 1 CS label), the GSPS released."""
+    study = make_object_study(tmp_path / "DOE_JOHN")
+    ct = pydicom.dcmread(next(p for p in study.folder.rglob("*.dcm") if "objects" not in p.parts))
+    name, patient_id = str(ct.PatientName), str(ct.PatientID)
+    family = name.split("^")[0].upper()[:16]
+    pr = pydicom.dcmread(study.objects["PR"])
+    pr.ContentLabel = family
+    pr.ContentDescription = f"Annotations for {name.replace('^', ' ')} {patient_id}"
+    pr.ContentCreatorName = name
+    pr.GraphicLayerSequence[0].GraphicLayerDescription = f"notes {family}"
+    pr.save_as(study.objects["PR"], enforce_file_format=True)
+    layout = _run(study.folder, tmp_path)
+    table = disposition.read(layout).set_index("source_path")
+    row = table.loc[str(study.objects["PR"])]
+    assert (row["disposition"], row["reason"]) == ("released", "")
+    out = _output(layout, row["output_name"])
+    data = out.read_bytes().lower()
+    for value in (*name.split("^"), patient_id):
+        assert value.lower().encode() not in data, value
+    ds = pydicom.dcmread(out)
+    assert ds.ContentLabel == "ANONYMIZED"  # Type 1 CS emptied by cleaning: a valid dummy
+    assert str(ds.ContentDescription).startswith("Annotations for")
+    assert realworld.new_dciodvfy_errors(study.objects["PR"], out) == []

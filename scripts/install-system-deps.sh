@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the system packages the test suite and benchmarks need, only when missing:
-#   Orthanc (+ dcmtk's storescu) for the upload tests, Debian's Chromium for the review UI
+#   Orthanc (+ dcmtk's storescu, + its DICOMweb plugin for STOW-RS) for the upload tests, Debian's Chromium for the review UI
 #   browser test (Playwright drives it directly: no ChromeDriver), tesseract for the OCR
 #   screen, and Java for Google's Datastore emulator.
 # The Datastore emulator itself ships with the Google Cloud SDK on these machines
@@ -9,6 +9,7 @@ set -euo pipefail
 
 need=()
 command -v Orthanc >/dev/null 2>&1 || need+=(orthanc)
+[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
 command -v storescu >/dev/null 2>&1 || need+=(dcmtk)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v tesseract >/dev/null 2>&1 || need+=(tesseract-ocr)

@@ -85,6 +85,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DICOM_ASSOCIATIONS", int, minimum=1),
     Setting("ORTHANC_USERNAME", str, secret=True),
     Setting("ORTHANC_PASSWORD", str, secret=True),
+    Setting("SEND_TO_DICOMWEB", bool),
+    Setting("DICOMWEB_URL", str),
+    Setting("DICOMWEB_BATCH", int, minimum=1),
+    Setting("DICOMWEB_USERNAME", str, secret=True),
+    Setting("DICOMWEB_PASSWORD", str, secret=True),
+    Setting("DICOMWEB_TOKEN", str, secret=True),
     Setting("SEND_TO_GOOGLE", bool),
     Setting("GOOGLE_CLOUD_STORAGE", str),
     Setting("GOOGLE_PROJECT_NAME", str),
@@ -403,6 +409,8 @@ def validate(settings: Settings) -> None:
             "SEND_TO_GOOGLE is true",
             ("GOOGLE_CLOUD_STORAGE", "GOOGLE_PROJECT_NAME", "GOOGLE_STORAGE_COLLECTION"),
         )
+    if settings["SEND_TO_DICOMWEB"]:
+        _require(settings, "SEND_TO_DICOMWEB is true", ("DICOMWEB_URL",))
     if settings["SEND_TO_ORTHANC"]:
         if settings["ORTHANC_PROTOCOL"] == "rest":
             _require(

@@ -33,7 +33,7 @@ import stat
 import threading
 import warnings
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -387,17 +387,51 @@ def _put_all(run: _Run, todo: Sequence[Item], entities: Sequence[Entity]) -> tup
             refused.set()
             raise
 
+    def work_many(chunk: Sequence[Item]) -> list[Receipt | UploadError]:
+        if stop.is_set():
+            raise UploadError(
+                f"{label} target: skipped {len(chunk)} files from release/{chunk[0].key} "
+                "after earlier failures"
+            )
+        loaded = [item.load() for item in chunk]
+        try:
+            return with_retries(lambda: target.put_many(loaded), run.retries, stop)
+        except TransientError:
+            stop.set()
+            raise
+
+    def outcomes() -> Iterator[tuple[Item, Receipt | UploadError]]:
+        size = max(0, int(target.put_batch))
+        if not size:
+            futures = {pool.submit(work, i): i for i in todo}
+            for fut in as_completed(futures):
+                try:
+                    yield futures[fut], fut.result()
+                except UploadError as exc:
+                    yield futures[fut], exc
+            return
+        chunks = [todo[start : start + size] for start in range(0, len(todo), size)]
+        many = {pool.submit(work_many, chunk): chunk for chunk in chunks}
+        for done in as_completed(many):
+            chunk = many[done]
+            results: Sequence[Receipt | UploadError]
+            try:
+                results = done.result()
+            except UploadError as exc:
+                results = [exc] * len(chunk)
+            yield from zip(chunk, results, strict=True)
+
     stored: Stored = []
     pending: Stored = []
     writes: list[tuple[Future[None], Stored]] = []
     bar = tqdm(total=len(todo), desc=f"upload to {label}", unit="img", disable=not run.progress)
     with bar, ThreadPoolExecutor(1) as side, ThreadPoolExecutor(run.threads) as pool:
-        futures: dict[Future[Receipt], Item] = {pool.submit(work, i): i for i in todo}
-        for fut in as_completed(futures):
-            item = futures[fut]
+        for item, outcome in outcomes():
             bar.update()
             try:
-                receipt = fut.result()
+                if isinstance(outcome, UploadError):
+                    raise outcome
+                receipt = outcome
             except ConflictError as exc:
                 run.conflicts.append(exc)
                 run.manifest.append(item.key, *run.where, CONFLICT, item.checksum, exc.remote_id)

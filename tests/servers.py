@@ -142,9 +142,20 @@ def orthanc_binary() -> str:
     return found
 
 
+ORTHANC_PLUGINS = Path("/usr/share/orthanc/plugins")
+
+
+def orthanc_plugin(name: str) -> str | None:
+    """Path of an installed Orthanc plugin (``libOrthancDicomWeb.so``: Debian
+    ``orthanc-dicomweb``), ``None`` when it is not installed."""
+    path = ORTHANC_PLUGINS / name
+    return str(path) if path.is_file() else None
+
+
 @dataclass
 class OrthancServer(Server):
-    """Orthanc with authentication, its storage under ``root``, no plugins.
+    """Orthanc with authentication, its storage under ``root``, the DICOMweb plugin
+    (``/dicom-web/``, when installed).
 
     ``overrides`` replace or add configuration options (e.g. ``{"SyncStorageArea":
     False}`` for the benchmark's throughput-tuned server).
@@ -171,7 +182,8 @@ class OrthancServer(Server):
             "Name": "sendit-test",
             "StorageDirectory": str(self.root / "storage"),
             "IndexDirectory": str(self.root / "storage"),
-            "Plugins": [],
+            "Plugins": [p for p in [orthanc_plugin("libOrthancDicomWeb.so")] if p],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
             "HttpPort": self.http_port,
             "DicomPort": self.dicom_port,
             "DicomAet": self.aet,

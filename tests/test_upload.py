@@ -199,7 +199,7 @@ def test_orthanc_killed_mid_upload_then_rerun(
 
 
 def test_receipt_kind_is_stable() -> None:
-    assert [str(k) for k in TargetKind] == ["orthanc", "google", "local"]
+    assert [str(k) for k in TargetKind] == ["orthanc", "google", "local", "dicomweb"]
 
 
 def _keys(receipts: Sequence[Receipt]) -> list[str]:

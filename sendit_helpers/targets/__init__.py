@@ -44,15 +44,16 @@ def make_targets(settings: Mapping[str, Any], work: str | Path) -> list[Target]:
     Parameters
     ----------
     settings : Mapping[str, Any]
-        ``SEND_TO_ORTHANC`` (with ``ORTHANC_PROTOCOL`` ``"rest"`` or ``"dicom"``) and
-        ``SEND_TO_GOOGLE`` choose the targets; when neither is on, the local store is used.
+        ``SEND_TO_ORTHANC`` (with ``ORTHANC_PROTOCOL`` ``"rest"`` or ``"dicom"``),
+        ``SEND_TO_DICOMWEB`` (STOW-RS) and ``SEND_TO_GOOGLE`` choose the targets; when none
+        is on, the local store is used.
     work : str or Path
         The work root (the local store defaults to ``<work>/storage``).
 
     Returns
     -------
     list[Target]
-        Orthanc first, then Google; or just the local store.
+        Orthanc first, then DICOMweb, then Google; or just the local store.
 
     Raises
     ------
@@ -62,6 +63,10 @@ def make_targets(settings: Mapping[str, Any], work: str | Path) -> list[Target]:
     targets: list[Target] = []
     if setting(settings, "SEND_TO_ORTHANC", False):
         targets.append(_orthanc(settings))
+    if setting(settings, "SEND_TO_DICOMWEB", False):
+        from .dicomweb import DicomWebTarget
+
+        targets.append(DicomWebTarget(settings))
     if setting(settings, "SEND_TO_GOOGLE", False):
         from .google import GoogleTarget
 

@@ -43,6 +43,9 @@ class TargetKind(StrEnum):
     """Google Cloud Storage (images) and Datastore (metadata)."""
     LOCAL = "local"
     """A folder plus a SQLite index; the embedded default."""
+    DICOMWEB = "dicomweb"
+    """A DICOMweb server (STOW-RS, many instances per request): Orthanc's DICOMweb
+    plugin, Google Cloud Healthcare, dcm4chee."""
 
 
 class TransientError(UploadError):
@@ -286,6 +289,9 @@ class Target(ABC):
     """
 
     kind: TargetKind
+    put_batch: int = 0
+    """When > 0, items are sent ``put_batch`` at a time with :meth:`put_many` (one request
+    each) instead of one by one with :meth:`put`."""
     entity_batch: int = 0
     """When > 0, :meth:`put_entities` is called for every ``entity_batch`` stored items,
     from one background thread while :meth:`put` calls go on (0: once, after every put)."""
@@ -341,6 +347,20 @@ class Target(ABC):
         ``item`` is loaded (:meth:`Item.load`): send exactly :meth:`Item.read`'s bytes
         (or :meth:`Item.sent_file`), never ``item.path``, which may have changed since.
         """
+
+    def put_many(self, items: Sequence[Item]) -> list[Receipt | UploadError]:
+        """Store several items in one request, create-once (used when :attr:`put_batch` > 0).
+
+        Raise :class:`TransientError` when the whole request is worth retrying (it is sent
+        again as it is: the destination must keep one copy of what it already stored).
+
+        Returns
+        -------
+        list
+            For each item, in order, its :class:`Receipt` or the :class:`UploadError`
+            that kept it out.
+        """
+        return [self.put(item) for item in items]
 
     def put_entities(  # noqa: B027 - optional hook
         self, entities: Sequence[Entity], stored: Sequence[tuple[Item, Receipt]]

@@ -1,0 +1,90 @@
+"""DICOMweb STOW-RS target against Orthanc's DICOMweb plugin (a real server)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from sendit_helpers.errors import UploadError
+from sendit_helpers.targets import TargetKind, make_targets
+from sendit_helpers.targets.dicomweb import DicomWebTarget
+from sendit_helpers.upload import load_release, upload_batch
+from tests.conftest_servers import ReleaseFactory
+from tests.servers import OrthancServer, orthanc_plugin
+
+pytestmark = [
+    pytest.mark.servers,
+    pytest.mark.skipif(
+        orthanc_plugin("libOrthancDicomWeb.so") is None,
+        reason="Orthanc's DICOMweb plugin is missing: apt-get install orthanc-dicomweb",
+    ),
+]
+
+
+@pytest.fixture
+def stow(
+    orthanc: OrthancServer, upload_settings: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> dict[str, Any]:
+    monkeypatch.setenv("DICOMWEB_USERNAME", orthanc.user)
+    monkeypatch.setenv("DICOMWEB_PASSWORD", orthanc.password)
+    return {
+        **upload_settings,
+        "SEND_TO_DICOMWEB": True,
+        "DICOMWEB_URL": f"{orthanc.url}/dicom-web",
+        "DICOMWEB_BATCH": 3,
+    }
+
+
+def test_stow_upload_verify_and_rerun(
+    orthanc: OrthancServer, make_release: ReleaseFactory, stow: dict[str, Any]
+) -> None:
+    """8 files in requests of 3: all verified; a forgotten manifest stores nothing twice."""
+    layout = make_release(entities=2, images=4)
+    (target,) = make_targets(stow, layout.work)
+    assert isinstance(target, DicomWebTarget) and target.kind is TargetKind.DICOMWEB
+    manifest = upload_batch(layout, stow, progress=False)
+    latest = manifest.drop_duplicates("item", keep="last")
+    assert (latest["status"] == "verified").sum() == 8
+    assert set(latest["target"]) == {"dicomweb"}
+    assert orthanc.instance_count() == 8
+    again = upload_batch(layout, stow, progress=False)  # all verified: nothing sent
+    assert len(again) == len(manifest)
+    (layout.upload_dir / "manifest.csv").unlink()  # forget everything: create-once must hold
+    upload_batch(layout, stow, progress=False)
+    assert orthanc.instance_count() == 8
+
+
+def test_stow_put_many_one_outcome_per_file(
+    orthanc: OrthancServer, make_release: ReleaseFactory, stow: dict[str, Any]
+) -> None:
+    """A file the server cannot parse fails alone; the others of its request are stored."""
+    layout = make_release(entities=1, images=3)
+    items, _ = load_release(layout, stow)
+    target = DicomWebTarget(stow)
+    try:
+        target.check()
+        target.prepare(items)
+        loaded = [replace(i, data=i.path.read_bytes()) for i in items]
+        data = loaded[1].read(md5=False)
+        broken = replace(loaded[1], data=data[: len(data) // 2])  # truncated pixel data
+        outcomes = target.put_many([loaded[0], broken, loaded[2]])
+        assert [type(o).__name__ for o in outcomes] == ["Receipt", "UploadError", "Receipt"]
+        with pytest.raises(UploadError, match=r"refused release/.*HTTP 400.*re-run de-id"):
+            raise outcomes[1]
+        stored = [o for o in outcomes if not isinstance(o, UploadError)]
+        assert target.verify(stored) == {r.key for r in stored}
+        assert target.present(items, {}) >= {items[0].key, items[2].key}
+    finally:
+        target.close()
+
+
+def test_stow_bad_credentials_and_url_name_the_fix(
+    orthanc: OrthancServer, stow: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DICOMWEB_PASSWORD", "wrong")
+    with pytest.raises(UploadError, match="refused the credentials.*DICOMWEB_USERNAME"):
+        DicomWebTarget(stow).check()
+    with pytest.raises(UploadError, match="DICOMWEB_URL is empty"):
+        DicomWebTarget({**stow, "DICOMWEB_URL": ""})

@@ -26,7 +26,7 @@ import pytest
 from sendit_helpers.upload import upload_batch
 from tests.conftest_servers import build_release
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]  # about a minute: JupyterLab starts
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "05_query.ipynb"

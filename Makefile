@@ -30,7 +30,7 @@ system-deps:
 	bash scripts/install-system-deps.sh
 
 demo: $(VENV)/.installed
-	$(BIN)/python -m sendit_helpers.synthetic $(DEMO)/batches --batches 2
+	$(BIN)/python -m sendit_helpers.samples.synthetic $(DEMO)/batches --batches 2
 	$(BIN)/sendit run $(DEMO)/batches --work $(DEMO)/work
 	@echo
 	@echo "Done. Look at:"

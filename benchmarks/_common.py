@@ -60,7 +60,7 @@ def ensure_corpus(out: Path, n_files: int, rows: int, columns: int | None = None
     A sibling ``<name>.ok`` marker (outside the batch folder, so the stages do
     not see it) says the corpus was written completely.
     """
-    from sendit_helpers.synthetic import make_ct_corpus
+    from sendit_helpers.samples.synthetic import make_ct_corpus
 
     columns = rows if columns is None else columns
     root = out / "corpus"
@@ -80,7 +80,7 @@ def ensure_corpus(out: Path, n_files: int, rows: int, columns: int | None = None
 
 def corpus_files(folder: Path) -> list[Path]:
     """Every file of the corpus in a stable order."""
-    from sendit_helpers.inspect import discover
+    from sendit_helpers.stages.inspect import discover
 
     return discover(folder)
 
@@ -167,7 +167,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], aligns: str | N
 
 def settings(**overrides: Any) -> Any:
     """Resolved default settings with ``overrides``, independent of the caller's environment."""
-    from sendit_helpers.settings import load_settings
+    from sendit_helpers.core.settings import load_settings
 
     base = {"PROGRESS": False, "THUMBNAILS": False}
     base.update(overrides)

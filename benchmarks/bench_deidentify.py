@@ -6,8 +6,8 @@ under ``benchmarks/out/``), with a warm page cache and the best of
 its own fresh output folder:
 
 * ``sendit run_jobs``: the stage's per-file work (read, recipe, write, removed
-  values, cleaned row), :func:`sendit_helpers.deidentify.run_jobs`; the note
-  says how many files the element cache (:mod:`sendit_helpers.elementcache`:
+  values, cleaned row), :func:`sendit_helpers.stages.deidentify.run_jobs`; the note
+  says how many files the element cache (:mod:`sendit_helpers.deid.elementcache`:
   header scanned as bytes, each distinct element de-identified once, original
   pixel bytes appended) served and what share of their elements it had to
   compute; ``engine`` is the same work with the cache off (every element
@@ -43,9 +43,10 @@ from typing import Any
 
 import _common as c
 
-from sendit_helpers import deidentify, inspect, leakgate
-from sendit_helpers.identifiers import load_site_secret
-from sendit_helpers.layout import BatchLayout
+from sendit_helpers.core.layout import BatchLayout
+from sendit_helpers.deid import leakgate
+from sendit_helpers.pseudonyms.identifiers import load_site_secret
+from sendit_helpers.stages import deidentify, inspect
 
 Pair = tuple[str, str]
 

@@ -5,11 +5,11 @@ On a generated CT corpus (default 1,000 images 512x512, cached under
 
 * ``pydicom loop``: ``pydicom.dcmread(path, stop_before_pixels=True)`` per file;
 * ``read_all``: the stage's per-file work (probe + table row + deid ``%filter``
-  screen), ``sendit_helpers.inspect.read_all(paths, workers=W, use_deid=True)``,
+  screen), ``sendit_helpers.stages.inspect.read_all(paths, workers=W, use_deid=True)``,
   for 1 and 2 workers;
 * ``reference``: the same per-file work done the plain way (probe, one
   ``Dataset.get`` per table column, ``Recipe.screen``), i.e. what the compiled
-  screen and the memoized field reader (``sendit_helpers.screening``) replace;
+  screen and the memoized field reader (``sendit_helpers.deid.screening``) replace;
 * ``inspect_batch``: the whole stage (discovery, per-file work, tables,
   disposition.csv, parquet files) into a fresh work folder.
 
@@ -33,9 +33,9 @@ from typing import Any
 import _common as c
 import pydicom
 
-from sendit_helpers import inspect
-from sendit_helpers.dicomio import probe
-from sendit_helpers.layout import BatchLayout
+from sendit_helpers.core.dicomio import probe
+from sendit_helpers.core.layout import BatchLayout
+from sendit_helpers.stages import inspect
 
 
 def pydicom_loop(paths: list[Path]) -> int:
@@ -48,7 +48,7 @@ def pydicom_loop(paths: list[Path]) -> int:
 
 
 def reference_read(paths: list[Path]) -> int:
-    """The per-file work without ``sendit_helpers.screening``: ``Dataset.get`` + ``Recipe.screen``."""
+    """The per-file work without ``sendit_helpers.deid.screening``: ``Dataset.get`` + ``Recipe.screen``."""
     recipe = inspect._screener((), True)
     n = 0
     for path in paths:

@@ -26,7 +26,9 @@ import _common as c
 import numpy as np
 import pandas as pd
 
-from sendit_helpers import inspect, ocr, synthetic
+from sendit_helpers.deid import ocr
+from sendit_helpers.samples import synthetic
+from sendit_helpers.stages import inspect
 
 
 def text_set(out: Path, n: int, with_text: bool) -> Path:

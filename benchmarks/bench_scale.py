@@ -3,8 +3,8 @@
 Two measurements, each printed as a table:
 
 * **throughput**: the de-identify stage's per-file work
-  (:func:`sendit_helpers.deidentify.deidentify_file` jobs, chunked by
-  :func:`sendit_helpers.executors.map_chunks` and their rows spooled to
+  (:func:`sendit_helpers.stages.deidentify.deidentify_file` jobs, chunked by
+  :func:`sendit_helpers.core.executors.map_chunks` and their rows spooled to
   Parquet per chunk, exactly as the stage runs them) over ``--batches`` batches of ``--files`` CT images each, with 1 and
   2 workers, on the local process pool and on a Dask LocalCluster; the
   speed-up is 2 workers over 1 worker of the same executor, from the same run.
@@ -42,16 +42,17 @@ from typing import Any
 import _common as c
 import psutil
 
-from sendit_helpers import deidentify, executors, inspect
-from sendit_helpers.identifiers import load_site_secret
-from sendit_helpers.layout import BatchLayout
+from sendit_helpers.core import executors
+from sendit_helpers.core.layout import BatchLayout
+from sendit_helpers.pseudonyms.identifiers import load_site_secret
+from sendit_helpers.stages import deidentify, inspect
 
 SECRET_HEX = "62656e63686d61726b2d736974652d736563726574"  # as _common.settings()
 
 _STAGES_CHILD = """
 import sys
-from sendit_helpers import deidentify, inspect
-from sendit_helpers.runner import open_batch
+from sendit_helpers.stages import deidentify, inspect
+from sendit_helpers.run.runner import open_batch
 layout, settings = open_batch(sys.argv[1], sys.argv[2], [], {"PROGRESS": False, "WORKERS": int(sys.argv[3])})
 inspect.inspect_batch(layout, settings)
 result = deidentify.deidentify_batch(layout, settings)
@@ -267,7 +268,7 @@ def memory(args: Any) -> list[list[Any]]:
                 cmd = [
                     sys.executable,
                     "-m",
-                    "sendit_helpers.cli",
+                    "sendit_helpers.run.cli",
                     "run",
                     str(folder),
                     "--work",

@@ -12,7 +12,7 @@ be there:
 * ``sequential loop``: what the original sendit did, with the official clients:
   for each image, upload its Storage object (``projectPrivate``), then put its
   Datastore Image entity, one by one (plus one put per Collection / Entity);
-* ``sendit google``: :func:`sendit_helpers.upload.upload_batch` with
+* ``sendit google``: :func:`sendit_helpers.stages.upload.upload_batch` with
   ``SEND_TO_GOOGLE`` (parallel create-once uploads, Datastore writes in bounded
   concurrent batch commits, then the verification: one listing per entity and
   batched lookups, and the manifest).
@@ -42,9 +42,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # for tests.servers when run as a script
 
+from sendit_helpers.stages.upload import load_release, upload_batch  # noqa: E402
 from sendit_helpers.targets import Entity, Item  # noqa: E402
 from sendit_helpers.targets.base import is_free_text, object_name, plain  # noqa: E402
-from sendit_helpers.upload import load_release, upload_batch  # noqa: E402
 from tests.servers import DatastoreEmulator, FakeGcsServer  # noqa: E402
 
 PROJECT = "sendit-bench"

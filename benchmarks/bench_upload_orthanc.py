@@ -24,7 +24,7 @@ The tools:
   parallel ``POST /instances`` of the files and nothing else (no gate check, hashing,
   manifest or verification), i.e. what Orthanc accepts on this machine from a client
   that costs almost nothing -- the server's ceiling;
-* ``sendit rest``: :func:`sendit_helpers.upload.upload_batch` with
+* ``sendit rest``: :func:`sendit_helpers.stages.upload.upload_batch` with
   ``ORTHANC_PROTOCOL=rest`` (``UPLOAD_THREADS`` parallel ``POST /instances``),
   including the leak-gate check, the bulk verification (one ``GET /instances``,
   sampled MD5s) and the manifest;
@@ -66,10 +66,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # for tests.servers when run as a script
 
-from sendit_helpers import deidentify, leakgate  # noqa: E402
-from sendit_helpers.errors import GateError  # noqa: E402
-from sendit_helpers.layout import BatchLayout  # noqa: E402
-from sendit_helpers.upload import MANIFEST_NAME, upload_batch  # noqa: E402
+from sendit_helpers.core.errors import GateError  # noqa: E402
+from sendit_helpers.core.layout import BatchLayout  # noqa: E402
+from sendit_helpers.deid import leakgate  # noqa: E402
+from sendit_helpers.stages import deidentify  # noqa: E402
+from sendit_helpers.stages.upload import MANIFEST_NAME, upload_batch  # noqa: E402
 from tests.servers import OrthancServer  # noqa: E402
 
 STORESCU_AET = "SENDIT"

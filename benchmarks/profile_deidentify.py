@@ -4,7 +4,7 @@ Uses the same cached CT corpus as the bench scripts (default 300 images
 512x512).  Prints
 
 1. a step-by-step wall-time breakdown of one worker's per-file path
-   (mirrors :func:`sendit_helpers.deidentify.deidentify_file`), with the
+   (mirrors :func:`sendit_helpers.stages.deidentify.deidentify_file`), with the
    element cache and with every element through the recipe engine;
 2. the leak gate's breakdown (read, header parse, header scan, pixel
    prefilter, pixel scan) over the released files;
@@ -34,11 +34,12 @@ from typing import Any
 import _common as c
 import pydicom
 
-from sendit_helpers import cleaned, deidentify, dicomwrite, elementcache, inspect, leakgate
-from sendit_helpers.dicomio import read_full
-from sendit_helpers.identifiers import load_site_secret
-from sendit_helpers.layout import BatchLayout
-from sendit_helpers.recipes import DeidContext
+from sendit_helpers.core.dicomio import read_full
+from sendit_helpers.core.layout import BatchLayout
+from sendit_helpers.deid import cleaned, dicomwrite, elementcache, leakgate
+from sendit_helpers.deid.recipes import DeidContext
+from sendit_helpers.pseudonyms.identifiers import load_site_secret
+from sendit_helpers.stages import deidentify, inspect
 
 
 class Steps:

@@ -15,7 +15,7 @@ Output: ``params/reference/iod-attribute-types.json`` with
   sequence's items (Types 1, 1C, 2 and 2C only: an attribute of a listed sequence that is missing
   is Type 3).  Deeper nesting is not listed.
 
-:mod:`sendit_helpers.iodtypes` reads it.
+:mod:`sendit_helpers.deid.iodtypes` reads it.
 
 Usage::
 

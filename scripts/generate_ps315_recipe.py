@@ -10,7 +10,7 @@ The recipe implements the Basic Application Level Confidentiality Profile with
 the options Retain Patient Characteristics (``rtnPatCharsOpt``), Retain
 Longitudinal Temporal Information with Modified Dates
 (``rtnLongModifDatesOpt``) and Clean Descriptors (``cleanDescOpt``), written
-in deid's recipe format for :mod:`sendit_helpers.recipes`.
+in deid's recipe format for :mod:`sendit_helpers.deid.recipes`.
 
 Usage::
 
@@ -90,7 +90,7 @@ FORMAT dicom
 #   X/Z, Z/D, X/Z/D -> BLANK: the least destructive code that keeps the file
 #                  valid whatever the attribute's type in the IOD; the engine
 #                  then applies the Type in the object's IOD (PS3.15 E.1.1):
-#                  removed if Type 3, a dummy if Type 1 (sendit_helpers/iodtypes.py)
+#                  removed if Type 3, a dummy if Type 1 (sendit_helpers/deid/iodtypes.py)
 #   X/D         -> as D (the attribute may be type 1, where X is invalid)
 #   X/Z/U*      -> KEEP the sequence (Referenced/Source Image Sequence): the
 #                  engine recurses and remaps the UIDs inside it, so the
@@ -124,10 +124,10 @@ FORMAT dicom
 #                  (PatientAge is kept, capped at 090Y by the engine).
 #   Repeating groups: (50XX,XXXX) curve data and (60XX,3000)/(60XX,4000)
 #                  overlay data/comments are written as wildcard tags, which
-#                  sendit_helpers.recipes matches for every group 5000-50FF /
+#                  sendit_helpers.deid.recipes matches for every group 5000-50FF /
 #                  6000-60FF.
 #
-# Handled by the engine (sendit_helpers.recipes), not by lines below:
+# Handled by the engine (sendit_helpers.deid.recipes), not by lines below:
 #   - private tags are removed unless listed as safe (PS3.15: X), private
 #     creators go with their last private element;
 #   - public attributes not listed here are kept (research data), except UI

@@ -1,12 +1,11 @@
 """sendit notebooks: inspect, de-identify, review and upload DICOM batches.
 
-One module per pipeline stage (:mod:`~sendit_helpers.inspect`,
-:mod:`~sendit_helpers.deidentify`, :mod:`~sendit_helpers.review`,
-:mod:`~sendit_helpers.upload`, :mod:`~sendit_helpers.query`; the review stage's
-user interface is :mod:`~sendit_helpers.reviewer`), plus
-:mod:`~sendit_helpers.settings`, :mod:`~sendit_helpers.identifiers`,
-:mod:`~sendit_helpers.recipes`, :mod:`~sendit_helpers.targets` and
-:mod:`~sendit_helpers.cli`.
+Layers in folders (lower layers never import higher ones; ``tests/test_layers.py``):
+:mod:`~sendit_helpers.core` (errors, layout, settings, dispositions, DICOM I/O),
+:mod:`~sendit_helpers.deid` and :mod:`~sendit_helpers.pseudonyms` (the machinery),
+:mod:`~sendit_helpers.targets` (upload destinations), :mod:`~sendit_helpers.stages`
+(one module per stage), :mod:`~sendit_helpers.run` (the ``sendit`` command, papermill)
+and :mod:`~sendit_helpers.samples` (generated batches, never imported by production code).
 
 Importing the package makes Arrow allocate with the C library's ``malloc``
 (``ARROW_DEFAULT_MEMORY_POOL=system``, also in every process started from this

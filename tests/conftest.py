@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from pydicom.data import get_testdata_file
 
-from sendit_helpers import synthetic
-from sendit_helpers.layout import BatchLayout
-from sendit_helpers.runner import open_batch
-from sendit_helpers.settings import Settings
+from sendit_helpers.core.layout import BatchLayout
+from sendit_helpers.core.settings import Settings
+from sendit_helpers.run.runner import open_batch
+from sendit_helpers.samples import synthetic
 from tests import realworld
 
 QUIET = {"PROGRESS": False}

@@ -22,8 +22,8 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from sendit_helpers import leakgate
-from sendit_helpers.layout import BatchLayout
+from sendit_helpers.core.layout import BatchLayout
+from sendit_helpers.deid import leakgate
 from tests.servers import (
     DatastoreEmulator,
     FakeGcsServer,
@@ -130,7 +130,7 @@ def upload_settings(tmp_path: Path) -> dict[str, Any]:
 @pytest.fixture
 def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make retry backoff milliseconds instead of seconds."""
-    monkeypatch.setattr("sendit_helpers.upload.BACKOFF_BASE", 0.01)
+    monkeypatch.setattr("sendit_helpers.stages.upload.BACKOFF_BASE", 0.01)
 
 
 SEXES = ("F", "M", "O")

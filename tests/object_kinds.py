@@ -20,7 +20,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from sendit_helpers import synthetic
+from sendit_helpers.samples import synthetic
 
 RT_STRUCT_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 #: Identifiers planted in the objects only (not in the CT headers).

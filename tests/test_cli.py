@@ -13,14 +13,14 @@ import pandas as pd
 import pytest
 from pydicom.data import get_testdata_file
 
-from sendit_helpers import synthetic
-from sendit_helpers.cli import main
-from sendit_helpers.pipeline import find_batches
+from sendit_helpers.run.cli import main
+from sendit_helpers.run.pipeline import find_batches
+from sendit_helpers.samples import synthetic
 
 
 def _sendit(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "sendit_helpers.cli", *args],
+        [sys.executable, "-m", "sendit_helpers.run.cli", *args],
         capture_output=True,
         text=True,
         check=False,
@@ -110,7 +110,7 @@ def test_run_deidentify_and_upload_local(tmp_path: Path) -> None:
 
 
 def test_help_is_plain_text_and_says_how_to_review(capsys: pytest.CaptureFixture[str]) -> None:
-    from sendit_helpers import cli
+    from sendit_helpers.run import cli
 
     texts = {}
     commands = ("inspect", "deidentify", "review", "upload", "run")

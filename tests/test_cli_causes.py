@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from sendit_helpers import synthetic
+from sendit_helpers.samples import synthetic
 
 
 def _sendit(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "sendit_helpers.cli", *args],
+        [sys.executable, "-m", "sendit_helpers.run.cli", *args],
         capture_output=True,
         text=True,
         check=False,

@@ -12,11 +12,14 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from sendit_helpers import deidentify, disposition, inspect, leakgate, synthetic
-from sendit_helpers.errors import GateError, LeakError
-from sendit_helpers.layout import BatchLayout
-from sendit_helpers.runner import open_batch
-from sendit_helpers.settings import Settings
+from sendit_helpers.core import disposition
+from sendit_helpers.core.errors import GateError, LeakError
+from sendit_helpers.core.layout import BatchLayout
+from sendit_helpers.core.settings import Settings
+from sendit_helpers.deid import leakgate
+from sendit_helpers.run.runner import open_batch
+from sendit_helpers.samples import synthetic
+from sendit_helpers.stages import deidentify, inspect
 
 #: Planted categories that are not identifying by themselves
 #: (their identifying parts are planted elsewhere too).
@@ -258,7 +261,7 @@ def test_age_over_89(tmp_path: Path) -> None:
         ),
     )
     layout = BatchLayout.for_batch(folder, tmp_path / "work").ensure()
-    from sendit_helpers.settings import load_settings
+    from sendit_helpers.core.settings import load_settings
 
     deidentify.deidentify_batch(layout, load_settings(overrides={"PROGRESS": False}, environ={}))
     assert {pydicom.dcmread(p).PatientAge for p in _released(layout)} == {"090Y"}
@@ -282,7 +285,7 @@ def test_odd_transfer_syntaxes(tmp_path: Path, name: str) -> None:
     folder.mkdir()
     shutil.copy2(source, folder / name)
     layout = BatchLayout.for_batch(folder, tmp_path / "work").ensure()
-    from sendit_helpers.settings import load_settings
+    from sendit_helpers.core.settings import load_settings
 
     settings = load_settings(overrides={"PROGRESS": False, "QUARANTINE_FLAGGED": False}, environ={})
     deidentify.deidentify_batch(layout, settings)
@@ -302,7 +305,7 @@ def test_non_image_objects_are_released(tmp_path: Path) -> None:
     for name in names:
         shutil.copy2(get_testdata_file(name), folder / name)  # type: ignore[arg-type]
     layout = BatchLayout.for_batch(folder, tmp_path / "work").ensure()
-    from sendit_helpers.settings import load_settings
+    from sendit_helpers.core.settings import load_settings
 
     deidentify.deidentify_batch(layout, load_settings(overrides={"PROGRESS": False}, environ={}))
     table = disposition.read(layout)

@@ -13,7 +13,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.pdu import P_DATA_TF
 
-from sendit_helpers.errors import UploadError
+from sendit_helpers.core.errors import UploadError
 from sendit_helpers.targets.orthanc import (
     FileMeta,
     _command_values,

@@ -13,11 +13,14 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
-from sendit_helpers import cleaned, deidentify, dicomwrite, disposition, leakgate, synthetic
-from sendit_helpers.dicomio import read_full
-from sendit_helpers.errors import LeakError
-from sendit_helpers.layout import BatchLayout
-from sendit_helpers.settings import Settings, load_settings
+from sendit_helpers.core import disposition
+from sendit_helpers.core.dicomio import read_full
+from sendit_helpers.core.errors import LeakError
+from sendit_helpers.core.layout import BatchLayout
+from sendit_helpers.core.settings import Settings, load_settings
+from sendit_helpers.deid import cleaned, dicomwrite, leakgate
+from sendit_helpers.samples import synthetic
+from sendit_helpers.stages import deidentify
 
 CONFIG = deidentify.WorkerConfig((), True, b"test-secret")
 TEST_FILES = [

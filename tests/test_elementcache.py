@@ -13,7 +13,9 @@ import pytest
 from pydicom.data import get_testdata_file, get_testdata_files
 from test_leaks_harsh import build
 
-from sendit_helpers import deidentify, elementcache, synthetic
+from sendit_helpers.deid import elementcache
+from sendit_helpers.samples import synthetic
+from sendit_helpers.stages import deidentify
 
 CONFIG = deidentify.WorkerConfig((), True, b"test-secret")
 ENGINE = dataclasses.replace(CONFIG, element_cache=False)

@@ -14,9 +14,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sendit_helpers import deidentify, disposition, review, synthetic, upload
-from sendit_helpers.disposition import Disposition
-from sendit_helpers.runner import open_batch
+from sendit_helpers.core import disposition
+from sendit_helpers.core.disposition import Disposition
+from sendit_helpers.run.runner import open_batch
+from sendit_helpers.samples import synthetic
+from sendit_helpers.stages import deidentify, review, upload
 
 SETTINGS = {"PROGRESS": False}
 
@@ -102,7 +104,7 @@ def test_release_counts_leave_out_kept_items() -> None:
 def test_sendit_run_on_an_all_quarantined_batch(
     us_only: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from sendit_helpers.pipeline import run_batches
+    from sendit_helpers.run.pipeline import run_batches
 
     folder = _copy(us_only, tmp_path)
     assert run_batches([folder], tmp_path / "work", overrides={"PROGRESS": False}) == 0

@@ -13,9 +13,10 @@ from pydicom.errors import BytesLengthException
 from pydicom.tag import BaseTag
 
 import sendit_helpers
-from sendit_helpers import deidentify, errors, inspect
-from sendit_helpers.errors import RecipeError, SenditError, one_line, reduce_message
-from sendit_helpers.executors import ExecutorError, map_chunks
+from sendit_helpers.core import errors
+from sendit_helpers.core.errors import RecipeError, SenditError, one_line, reduce_message
+from sendit_helpers.core.executors import ExecutorError, map_chunks
+from sendit_helpers.stages import deidentify, inspect
 
 NAME = "DOE^JOHN"  # stands in for a value that must never reach a message
 CONFIG = deidentify.WorkerConfig((), True, b"test-secret")

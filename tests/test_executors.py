@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from sendit_helpers import executors
-from sendit_helpers.errors import SenditError
-from sendit_helpers.executors import ExecutorError, chunk_size, chunked, map_chunks, run_each
+from sendit_helpers.core import executors
+from sendit_helpers.core.errors import SenditError
+from sendit_helpers.core.executors import ExecutorError, chunk_size, chunked, map_chunks, run_each
 
 SECRET = "DOE^JOHN"  # stands in for a DICOM value that must never reach a message
 

@@ -20,12 +20,14 @@ import pandas as pd
 import pydicom
 import pytest
 
-from sendit_helpers import deidentify, disposition, leakgate, review, upload
-from sendit_helpers.disposition import Disposition
-from sendit_helpers.errors import LeakError
-from sendit_helpers.layout import BatchLayout
-from sendit_helpers.leakgate import Policy, only_descriptor_words
-from sendit_helpers.runner import open_batch
+from sendit_helpers.core import disposition
+from sendit_helpers.core.disposition import Disposition
+from sendit_helpers.core.errors import LeakError
+from sendit_helpers.core.layout import BatchLayout
+from sendit_helpers.deid import leakgate
+from sendit_helpers.deid.leakgate import Policy, only_descriptor_words
+from sendit_helpers.run.runner import open_batch
+from sendit_helpers.stages import deidentify, review, upload
 from tests import realworld
 from tests.test_leaks_harsh import build
 
@@ -198,7 +200,7 @@ def test_harsh_values_in_pixels_hold_their_files_and_release_the_rest(tmp_path: 
         "name part",
         "PatientID",
     }
-    from sendit_helpers.reviewer import Reviewer
+    from sendit_helpers.stages.reviewer import Reviewer
 
     shown = Reviewer(layout, settings).gate_held.value  # the list in the reviewer
     assert "Held by the leak gate (2)" in shown and "PixelData (7FE0,0010)" in shown
@@ -254,7 +256,7 @@ def test_a_value_no_image_owns_fails_the_gate(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_sendit_run_fails_no_batch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Vendor files and the harsh pixels batch through ``sendit run``: no failure, no leak."""
-    from sendit_helpers.pipeline import run_batches
+    from sendit_helpers.run.pipeline import run_batches
 
     vendor = tmp_path / "in" / "vendor"
     vendor.mkdir(parents=True)

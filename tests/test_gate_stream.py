@@ -9,11 +9,13 @@ import numpy as np
 import pydicom
 import pytest
 
-from sendit_helpers import deidentify, leakgate, synthetic
-from sendit_helpers.errors import LeakError
-from sendit_helpers.layout import BatchLayout
-from sendit_helpers.leakgate import Scanner, Tail
-from sendit_helpers.settings import Settings
+from sendit_helpers.core.errors import LeakError
+from sendit_helpers.core.layout import BatchLayout
+from sendit_helpers.core.settings import Settings
+from sendit_helpers.deid import leakgate
+from sendit_helpers.deid.leakgate import Scanner, Tail
+from sendit_helpers.samples import synthetic
+from sendit_helpers.stages import deidentify
 
 
 def _read_by_gate(monkeypatch: pytest.MonkeyPatch) -> list[str]:

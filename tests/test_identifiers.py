@@ -1,4 +1,4 @@
-"""Tests of ``sendit_helpers.identifiers``: providers, UID mapper, site secret."""
+"""Tests of ``sendit_helpers.pseudonyms.identifiers``: providers, UID mapper, site secret."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import pytest
 from identifier_server import IdentifierServer, start_identifier_server
 from pydicom.uid import UID
 
-from sendit_helpers.errors import IdentifierError, SettingsError
-from sendit_helpers.identifiers import (
+from sendit_helpers.core.errors import IdentifierError, SettingsError
+from sendit_helpers.pseudonyms.identifiers import (
     CrosswalkProvider,
     KeyedProvider,
     ProviderKind,

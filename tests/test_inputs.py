@@ -20,19 +20,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sendit_helpers import (
-    deidentify,
-    discovery,
-    inspect,
-    leakgate,
-    review,
-    runner,
-    synthetic,
-    upload,
-)
-from sendit_helpers.cli import main
-from sendit_helpers.dicomio import probe
-from sendit_helpers.errors import (
+from sendit_helpers.core import discovery
+from sendit_helpers.core.dicomio import probe
+from sendit_helpers.core.errors import (
     BatchError,
     GateError,
     LeakError,
@@ -40,9 +30,14 @@ from sendit_helpers.errors import (
     os_error_from_text,
     os_error_line,
 )
-from sendit_helpers.layout import BatchLayout
-from sendit_helpers.pipeline import plan_batches
-from sendit_helpers.runner import Stage, notebook_path, open_batch
+from sendit_helpers.core.layout import BatchLayout
+from sendit_helpers.deid import leakgate
+from sendit_helpers.run import runner
+from sendit_helpers.run.cli import main
+from sendit_helpers.run.pipeline import plan_batches
+from sendit_helpers.run.runner import Stage, notebook_path, open_batch
+from sendit_helpers.samples import synthetic
+from sendit_helpers.stages import deidentify, inspect, review, upload
 
 TINY = synthetic.BatchSpec(n_series=1, images_per_series=2, rows=16, columns=16)
 QUIET = {"PROGRESS": False, "THUMBNAILS": False, "OCR_SCREEN": "off"}
@@ -88,7 +83,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 def _sendit(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        _unprivileged([sys.executable, "-m", "sendit_helpers.cli", *args]),
+        _unprivileged([sys.executable, "-m", "sendit_helpers.run.cli", *args]),
         capture_output=True,
         text=True,
         check=False,
@@ -332,7 +327,7 @@ def test_full_disk_is_one_line(tmp_path: Path) -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (16, 16))
 
     result = subprocess.run(
-        [sys.executable, "-m", "sendit_helpers.cli", "run", str(made[0]), "--work", str(work)],
+        [sys.executable, "-m", "sendit_helpers.run.cli", "run", str(made[0]), "--work", str(work)],
         capture_output=True,
         text=True,
         check=False,
@@ -553,7 +548,7 @@ def test_enospc_is_one_line(tmp_path: Path, tiny_disk: Path) -> None:
     made = list(synthetic.make_batches(tmp_path / "root", n=1, spec=TINY))
     work = tiny_disk / "work"
     result = subprocess.run(
-        [sys.executable, "-m", "sendit_helpers.cli", "run", str(made[0]), "--work", str(work)],
+        [sys.executable, "-m", "sendit_helpers.run.cli", "run", str(made[0]), "--work", str(work)],
         capture_output=True,
         text=True,
         check=False,

@@ -9,12 +9,13 @@ import pandas as pd
 import pytest
 from pydicom.data import get_testdata_file
 
-from sendit_helpers import disposition, inspect
-from sendit_helpers.dicomio import probe
-from sendit_helpers.errors import BatchError
-from sendit_helpers.layout import BatchLayout
-from sendit_helpers.runner import open_batch
-from sendit_helpers.settings import Settings, load_settings
+from sendit_helpers.core import disposition
+from sendit_helpers.core.dicomio import probe
+from sendit_helpers.core.errors import BatchError
+from sendit_helpers.core.layout import BatchLayout
+from sendit_helpers.core.settings import Settings, load_settings
+from sendit_helpers.run.runner import open_batch
+from sendit_helpers.stages import inspect
 
 QUIET = {"PROGRESS": False}
 
@@ -199,7 +200,7 @@ def test_read_one_matches_reference_rows(opened: tuple[BatchLayout, Settings]) -
 
 
 def _probe_snapshot(path: Path) -> tuple[object, ...]:
-    from sendit_helpers.dicomio import probe as probe_
+    from sendit_helpers.core.dicomio import probe as probe_
 
     found = probe_(path)
     ds = found.dataset
@@ -226,7 +227,7 @@ def test_probe_from_memory_equals_probe_from_file(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Parsing the first HEAD_BYTES in memory gives what reading the file gives."""
-    from sendit_helpers import dicomio
+    from sendit_helpers.core import dicomio
 
     layout, _ = opened
     source = Path(get_testdata_file("CT_small.dcm")).parent  # type: ignore[arg-type]
@@ -239,7 +240,8 @@ def test_probe_from_memory_equals_probe_from_file(
 
 
 def test_ocr_screen_flags_text_the_header_does_not_admit(tmp_path: Path) -> None:
-    from sendit_helpers import ocr, synthetic
+    from sendit_helpers.deid import ocr
+    from sendit_helpers.samples import synthetic
 
     folder = tmp_path / "ocr_batch"
     synthetic.make_text_images(folder / "text", 2, with_text=True, seed=3)

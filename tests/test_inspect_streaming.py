@@ -12,10 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 from pydicom.datadict import tag_for_keyword
 
-from sendit_helpers import disposition, executors, inspect
-from sendit_helpers.layout import BatchLayout
-from sendit_helpers.runner import open_batch
-from sendit_helpers.settings import Settings, load_settings
+from sendit_helpers.core import disposition, executors
+from sendit_helpers.core.layout import BatchLayout
+from sendit_helpers.core.settings import Settings, load_settings
+from sendit_helpers.run.runner import open_batch
+from sendit_helpers.stages import inspect
 
 QUIET = {"PROGRESS": False}
 
@@ -149,7 +150,7 @@ def test_reader_memo_keeps_few_values_per_field(opened: tuple[BatchLayout, Setti
     """A field unique to every file (SOPInstanceUID) stops filling the memo; values stay right."""
     from pydicom import dcmread
 
-    from sendit_helpers.screening import FieldReader
+    from sendit_helpers.deid.screening import FieldReader
 
     layout, _ = opened
     tags = [int(tag_for_keyword(k) or 0) for k in ("SOPInstanceUID", "Modality", "PatientID")]

@@ -15,9 +15,9 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from test_recipes import ctx, uid_map, write
 
-from sendit_helpers import iodtypes
-from sendit_helpers.iodtypes import Requirement
-from sendit_helpers.recipes import Recipe
+from sendit_helpers.deid import iodtypes
+from sendit_helpers.deid.iodtypes import Requirement
+from sendit_helpers.deid.recipes import Recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 CT = "1.2.840.10008.5.1.4.1.1.2"

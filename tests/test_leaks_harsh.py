@@ -21,9 +21,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from sendit_helpers import deidentify
-from sendit_helpers.layout import BatchLayout
-from sendit_helpers.settings import load_settings
+from sendit_helpers.core.layout import BatchLayout
+from sendit_helpers.core.settings import load_settings
+from sendit_helpers.stages import deidentify
 
 
 def build(path: Path, plant: Callable[[str], str]) -> None:
@@ -211,7 +211,7 @@ def test_nothing_planted_survives(harsh: tuple[Path, dict[str, str]], tmp_path: 
 @pytest.mark.parametrize("written", ["ÖDÖN MÜLLER", "Ödön Müller", "ödön müller"])
 @pytest.mark.parametrize("codec", ["utf-8", "latin-1"])
 def test_gate_finds_non_ascii_names_in_any_case_and_charset(written: str, codec: str) -> None:
-    from sendit_helpers.leakgate import Scanner
+    from sendit_helpers.deid.leakgate import Scanner
 
     scanner = Scanner.build({"MÜLLER^ÖDÖN": "name"})
     assert scanner.find(f"seen by {written} today".encode(codec)), (written, codec)

@@ -16,11 +16,12 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from sendit_helpers import deidentify, disposition, inspect
-from sendit_helpers.errors import LeakError
-from sendit_helpers.layout import BatchLayout
-from sendit_helpers.runner import open_batch
-from sendit_helpers.upload import upload_batch
+from sendit_helpers.core import disposition
+from sendit_helpers.core.errors import LeakError
+from sendit_helpers.core.layout import BatchLayout
+from sendit_helpers.run.runner import open_batch
+from sendit_helpers.stages import deidentify, inspect
+from sendit_helpers.stages.upload import upload_batch
 from tests import realworld
 from tests.object_kinds import TEXT_MRN, TEXT_NAME, ObjectStudy, make_object_study
 from tests.servers import OrthancServer
@@ -348,7 +349,7 @@ def test_dcmtk_sr_is_not_held_for_its_own_implementation_uid(tmp_path: Path) -> 
 
 def test_leak_gate_reads_objects_without_pixel_data(done: deidentify.DeidResult) -> None:
     """No pixel data span: every byte of an SR is scanned, its content items included."""
-    from sendit_helpers import leakgate
+    from sendit_helpers.deid import leakgate
 
     sr = next(done.layout.release.rglob("*_SR_*.dcm"))
     found = pydicom.dcmread(sr)

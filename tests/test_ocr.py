@@ -13,10 +13,12 @@ import pandas as pd
 import pydicom
 import pytest
 
-from sendit_helpers import deidentify, inspect, ocr, review, synthetic
-from sendit_helpers.layout import BatchLayout
-from sendit_helpers.review import Box, Decision, DecisionLog
-from sendit_helpers.runner import open_batch
+from sendit_helpers.core.layout import BatchLayout
+from sendit_helpers.deid import ocr
+from sendit_helpers.run.runner import open_batch
+from sendit_helpers.samples import synthetic
+from sendit_helpers.stages import deidentify, inspect, review
+from sendit_helpers.stages.review import Box, Decision, DecisionLog
 
 pytest.importorskip("pytesseract")
 SETTINGS = {"PROGRESS": False}

@@ -13,9 +13,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from sendit_helpers import deidentify, inspect, review, synthetic
-from sendit_helpers.layout import BatchLayout
-from sendit_helpers.pipeline import (
+from sendit_helpers.core.layout import BatchLayout
+from sendit_helpers.core.settings import load_settings
+from sendit_helpers.run.pipeline import (
     PIPELINE,
     BatchStatus,
     LockError,
@@ -28,8 +28,9 @@ from sendit_helpers.pipeline import (
     status_table,
     write_stamp,
 )
-from sendit_helpers.runner import Stage, notebook_path, open_batch
-from sendit_helpers.settings import load_settings
+from sendit_helpers.run.runner import Stage, notebook_path, open_batch
+from sendit_helpers.samples import synthetic
+from sendit_helpers.stages import deidentify, inspect, review
 
 SECRET_HEX = "706970656c696e652d746573742d736563726574"  # "pipeline-test-secret"
 TINY = synthetic.BatchSpec(n_series=1, images_per_series=2, rows=16, columns=16)
@@ -45,7 +46,7 @@ def _run_cmd(root: Path, work: Path, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "sendit_helpers.cli",
+        "sendit_helpers.run.cli",
         "run",
         str(root),
         "--work",

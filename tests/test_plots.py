@@ -12,7 +12,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from sendit_helpers import plots
+from sendit_helpers.deid import plots
 
 
 def _read(name: str) -> pydicom.Dataset:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from sendit_helpers.recipes import Recipe
+from sendit_helpers.deid.recipes import Recipe
 
 
 # -- deid ------------------------------------------------------------------------------------

@@ -8,9 +8,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from sendit_helpers import cli
-from sendit_helpers.errors import SettingsError
-from sendit_helpers.query import (
+from sendit_helpers.core.errors import SettingsError
+from sendit_helpers.run import cli
+from sendit_helpers.stages.query import (
     Backend,
     backend_for,
     find_entities,
@@ -19,7 +19,7 @@ from sendit_helpers.query import (
     open_link,
     orthanc_link,
 )
-from sendit_helpers.upload import upload_batch
+from sendit_helpers.stages.upload import upload_batch
 from tests.conftest_servers import ReleaseFactory
 from tests.servers import OrthancServer
 

@@ -2,7 +2,7 @@
 
 The Jupyter root holds the local store (``LOCAL_STORAGE_DIR``) and, one folder
 down, the query notebook; the kernel finds the running server's root by itself
-(:func:`sendit_helpers.query.jupyter_root`).  Clicking a result's link downloads
+(:func:`sendit_helpers.stages.query.jupyter_root`).  Clicking a result's link downloads
 exactly the stored file from ``<base_url>files/...``.  A screenshot is kept under
 ``$SENDIT_TEST_ARTIFACTS`` (default ``<temp dir>/sendit-test-artifacts``).
 """
@@ -23,7 +23,7 @@ from typing import Any
 import nbformat
 import pytest
 
-from sendit_helpers.upload import upload_batch
+from sendit_helpers.stages.upload import upload_batch
 from tests.conftest_servers import build_release
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]  # about a minute: JupyterLab starts

@@ -9,9 +9,10 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from sendit_helpers import deidentify, disposition
-from sendit_helpers.layout import BatchLayout
-from sendit_helpers.runner import open_batch
+from sendit_helpers.core import disposition
+from sendit_helpers.core.layout import BatchLayout
+from sendit_helpers.run.runner import open_batch
+from sendit_helpers.stages import deidentify
 from tests import realworld
 from tests.object_kinds import make_object_study
 

@@ -1,4 +1,4 @@
-"""Tests for sendit_helpers.recipes: the deid-format recipe engine and screening."""
+"""Tests for sendit_helpers.deid.recipes: the deid-format recipe engine and screening."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian
 
-from sendit_helpers.errors import RecipeError
-from sendit_helpers.recipes import (
+from sendit_helpers.core.errors import RecipeError
+from sendit_helpers.deid.recipes import (
     DEFAULT_RECIPE,
     Action,
     Changes,

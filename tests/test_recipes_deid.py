@@ -15,11 +15,12 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from sendit_helpers import deidentify, synthetic
-from sendit_helpers.errors import RecipeError, RecipeWarning
-from sendit_helpers.layout import BatchLayout
-from sendit_helpers.recipes import VARIABLES, DeidContext, Recipe, shift_date
-from sendit_helpers.runner import open_batch
+from sendit_helpers.core.errors import RecipeError, RecipeWarning
+from sendit_helpers.core.layout import BatchLayout
+from sendit_helpers.deid.recipes import VARIABLES, DeidContext, Recipe, shift_date
+from sendit_helpers.run.runner import open_batch
+from sendit_helpers.samples import synthetic
+from sendit_helpers.stages import deidentify
 from tests import realworld
 
 BUNDLED = sorted(p.name for p in Path(data_base).glob("deid.dicom*"))

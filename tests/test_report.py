@@ -8,8 +8,9 @@ import nbformat
 import pandas as pd
 import pydicom
 
-from sendit_helpers import __version__, plots
-from sendit_helpers.runner import export_html, open_batch
+from sendit_helpers import __version__
+from sendit_helpers.deid import plots
+from sendit_helpers.run.runner import export_html, open_batch
 
 BAR = {
     "bar": {

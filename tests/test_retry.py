@@ -1,4 +1,4 @@
-"""Retries (sendit_helpers.retry): backoff with jitter, Retry-After, the stop event."""
+"""Retries (sendit_helpers.core.retry): backoff with jitter, Retry-After, the stop event."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from email.utils import formatdate
 
 import pytest
 
-from sendit_helpers.errors import SenditError
-from sendit_helpers.retry import Backoff, call, retry_after_seconds
+from sendit_helpers.core.errors import SenditError
+from sendit_helpers.core.retry import Backoff, call, retry_after_seconds
 
 
 class Busy(SenditError):

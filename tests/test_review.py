@@ -18,13 +18,16 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from sendit_helpers import deidentify, disposition, leakgate, plots, review, synthetic
-from sendit_helpers.errors import ReviewError
-from sendit_helpers.layout import BatchLayout
-from sendit_helpers.plots import png_step
-from sendit_helpers.review import Box, Decision, DecisionLog
-from sendit_helpers.reviewer import KEYS, Reviewer, to_source
-from sendit_helpers.runner import open_batch
+from sendit_helpers.core import disposition
+from sendit_helpers.core.errors import ReviewError
+from sendit_helpers.core.layout import BatchLayout
+from sendit_helpers.deid import leakgate, plots
+from sendit_helpers.deid.plots import png_step
+from sendit_helpers.run.runner import open_batch
+from sendit_helpers.samples import synthetic
+from sendit_helpers.stages import deidentify, review
+from sendit_helpers.stages.review import Box, Decision, DecisionLog
+from sendit_helpers.stages.reviewer import KEYS, Reviewer, to_source
 
 SETTINGS = {"PROGRESS": False}
 
@@ -492,7 +495,7 @@ def test_preview_blackens_the_boxes_as_written(
 def test_review_stage_runs_non_interactively(
     held_batch: tuple[BatchLayout, dict[str, object]], tmp_path: Path
 ) -> None:
-    from sendit_helpers import cli
+    from sendit_helpers.run import cli
 
     layout, _ = held_batch
     items = review.load_items(layout)
@@ -517,7 +520,7 @@ def test_pending_review_is_said_downstream(
 
     import nbformat
 
-    from sendit_helpers import cli
+    from sendit_helpers.run import cli
 
     layout, _ = held_batch
     items = review.load_items(layout)

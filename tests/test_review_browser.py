@@ -37,11 +37,13 @@ import numpy as np
 import pydicom
 import pytest
 
-from sendit_helpers import deidentify, inspect, leakgate, review, synthetic
-from sendit_helpers.layout import BatchLayout
-from sendit_helpers.review import Box, Decision, DecisionLog
-from sendit_helpers.reviewer import KEYS
-from sendit_helpers.runner import open_batch
+from sendit_helpers.core.layout import BatchLayout
+from sendit_helpers.deid import leakgate
+from sendit_helpers.run.runner import open_batch
+from sendit_helpers.samples import synthetic
+from sendit_helpers.stages import deidentify, inspect, review
+from sendit_helpers.stages.review import Box, Decision, DecisionLog
+from sendit_helpers.stages.reviewer import KEYS
 
 pytestmark = pytest.mark.browser
 

@@ -1,6 +1,6 @@
 """The compiled, memoized screen gives exactly what ``Recipe.screen`` gives.
 
-``Recipe.screen`` is the reference; :class:`sendit_helpers.screening.Screener`
+``Recipe.screen`` is the reference; :class:`sendit_helpers.deid.screening.Screener`
 must return identical :class:`ScreenResult` (flag, group, label, reason,
 coordinates) on generated batches, on every file bundled with pydicom and on
 many random data sets built from the labels' own terms.  The reader's table
@@ -21,10 +21,11 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from sendit_helpers import inspect, synthetic
-from sendit_helpers.dicomio import probe
-from sendit_helpers.recipes import Recipe
-from sendit_helpers.screening import ABSENT, FieldReader, Screener
+from sendit_helpers.core.dicomio import probe
+from sendit_helpers.deid.recipes import Recipe
+from sendit_helpers.deid.screening import ABSENT, FieldReader, Screener
+from sendit_helpers.samples import synthetic
+from sendit_helpers.stages import inspect
 
 #: A user filter recipe using every criterion, both operators, every kind of coordinates.
 USER_FILTERS = """FORMAT dicom

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sendit_helpers.errors import SettingsError
-from sendit_helpers.settings import DEFAULT_PARAMS, SETTINGS, load_settings, parse_override
+from sendit_helpers.core.errors import SettingsError
+from sendit_helpers.core.settings import DEFAULT_PARAMS, SETTINGS, load_settings, parse_override
 
 
 def test_defaults_load_and_every_setting_is_documented() -> None:

@@ -9,13 +9,15 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from sendit_helpers import deidentify, inspect, review, siterules, synthetic
-from sendit_helpers.errors import ReviewError
-from sendit_helpers.layout import BatchLayout
-from sendit_helpers.recipes import Recipe
-from sendit_helpers.reviewer import KEYS, Reviewer
-from sendit_helpers.runner import open_batch
-from sendit_helpers.scrub import Box
+from sendit_helpers.core.errors import ReviewError
+from sendit_helpers.core.layout import BatchLayout
+from sendit_helpers.deid import siterules
+from sendit_helpers.deid.recipes import Recipe
+from sendit_helpers.deid.scrub import Box
+from sendit_helpers.run.runner import open_batch
+from sendit_helpers.samples import synthetic
+from sendit_helpers.stages import deidentify, inspect, review
+from sendit_helpers.stages.reviewer import KEYS, Reviewer
 
 BOX = Box(4, 4, 120, 36)
 

@@ -1,4 +1,4 @@
-"""Tests of the synthetic batch generator (sendit_helpers.synthetic)."""
+"""Tests of the synthetic batch generator (sendit_helpers.samples.synthetic)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from sendit_helpers import synthetic
-from sendit_helpers.synthetic import (
+from sendit_helpers.samples import synthetic
+from sendit_helpers.samples.synthetic import (
     BatchSpec,
     Planted,
     burn_text,

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from sendit_helpers.errors import UploadError
+from sendit_helpers.core.errors import UploadError
+from sendit_helpers.stages.upload import load_release, upload_batch
 from sendit_helpers.targets import TargetKind, make_targets
 from sendit_helpers.targets.dicomweb import DicomWebTarget
-from sendit_helpers.upload import load_release, upload_batch
 from tests.conftest_servers import ReleaseFactory
 from tests.servers import OrthancServer, orthanc_plugin
 

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from sendit_helpers.errors import UploadError
+from sendit_helpers.core.errors import UploadError
+from sendit_helpers.stages.upload import load_release, upload_batch
 from sendit_helpers.targets import ConflictError, Receipt, TransientError
 from sendit_helpers.targets import google as google_target
 from sendit_helpers.targets.google import GoogleTarget
-from sendit_helpers.upload import load_release, upload_batch
 from tests.conftest_servers import GOOGLE_PROJECT, ReleaseFactory
 from tests.servers import DatastoreEmulator, FakeGcsServer
 

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from sendit_helpers.errors import SettingsError, UploadError
+from sendit_helpers.core.errors import SettingsError, UploadError
+from sendit_helpers.stages.upload import load_release, summary, upload_batch
 from sendit_helpers.targets import ConflictError, TargetKind, make_targets
 from sendit_helpers.targets.base import age_years
 from sendit_helpers.targets.local import LocalTarget
-from sendit_helpers.upload import load_release, summary, upload_batch
 from tests.conftest_servers import ReleaseFactory
 
 

@@ -10,9 +10,9 @@ import pydicom
 import pytest
 import requests
 
-from sendit_helpers.errors import UploadError
+from sendit_helpers.core.errors import UploadError
+from sendit_helpers.stages.upload import load_release, upload_batch
 from sendit_helpers.targets.orthanc import OrthancDicomTarget, OrthancRestTarget, ReplyGuard
-from sendit_helpers.upload import load_release, upload_batch
 from tests.conftest_servers import ReleaseFactory
 from tests.servers import OrthancServer
 

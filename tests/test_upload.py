@@ -12,10 +12,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from sendit_helpers.errors import GateError, UploadError
-from sendit_helpers.targets import Item, Receipt, TargetKind, TransientError
-from sendit_helpers.targets.local import LocalTarget
-from sendit_helpers.upload import (
+from sendit_helpers.core.errors import GateError, UploadError
+from sendit_helpers.stages.upload import (
     MANIFEST_COLUMNS,
     Manifest,
     load_release,
@@ -23,6 +21,8 @@ from sendit_helpers.upload import (
     upload_batch,
     with_retries,
 )
+from sendit_helpers.targets import Item, Receipt, TargetKind, TransientError
+from sendit_helpers.targets.local import LocalTarget
 from tests.conftest_servers import ReleaseFactory, build_release
 from tests.servers import OrthancServer
 
@@ -102,7 +102,9 @@ def test_retries_transient_errors(
 ) -> None:
     layout = make_release(entities=1, images=3)
     FlakyLocal.calls = {}
-    monkeypatch.setattr("sendit_helpers.upload.make_targets", lambda s, w: [FlakyLocal(s, w)])
+    monkeypatch.setattr(
+        "sendit_helpers.stages.upload.make_targets", lambda s, w: [FlakyLocal(s, w)]
+    )
     upload_batch(layout, upload_settings, progress=False)
     assert FlakyLocal.calls == {f"IR661f30/IR661f30_5_{i}.dcm": 3 for i in (1, 2, 3)}
 
@@ -114,7 +116,7 @@ def test_retries_transient_errors(
 
 
 def test_with_retries_gives_up(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("sendit_helpers.upload.BACKOFF_BASE", 0.001)
+    monkeypatch.setattr("sendit_helpers.stages.upload.BACKOFF_BASE", 0.001)
     calls = []
 
     def boom() -> None:
@@ -222,7 +224,8 @@ def test_failed_check_lets_other_targets_go(
 ) -> None:
     layout = make_release(entities=1, images=3)
     monkeypatch.setattr(
-        "sendit_helpers.upload.make_targets", lambda s, w: [BrokenTarget(s, w), LocalTarget(s, w)]
+        "sendit_helpers.stages.upload.make_targets",
+        lambda s, w: [BrokenTarget(s, w), LocalTarget(s, w)],
     )
     with pytest.raises(UploadError) as err:
         upload_batch(layout, upload_settings, progress=False)
@@ -292,7 +295,9 @@ def test_records_written_while_uploading(
 ) -> None:
     """entity_batch: records go in the background; a refused write fails only its items."""
     layout = make_release(entities=1, images=5)
-    monkeypatch.setattr("sendit_helpers.upload.make_targets", lambda s, w: [BatchedLocal(s, w)])
+    monkeypatch.setattr(
+        "sendit_helpers.stages.upload.make_targets", lambda s, w: [BatchedLocal(s, w)]
+    )
     BatchedLocal.writes, BatchedLocal.refuse = [], 1
     with pytest.raises(UploadError, match=r"4 of 5 item\(s\) to local did not go"):
         upload_batch(layout, upload_settings, progress=False)

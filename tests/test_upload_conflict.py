@@ -14,10 +14,10 @@ from typing import Any
 import pydicom
 import pytest
 
-from sendit_helpers import leakgate
-from sendit_helpers.errors import UploadWarning
-from sendit_helpers.layout import BatchLayout
-from sendit_helpers.upload import CONFLICT, VERIFIED, upload_batch
+from sendit_helpers.core.errors import UploadWarning
+from sendit_helpers.core.layout import BatchLayout
+from sendit_helpers.deid import leakgate
+from sendit_helpers.stages.upload import CONFLICT, VERIFIED, upload_batch
 from tests.conftest_servers import build_release
 from tests.servers import OrthancServer
 

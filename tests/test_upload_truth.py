@@ -22,16 +22,15 @@ import pandas as pd
 import pytest
 import requests
 
-from sendit_helpers import cli, deidentify, leakgate, pipeline, runner, synthetic
-from sendit_helpers.errors import UploadError
-from sendit_helpers.layout import BatchLayout
-from sendit_helpers.query import find_entities, find_images
-from sendit_helpers.runner import Stage, open_batch
-from sendit_helpers.targets import ChangedError, Item, Target
-from sendit_helpers.targets.base import public_url
-from sendit_helpers.targets.local import LocalTarget
-from sendit_helpers.targets.orthanc import OrthancDicomTarget, OrthancRestTarget
-from sendit_helpers.upload import (
+from sendit_helpers.core.errors import UploadError
+from sendit_helpers.core.layout import BatchLayout
+from sendit_helpers.deid import leakgate
+from sendit_helpers.run import cli, pipeline, runner
+from sendit_helpers.run.runner import Stage, open_batch
+from sendit_helpers.samples import synthetic
+from sendit_helpers.stages import deidentify
+from sendit_helpers.stages.query import find_entities, find_images
+from sendit_helpers.stages.upload import (
     MISSING,
     VERIFIED,
     Manifest,
@@ -39,6 +38,10 @@ from sendit_helpers.upload import (
     still_uploaded,
     upload_batch,
 )
+from sendit_helpers.targets import ChangedError, Item, Target
+from sendit_helpers.targets.base import public_url
+from sendit_helpers.targets.local import LocalTarget
+from sendit_helpers.targets.orthanc import OrthancDicomTarget, OrthancRestTarget
 from tests.conftest_servers import ReleaseFactory
 from tests.servers import FakeGcsServer, OrthancServer
 
@@ -392,8 +395,8 @@ def test_sendit_run_reruns_a_current_upload_when_the_store_lost_items(
     make_release: ReleaseFactory, tmp_path: Path
 ) -> None:
     """The upload stage's stamp is current only while the destination still holds everything."""
-    from sendit_helpers.runner import notebook_path
-    from sendit_helpers.settings import load_settings
+    from sendit_helpers.core.settings import load_settings
+    from sendit_helpers.run.runner import notebook_path
 
     layout = make_release(entities=1, images=2)
     layout.source.mkdir(parents=True, exist_ok=True)

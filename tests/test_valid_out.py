@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from sendit_helpers import deidentify, disposition, synthetic
-from sendit_helpers.errors import LeakError
-from sendit_helpers.runner import open_batch
+from sendit_helpers.core import disposition
+from sendit_helpers.core.errors import LeakError
+from sendit_helpers.run.runner import open_batch
+from sendit_helpers.samples import synthetic
+from sendit_helpers.stages import deidentify
 from tests import realworld
 
 FAST = {"PROGRESS": False, "OCR_SCREEN": "off"}

@@ -3,6 +3,7 @@
 One small interface (:class:`Target`), one implementation per destination,
 chosen by settings with :func:`make_targets`.  Optional client libraries
 (pynetdicom, google-cloud-*) are imported only by the target that needs them.
+``targets`` imports only ``core`` (``tests/test_layers.py`` enforces it).
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import SettingsError
-from .base import (
+from sendit_helpers.core.errors import SettingsError
+from sendit_helpers.targets.base import (
     ChangedError,
     ConflictError,
     Entity,
@@ -23,7 +24,7 @@ from .base import (
     TransientError,
     setting,
 )
-from .local import LocalTarget
+from sendit_helpers.targets.local import LocalTarget
 
 __all__ = [
     "ChangedError",
@@ -64,11 +65,11 @@ def make_targets(settings: Mapping[str, Any], work: str | Path) -> list[Target]:
     if setting(settings, "SEND_TO_ORTHANC", False):
         targets.append(_orthanc(settings))
     if setting(settings, "SEND_TO_DICOMWEB", False):
-        from .dicomweb import DicomWebTarget
+        from sendit_helpers.targets.dicomweb import DicomWebTarget
 
         targets.append(DicomWebTarget(settings))
     if setting(settings, "SEND_TO_GOOGLE", False):
-        from .google import GoogleTarget
+        from sendit_helpers.targets.google import GoogleTarget
 
         targets.append(GoogleTarget(settings))
     if not targets:
@@ -77,7 +78,7 @@ def make_targets(settings: Mapping[str, Any], work: str | Path) -> list[Target]:
 
 
 def _orthanc(settings: Mapping[str, Any]) -> Target:
-    from .orthanc import OrthancDicomTarget, OrthancRestTarget
+    from sendit_helpers.targets.orthanc import OrthancDicomTarget, OrthancRestTarget
 
     protocol = str(setting(settings, "ORTHANC_PROTOCOL", "rest")).lower()
     if protocol == "rest":

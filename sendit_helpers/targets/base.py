@@ -5,7 +5,7 @@ small abstract class, one implementation per destination, chosen by settings
 (:func:`sendit_helpers.targets.make_targets`).  Every target is *create-once*:
 putting an item that is already there with the same bytes is a success
 (``status="exists"``), putting different bytes under the same name is an
-:class:`~sendit_helpers.errors.UploadError`.
+:class:`~sendit_helpers.core.errors.UploadError`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from ..errors import UploadError
+from sendit_helpers.core.errors import UploadError
 
 CHUNK = 1 << 20
 DEFAULT_COLLECTION = "sendit"
@@ -112,7 +112,7 @@ class Item:
 
     sha256 : str
         Hex SHA-256 of the file as the leak gate scanned it (from its record,
-        :func:`sendit_helpers.leakgate.passed_index`); empty: computed on first use.
+        :func:`sendit_helpers.deid.leakgate.passed_index`); empty: computed on first use.
 
     Notes
     -----

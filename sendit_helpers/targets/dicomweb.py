@@ -18,10 +18,18 @@ from typing import Any
 
 import urllib3
 
-from ..errors import UploadError
-from ..retry import retry_after_seconds
-from .base import Item, Receipt, Target, TargetKind, TransientError, public_url, setting
-from .orthanc import parse_file_meta, read_file_meta
+from sendit_helpers.core.errors import UploadError
+from sendit_helpers.core.retry import retry_after_seconds
+from sendit_helpers.targets.base import (
+    Item,
+    Receipt,
+    Target,
+    TargetKind,
+    TransientError,
+    public_url,
+    setting,
+)
+from sendit_helpers.targets.orthanc import parse_file_meta, read_file_meta
 
 TIMEOUT = 120.0
 STOW_BATCH = 50

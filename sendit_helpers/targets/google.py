@@ -45,9 +45,9 @@ from typing import Any
 
 import requests
 
-from ..errors import UploadError
-from ..retry import retry_after_seconds
-from .base import (
+from sendit_helpers.core.errors import UploadError
+from sendit_helpers.core.retry import retry_after_seconds
+from sendit_helpers.targets.base import (
     MAX_INDEXED_BYTES,
     ConflictError,
     Entity,

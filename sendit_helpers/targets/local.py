@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..errors import UploadError
-from .base import (
+from sendit_helpers.core.errors import UploadError
+from sendit_helpers.targets.base import (
     ConflictError,
     Entity,
     Item,

@@ -25,9 +25,9 @@ from typing import Any
 
 import urllib3
 
-from ..errors import UploadError, tag_label
-from ..retry import retry_after_seconds
-from .base import (
+from sendit_helpers.core.errors import UploadError, tag_label
+from sendit_helpers.core.retry import retry_after_seconds
+from sendit_helpers.targets.base import (
     ConflictError,
     Item,
     Receipt,

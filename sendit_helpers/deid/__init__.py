@@ -1,0 +1,10 @@
+"""The de-identification machinery under the stages: recipes, writer, screening, gate, pictures.
+
+The recipe model, parser and engine (:mod:`recipes`, with :mod:`iodtypes`,
+:mod:`descriptors` and :mod:`structured`), the per-study element cache and the raw
+header writer (:mod:`elementcache`, :mod:`dicomwrite`), the cleaned table's rows
+(:mod:`cleaned`), ``%filter`` screening and OCR (:mod:`screening`, :mod:`ocr`), pixel
+scrubbing and the site's own filter rules (:mod:`scrub`, :mod:`siterules`), renderings
+(:mod:`plots`) and the leak gate (:mod:`leakgate`).  ``deid`` imports only ``core``
+(``tests/test_layers.py`` enforces it).
+"""

@@ -1,0 +1,363 @@
+"""Pictures: windowed renderings, thumbnail montages per series, and summary plots.
+
+Used by the inspect notebook (montage per series) and the reviewer
+(:mod:`~sendit_helpers.stages.reviewer`: montages, and :func:`preview_png` with the
+rectangles to scrub drawn).  Renders may show PHI burned into pixels: they are
+saved under ``phi/`` only.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+import pydicom
+from matplotlib.figure import Figure
+from pydicom.dataset import Dataset
+from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
+
+from sendit_helpers.core.dicomio import READ_ERRORS, safe_reason
+from sendit_helpers.deid.scrub import Box
+
+
+def window(
+    pixels: np.ndarray, center: float | None = None, width: float | None = None
+) -> np.ndarray:
+    """Map pixel values to 0..1 with a window (percentiles 1-99 when none is given)."""
+    data = pixels.astype(np.float32)
+    if center is None or width is None or width <= 0:
+        lo, hi = np.percentile(data, (1, 99)) if data.size else (0.0, 1.0)
+    else:
+        lo, hi = center - width / 2, center + width / 2
+    if hi <= lo:
+        hi = lo + 1
+    return np.clip((data - lo) / (hi - lo), 0, 1)
+
+
+def _first(value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, pydicom.multival.MultiValue | list | tuple):
+        value = value[0] if len(value) else None
+    return None if value is None else float(value)
+
+
+def _number(value: Any) -> float | None:
+    """The first number of a DS / IS value; ``None`` when empty or not a finite number."""
+    try:
+        number = _first(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number is not None and math.isfinite(number) else None
+
+
+_VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
+_PROBE = 1e15
+"""An input value beyond any window: the VOI output range is that of -/+ this."""
+
+
+def _first_value(ds: Dataset, keyword: str) -> Any:
+    """The first value of a DS element as read (its own text kept), ``None`` when not a number."""
+    value = ds.get(keyword)
+    if _number(value) is None:
+        return None
+    return value[0] if isinstance(value, pydicom.multival.MultiValue | list | tuple) else value
+
+
+def _lut_ok(ds: Dataset, keyword: str, depths: Sequence[int]) -> bool:
+    """``ds`` has a first item of ``keyword`` with a LUT pydicom can apply."""
+    seq = ds.get(keyword)
+    if not seq:
+        return False
+    item = seq[0]
+    descriptor, data = item.get("LUTDescriptor"), item.get("LUTData")
+    if descriptor is None or data is None or not isinstance(descriptor, Sequence):
+        return False
+    return len(descriptor) == 3 and int(descriptor[2]) in depths
+
+
+def _lut_view(ds: Dataset) -> tuple[Dataset, bool]:
+    """The elements pydicom's LUT functions read, those it cannot use left out.
+
+    Returns
+    -------
+    tuple of (Dataset, bool)
+        The view, and whether it has a VOI transform (VOI LUT Sequence or window).
+        A Rescale Slope of 0 or empty counts as 1, an empty Rescale Intercept as 0
+        (as the renderings always did); a window needs a width of at least 1.
+    """
+    view = Dataset()
+    if getattr(ds, "file_meta", None) is not None and "TransferSyntaxUID" in ds.file_meta:
+        view.file_meta = ds.file_meta  # the endianness of OW LUT data
+    else:
+        view.set_original_encoding(*ds.original_encoding)
+    for keyword in ("BitsStored", "PixelRepresentation"):
+        if keyword in ds:
+            view[keyword] = ds[keyword]
+    if _lut_ok(ds, "ModalityLUTSequence", (8, 16)):
+        view["ModalityLUTSequence"] = ds["ModalityLUTSequence"]
+    elif "RescaleSlope" in ds or "RescaleIntercept" in ds:
+        slope = _number(ds.get("RescaleSlope"))
+        view.RescaleSlope = _first_value(ds, "RescaleSlope") if slope else "1"
+        view.RescaleIntercept = _first_value(ds, "RescaleIntercept") or "0"
+    voi = _lut_ok(ds, "VOILUTSequence", (8, *range(10, 17)))
+    if voi:
+        view["VOILUTSequence"] = ds["VOILUTSequence"]
+    else:
+        width = _number(ds.get("WindowWidth"))
+        if _number(ds.get("WindowCenter")) is not None and width is not None and width >= 1:
+            view["WindowCenter"], view["WindowWidth"] = ds["WindowCenter"], ds["WindowWidth"]
+            function = str(ds.get("VOILUTFunction", "") or "").strip().upper()
+            if function in _VOI_FUNCTIONS:
+                view.VOILUTFunction = function
+            photometric = str(ds.get("PhotometricInterpretation", "") or "").strip()
+            if photometric in ("MONOCHROME1", "MONOCHROME2"):  # windows are for grey images
+                view.PhotometricInterpretation = photometric
+            voi = {"BitsStored", "PixelRepresentation", "PhotometricInterpretation"} <= set(
+                view.dir()
+            )
+    return view, voi
+
+
+def modality_values(ds: Dataset, pixels: np.ndarray) -> np.ndarray:
+    """Stored ``pixels`` of ``ds`` in modality units (Hounsfield units for CT), as floats.
+
+    pydicom's :func:`~pydicom.pixels.apply_modality_lut`: the Modality LUT Sequence
+    when there is one, else Rescale Slope and Intercept (an empty or zero slope
+    counts as 1, an empty intercept as 0), else the stored values.
+    """
+    return np.asarray(apply_modality_lut(pixels, _lut_view(ds)[0]), dtype=np.float64)
+
+
+def render(
+    ds: pydicom.Dataset, frame: int = 0, center: float | None = None, width: float | None = None
+) -> np.ndarray:
+    """One frame as floats 0..1 (2-D grey, or 3-D RGB) as a viewer shows it.
+
+    Grey images go through pydicom's LUT functions: :func:`modality_values`, then
+    :func:`~pydicom.pixels.apply_voi_lut` (the VOI LUT Sequence, else the first
+    window with its VOI LUT Function), whose output range becomes 0..1.  Without
+    either, the window is the 1st to 99th percentile.  A ``center`` or ``width``
+    given (the reviewer's window, in modality units) is used instead, the other
+    taken from the file.  MONOCHROME1 is inverted.
+    """
+    pixels = ds.pixel_array
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        pixels = pixels[min(frame, frames - 1)]
+    if pixels.ndim == 3:
+        return pixels.astype(np.float32) / max(float(pixels.max()), 1.0)
+    view, voi = _lut_view(ds)
+    data = apply_modality_lut(pixels, view)
+    if center is not None or width is not None:
+        center = center if center is not None else _number(ds.get("WindowCenter"))
+        width = width if width is not None else _number(ds.get("WindowWidth"))
+        image = window(np.asarray(data), center, width)
+    elif voi:
+        if "VOILUTSequence" in view:
+            descriptor = view.VOILUTSequence[0].LUTDescriptor
+            probe = np.arange(descriptor[1], descriptor[1] + (descriptor[0] or 2**16))
+            data = np.rint(data).astype(np.int64)  # a LUT maps integers
+        else:
+            probe = np.array([-_PROBE, _PROBE])
+        with np.errstate(over="ignore"):  # SIGMOID at the probe
+            shown = apply_voi_lut(data, view).astype(np.float32)
+            ends = apply_voi_lut(probe, view)
+        lo, hi = float(np.min(ends)), float(np.max(ends))
+        image = np.clip((shown - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
+    else:
+        image = window(np.asarray(data))
+    if ds.get("PhotometricInterpretation") == "MONOCHROME1":
+        image = 1 - image
+    return image
+
+
+_SUGGEST_COLOUR = np.array([1.0, 0.8, 0.0], dtype=np.float32)
+#: Largest side, in pixels, of the PNG renderings (larger images are shown every n-th pixel).
+PNG_MAX_SIZE = 640
+
+
+def _rgb(image: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float32]:
+    """``image`` (grey or colour, 0..1) as an RGB copy."""
+    rgb = np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image[:, :, :3]
+    return np.asarray(rgb, dtype=np.float32).copy()
+
+
+def _clipped(box: Box, rows: int, cols: int) -> tuple[int, int, int, int] | None:
+    """``(x0, y0, x1, y1)`` of ``box`` inside a ``cols`` x ``rows`` image, None when empty."""
+    x0, y0 = max(0, box.x), max(0, box.y)
+    x1, y1 = min(cols, box.x + box.width), min(rows, box.y + box.height)
+    return None if x1 <= x0 or y1 <= y0 else (x0, y0, x1, y1)
+
+
+def _outline(
+    rgb: npt.NDArray[np.float32], boxes: Sequence[Box], colour: npt.NDArray[np.float32]
+) -> None:
+    """Draw the edges of ``boxes`` on ``rgb`` in ``colour``, in place."""
+    rows, cols = rgb.shape[:2]
+    edge = max(1, min(rows, cols) // 200)
+    for box in boxes:
+        corners = _clipped(box, rows, cols)
+        if corners is None:
+            continue
+        x0, y0, x1, y1 = corners
+        rgb[y0 : y0 + edge, x0:x1] = colour
+        rgb[max(y0, y1 - edge) : y1, x0:x1] = colour
+        rgb[y0:y1, x0 : x0 + edge] = colour
+        rgb[y0:y1, max(x0, x1 - edge) : x1] = colour
+
+
+def _blacken(rgb: npt.NDArray[np.float32], boxes: Sequence[Box]) -> None:
+    """Fill ``boxes`` of ``rgb`` with black, in place (what a scrub writes, as displayed)."""
+    rows, cols = rgb.shape[:2]
+    for box in boxes:
+        corners = _clipped(box, rows, cols)
+        if corners is not None:
+            x0, y0, x1, y1 = corners
+            rgb[y0:y1, x0:x1] = 0.0
+
+
+def png_step(rows: int, columns: int, max_size: int = PNG_MAX_SIZE) -> int:
+    """Every how many source pixels a rendering of a ``columns`` x ``rows`` image keeps one.
+
+    A rendering's pixel ``(x, y)`` is the source pixel ``(x * step, y * step)``:
+    the reviewer converts drawn rectangles back to source pixels with it.
+    """
+    return max(1, int(np.ceil(max(rows, columns, 1) / max_size)))
+
+
+def _png(image: npt.NDArray[np.floating[Any]], max_size: int = PNG_MAX_SIZE) -> bytes:
+    """``image`` (0..1) as PNG bytes, downsampled to at most ``max_size`` pixels a side."""
+    step = png_step(image.shape[0], image.shape[1], max_size)
+    buffer = io.BytesIO()
+    data = np.clip(image[::step, ::step], 0, 1)
+    plt.imsave(buffer, data, cmap="gray" if data.ndim == 2 else None, vmin=0, vmax=1, format="png")
+    return buffer.getvalue()
+
+
+def preview_png(
+    ds: pydicom.Dataset,
+    boxes: Sequence[Box] = (),
+    suggested: Sequence[Box] = (),
+    *,
+    frame: int = 0,
+    center: float | None = None,
+    width: float | None = None,
+) -> bytes:
+    """The image rendered as PNG as a scrub of ``boxes`` would leave it.
+
+    Every rectangle of ``boxes`` is black, as :func:`~sendit_helpers.deid.scrub.scrub_pixels`
+    writes it (the lowest stored value, the highest for MONOCHROME1: black
+    under any window that starts at or above the data's minimum), with no edge
+    drawn over the pixels around it.  Suggested rectangles that are not among
+    ``boxes`` get a yellow edge (they are not scrubbed).  Without rectangles it
+    is the plain rendering (:func:`render`), downsampled by :func:`png_step`.
+    """
+    image = render(ds, frame, center, width)
+    if not boxes and not suggested:
+        return _png(image)
+    rgb = _rgb(image)
+    _outline(rgb, [b for b in suggested if b not in boxes], _SUGGEST_COLOUR)
+    _blacken(rgb, boxes)
+    return _png(rgb)
+
+
+def thumbnail(path: str | os.PathLike[str], size: int = 128) -> np.ndarray | str:
+    """A downsampled rendering of a file, or the reason it cannot be drawn."""
+    try:
+        ds = pydicom.dcmread(os.fspath(path), force=True)
+        image = render(ds)
+    except (*READ_ERRORS, RuntimeError) as exc:
+        return f"cannot draw: {safe_reason(exc)}"
+    step = max(1, max(image.shape[:2]) // size)
+    return image[::step, ::step]
+
+
+def montage(
+    paths: Sequence[str | os.PathLike[str]], titles: Sequence[str], size: int = 128, title: str = ""
+) -> Figure:
+    """A grid of thumbnails, one per path, captioned with ``titles``."""
+    n = max(1, len(paths))
+    cols = min(8, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.7 * rows + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, path, caption in zip(axes.flat, paths, titles, strict=False):
+        thumb = thumbnail(path, size)
+        if isinstance(thumb, str):
+            ax.text(0.5, 0.5, thumb, ha="center", va="center", fontsize=6, wrap=True)
+        else:
+            ax.imshow(thumb, cmap="gray", vmin=0, vmax=1)
+        ax.set_title(caption, fontsize=7)
+    if title:  # wrapped to the figure's width: a long series description is not clipped
+        fig.suptitle(textwrap.fill(title, width=max(24, 16 * cols)), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def sample(table: pd.DataFrame, k: int) -> pd.DataFrame:
+    """At most ``k`` rows, evenly spaced, in instance order."""
+    table = table.sort_values("InstanceNumber", na_position="last")
+    if len(table) <= k:
+        return table
+    idx = np.linspace(0, len(table) - 1, k).round().astype(int)
+    return table.iloc[np.unique(idx)]
+
+
+def series_montages(
+    files: pd.DataFrame, out_dir: Path, *, max_images: int = 16, size: int = 128
+) -> list[Path]:
+    """Save one montage PNG per series under ``out_dir`` and return their paths.
+
+    Flagged images are captioned with a ``!`` so they stand out.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    saved = []
+    images = files[files["has_pixels"]]
+    for index, (_, group) in enumerate(images.groupby("SeriesInstanceUID", sort=False)):
+        chosen = sample(group, max_images)
+        captions = [
+            f"{'! ' if flagged else ''}#{'' if pd.isna(num) else num}"
+            for num, flagged in zip(chosen["InstanceNumber"], chosen["flagged"], strict=True)
+        ]
+        first = chosen.iloc[0]
+        title = (
+            f"series {first['SeriesNumber']} — {first['SeriesDescription']} "
+            f"({first['Modality']}, {len(group)} images)"
+        )
+        fig = montage(list(chosen["source_path"]), captions, size, title)
+        path = out_dir / f"montage_{index:03d}.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        saved.append(path)
+    return saved
+
+
+def disposition_bar(counts: pd.Series, title: str = "Files by disposition") -> Figure:
+    """A horizontal bar chart of disposition counts."""
+    fig, ax = plt.subplots(figsize=(6, 0.4 * len(counts) + 0.8))
+    ax.barh(counts.index.astype(str), counts.to_numpy(), color="#4c72b0")
+    for y, value in enumerate(counts.to_numpy()):
+        ax.text(value, y, f" {value}", va="center", fontsize=8)
+    ax.set_title(title)
+    ax.invert_yaxis()
+    fig.tight_layout()
+    return fig
+
+
+def show(paths: Sequence[Path]) -> None:
+    """Display saved PNGs in a notebook, one after another."""
+    from IPython.display import Image, display
+
+    for path in paths:
+        display(Image(filename=str(path)))  # type: ignore[no-untyped-call]

@@ -1,0 +1,1470 @@
+"""De-identify stage: recipe, pseudonyms, quarantine, release/ behind the leak gate.
+
+For each readable DICOM image of a batch (``pending`` after inspect):
+
+1. pseudonyms come from the identifier provider, one call per batch
+   (entity = patient, item = study; one date shift per patient);
+2. the recipe (PS3.15 Annex E by default) is applied to the header; pixel
+   data is never decoded, only copied byte for byte (each file is read once).
+   Three paths give the same bytes: the element cache (:mod:`.elementcache`:
+   the header scanned as bytes, each distinct element of a study
+   de-identified by the recipe engine once and remembered, the original pixel
+   data element bytes appended) takes explicit VR little endian files; the
+   rest have their header parsed from memory by pydicom and written by
+   :mod:`.dicomwrite`; files with elements after the pixel data, deflated or
+   odd ones take pydicom's read/save_as path;
+3. the file is written to ``release/<entity>/<item>_<series>_<instance>.dcm``,
+   or to ``phi/quarantine/<entity>/`` when the pixel screen flagged it; the
+   recipe reports every original value it removed or changed
+   (:attr:`.recipes.Changes.originals`), which, less the values still in the
+   output, become the leak gate's values;
+4. the ``cleaned``, ``entities`` and PHI ``lookup`` tables are written and
+   ``disposition.csv`` completed;
+5. the leak gate scans every byte and file name of ``release/`` for every
+   identifying value the recipe removed (using the pixel data spans recorded
+   at write time, ``phi/deidentify/pixel_spans.json``, instead of parsing
+   every header again).
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import hashlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import lru_cache, partial
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pydicom._uid_dict import UID_dictionary
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filereader import read_file_meta_info
+from pydicom.multival import MultiValue
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+
+from sendit_helpers.core import disposition, executors
+from sendit_helpers.core.dicomio import PARSE_ERRORS, READ_ERRORS, file_reason, read_full
+from sendit_helpers.core.disposition import Disposition, Row
+from sendit_helpers.core.errors import RecipeError, one_line
+from sendit_helpers.core.layout import BatchLayout
+from sendit_helpers.deid import leakgate
+from sendit_helpers.deid.cleaned import KEPT_VRS, TECHNICAL_KEYWORDS, WORDS, describe
+from sendit_helpers.deid.dicomwrite import encode_header, split_file
+from sendit_helpers.deid.elementcache import ElementCache
+from sendit_helpers.deid.recipes import GATE_VRS, Changes, DeidContext, Recipe, shift_date
+from sendit_helpers.pseudonyms.identifiers import (
+    StudyKey,
+    UidMapper,
+    load_site_secret,
+    make_provider,
+)
+from sendit_helpers.stages import inspect
+
+DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
+#: What de-identifying one malformed file may raise: its disposition becomes an error.
+_FILE_ERRORS: tuple[type[Exception], ...] = (*PARSE_ERRORS, RuntimeError)
+#: ... and what makes the element cache leave a file to the paths that report it.
+_CACHE_ERRORS: tuple[type[Exception], ...] = (*_FILE_ERRORS, RecipeError)
+_DOCUMENT = (
+    "{kind}: a document of free text the recipe cannot clean; the profile empties it "
+    "(EncapsulatedDocument (0042,0011), D) and the header is de-identified; held for review"
+)
+#: SOP classes whose content the recipe cannot clean (a document, a 3D model, vendor
+#: raw data), with the disposition reason: their header is de-identified and the
+#: file held in quarantine for a person to review.
+OPAQUE_CLASSES: dict[str, str] = {
+    "1.2.840.10008.5.1.4.1.1.104.1": _DOCUMENT.format(kind="encapsulated PDF"),
+    "1.2.840.10008.5.1.4.1.1.104.2": _DOCUMENT.format(kind="encapsulated CDA"),
+    "1.2.840.10008.5.1.4.1.1.104.3": _DOCUMENT.format(kind="encapsulated STL model"),
+    "1.2.840.10008.5.1.4.1.1.104.4": _DOCUMENT.format(kind="encapsulated OBJ model"),
+    "1.2.840.10008.5.1.4.1.1.104.5": _DOCUMENT.format(kind="encapsulated MTL material"),
+    "1.2.840.10008.5.1.4.1.1.66": (
+        "raw data: vendor data the recipe cannot read (private elements removed, header "
+        "de-identified); held for review"
+    ),
+}
+#: The disposition reason of an image the pixel screen flagged.
+FLAGGED_REASON = "pixel screen flagged possible burned-in PHI; awaiting review"
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One file to de-identify (slotted: a batch holds one per file until it is done)."""
+
+    source_path: str
+    output: str
+    name: str
+    entity_id: str
+    item_id: str
+    jitter_days: int
+    quarantined: bool
+    entity_timestamp: str = ""
+    """PatientBirthDate shifted by ``jitter_days`` (``var:entity_timestamp``), or empty."""
+    item_timestamp: str = ""
+    """StudyDate shifted by ``jitter_days`` (``var:item_timestamp``), or empty."""
+    reason: str = ""
+    """Why the file is held (quarantined jobs only)."""
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What every worker needs, cheap to pickle."""
+
+    recipe_files: tuple[str, ...]
+    include_default: bool
+    secret: bytes
+    safe_private: tuple[str, ...] = ()
+    element_cache: bool = True
+    """Use :mod:`.elementcache` (False: every file through the recipe engine, for comparison)."""
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What became of one job (slotted: a batch holds one per file until it is done)."""
+
+    job: Job
+    error: str = ""
+    cleaned: dict[str, Any] = field(default_factory=dict)
+    removed: dict[str, str] = field(default_factory=dict)
+    """Identifying values removed from this file: value -> category (PHI)."""
+    lookup: list[tuple[str, str, str]] = field(default_factory=list)
+    """(field, original, new) pairs (PHI)."""
+    pixel_span: tuple[int, int, int, bool] | None = None
+    """``(value start, value end, file size, 16-bit native)`` of the written pixel
+    data, for the leak gate (:func:`leakgate.save_spans`); None when unknown."""
+    written: leakgate.Written | None = None
+    """What the leak gate needs of a released file, taken from its bytes as they were
+    written (:func:`leakgate.written`); None for the other files."""
+    part: str = ""
+    """Name of the spool part (:func:`spool_chunk`) holding this outcome's cleaned
+    and lookup rows, which then are no longer kept here; empty when they are."""
+
+
+# ------------------------------------------------------------------ per file
+@lru_cache(maxsize=4)
+def _recipe(files: tuple[str, ...], include_default: bool) -> Recipe:
+    return Recipe.load(files, include_default=include_default, include_deid_filters=False)
+
+
+@lru_cache(maxsize=4)
+def _uid_mapper(secret: bytes) -> UidMapper:
+    return UidMapper(secret)
+
+
+def _walk(ds: Dataset, prefix: str = "") -> Iterator[tuple[str, DataElement]]:
+    """Yield ``(path, element)`` for every element, depth first, sequences included."""
+    for elem in ds:
+        path = f"{prefix}{elem.tag:08X}"
+        yield path, elem
+        if elem.VR == "SQ" and elem.value:
+            for index, item in enumerate(elem.value):
+                yield from _walk(item, f"{path}[{index}].")
+
+
+def _strings(elem: DataElement) -> list[str]:
+    """An element's values as stripped strings (one per value of a multi-valued element)."""
+    value = elem.value
+    if value is None or value == "" or isinstance(value, bytes):
+        return []
+    values = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+    return [text for v in values if (text := str(v).strip())]
+
+
+def snapshot(ds: Dataset, vrs: frozenset[str] = GATE_VRS) -> dict[str, tuple[str, str, list[str]]]:
+    """Textual values by element path: path -> (VR, keyword, values).
+
+    With :func:`removed_values` this is the slow, obvious *reference* for the
+    gate values the stage now gets from ``Changes.originals`` in one pass;
+    tests/test_dicomwrite.py checks the two agree.  The stage does not call it.
+    """
+    found = {}
+    for path, elem in _walk(ds):
+        if elem.VR in vrs:
+            found[path] = (
+                elem.VR,
+                elem.keyword or f"({elem.tag.group:04X},{elem.tag.element:04X})",
+                _strings(elem),
+            )
+    return found
+
+
+def removed_values(
+    before: Mapping[str, tuple[str, str, list[str]]], after: Dataset, extra: Sequence[str] = ()
+) -> dict[str, str]:
+    """Values the recipe removed or changed: value -> category (its keyword or ``name``).
+
+    A value the recipe kept elsewhere in the same file (a private copy of
+    ``BodyPartExamined``, say) is evidently not identifying under this recipe
+    and is left out, so the gate does not fail on it.
+    """
+    now = snapshot(after)
+    kept: set[str] = set()
+    for vr, keyword, values in snapshot(after, KEPT_VRS).values():
+        kept.update(v.casefold() for v in values)
+        if vr == "CS" or keyword in TECHNICAL_KEYWORDS:
+            kept.update(t for v in values for t in WORDS.split(v.casefold()) if t)
+    removed: dict[str, str] = {}
+    for path, (vr, keyword, values) in before.items():
+        current = now.get(path, ("", "", []))[2]
+        for value in values:
+            if value in current or value.casefold() in kept:
+                continue
+            if vr == "UI" and value in UID_dictionary:
+                continue  # a UID the standard defines identifies nobody (as removed_from)
+            removed.setdefault(value, "name" if vr == "PN" else keyword)
+    for value in extra:
+        if value.strip() and value.strip().casefold() not in kept:
+            removed.setdefault(value.strip(), "free text")
+    return removed
+
+
+def _ensure_meta(ds: Dataset) -> None:
+    """Give the dataset a file meta that matches it (meta-less inputs get one)."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or "TransferSyntaxUID" not in meta:
+        implicit, little = ds.original_encoding
+        new = FileMetaDataset()
+        if meta is not None:
+            new.update(meta)
+        new.TransferSyntaxUID = (
+            ImplicitVRLittleEndian
+            if implicit
+            else ExplicitVRLittleEndian
+            if little is not False
+            else ExplicitVRBigEndian
+        )
+        ds.file_meta = new
+    if ds.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian:
+        # The same data set, written without the deflate: the leak gate must read the
+        # output's bytes, and every target stores explicit VR little endian.
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+
+
+def meta_kept(meta: Dataset | None) -> set[str]:
+    """The output file meta's ImplementationClassUID, casefolded: a value still in the file.
+
+    The software that wrote a file often names itself with the same root in
+    InstanceCreatorUID (DCMTK does); the recipe replaces the latter, and the
+    meta carries the former over, so it is a technical value, not a leak.
+    """
+    uid = meta.get("ImplementationClassUID") if meta is not None else None
+    text = str(uid or "").strip("\x00 ").casefold()
+    return {text} if text else set()
+
+
+def removed_from(changes: Changes, kept: set[str]) -> dict[str, str]:
+    """Values the recipe removed or changed: value -> category (its keyword or ``name``).
+
+    The same result as :func:`removed_values` on snapshots before and after:
+    a value still in the output (casefolded, see :func:`describe`) is not
+    identifying under this recipe and is left out.
+    """
+    removed: dict[str, str] = {}
+    for vr, category, values in changes.originals:
+        for value in values:
+            if vr == "UI" and value in UID_dictionary:
+                continue  # a UID the standard defines (a SOP class, say) identifies nobody
+            if value.casefold() not in kept:
+                removed.setdefault(value, category)
+    for value in changes.removed_text:
+        text = value.strip()
+        if text and text.casefold() not in kept:
+            removed.setdefault(text, "free text")
+    return removed
+
+
+def _resolve_vrs(ds: Dataset) -> None:
+    """Give every element a VR when an implicit-VR data set is written with explicit VR.
+
+    A file whose transfer syntax is explicit VR but whose data set is encoded implicit
+    VR (pydicom's ``SC_rgb_jpeg.dcm``: JPEG Baseline) is read implicit, so its raw
+    elements carry no VR and ``save_as`` under the file's transfer syntax fails with
+    ``TypeError`` on the first one.  Converting each element (at any depth) takes its VR
+    from the data dictionary (``UN`` for an unknown private tag), as pydicom does for
+    implicit VR.
+    """
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax is None or syntax.is_implicit_VR or all(e.VR for e in ds.elements()):
+        return
+    for _elem in ds.iterall():  # iterating converts each raw element (sequences recurse)
+        pass
+
+
+def _write(ds: Dataset, output: Path) -> None:
+    _resolve_vrs(ds)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp")
+    ds.save_as(tmp, enforce_file_format=True)
+    os.replace(tmp, output)
+
+
+def _write_parts(output: str, header: bytes, tail: memoryview) -> None:
+    parent = os.path.dirname(output)
+    tmp = os.path.join(parent, f".{os.path.basename(output)}.tmp")
+    try:
+        fh = open(tmp, "wb")  # noqa: SIM115 (closed below; the folder usually exists)
+    except FileNotFoundError:
+        os.makedirs(parent, exist_ok=True)
+        fh = open(tmp, "wb")  # noqa: SIM115
+    with fh:
+        fh.write(header)
+        fh.write(tail)
+    os.replace(tmp, output)
+
+
+def _context(job: Job, config: WorkerConfig) -> DeidContext:
+    return DeidContext(
+        variables={
+            "entity_id": job.entity_id,
+            "item_id": job.item_id,
+            "entity_timestamp": job.entity_timestamp,
+            "item_timestamp": job.item_timestamp,
+            "jitter": str(job.jitter_days),
+        },
+        date_shift_days=job.jitter_days,
+        uid_map=_uid_mapper(config.secret),
+    )
+
+
+def _native16(ds: Dataset) -> bool:
+    meta = getattr(ds, "file_meta", None)
+    syntax = None if meta is None else meta.get("TransferSyntaxUID")
+    return bool(ds.get("BitsAllocated") == 16 and syntax is not None and not syntax.is_compressed)
+
+
+@lru_cache(maxsize=4)
+def _element_cache(files: tuple[str, ...], include_default: bool) -> ElementCache:
+    return ElementCache(_recipe(files, include_default))
+
+
+def _cached_path(job: Job, config: WorkerConfig, data: bytes, outcome: Outcome) -> Changes | None:
+    """De-identify from remembered elements (:mod:`.elementcache`); None: another path must.
+
+    A file the cache cannot handle, or one whose values raise, goes to the
+    paths below, which then report it exactly as they always have.
+    """
+    cache = _element_cache(config.recipe_files, config.include_default)
+    try:
+        done = cache.deidentify(data, _context(job, config))
+    except _CACHE_ERRORS:
+        return None
+    if done is None:
+        return None
+    tail = memoryview(data)[done.pixel_at :]
+    _write_parts(job.output, done.header, tail)
+    size = len(done.header) + len(tail)
+    start = len(done.header) + done.pixel_value_offset
+    outcome.pixel_span = (start, size, size, done.native16)
+    outcome.written = _written(job, done.header, tail, start, done.native16)
+    outcome.cleaned = done.cleaned
+    outcome.removed = removed_from(done.changes, done.kept)
+    outcome.lookup = [(k, old, new) for k, (old, new) in done.changes.replaced.items()]
+    return done.changes
+
+
+def _written(
+    job: Job, header: bytes, tail: memoryview, start: int, native16: bool
+) -> leakgate.Written | None:
+    """What the leak gate needs of a released file just written (None for a held one)."""
+    if job.quarantined:
+        return None
+    return leakgate.written(
+        f"{job.entity_id}/{job.name}", job.output, header, tail, start, native16
+    )
+
+
+def _fast_path(
+    job: Job, config: WorkerConfig, recipe: Recipe, data: bytes
+) -> tuple[Dataset, Changes, tuple[int, int, int, bool], leakgate.Written | None] | None:
+    """Parse the header from memory, write header bytes + original pixel bytes.
+
+    None when the file needs the general path (see :func:`dicomwrite.split_file`).
+    """
+    try:
+        split = split_file(data)
+    except READ_ERRORS:
+        return None  # the general path reports it
+    if split is None:
+        return None
+    ds = split.dataset
+    changes = recipe.apply(ds, _context(job, config))
+    _ensure_meta(ds)
+    header = encode_header(ds)
+    if header is None:
+        return None
+    tail = memoryview(data)[split.pixel_at :]
+    _write_parts(job.output, header, tail)
+    start = len(header) + split.pixel_value_at - split.pixel_at
+    size = len(header) + len(tail)
+    native16 = _native16(ds)
+    return ds, changes, (start, size, size, native16), _written(job, header, tail, start, native16)
+
+
+def deidentify_file(job: Job, config: WorkerConfig) -> Outcome:
+    """De-identify one file and write it; never raises for a bad input file.
+
+    Most files are served by the element cache (:func:`_cached_path`), the
+    other well-formed ones by :func:`_fast_path`; files with elements after
+    the pixel data, deflated or unusual ones are read whole, de-identified and
+    written by pydicom.
+    """
+    outcome = Outcome(job)
+    recipe = _recipe(config.recipe_files, config.include_default)
+    try:
+        with open(job.source_path, "rb") as fh:  # no Path: its parts would be interned
+            data = fh.read()
+        if config.element_cache and _cached_path(job, config, data, outcome) is not None:
+            return outcome
+        done = _fast_path(job, config, recipe, data)
+        if done is None:
+            ds: Dataset = read_full(job.source_path)
+            changes = recipe.apply(ds, _context(job, config))
+            _ensure_meta(ds)
+            _write(ds, Path(job.output))
+        else:
+            ds, changes, outcome.pixel_span, outcome.written = done
+        # Values of elements the recipe did not touch are decoded here for the first
+        # time: a malformed one fails this file (and its output goes), not the batch.
+        outcome.cleaned, kept = describe(ds)
+        kept.update(meta_kept(getattr(ds, "file_meta", None)))
+    except RecipeError as exc:
+        outcome.error = f"recipe could not be applied: {one_line(exc)}"
+        return outcome
+    except _FILE_ERRORS as exc:
+        Path(job.output).unlink(missing_ok=True)
+        outcome.error = f"could not de-identify: {file_reason(exc, job.source_path)}"
+        outcome.pixel_span = None
+        outcome.written = None
+        return outcome
+    outcome.removed = removed_from(changes, kept)
+    outcome.lookup = [(k, old, new) for k, (old, new) in changes.replaced.items()]
+    return outcome
+
+
+def _run_chunk(jobs: list[Job], config: WorkerConfig) -> list[Outcome]:
+    return [deidentify_file(job, config) for job in jobs]
+
+
+def _run_chunk_spooled(jobs: list[Job], config: WorkerConfig, spool: str) -> list[Outcome]:
+    return spool_chunk([deidentify_file(job, config) for job in jobs], Path(spool))
+
+
+def run_jobs(
+    jobs: Sequence[Job],
+    config: WorkerConfig,
+    *,
+    workers: int = 1,
+    progress: bool = True,
+    executor: str = "local",
+    scheduler: str = "",
+    spool: Path | None = None,
+) -> list[Outcome]:
+    """De-identify many files, in order, on a process pool or Dask when ``workers`` > 1
+    (see :func:`sendit_helpers.core.executors.map_chunks`).
+
+    Parameters
+    ----------
+    jobs : sequence of Job
+        The files to de-identify.
+    config : WorkerConfig
+        What every worker needs.
+    workers, progress, executor, scheduler
+        As :func:`sendit_helpers.core.executors.map_chunks`.
+    spool : Path, optional
+        A folder (shared with the workers) where each chunk's cleaned and
+        lookup rows are written as it finishes (:func:`spool_chunk`); the
+        outcomes returned then keep only what dispositions and the gate need,
+        so memory does not grow with the batch.  None keeps every row in the
+        outcomes.
+
+    Returns
+    -------
+    list of Outcome
+        One per job, in job order.
+    """
+    func = (
+        partial(_run_chunk, config=config)
+        if spool is None
+        else partial(_run_chunk_spooled, config=config, spool=str(spool))
+    )
+    return executors.map_chunks(
+        func,
+        list(jobs),
+        workers=workers,
+        executor=executor,
+        scheduler=scheduler,
+        progress=progress,
+        desc="deidentify",
+        serial_below=32,
+    )
+
+
+# ------------------------------------------------------------------ planning
+def _patient_key(row: Mapping[str, Any]) -> StudyKey:
+    patient = (
+        row["PatientID"] if isinstance(row["PatientID"], str) and row["PatientID"].strip() else ""
+    )
+    study = row["StudyInstanceUID"] if isinstance(row["StudyInstanceUID"], str) else ""
+    accession = row["AccessionNumber"] if isinstance(row["AccessionNumber"], str) else ""
+    date = row["StudyDate"] if isinstance(row["StudyDate"], str) else ""
+    if not patient:
+        patient = f"no-patient-id:{study or row['source_path']}"
+    return StudyKey(patient, accession.strip() or study, date)
+
+
+def _number(value: Any, fallback: int) -> int:
+    return fallback if value is None or pd.isna(value) else int(value)
+
+
+def _text(value: Any) -> str:
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _modality(value: Any) -> str:
+    """A Modality as a file-name part: letters and digits only, ``OT`` when there are none."""
+    return "".join(c for c in _text(value).upper() if c.isascii() and c.isalnum())[:8] or "OT"
+
+
+def _instance_part(row: Any, uid_map: UidMapper | None) -> str:
+    """InstanceNumber, else a digest of the de-identified SOPInstanceUID (the object's own name)."""
+    if row.InstanceNumber is not None and not pd.isna(row.InstanceNumber):
+        return str(int(row.InstanceNumber))
+    uid = _text(getattr(row, "SOPInstanceUID", None))
+    if not uid or uid_map is None:
+        return "x"  # no UID either: the suffix below keeps names unique
+    return "u" + hashlib.sha256(uid_map(uid).encode("ascii")).hexdigest()[:10]
+
+
+def _names(
+    candidates: pd.DataFrame,
+    codes: Mapping[str, tuple[str, str, int]],
+    uid_map: UidMapper | None = None,
+) -> dict[str, str]:
+    """Unique names per source file, stable in source order.
+
+    Images are ``<item>_<series>_<instance>.dcm``; objects without pixel data
+    (SR, KOS, presentation states, RT plans and structure sets, waveforms)
+    ``<item>_<Modality>_<series>_<instance>.dcm``, so they do not take an
+    image's name.  A missing SeriesNumber is ``0``; a missing InstanceNumber is
+    ``u`` + 10 hex digits of the SHA-256 of the de-identified SOPInstanceUID:
+    the same object gets the same name whatever else the batch holds.  Names
+    still equal get ``_2``, ``_3``... in source order.
+    """
+    names: dict[str, str] = {}
+    taken: set[str] = set()
+    pixels = "has_pixels" in candidates.columns
+    for row in candidates.itertuples(index=False):
+        source = str(row.source_path)
+        _entity, item, _jitter = codes[source]
+        series, instance = _number(row.SeriesNumber, 0), _instance_part(row, uid_map)
+        if pixels and not bool(row.has_pixels):
+            base = f"{item}_{_modality(getattr(row, 'Modality', None))}_{series}_{instance}"
+        else:
+            base = f"{item}_{series}_{instance}"
+        name, n = f"{base}.dcm", 1
+        while name in taken:
+            n += 1
+            name = f"{base}_{n}.dcm"
+        taken.add(name)
+        names[source] = name
+    return names
+
+
+#: The ``files.parquet`` columns :func:`plan` reads.
+PLAN_COLUMNS = (
+    "source_path",
+    "SOPClassUID",
+    "has_pixels",
+    "flagged",
+    "PatientID",
+    "StudyInstanceUID",
+    "AccessionNumber",
+    "StudyDate",
+    "SeriesNumber",
+    "InstanceNumber",
+    "PatientBirthDate",
+    "SOPInstanceUID",
+    "Modality",
+)
+
+
+@dataclass
+class Plan:
+    """The jobs of a batch, and the files it will not release with the reason."""
+
+    jobs: list[Job]
+    skipped: list[Row]
+
+
+def plan(
+    layout: BatchLayout, settings: Mapping[str, Any], files: pd.DataFrame, secret: bytes
+) -> Plan:
+    """Choose the files to de-identify, get pseudonyms and name the outputs."""
+    table = disposition.read(layout, ["source_path", "disposition"]).set_index("source_path")
+    dicom = files[files["source_path"].isin(table.index)]
+    dicom = dicom[
+        table.loc[dicom["source_path"], "disposition"]
+        .isin(
+            [
+                str(Disposition.PENDING),
+                str(Disposition.RELEASED),
+                str(Disposition.QUARANTINED),
+                str(Disposition.SKIPPED),
+            ]
+        )
+        .to_numpy()
+    ]
+    sop_class = dicom["SOPClassUID"].map(_text)
+    storable = (sop_class != "") & (sop_class != DICOMDIR_CLASS)
+    skipped = [
+        Row(p, Disposition.SKIPPED, _not_storable(p)) for p in dicom.loc[~storable, "source_path"]
+    ]
+    images = dicom[storable].sort_values("source_path")
+    keys = {row.source_path: _patient_key(row._asdict()) for row in images.itertuples(index=False)}
+    provider = make_provider(
+        settings["IDENTIFIER_PROVIDER"],
+        secret=secret,
+        prefix=settings["ENTITY_PREFIX"],
+        crosswalk_csv=Path(settings["CROSSWALK_CSV"]) if settings["CROSSWALK_CSV"] else None,
+        url=settings["IDENTIFIER_URL"],
+        id_source=settings["IDENTIFIER_ID_SOURCE"],
+        token=settings["IDENTIFIER_TOKEN"] or None,
+        timeout=float(settings["IDENTIFIER_TIMEOUT"]),
+        retries=int(settings["IDENTIFIER_RETRIES"]),
+        max_jitter_days=int(settings["MAX_JITTER_DAYS"]),
+    )
+    pseudonyms = provider.pseudonymize(list(dict.fromkeys(keys.values()))) if keys else {}
+    codes = {
+        p: (pseudonyms[k].entity_id, pseudonyms[k].item_id, pseudonyms[k].jitter_days)
+        for p, k in keys.items()
+    }
+    names = _names(images, codes, UidMapper(secret))
+    quarantine = bool(settings["QUARANTINE_FLAGGED"])
+    jobs = []
+    for row in images.itertuples(index=False):
+        entity, item, jitter = codes[row.source_path]
+        reason = OPAQUE_CLASSES.get(_text(row.SOPClassUID), "")
+        if not reason and quarantine and bool(row.flagged) and bool(row.has_pixels):
+            reason = FLAGGED_REASON
+        root = layout.quarantine if reason else layout.release
+        output = root / entity / names[row.source_path]
+        jobs.append(
+            Job(
+                row.source_path,
+                str(output),
+                names[row.source_path],
+                entity,
+                item,
+                jitter,
+                bool(reason),
+                shift_date(_text(getattr(row, "PatientBirthDate", None)), jitter),
+                shift_date(_text(row.StudyDate), jitter),
+                reason,
+            )
+        )
+    return Plan(jobs, skipped)
+
+
+def _not_storable(path: str) -> str:
+    """The skip reason of a file without a storable SOP class (a DICOMDIR, a fragment)."""
+    try:
+        meta = read_file_meta_info(path)
+    except READ_ERRORS:
+        meta = None
+    media = _text(str(meta.get("MediaStorageSOPClassUID", ""))) if meta is not None else ""
+    if media == DICOMDIR_CLASS or Path(path).name.upper().startswith("DICOMDIR"):
+        return "media directory (DICOMDIR), an index of the other files; not released"
+    return (
+        "no SOPClassUID (0008,0016): a data set without a SOP class is not a storable object; "
+        "not released (re-export it from the PACS if it should be)"
+    )
+
+
+# ------------------------------------------------------------------ tables
+def _cleaned_rows(outcomes: Sequence[Outcome], released: bool) -> list[dict[str, Any]]:
+    """The cleaned-table rows of the released (or quarantined) images among ``outcomes``."""
+    return [
+        {
+            "name": o.job.name,
+            "entity_id": o.job.entity_id,
+            "item_id": o.job.item_id,
+            "path": f"{o.job.entity_id}/{o.job.name}",
+            **o.cleaned,
+        }
+        for o in outcomes
+        if not o.error and o.job.quarantined != released
+    ]
+
+
+def _lookup_rows(outcomes: Sequence[Outcome]) -> list[dict[str, Any]]:
+    """The lookup-table rows of ``outcomes``: one ``(file)`` row per job, then its replacements."""
+    rows: list[dict[str, Any]] = []
+    for o in outcomes:
+        j = o.job
+        common = {"entity_id": j.entity_id, "item_id": j.item_id, "jitter_days": j.jitter_days}
+        rows.append(
+            {"source_path": j.source_path, "field": "(file)", "original": j.source_path}
+            | {"new": j.name}
+            | common
+        )
+        rows.extend(
+            {"source_path": j.source_path, "field": f, "original": old, "new": new} | common
+            for f, old, new in o.lookup
+        )
+    return rows
+
+
+def cleaned_table(outcomes: Sequence[Outcome], released: bool = True) -> pd.DataFrame:
+    """One row per written image: name, entity, item, path and de-identified header fields."""
+    table = pd.DataFrame(_cleaned_rows(outcomes, released))
+    if table.empty:  # typed, so that Arrow reads string columns back (not null ones)
+        table = pd.DataFrame(columns=["name", "entity_id", "item_id", "path"])
+    return table.astype("string")
+
+
+def entities_table(cleaned: pd.DataFrame, agent: str) -> pd.DataFrame:
+    """One row per entity: ``id, PatientSex, PatientAge, IMAGE_COUNT, UPLOAD_AGENT``."""
+    columns = ["id", "PatientSex", "PatientAge", "IMAGE_COUNT", "UPLOAD_AGENT"]
+    if cleaned.empty:
+        return pd.DataFrame(columns=columns)
+    table = cleaned.reindex(columns=["entity_id", "PatientSex", "PatientAge", "name"])
+    grouped = table.groupby("entity_id", sort=True)
+    out = pd.DataFrame(
+        {
+            "id": list(grouped.groups),
+            "PatientSex": grouped["PatientSex"].first().to_list(),
+            "PatientAge": grouped["PatientAge"].first().to_list(),
+            "IMAGE_COUNT": grouped["name"].size().astype("int64").to_list(),
+        }
+    )
+    out["UPLOAD_AGENT"] = agent
+    return out[columns]
+
+
+def lookup_table(outcomes: Sequence[Outcome]) -> pd.DataFrame:
+    """PHI lookup: source path and original IDs/UIDs -> new names and values, date offset."""
+    rows = _lookup_rows(outcomes)
+    return pd.DataFrame(rows).astype({"jitter_days": "int64"}) if rows else pd.DataFrame()
+
+
+def gate_values(outcomes: Sequence[Outcome], batch_name: str) -> dict[str, str]:
+    """Every identifying value removed anywhere in the batch: value -> category."""
+    values: dict[str, str] = {}
+    for o in outcomes:
+        for value, category in o.removed.items():
+            values.setdefault(value, category)
+    values.setdefault(batch_name, "batch folder name")
+    return values
+
+
+# ------------------------------------------------------------------ spooled tables
+#: Spool part kinds: the released images' cleaned rows, the quarantined ones', the lookup
+#: rows, the removed values (value, category; first category per value in the chunk).
+SPOOL_KINDS = ("cleaned", "held", "lookup", "removed", "written")
+#: Outcomes spooled at a time by :func:`finish` when they still hold their rows.
+SPOOL_CHUNK = 256
+_LOOKUP_COLUMNS = ("source_path", "field", "original", "new", "entity_id", "item_id")
+
+
+def _string_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
+    """Rows as an Arrow table of string columns, columns in order of first appearance."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    return pa.table({c: pa.array([row.get(c) for row in rows], pa.string()) for c in columns})
+
+
+def spool_chunk(outcomes: Sequence[Outcome], spool: Path) -> list[Outcome]:
+    """Write the rows and removed values of ``outcomes`` to one spool part; return them slimmed.
+
+    Parameters
+    ----------
+    outcomes : sequence of Outcome
+        Consecutive outcomes of a batch (one chunk); those already spooled
+        (:attr:`Outcome.part` set) pass through unchanged.
+    spool : Path
+        The spool folder; created if missing.  Each call writes up to three
+        files ``<part>.<kind>.parquet`` (:data:`SPOOL_KINDS`) under a fresh
+        part name, so a chunk run twice (a retried Dask task) leaves an
+        unused part rather than a mixed one.
+
+    Returns
+    -------
+    list of Outcome
+        The same outcomes without their cleaned and lookup rows and removed
+        values, naming the part.
+    """
+    fresh = [o for o in outcomes if not o.part]
+    if not fresh:
+        return list(outcomes)
+    part = uuid.uuid4().hex
+    spool.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tables = {
+        "cleaned": _cleaned_rows(fresh, released=True),
+        "held": _cleaned_rows(fresh, released=False),
+        "lookup": _lookup_rows(fresh),
+    }
+    removed: dict[str, str] = {}
+    for o in fresh:
+        for value, category in o.removed.items():
+            removed.setdefault(value, category)
+    for kind, rows in tables.items():
+        if not rows:
+            continue
+        table = _string_table(rows) if kind != "lookup" else _lookup_arrow(rows)
+        tmp = spool / f".{part}.{kind}.tmp"
+        pq.write_table(table, tmp)
+        os.replace(tmp, spool / f"{part}.{kind}.parquet")
+    if removed:
+        table = pa.table(
+            {
+                "value": pa.array(list(removed), pa.string()),
+                "category": pa.array(list(removed.values()), pa.string()),
+            }
+        )
+        pq.write_table(table, spool / f".{part}.removed.tmp")
+        os.replace(spool / f".{part}.removed.tmp", spool / f"{part}.removed.parquet")
+    kept = [o.written for o in fresh if o.written is not None]
+    if kept:
+        pq.write_table(_written_arrow(kept), spool / f".{part}.written.tmp")
+        os.replace(spool / f".{part}.written.tmp", spool / f"{part}.written.parquet")
+    return [
+        o if o.part else Outcome(o.job, o.error, pixel_span=o.pixel_span, part=part)
+        for o in outcomes
+    ]
+
+
+def _written_arrow(items: Sequence[leakgate.Written]) -> pa.Table:
+    """:class:`leakgate.Written` items as an Arrow table (one row each)."""
+    entries = [item.entry for item in items]
+    return pa.table(
+        {
+            "path": pa.array([item.path for item in items], pa.string()),
+            "sha256": pa.array([e[0] for e in entries], pa.string()),
+            **{
+                name: pa.array([e[i] for e in entries], pa.uint64())
+                for i, name in enumerate(("size", "mtime_ns", "ctime_ns", "inode"), start=1)
+            },
+            "header": pa.array([item.header for item in items], pa.binary()),
+            "tail": pa.array([item.tail for item in items], pa.binary()),
+            "kind": pa.array([str(item.kind) for item in items], pa.string()),
+        }
+    )
+
+
+def spooled_written(outcomes: Sequence[Outcome], spool: Path) -> Iterator[leakgate.Written]:
+    """The :class:`leakgate.Written` of spooled outcomes, read part by part from the spool."""
+    for path in _spooled(outcomes, spool, "written"):
+        table = pq.read_table(path).to_pydict()
+        for i, rel in enumerate(table["path"]):
+            entry: leakgate.FileEntry = (
+                table["sha256"][i],
+                table["size"][i],
+                table["mtime_ns"][i],
+                table["ctime_ns"][i],
+                table["inode"][i],
+            )
+            yield leakgate.Written(
+                rel, entry, table["header"][i], table["tail"][i], leakgate.Tail(table["kind"][i])
+            )
+    yield from (o.written for o in outcomes if o.written is not None)
+
+
+def spooled_gate_values(
+    outcomes: Sequence[Outcome], spool: Path, batch_name: str
+) -> dict[str, str]:
+    """:func:`gate_values` of spooled outcomes, read part by part from the spool.
+
+    Parameters
+    ----------
+    outcomes : sequence of Outcome
+        Every outcome of the batch, spooled (:func:`spool_chunk`).
+    spool : Path
+        The spool folder.
+    batch_name : str
+        The batch folder's name, itself an identifying value.
+
+    Returns
+    -------
+    dict of str to str
+        Every identifying value removed anywhere in the batch -> its category
+        (the first one met, in job order).
+    """
+    values: dict[str, str] = {}
+    for path in _spooled(outcomes, spool, "removed"):
+        table = pq.read_table(path)
+        for value, category in zip(
+            table.column("value").to_pylist(), table.column("category").to_pylist(), strict=True
+        ):
+            values.setdefault(value, category)
+    for o in outcomes:
+        for value, category in o.removed.items():
+            values.setdefault(value, category)
+    values.setdefault(batch_name, "batch folder name")
+    return values
+
+
+def _lookup_arrow(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
+    """Lookup rows as an Arrow table (string columns, ``jitter_days`` int64)."""
+    arrays = {c: pa.array([row[c] for row in rows], pa.string()) for c in _LOOKUP_COLUMNS}
+    arrays["jitter_days"] = pa.array([row["jitter_days"] for row in rows], pa.int64())
+    return pa.table(arrays)
+
+
+def _spooled(outcomes: Sequence[Outcome], spool: Path, kind: str) -> list[Path]:
+    """The spool files of one kind that belong to ``outcomes``, in outcome order."""
+    names = dict.fromkeys(o.part for o in outcomes if o.part)
+    paths = (spool / f"{name}.{kind}.parquet" for name in names)
+    return [path for path in paths if path.exists()]
+
+
+def _combine(parts: Sequence[Path], out: Path, schema: pa.Schema) -> None:
+    """Write ``parts`` one after another into ``out`` with ``schema`` (missing columns null)."""
+    tmp = out.with_name(f".{out.name}.tmp")
+    with pq.ParquetWriter(tmp, schema) as writer:
+        for path in parts:
+            table = pq.read_table(path)
+            columns = [
+                table.column(f.name).cast(f.type)
+                if f.name in table.column_names
+                else pa.nulls(table.num_rows, f.type)
+                for f in schema
+            ]
+            writer.write_table(pa.Table.from_arrays(columns, schema=schema))
+            del table, columns
+    os.replace(tmp, out)
+
+
+def write_cleaned(outcomes: Sequence[Outcome], spool: Path, out: Path, released: bool) -> None:
+    """Write the ``cleaned`` (or ``quarantined``) table of spooled outcomes, part by part.
+
+    The file holds the same columns, values and pandas metadata as
+    ``cleaned_table(outcomes, released).to_parquet(out, index=False)`` would,
+    without the whole table ever being in memory.
+
+    Parameters
+    ----------
+    outcomes : sequence of Outcome
+        Every outcome of the batch, spooled (:func:`spool_chunk`).
+    spool : Path
+        The spool folder.
+    out : Path
+        The Parquet file to write.
+    released : bool
+        The released images' table, or the quarantined ones'.
+    """
+    parts = _spooled(outcomes, spool, "cleaned" if released else "held")
+    if not parts:
+        cleaned_table([], released).to_parquet(out, index=False)
+        return
+    names = dict.fromkeys(name for path in parts for name in pq.read_schema(path).names)
+    like = pd.DataFrame([dict.fromkeys(names, "x")]).astype("string")
+    _combine(parts, out, pa.Schema.from_pandas(like, preserve_index=False))
+
+
+def write_lookup(outcomes: Sequence[Outcome], spool: Path, out: Path) -> None:
+    """Write the PHI lookup table of spooled outcomes, part by part (as :func:`lookup_table`).
+
+    Parameters
+    ----------
+    outcomes : sequence of Outcome
+        Every outcome of the batch, spooled (:func:`spool_chunk`).
+    spool : Path
+        The spool folder.
+    out : Path
+        The Parquet file to write.
+    """
+    parts = _spooled(outcomes, spool, "lookup")
+    if not parts:
+        lookup_table([]).to_parquet(out, index=False)
+        return
+    like = pd.DataFrame([dict.fromkeys(_LOOKUP_COLUMNS, "x") | {"jitter_days": 0}])
+    like = like.astype({"jitter_days": "int64"})
+    _combine(parts, out, pa.Schema.from_pandas(like, preserve_index=False))
+
+
+def parquet_head(path: Path, n: int) -> pd.DataFrame:
+    """``pandas.read_parquet(path).head(n)``, reading only the first ``n`` rows.
+
+    Parameters
+    ----------
+    path : Path
+        A Parquet file written by pandas (its index not stored).
+    n : int
+        How many rows.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The first ``n`` rows, with the dtypes the pandas metadata gives.
+    """
+    source = pq.ParquetFile(path)
+    schema = source.schema_arrow
+    batches = source.iter_batches(batch_size=max(n, 1)) if n > 0 else iter(())
+    first = next(batches, None)
+    table = pa.Table.from_batches([] if first is None else [first], schema=schema)
+    head: pd.DataFrame = table.slice(0, max(n, 0)).to_pandas()
+    return head
+
+
+def _entities(cleaned: Path, agent: str) -> pd.DataFrame:
+    """:func:`entities_table` of a written cleaned table, reading only the columns it needs."""
+    present = set(pq.read_schema(cleaned).names)
+    wanted = [c for c in ("entity_id", "PatientSex", "PatientAge", "name") if c in present]
+    table = pd.read_parquet(cleaned, columns=wanted) if wanted else pd.DataFrame()
+    return entities_table(table, agent)
+
+
+# ------------------------------------------------------------------ the stage
+@dataclass
+class DeidResult:
+    """Everything the de-identify stage produced for one batch."""
+
+    layout: BatchLayout
+    outcomes: list[Outcome]
+    """One per job; spooled (:func:`spool_chunk`): their cleaned and lookup rows are in
+    the tables written, not here."""
+    entities: pd.DataFrame
+    dispositions: pd.DataFrame
+    gate: leakgate.GateReport
+
+    @functools.cached_property
+    def cleaned(self) -> pd.DataFrame:
+        """The released images' table, ``release/cleaned.parquet``, read on first use."""
+        return pd.read_parquet(self.layout.release / "cleaned.parquet")
+
+    def cleaned_head(self, n: int = 5) -> pd.DataFrame:
+        """The first ``n`` rows of :attr:`cleaned`, read without the rest of the table.
+
+        Parameters
+        ----------
+        n : int
+            How many rows.
+
+        Returns
+        -------
+        pandas.DataFrame
+            The same as ``self.cleaned.head(n)``; the whole table is not read
+            (nor kept) unless :attr:`cleaned` was read already.
+        """
+        if "cleaned" in self.__dict__:
+            return self.cleaned.head(n)
+        return parquet_head(self.layout.release / "cleaned.parquet", n)
+
+    @functools.cached_property
+    def quarantined(self) -> pd.DataFrame:
+        """The quarantined images' table (``phi/deidentify/quarantined.parquet``), read lazily."""
+        return pd.read_parquet(self.layout.deid_dir / "quarantined.parquet")
+
+    @property
+    def counts(self) -> pd.Series:
+        """Files per disposition."""
+        return disposition.counts(self.dispositions)
+
+
+def _clear_outputs(layout: BatchLayout) -> None:
+    """Remove earlier release/ and quarantine files, so a rerun leaves exactly what it writes."""
+    for root in (layout.release, layout.quarantine):
+        if root.exists():
+            for path in sorted(root.rglob("*"), reverse=True):
+                if path.is_file():
+                    path.unlink()
+                elif path.is_dir():
+                    path.rmdir()
+
+
+def deidentify_batch(layout: BatchLayout, settings: Mapping[str, Any]) -> DeidResult:
+    """Run the de-identify stage on one batch (inspect first when its outputs are missing).
+
+    The leak gate then holds every file it finds an identifying value in
+    (:func:`hold_for_gate`); the rest of the batch is released.
+
+    Raises
+    ------
+    LeakError
+        When the leak gate finds a value it cannot hold (in no image's file or
+        row); the report (``phi/deidentify/leak_report.csv``) names file and field.
+    """
+    if not inspect.is_current(layout):
+        inspect.inspect_batch(layout, settings)
+    files = inspect.load(layout, PLAN_COLUMNS)
+    secret = load_site_secret(
+        layout.work,
+        {"SENDIT_SITE_SECRET": settings["SENDIT_SITE_SECRET"]}
+        if settings["SENDIT_SITE_SECRET"]
+        else os.environ,
+    )
+    work = plan(layout, settings, files, secret)
+    del files
+    release_unused()
+    recipes = tuple(str(Path(p).resolve()) for p in settings["DEID_RECIPES"])
+    config = WorkerConfig(
+        recipes, bool(settings["USE_DEFAULT_RECIPE"]), secret, tuple(settings["SAFE_PRIVATE_TAGS"])
+    )
+    # Loaded here first: a malformed recipe fails the stage with its own message (file:line),
+    # and its warnings show once, before any worker starts.
+    _recipe(config.recipe_files, config.include_default)
+    _clear_outputs(layout)
+    spool = _fresh_spool(layout)
+    with _gc_frozen():
+        outcomes = run_jobs(
+            work.jobs,
+            config,
+            workers=int(settings["WORKERS"]),
+            progress=bool(settings["PROGRESS"]),
+            executor=str(settings["EXECUTOR"]),
+            scheduler=str(settings["DASK_SCHEDULER"]),
+            spool=spool,
+        )
+    return finish(layout, settings, outcomes, work.skipped)
+
+
+@contextmanager
+def _gc_frozen() -> Iterator[None]:
+    """Keep the objects that exist now out of the cyclic collector's scans for a while.
+
+    The per-file loop allocates many short-lived objects; each collection it
+    triggers also walked every object the kernel already held (its tables,
+    modules): ~20% of a 1,000-file run in one worker.  ``gc.freeze`` before
+    forking worker processes is also what the ``gc`` documentation advises.
+    """
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+def _fresh_spool(layout: BatchLayout) -> Path:
+    """An empty ``phi/deidentify/spool/`` (PHI: cleaned and lookup rows until :func:`finish`)."""
+    layout.deid_dir.mkdir(mode=0o700, exist_ok=True)
+    spool = layout.deid_dir / "spool"
+    shutil.rmtree(spool, ignore_errors=True)
+    spool.mkdir(mode=0o700)
+    return spool
+
+
+def finish(
+    layout: BatchLayout, settings: Mapping[str, Any], outcomes: list[Outcome], skipped: list[Row]
+) -> DeidResult:
+    """Write tables and dispositions, then run the leak gate.
+
+    Outcomes that still hold their rows are spooled here first, a chunk at a
+    time; the tables are then written part by part from the spool
+    (``phi/deidentify/spool/``, removed afterwards), so the whole batch's rows
+    are never in memory together.
+    """
+    layout.deid_dir.mkdir(mode=0o700, exist_ok=True)
+    spool = layout.deid_dir / "spool"
+    if any(not o.part for o in outcomes):
+        outcomes = [
+            slim
+            for start in range(0, len(outcomes), SPOOL_CHUNK)
+            for slim in spool_chunk(outcomes[start : start + SPOOL_CHUNK], spool)
+        ]
+    write_cleaned(outcomes, spool, layout.release / "cleaned.parquet", released=True)
+    write_cleaned(outcomes, spool, layout.deid_dir / "quarantined.parquet", released=False)
+    write_lookup(outcomes, spool, layout.deid_dir / "lookup.parquet")
+    values = spooled_gate_values(outcomes, spool, layout.name)
+    entities = _entities(layout.release / "cleaned.parquet", str(settings["UPLOAD_AGENT"]))
+    entities.to_parquet(layout.release / "entities.parquet", index=False)
+    leakgate.save_values(layout, values)
+    leakgate.save_spans(
+        layout,
+        {
+            f"{o.job.entity_id}/{o.job.name}": o.pixel_span
+            for o in outcomes
+            if not o.error and o.pixel_span is not None
+        },
+    )
+    rows = list(skipped)
+    for o in outcomes:
+        if o.error:
+            rows.append(Row(o.job.source_path, Disposition.ERROR, o.error))
+        elif o.job.quarantined:
+            rows.append(
+                Row(
+                    o.job.source_path,
+                    Disposition.QUARANTINED,
+                    o.job.reason or FLAGGED_REASON,
+                    o.job.name,
+                )
+            )
+        else:
+            rows.append(Row(o.job.source_path, Disposition.RELEASED, "", o.job.name))
+    table = disposition.update(layout, rows)
+    del rows
+    release_unused()
+    policy = leakgate.policy_of_tables(
+        [layout.release / "cleaned.parquet", layout.deid_dir / "quarantined.parquet"]
+    )
+    leakgate.save_policy(layout, policy)
+    (layout.deid_dir / "leak_report.csv").unlink(missing_ok=True)
+    (layout.deid_dir / GATE_HELD_FILE).unlink(missing_ok=True)
+    try:
+        report = leakgate.run_gate(
+            layout,
+            values,
+            workers=int(settings["WORKERS"]),
+            policy=policy,
+            hold=functools.partial(hold_for_gate, layout, settings),
+            written=spooled_written(outcomes, spool),
+        )
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
+    if report.held:
+        table = disposition.read(layout)
+        entities = pd.read_parquet(layout.release / "entities.parquet")
+    release_unused()
+    return DeidResult(layout, outcomes, entities, table, report)
+
+
+# ------------------------------------------------------------------ files the gate holds
+#: ``phi/deidentify/gate_held.csv``: the files the leak gate holds, one row each.
+GATE_HELD_FILE = "gate_held.csv"
+GATE_HELD_COLUMNS = ["path", "field", "category", "reason"]
+
+
+def gate_held(layout: BatchLayout) -> pd.DataFrame:
+    """The files the leak gate holds in quarantine now (columns :data:`GATE_HELD_COLUMNS`).
+
+    Parameters
+    ----------
+    layout : BatchLayout
+        The batch.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per held file still in ``phi/quarantine/``: its path
+        (``<entity>/<name>``), the field a value was found in, the value's
+        category and the disposition reason (never the value).
+    """
+    path = layout.deid_dir / GATE_HELD_FILE
+    if not path.exists():
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in GATE_HELD_COLUMNS})
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    present = table["path"].map(lambda rel: (layout.quarantine / rel).is_file())
+    return table[present.astype(bool)].reset_index(drop=True)
+
+
+def _write_gate_held(layout: BatchLayout, table: pd.DataFrame) -> None:
+    path = layout.deid_dir / GATE_HELD_FILE
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    table[GATE_HELD_COLUMNS].to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def _string_columns(table: pa.Table) -> pa.Table:
+    """``table`` with every column a string, and the pandas metadata of an all-string frame."""
+    like = pd.DataFrame([dict.fromkeys(table.column_names, "x")]).astype("string")
+    schema = pa.Schema.from_pandas(like, preserve_index=False)
+    columns = [table.column(n).cast(pa.string()) for n in table.column_names]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _write_table(table: pa.Table, out: Path) -> None:
+    tmp = out.with_name(f".{out.name}.tmp")
+    pq.write_table(_string_columns(table), tmp)
+    os.replace(tmp, out)
+
+
+def _move_rows(layout: BatchLayout, names: Sequence[str]) -> None:
+    """Move the cleaned rows of ``names`` from ``release/cleaned.parquet`` to the quarantined table.
+
+    A row already in ``quarantined.parquet`` (an item review released) is not added twice.
+    """
+    cleaned_path = layout.release / "cleaned.parquet"
+    held_path = layout.deid_dir / "quarantined.parquet"
+    wanted = pa.array(sorted(set(names)), pa.string())
+    cleaned = pq.read_table(cleaned_path)
+    moving = pc.is_in(cleaned.column("name").cast(pa.string()), value_set=wanted)
+    moved = cleaned.filter(moving)
+    _write_table(cleaned.filter(pc.invert(moving)), cleaned_path)
+    held = pq.read_table(held_path) if held_path.exists() else None
+    if held is not None and held.num_rows:
+        names = held.column("name").cast(pa.string())
+        there = pc.is_in(moved.column("name").cast(pa.string()), value_set=names)
+        moved = moved.filter(pc.invert(there))
+        if not moved.num_rows:
+            return
+        moved = pa.concat_tables(
+            [_string_columns(held), _string_columns(moved)], promote_options="default"
+        )
+    _write_table(moved, held_path)
+
+
+def hold_for_gate(
+    layout: BatchLayout,
+    settings: Mapping[str, Any],
+    held: Sequence[leakgate.Held],
+    originals: Path | None = None,
+) -> set[str]:
+    """Move the released files the leak gate found values in to quarantine (the gate's ``hold``).
+
+    Each file goes from ``release/<entity>/<name>`` to ``phi/quarantine/<entity>/<name>``
+    (from ``originals`` instead, when the untouched file of a reviewed item is kept
+    there), its cleaned row from ``release/cleaned.parquet`` to
+    ``phi/deidentify/quarantined.parquet``; ``entities.parquet`` is rewritten, the
+    disposition becomes ``quarantined`` with the gate's reason (field and category,
+    never the value), and ``phi/deidentify/gate_held.csv`` lists the file for review.
+
+    Parameters
+    ----------
+    layout : BatchLayout
+        The batch.
+    settings : mapping
+        Resolved settings (``UPLOAD_AGENT``).
+    held : sequence of leakgate.Held
+        The files to hold.
+    originals : Path, optional
+        Where review keeps the untouched files of the items it released.
+
+    Returns
+    -------
+    set of str
+        The paths held; a path that is not a released image of this batch is left
+        (the gate then fails).
+    """
+    table = disposition.read(layout, ["source_path", "disposition", "output_name"])
+    released = table[table["disposition"] == str(Disposition.RELEASED)]
+    source_of = dict(zip(released["output_name"], released["source_path"], strict=True))
+    rows: list[Row] = []
+    done: list[leakgate.Held] = []
+    for entry in held:
+        name = entry.path.rsplit("/", 1)[-1]
+        out = layout.release / entry.path
+        if "/" not in entry.path or name not in source_of or not out.is_file():
+            continue
+        target = layout.quarantine / entry.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        original = None if originals is None else originals / entry.path
+        if original is not None and original.is_file():
+            tmp = target.with_name(f".{target.name}.tmp")
+            shutil.copyfile(original, tmp)
+            os.replace(tmp, target)
+            out.unlink()
+        else:
+            os.replace(out, target)
+        rows.append(Row(source_of[name], Disposition.QUARANTINED, entry.reason, name))
+        done.append(entry)
+    if not done:
+        return set()
+    for folder in sorted({(layout.release / e.path).parent for e in done}, reverse=True):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+    _move_rows(layout, [e.path.rsplit("/", 1)[-1] for e in done])
+    agent = str(settings.get("UPLOAD_AGENT", ""))
+    entities = _entities(layout.release / "cleaned.parquet", agent)
+    entities.to_parquet(layout.release / "entities.parquet", index=False)
+    disposition.update(layout, rows)
+    new = pd.DataFrame(
+        [(e.path, e.field, e.category, e.reason) for e in done], columns=GATE_HELD_COLUMNS
+    )
+    path = layout.deid_dir / GATE_HELD_FILE
+    old = pd.read_csv(path, dtype=str, keep_default_na=False) if path.exists() else new.iloc[:0]
+    _write_gate_held(layout, pd.concat([old[~old["path"].isin(new["path"])], new]))
+    return {e.path for e in done}
+
+
+def forget_gate_held(layout: BatchLayout, paths: Sequence[str]) -> None:
+    """Drop ``paths`` from ``gate_held.csv`` (review released them and the gate passed them)."""
+    path = layout.deid_dir / GATE_HELD_FILE
+    if not path.exists() or not paths:
+        return
+    old = pd.read_csv(path, dtype=str, keep_default_na=False)
+    _write_gate_held(layout, old[~old["path"].isin(list(paths))])
+
+
+def release_unused() -> None:
+    """Give back to the system what the C allocator keeps of memory freed since.
+
+    Arrow allocates with ``malloc`` here (see :mod:`sendit_helpers`), and
+    ``malloc`` keeps freed pages for reuse; between steps that read or build
+    whole-batch tables, what they freed would otherwise raise the baseline of
+    the next step, so the stage's peak would grow with the batch.  Cheap (a few
+    milliseconds).
+    """
+    pa.default_memory_pool().release_unused()
+
+
+#: The columns of :func:`quarantine_reasons` (before renaming), ``output_name`` from the
+#: disposition table, the others from ``files.parquet``.
+_REASON_COLUMNS = (
+    "output_name",
+    "Modality",
+    "SeriesNumber",
+    "SeriesDescription",
+    "group",
+    "label",
+    "reason_screen",
+)
+
+
+def quarantine_reasons(result: DeidResult) -> pd.DataFrame:
+    """Quarantined images with the screening rule that held them back."""
+    table = result.dispositions[result.dispositions["disposition"] == str(Disposition.QUARANTINED)]
+    files = _files_of(result.layout, table["source_path"], ["source_path", *_REASON_COLUMNS[1:]])
+    # A batch of non-DICOM files only has an untyped (float) source_path in files.parquet.
+    files["source_path"] = files["source_path"].astype(object)
+    merged = table.astype({"source_path": object}).merge(files, on="source_path", how="left")
+    return merged.reindex(columns=list(_REASON_COLUMNS)).rename(
+        columns={"output_name": "item", "reason_screen": "rule"}
+    )
+
+
+def _files_of(layout: BatchLayout, sources: pd.Series, columns: Sequence[str]) -> pd.DataFrame:
+    """The rows of ``files.parquet`` whose ``source_path`` is in ``sources``; ``columns`` only.
+
+    Read a batch of rows at a time, so only the wanted rows are ever converted
+    to pandas (the same rows, in the same order, as filtering the whole table).
+    """
+    source = pq.ParquetFile(layout.inspect_dir / "files.parquet")
+    present = set(source.schema_arrow.names)
+    wanted = [c for c in dict.fromkeys(columns) if c in present]
+    keys = pa.array(sources.astype(object).tolist(), pa.string())
+    batches = [
+        batch.filter(pc.is_in(batch.column("source_path"), value_set=keys))
+        for batch in source.iter_batches(batch_size=_FILE_ROWS, columns=wanted)
+    ]
+    schema = pa.schema([source.schema_arrow.field(c) for c in wanted], source.schema_arrow.metadata)
+    rows: pd.DataFrame = pa.Table.from_batches(batches, schema=schema).to_pandas()
+    return rows
+
+
+#: Rows of ``files.parquet`` read at a time by :func:`_files_of`.
+_FILE_ROWS = 1024
+
+
+def gate_summary(result: DeidResult) -> pd.DataFrame:
+    """The leak gate's outcome as a small table (counts only, never values)."""
+    gate = result.gate
+    return pd.DataFrame(
+        [
+            ("passed", gate.passed),
+            ("files scanned in release/", gate.files),
+            ("identifying values searched", gate.values_checked),
+            ("values too short to search", gate.too_short),
+            ("values the recipe's policy keeps (not searched)", gate.kept_by_policy),
+            ("hits", len(gate.hits)),
+            ("files held for review", len(gate.held)),
+        ],
+        columns=["item", "value"],
+    )

@@ -17,8 +17,8 @@ Prints three lines (issue #15, Deliver 5), each with its peer's figure from the 
 * **memory**: peak resident memory of the process tree while 10 and then
   1,000 tiny studies (2 images of 32x32 each) go through inspect +
   de-identify one after another in one process (the work the notebooks do
-  per batch; 1,000 notebook runs would take over an hour), sampled with
-  psutil.
+  per batch; 1,000 notebook runs would take over an hour; OCR and thumbnails
+  off: tesseract runs in its own short-lived process), sampled with psutil.
 
 Run: ``.venv/bin/python benchmarks/bench_deidentify_cli.py [--repeats K] [--dcanon] [--skip ...]``
 """
@@ -61,7 +61,7 @@ from pathlib import Path
 from sendit_helpers import deidentify, inspect
 from sendit_helpers.runner import open_batch
 for folder in sorted(Path(sys.argv[1]).iterdir()):
-    layout, settings = open_batch(folder, sys.argv[2], [], {"PROGRESS": False, "WORKERS": 1})
+    layout, settings = open_batch(folder, sys.argv[2], [], {"PROGRESS": False, "WORKERS": 1, "OCR_SCREEN": "off", "THUMBNAILS": False})
     inspect.inspect_batch(layout, settings)
     assert deidentify.deidentify_batch(layout, settings).gate.passed
 """

@@ -52,3 +52,12 @@ def test_profile_deidentify_runs(out: Path, capsys: pytest.CaptureFixture[str]) 
     assert _load("profile_deidentify").main(args) == 0
     text = capsys.readouterr().out
     assert "recipe.apply" in text and "leak gate per released file" in text and "cProfile" in text
+
+
+def test_bench_deidentify_cli_memory_runs(out: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("psutil")
+    args = ["--skip", "marginal", "workers", "--studies", "2", "3", "--out", str(out)]
+    assert _load("bench_deidentify_cli").main(args) == 0
+    text = capsys.readouterr().out
+    assert "memory: inspect + deidentify over 2 vs 3 studies" in text
+    assert not list((out / "scratch").iterdir())

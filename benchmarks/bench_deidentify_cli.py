@@ -38,7 +38,7 @@ import _common as c
 from bench_scale import SECRET_HEX, peak_rss
 
 HERE = Path(__file__).resolve().parent
-SENDIT = [sys.executable, "-m", "sendit_helpers.cli"]
+SENDIT = [sys.executable, "-m", "sendit_helpers.run.cli"]
 ENV = dict(os.environ, SENDIT_SITE_SECRET=SECRET_HEX, PYTHONPATH=str(HERE.parent))
 
 _DCMANON_CHILD = """
@@ -58,8 +58,8 @@ for folder, _dirs, names in os.walk(source):
 _STUDIES_CHILD = """
 import sys
 from pathlib import Path
-from sendit_helpers import deidentify, inspect
-from sendit_helpers.runner import open_batch
+from sendit_helpers.stages import deidentify, inspect
+from sendit_helpers.run.runner import open_batch
 for folder in sorted(Path(sys.argv[1]).iterdir()):
     layout, settings = open_batch(folder, sys.argv[2], [], {"PROGRESS": False, "WORKERS": 1, "OCR_SCREEN": "off", "THUMBNAILS": False})
     inspect.inspect_batch(layout, settings)
@@ -125,7 +125,7 @@ def linked_studies(out: Path, source: Path, count: int) -> list[Path]:
 
 def tiny_studies(out: Path, count: int) -> Path:
     """``count`` studies of 2 CT images 32x32 under one folder (cached)."""
-    from sendit_helpers.synthetic import make_ct_corpus
+    from sendit_helpers.samples.synthetic import make_ct_corpus
 
     root = out / "corpus" / f"tiny_{count}"
     marker = root.with_name(root.name + ".ok")

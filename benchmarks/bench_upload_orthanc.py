@@ -29,14 +29,21 @@ The tools:
   including the leak-gate check, the bulk verification (one ``GET /instances``,
   sampled MD5s) and the manifest;
 * ``sendit dicom``: the same with ``ORTHANC_PROTOCOL=dicom`` (pooled C-STORE
-  associations), verified with one REST ``GET /instances`` (IDs computed locally).
+  associations), verified with one REST ``GET /instances`` (IDs computed locally);
+* ``sendit stow``: the same with ``SEND_TO_DICOMWEB`` (STOW-RS to Orthanc's DICOMweb
+  plugin, ``DICOMWEB_BATCH`` instances per request, ``UPLOAD_THREADS`` requests at
+  once), verified with QIDO-RS per study;
+* ``storescu x4`` (``--tools``, not by default): four ``storescu`` processes at once,
+  each with a quarter of the files: what Orthanc ingests from several cheap C-STORE
+  clients, i.e. the server's own ceiling for C-STORE.
 
 Rounds are interleaved (each round runs every configuration and tool once), the
 best round of ``--repeats`` counts, and ratios are to ``storescu`` on the same
 configuration.  CPU milliseconds per file are printed for the client (this
 process, or ``storescu``) and for Orthanc (its ``/proc`` counters): client and
 server share this machine's cores, so ``cores / (client + Orthanc ms per file)``
-bounds any client's rate.  Goal (issue 5): the upload stage >= 2x storescu.
+bounds any client's rate.  Goals: the upload stage >= 2x storescu (issue 5); C-STORE
+and STOW-RS each >= 1.5x storescu (issue 15).
 
 Run: ``.venv/bin/python benchmarks/bench_upload_orthanc.py [--files N --rows R --repeats K --configs default,tuned]``
 """
@@ -163,6 +170,34 @@ def run_storescu(server: OrthancServer, release: Path) -> None:
         raise RuntimeError(f"storescu failed ({done.returncode}): {done.stderr[-2000:]}")
 
 
+def run_storescu_parallel(server: OrthancServer, release: Path, processes: int) -> None:
+    """``processes`` storescu at once, each sending every ``processes``-th file."""
+    files = sorted(str(p) for p in release.rglob("*.dcm"))
+    procs = [
+        subprocess.Popen(
+            [
+                "storescu",
+                "-aet",
+                STORESCU_AET,
+                "-aec",
+                server.aet,
+                "-R",
+                "127.0.0.1",
+                str(server.dicom_port),
+                *files[k::processes],
+            ],  # fmt: skip
+            env={**os.environ, "TCP_NODELAY": "1"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for k in range(processes)
+    ]
+    for proc in procs:
+        _, err = proc.communicate()
+        if proc.returncode:
+            raise RuntimeError(f"storescu failed ({proc.returncode}): {err[-2000:]!r}")
+
+
 def run_plain_rest(server: OrthancServer, release: Path, threads: int) -> None:
     """The issue's "plain REST": ``threads`` parallel ``POST /instances``, nothing else.
 
@@ -196,10 +231,13 @@ def run_sendit(layout: BatchLayout, settings: Mapping[str, Any]) -> None:
         raise RuntimeError(f"not every item verified: {latest['status'].value_counts().to_dict()}")
 
 
-TOOLS = ("storescu", "plain rest", "sendit rest", "sendit dicom")
+TOOLS = ("storescu", "plain rest", "sendit rest", "sendit dicom", "sendit stow", "storescu x4")
+DEFAULT_TOOLS = TOOLS[:-1]
 ORTHANC_ENV = {
     "ORTHANC_USERNAME": OrthancServer.user,
     "ORTHANC_PASSWORD": OrthancServer.password,
+    "DICOMWEB_USERNAME": OrthancServer.user,
+    "DICOMWEB_PASSWORD": OrthancServer.password,
 }
 TMPFS = Path("/dev/shm")
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -252,6 +290,11 @@ def run_tool(tool: str, server: OrthancServer, layout: BatchLayout, threads: int
     orthanc0, client0, start = cpu_seconds(pid), own_cpu(), time.perf_counter()
     if tool == "storescu":
         run_storescu(server, layout.release)
+    elif tool == "storescu x4":
+        run_storescu_parallel(server, layout.release, 4)
+    elif tool == "sendit stow":
+        dicomweb = {"SEND_TO_DICOMWEB": True, "DICOMWEB_URL": f"{server.url}/dicom-web"}
+        run_sendit(layout, upload_settings(**{**common, **dicomweb, "SEND_TO_ORTHANC": False}))
     elif tool == "plain rest":
         run_plain_rest(server, layout.release, threads)
     else:
@@ -301,6 +344,25 @@ def cpu_rows(results: Mapping[str, Timing], n: int) -> list[tuple[str, str, str,
     return rows
 
 
+def goal_15_line(results: Mapping[str, Timing], n: int, config: str) -> str:
+    """Whether C-STORE and STOW-RS each reach 1.5x storescu on ``config`` (issue 15)."""
+    ref = c.rate(n, results["storescu"].seconds)
+    parts = []
+    for tool in ("sendit dicom", "sendit stow"):
+        if tool in results:
+            ratio = c.rate(n, results[tool].seconds) / ref
+            parts.append(f"{tool} {ratio:.2f}x -> {'MET' if ratio >= 1.5 else 'not met'}")
+    if "storescu x4" in results:
+        ceiling = c.rate(n, results["storescu x4"].seconds)
+        parts.append(
+            f"Orthanc's C-STORE ceiling (storescu x4) {ceiling:.0f} files/s = {ceiling / ref:.2f}x"
+        )
+    return (
+        f"goal (issue 15: C-STORE and STOW-RS >= 1.5x storescu = {1.5 * ref:.0f} files/s) on {config}: "
+        + "; ".join(parts)
+    )
+
+
 def goal_line(results: Mapping[str, Timing], n: int, config: str) -> str:
     """Whether the best sendit protocol reaches 2x storescu on ``config``, and its CPU bound."""
     ref = c.rate(n, results["storescu"].seconds)
@@ -333,9 +395,10 @@ def report(best: Mapping[str, Mapping[str, Timing]], n: int, threads: int) -> No
             )
         )
         c.say(goal_line(results, n, config))
+        c.say(goal_15_line(results, n, config))
     c.say()
     c.say(
-        f"sendit: UPLOAD_THREADS={threads}, includes the leak-gate check, verification (one GET /instances; REST: plus sampled MD5s) and the manifest; "
+        f"sendit: UPLOAD_THREADS={threads}, DICOM_ASSOCIATIONS 4, DICOMWEB_BATCH 50, includes the leak-gate check, verification (one GET /instances; REST: plus sampled MD5s) and the manifest; "
         f"storescu: one association, -R, TCP_NODELAY=1. CPU per file is of the best round; 'cpu bound' = {os.cpu_count()} cores / (client + orthanc ms per file); "
         f"load avg now {os.getloadavg()[0]:.1f}."
     )
@@ -353,8 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--tools",
-        default=",".join(TOOLS),
-        help=f"tools, comma-separated (default: {','.join(TOOLS)}; storescu is always run)",
+        default=",".join(DEFAULT_TOOLS),
+        help=f"tools, comma-separated, of {','.join(TOOLS)} (default: {','.join(DEFAULT_TOOLS)}; storescu is always run)",
     )
     args = p.parse_args(argv)
     tools = [

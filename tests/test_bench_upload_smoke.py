@@ -45,10 +45,10 @@ def test_bench_upload_orthanc_runs(out: Path, capsys: pytest.CaptureFixture[str]
     text = capsys.readouterr().out
     assert "tool" in text and "files/s" in text and "ratio" in text
     rows = _rows(text)
-    assert set(rows) == {"storescu", "plain rest", "sendit rest", "sendit dicom"}
+    assert set(rows) == {"storescu", "plain rest", "sendit rest", "sendit dicom", "sendit stow"}
     assert rows["storescu"][-1] == "1.00x" and 5 <= int(rows["storescu"][0]) <= 20
     assert "Orthanc 'default'" in text and "Orthanc 'tuned'" in text
-    assert text.count("goal (issue 5") == 2
+    assert text.count("goal (issue 5") == 2 and text.count("goal (issue 15") == 2
     assert not list((out / "scratch").iterdir()), "scratch folders are removed after each run"
 
 

@@ -14,8 +14,10 @@ destination receives everything and a killed run resumes where it stopped.
 Before sending, a rerun confirms with one listing per target
 (:meth:`Target.present`) that what the manifest calls verified is still there,
 and sends again what is missing.  Retryable failures (HTTP 429/5xx, dropped
-connections) are retried with exponential backoff, at most ``UPLOAD_RETRIES``
-times per item.
+connections) are retried with exponential backoff and jitter, at least the
+``Retry-After`` a 429 or 503 answer asks (:func:`with_retries`), at most
+``UPLOAD_RETRIES`` times per item; once an item has given up, the others stop
+retrying at once.
 
 Targets go one after the other; a target whose ``check()`` fails (unreachable,
 refused credentials) gets nothing, the others still go, and one

@@ -11,6 +11,7 @@ from pydicom.data import get_testdata_file
 
 from sendit_helpers.core import disposition
 from sendit_helpers.core.layout import BatchLayout
+from sendit_helpers.deid.leakgate import Policy
 from sendit_helpers.run.runner import open_batch
 from sendit_helpers.stages import deidentify
 from tests import realworld
@@ -82,3 +83,26 @@ def test_gsps_descriptors_with_a_planted_name_are_cleaned_and_released(tmp_path:
     assert ds.ContentLabel == "ANONYMIZED"  # Type 1 CS emptied by cleaning: a valid dummy
     assert str(ds.ContentDescription).startswith("Annotations for")
     assert realworld.new_dciodvfy_errors(study.objects["PR"], out) == []
+
+
+def test_pydicom_srs_released_without_their_names(tmp_path: Path) -> None:
+    """Three of pydicom's SRs together: code values / concept names are not hits for a
+    short ID or a name part, and the observers' and PNAME items' names are cleaned."""
+    names = ("reportsi.dcm", "reportsi_with_empty_number_tags.dcm", "test-SR.dcm")
+    layout = _run(_batch(tmp_path, *names), tmp_path)
+    table = disposition.read(layout)
+    assert list(table["disposition"]) == ["released"] * 3, list(table["reason"])
+    data = b"".join(p.read_bytes() for p in layout.release.rglob("*.dcm")).lower()
+    for value in ("observer^verifying", "riesmeier", "enter text", "last name", "test^s r"):
+        assert value.encode() not in data, value
+
+
+def test_policy_keeps_codes_not_names() -> None:
+    policy = Policy.of_values(["SIEMENS"], ["1234", "Person Observer Name", "TEXT", "IHE.10"])
+    assert policy.keeps("1234", "StudyID")  # equal to a CodeValue kept in the outputs
+    assert policy.keeps("Name", "name part")  # a word of a concept name
+    assert policy.keeps("text", "free text")  # the value type TEXT
+    assert not policy.keeps("Observer^Name", "name")  # a whole name: always searched
+    assert not policy.keeps("Wolfenden", "name part")
+    assert not policy.keeps("12345", "PatientID")
+    assert not policy.keeps("10", "name part")  # a number is never a code word

@@ -1136,6 +1136,13 @@ class _Tokens:
                     texts = _text_values(ds[tag].value)
                 self._found.append((vr, texts))
 
+    def add_names(self, names: Sequence[str]) -> None:
+        """Add person names found in the file's content (SR PNAME items, observers)."""
+        names = [n for n in names if n]
+        if names:
+            self._found.append(("PN", list(names)))
+            self._tokens = None
+
     def get(self) -> list[str]:
         if self._tokens is None:
             self._tokens = _gather_tokens(self._found, self._ctx.identifying_values)

@@ -41,6 +41,7 @@ recipe (``KEEP``, ``REMOVE``, ``BLANK``) is obeyed as written.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from pydicom.dataset import Dataset
@@ -57,6 +58,7 @@ __all__ = [
     "clean_item",
     "clean_sequence",
     "method_code_items",
+    "person_names",
 ]
 
 #: The sequences whose items are de-identified here: ContentSequence (0040,A730),
@@ -114,10 +116,28 @@ def clean_sequence(
     if elem.VR != "SQ":
         return False
     name = elem.keyword or f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+    tokens.add_names(person_names(elem.value or ()))
     for index, item in enumerate(elem.value or ()):
         recipe.walk_item(item, ctx, changes, f"{prefix}{name}[{index}].", tokens)
         clean_item(recipe, item, ctx, changes, tokens)
     return True
+
+
+def person_names(items: Iterable[Dataset]) -> list[str]:
+    """Every person name (PN value) in ``items`` at any depth: PNAME items, observer names.
+
+    They join the file's ``func:clean_text`` tokens before the items are cleaned, so a
+    name given in a PNAME item is cut out of the TEXT items beside it as the patient's
+    name is (pydicom's ``reportsi.dcm``: a Person Observer Name ``Enter text`` and a
+    TEXT item ``Enter text``).
+    """
+    names: list[str] = []
+    for item in items:
+        for elem in item.iterall():
+            if elem.VR == "PN" and elem.value:
+                values = elem.value if elem.VM > 1 else [elem.value]
+                names.extend(str(v) for v in values if str(v))
+    return names
 
 
 def clean_item(

@@ -150,6 +150,8 @@ class Outcome:
     written: leakgate.Written | None = None
     """What the leak gate needs of a released file, taken from its bytes as they were
     written (:func:`leakgate.written`); None for the other files."""
+    implementation: str = ""
+    """The output's file meta ImplementationClassUID (a technical value: see :func:`meta_kept`)."""
     part: str = ""
     """Name of the spool part (:func:`spool_chunk`) holding this outcome's cleaned
     and lookup rows, which then are no longer kept here; empty when they are."""
@@ -444,7 +446,9 @@ def deidentify_file(job: Job, config: WorkerConfig) -> Outcome:
         # Values of elements the recipe did not touch are decoded here for the first
         # time: a malformed one fails this file (and its output goes), not the batch.
         outcome.cleaned, kept = describe(ds)
-        kept.update(meta_kept(getattr(ds, "file_meta", None)))
+        meta = meta_kept(getattr(ds, "file_meta", None))
+        kept.update(meta)
+        outcome.implementation = next(iter(meta), "")
     except RecipeError as exc:
         outcome.error = f"recipe could not be applied: {one_line(exc)}"
         return outcome
@@ -845,7 +849,11 @@ def spool_chunk(outcomes: Sequence[Outcome], spool: Path) -> list[Outcome]:
         pq.write_table(_written_arrow(kept), spool / f".{part}.written.tmp")
         os.replace(spool / f".{part}.written.tmp", spool / f"{part}.written.parquet")
     return [
-        o if o.part else Outcome(o.job, o.error, pixel_span=o.pixel_span, part=part)
+        o
+        if o.part
+        else Outcome(
+            o.job, o.error, pixel_span=o.pixel_span, implementation=o.implementation, part=part
+        )
         for o in outcomes
     ]
 
@@ -1214,6 +1222,9 @@ def finish(
     policy = leakgate.policy_of_tables(
         [layout.release / "cleaned.parquet", layout.deid_dir / "quarantined.parquet"]
     )
+    implementations = {o.implementation for o in outcomes if o.implementation and not o.error}
+    if implementations:  # one file's creator UID is another's ImplementationClassUID
+        policy = leakgate.Policy.of_values(policy.technical, policy.codes | implementations)
     leakgate.save_policy(layout, policy)
     (layout.deid_dir / "leak_report.csv").unlink(missing_ok=True)
     (layout.deid_dir / GATE_HELD_FILE).unlink(missing_ok=True)

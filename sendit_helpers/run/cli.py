@@ -26,7 +26,7 @@ from sendit_helpers.core import disposition, executors
 from sendit_helpers.core.errors import SenditError, SettingsError, one_line, os_error_line
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.core.settings import load_settings, parse_override
-from sendit_helpers.run.runner import Stage, run_stage
+from sendit_helpers.run.runner import Stage, run_stage, warm_kernels
 
 log = logging.getLogger("sendit")
 
@@ -303,6 +303,20 @@ def _run_each(
             file_workers,
         )
     one = partial(run_stage_outcome, stage=stage, work=work, params=list(params), overrides=inner)
+    # one warm kernel per thread for every batch's notebook, not a cold start each
+    with warm_kernels(work, enabled=executor == "local"):
+        return _report(stage, batches, one, slots, executor, scheduler)
+
+
+def _report(
+    stage: Stage,
+    batches: Sequence[Path],
+    one: Any,
+    slots: int,
+    executor: str,
+    scheduler: str,
+) -> int:
+    """Run ``one`` on every batch (:func:`_run_each`), say how each went; the exit status."""
     outcomes: Iterable[tuple[int, StageOutcome | Exception]]
     if len(batches) == 1:
         outcomes = [(0, one(batches[0]))]

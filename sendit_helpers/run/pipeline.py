@@ -64,7 +64,7 @@ from sendit_helpers.core.errors import BatchError, SenditError, os_error_line
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.core.settings import BY_NAME, Settings, load_settings
 from sendit_helpers.deid.siterules import site_filters_path
-from sendit_helpers.run.runner import Stage, notebook_path, run_stage
+from sendit_helpers.run.runner import Stage, notebook_path, run_stage, warm_kernels
 from sendit_helpers.stages.inspect import discover_inputs
 
 log = logging.getLogger("sendit")
@@ -642,14 +642,23 @@ def run_batches(
     for status in refused:
         bar.write(_line(status), file=sys.stderr)
     try:
-        for index, outcome in executors.run_each(
-            work_one, layouts, slots=slots, executor=executor, scheduler=scheduler, desc="batches"
-        ):
-            if isinstance(outcome, executors.ExecutorError):
-                outcome = BatchStatus(layouts[index].name, "failed", "setup", detail=str(outcome))
-            statuses[index] = outcome
-            bar.update()
-            bar.write(_line(outcome), file=sys.stderr)
+        # one warm kernel per batch slot, reused by every stage of every batch it runs
+        with warm_kernels(work, enabled=executor == "local"):
+            for index, outcome in executors.run_each(
+                work_one,
+                layouts,
+                slots=slots,
+                executor=executor,
+                scheduler=scheduler,
+                desc="batches",
+            ):
+                if isinstance(outcome, executors.ExecutorError):
+                    outcome = BatchStatus(
+                        layouts[index].name, "failed", "setup", detail=str(outcome)
+                    )
+                statuses[index] = outcome
+                bar.update()
+                bar.write(_line(outcome), file=sys.stderr)
     finally:
         bar.close()
     done = [s for s in statuses if s is not None]

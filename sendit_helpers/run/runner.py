@@ -7,10 +7,14 @@ layout and settings the same way.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import itertools
 import logging
 import os
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,10 @@ from sendit_helpers.core.settings import Settings, load_settings
 #: Seconds a notebook kernel may take to start: generous, since batches running in
 #: parallel on a small, busy machine start several kernels at once.
 KERNEL_START_TIMEOUT = 300
+#: Notebooks one warm kernel runs before it is replaced by a fresh one (bounds its memory).
+WARM_KERNEL_USES = 64
+#: Folder under WORK holding the warm kernels' own logs (owner-only, like a batch's phi/).
+KERNELS_DIR = ".kernels"
 
 
 class Stage(StrEnum):
@@ -180,17 +188,26 @@ def _execute(
     failure: StageError | None = None
     # A report of an earlier run must not pass for this one's, whatever happens below.
     output.with_suffix(".html").unlink(missing_ok=True)
+    pool = _WARM
+    warm = pool.lease(layout, output) if pool is not None else None
+    engine: dict[str, Any] = (
+        {"engine_name": _WARM_ENGINE, "km": warm.km, "cwd_in_kernel": str(layout.phi)}
+        if warm is not None
+        else {
+            "cwd": str(layout.phi),
+            "kernel_manager_class": _logging_kernel_manager(output.with_suffix(".kernel.log")),
+        }
+    )
     try:
         pm.execute_notebook(
             str(stage.source()),
             str(output),
             parameters=parameters,
             kernel_name="python3",
-            cwd=str(layout.phi),
             progress_bar=False,
             log_output=False,
-            kernel_manager_class=_logging_kernel_manager(output.with_suffix(".kernel.log")),
             start_timeout=KERNEL_START_TIMEOUT,
+            **engine,
         )
     except PapermillExecutionError as exc:
         cause = os_error_from_text(exc.ename, exc.evalue)
@@ -206,6 +223,8 @@ def _execute(
             + f"; executed notebook: {output} (cell {exc.exec_count})"
         )
     except (DeadKernelError, CellTimeoutError, RuntimeError, TimeoutError) as exc:
+        if warm is not None:
+            warm.broken = True  # the next notebook of this thread gets a fresh kernel
         failure = StageError(
             f"stage {stage} failed for batch {layout.name}: the kernel stopped "
             f"({type(exc).__name__}); see {output.with_suffix('.kernel.log')} and {output}"
@@ -248,6 +267,9 @@ def notebook_path(stage: Stage, layout: BatchLayout) -> Path:
     return layout.notebooks_dir / stage.notebook
 
 
+_EXPORTERS = threading.local()
+
+
 def export_html(notebook: Path) -> Path:
     """Write an offline-readable HTML copy beside an executed notebook.
 
@@ -277,20 +299,23 @@ def export_html(notebook: Path) -> Path:
     from sendit_helpers.run.report import prepare
 
     nb = prepare(nbformat.read(str(notebook), as_version=4), notebook)
-    quiet = logging.getLogger("sendit.html")
-    quiet.setLevel(logging.ERROR)  # nbconvert warns about images without alt text
-    exporter = nbconvert.HTMLExporter(
-        log=quiet, exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True
-    )
-    for url in (
-        "widget_renderer_url",
-        "require_js_url",
-        "mathjax_url",
-        "mermaid_js_url",
-        "mermaid_layout_elk_js_url",
-    ):
-        if exporter.has_trait(url):
-            setattr(exporter, url, "")
+    exporter = getattr(_EXPORTERS, "html", None)
+    if exporter is None:  # one per thread: its templates load once, not per notebook
+        quiet = logging.getLogger("sendit.html")
+        quiet.setLevel(logging.ERROR)  # nbconvert warns about images without alt text
+        exporter = nbconvert.HTMLExporter(
+            log=quiet, exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True
+        )
+        for url in (
+            "widget_renderer_url",
+            "require_js_url",
+            "mathjax_url",
+            "mermaid_js_url",
+            "mermaid_layout_elk_js_url",
+        ):
+            if exporter.has_trait(url):
+                setattr(exporter, url, "")
+        _EXPORTERS.html = exporter
     body, _resources = exporter.from_notebook_node(nb)
     target = notebook.with_suffix(".html")
     tmp = target.with_name(f".{target.name}.tmp")
@@ -318,3 +343,201 @@ def _logging_kernel_manager(log_path: Path) -> type[Any]:
                 await super()._async_launch_kernel(kernel_cmd, **kw)
 
     return LoggingKernelManager
+
+
+# ------------------------------------------------------------------ warm kernels
+_WARM_ENGINE = "sendit-warm"
+#: Run silently in a warm kernel before each notebook: a clean namespace, cell numbers
+#: from 1, no figure of the last notebook, and the batch's phi/ as working folder.
+_RESET = (
+    "get_ipython().run_line_magic('reset', '-f')\n"
+    "get_ipython().execution_count = 1\n"
+    "__import__('os').chdir({cwd!r})\n"
+    "_plt = __import__('sys').modules.get('matplotlib.pyplot')\n"
+    "_plt is not None and _plt.close('all')\n"
+    "del _plt\n"
+)
+
+
+@dataclass
+class WarmKernel:
+    """One kernel kept alive between the notebooks of one thread (:class:`WarmKernels`).
+
+    Attributes
+    ----------
+    km : jupyter_client AsyncKernelManager
+        Started by the first notebook that uses it.
+    log : Path
+        The kernel's own stdout/stderr (under ``WORK/.kernels/phi/``).
+    uses : int
+        Notebooks run so far.
+    broken : bool
+        Set when a notebook ended with the kernel dead or timed out: it is replaced.
+    """
+
+    km: Any
+    log: Path
+    uses: int = 0
+    broken: bool = False
+
+
+class WarmKernels:
+    """Keep one notebook kernel per thread and reuse it for every notebook that thread runs.
+
+    A cold start (a new kernel process, then the imports of the helper package,
+    pandas, pydicom, matplotlib: seconds) is then paid once per thread (per
+    worker of ``sendit run``), not once per stage of every batch.  Each
+    notebook still gets its own executed copy in its batch's ``phi/notebooks/``;
+    before it runs, the kernel's namespace is reset (``%reset -f``), its cell
+    counter set back to 1, open figures closed and its working folder set to
+    the batch's ``phi/``, so a notebook sees nothing of the one before.  A
+    kernel that died or timed out, and one that ran :data:`WARM_KERNEL_USES`
+    notebooks, is replaced by a fresh one.
+
+    The kernels' own logs go to ``WORK/.kernels/phi/`` (owner-only): several
+    batches share them, so each batch's ``NN_stage.kernel.log`` names the log
+    instead.
+
+    Use as a context manager around the code that calls :func:`run_stage`
+    (``sendit run`` and the stage commands do); on exit every kernel is shut
+    down.  Only one may be active in a process at a time.
+
+    Parameters
+    ----------
+    work : path-like
+        The work folder.
+    max_uses : int
+        Notebooks per kernel before it is replaced.
+    """
+
+    def __init__(self, work: str | os.PathLike[str], max_uses: int = WARM_KERNEL_USES) -> None:
+        self.folder = Path(work).expanduser().resolve() / KERNELS_DIR / "phi"
+        self.max_uses = max_uses
+        self._local = threading.local()
+        self._all: list[WarmKernel] = []
+        self._lock = threading.Lock()
+        self._count = itertools.count(1)
+
+    def __enter__(self) -> WarmKernels:
+        global _WARM
+        _register_engine()
+        _WARM = self
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        global _WARM
+        _WARM = None
+        self.shutdown()
+
+    def lease(self, layout: BatchLayout, output: Path) -> WarmKernel:
+        """This thread's kernel for the notebook ``output`` of ``layout`` (a new one if needed).
+
+        Writes ``output``'s ``.kernel.log`` as a pointer to the kernel's log.
+        """
+        kernel: WarmKernel | None = getattr(self._local, "kernel", None)
+        if kernel is not None and (kernel.broken or kernel.uses >= self.max_uses):
+            _stop(kernel)
+            kernel = None
+        if kernel is None:
+            self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(self.folder.parent, 0o700)
+            os.chmod(self.folder, 0o700)
+            log = self.folder / f"kernel-{os.getpid()}-{next(self._count)}.log"
+            manager = _logging_kernel_manager(log)
+            kernel = WarmKernel(manager(kernel_name="python3"), log)
+            self._local.kernel = kernel
+            with self._lock:
+                self._all.append(kernel)
+        kernel.uses += 1
+        pointer = output.with_suffix(".kernel.log")
+        fd = os.open(pointer, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"this notebook ran in a warm kernel shared by several batches; its log: {kernel.log}\n")
+        return kernel
+
+    def shutdown(self) -> None:
+        """Stop every kernel this pool started."""
+        with self._lock:
+            kernels, self._all = self._all, []
+        for kernel in kernels:
+            _stop(kernel)
+
+
+_WARM: WarmKernels | None = None
+
+
+@contextlib.contextmanager
+def warm_kernels(work: str | os.PathLike[str], enabled: bool = True) -> Iterator[None]:
+    """:class:`WarmKernels` for ``work`` while the block runs (nothing when not ``enabled``)."""
+    if not enabled or _WARM is not None:
+        yield
+        return
+    with WarmKernels(work):
+        yield
+
+
+def _stop(kernel: WarmKernel) -> None:
+    """Kill a warm kernel's process (it holds nothing that needs a clean shutdown)."""
+    km = kernel.km
+    process = getattr(getattr(km, "provisioner", None), "process", None)
+    if process is not None and process.poll() is None:
+        process.kill()
+        process.wait()
+    with contextlib.suppress(OSError):
+        km.cleanup_connection_file()
+
+
+def _register_engine() -> None:
+    """Register the papermill engine that runs notebooks in a kept kernel (once)."""
+    from papermill.clientwrap import PapermillNotebookClient
+    from papermill.engines import NBClientEngine, papermill_engines
+
+    if _WARM_ENGINE in papermill_engines._engines:
+        return
+
+    class WarmClient(PapermillNotebookClient):  # type: ignore[misc]
+        cwd_in_kernel = ""
+
+        def papermill_execute_cells(self) -> None:
+            msg_id = self.kc.execute(
+                _RESET.format(cwd=self.cwd_in_kernel), silent=True, store_history=False
+            )
+            reply = self.wait_for_reply(msg_id)
+            if reply is None or reply["content"].get("status") != "ok":
+                raise RuntimeError("the warm kernel could not be reset")
+            super().papermill_execute_cells()
+
+    class WarmEngine(NBClientEngine):  # type: ignore[misc]
+        @classmethod
+        def execute_managed_notebook(
+            cls,
+            nb_man: Any,
+            kernel_name: str,
+            log_output: bool = False,
+            stdout_file: Any = None,
+            stderr_file: Any = None,
+            start_timeout: int = 60,
+            execution_timeout: int | None = None,
+            **kwargs: Any,
+        ) -> Any:
+            km = kwargs.pop("km")
+            cwd = kwargs.pop("cwd_in_kernel")
+            client = WarmClient(
+                nb_man,
+                km=km,
+                timeout=execution_timeout,
+                startup_timeout=start_timeout,
+                kernel_name=kernel_name,
+                log=logging.getLogger("papermill"),
+                log_output=log_output,
+                stdout_file=stdout_file,
+                stderr_file=stderr_file,
+            )
+            client.cwd_in_kernel = cwd
+            try:
+                return client.execute(cwd=cwd)
+            finally:
+                if client.kc is not None:
+                    client.kc.stop_channels()  # the kernel stays; this notebook's client goes
+
+    papermill_engines.register(_WARM_ENGINE, WarmEngine)

@@ -29,7 +29,8 @@ Parallel
     batches parallelise best (every part of a stage overlaps, kernel start-up
     and leak gate included); left-over workers go to the files.  With
     ``--executor local`` the batches run from threads of this process (each
-    drives its own notebook kernel); with ``--executor dask`` each batch is
+    keeps one warm notebook kernel, :class:`~sendit_helpers.runner.WarmKernels`,
+    for every stage of every batch it runs); with ``--executor dask`` each batch is
     one Dask task (a ``LocalCluster`` of that many single-threaded workers,
     or the cluster at ``--scheduler``, where every worker thread takes one
     batch at a time and ``--workers`` is the per-file pool of each batch).

@@ -452,7 +452,7 @@ class WarmKernels:
         pointer = output.with_suffix(".kernel.log")
         fd = os.open(pointer, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
-            fh.write(f"this notebook ran in a warm kernel shared by several batches; its log: {kernel.log}\n")
+            fh.write(f"ran in a warm kernel shared by batches; its log: {kernel.log}\n")
         return kernel
 
     def shutdown(self) -> None:

@@ -1,0 +1,180 @@
+"""Warm kernels (issue 15): one kernel per worker of ``sendit run``, reused by every notebook.
+
+A warm run must write what one batch at a time writes (release/ bytes, tables,
+disposition, manifests), a failing batch must not touch the next one run in the
+same kernel, and a run killed at any point must complete everything once when
+run again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+
+from sendit_helpers import deidentify, inspect, review, synthetic, upload
+from sendit_helpers.layout import BatchLayout
+from sendit_helpers.pipeline import PIPELINE, stamp_path
+from sendit_helpers.runner import KERNELS_DIR, Stage, notebook_path, open_batch
+
+SECRET_HEX = "7761726d2d6b65726e656c2d74657374"  # "warm-kernel-test"
+TINY = synthetic.BatchSpec(n_series=1, images_per_series=2, rows=16, columns=16)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, PROGRESS="false", SENDIT_SITE_SECRET=SECRET_HEX)
+    env.pop("WORKERS", None)
+    return env
+
+
+def _run(root: Path, work: Path, *extra: str) -> list[str]:
+    cli = [sys.executable, "-m", "sendit_helpers.cli", "run", str(root), "--work", str(work)]
+    return [*cli, *extra]
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _one_by_one(batches: list[Path], work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every stage of each batch, in this process, one batch after the other."""
+    monkeypatch.setenv("SENDIT_SITE_SECRET", SECRET_HEX)
+    for folder in batches:
+        layout, settings = open_batch(folder, work, [], {"PROGRESS": False})
+        inspect.inspect_batch(layout, settings)
+        deidentify.deidentify_batch(layout, settings)
+        review.apply_decisions(layout, settings)
+        upload.upload_batch(layout, settings, progress=False)
+
+
+def _manifest(layout: BatchLayout) -> list[tuple[str, ...]]:
+    """The last manifest row of each item, without what differs between work folders
+    (time, destination); a killed upload leaves earlier rows a rerun supersedes."""
+    table = pd.read_csv(layout.phi / "upload" / "manifest.csv", dtype=str).fillna("")
+    table = table.drop_duplicates(["item", "target"], keep="last")
+    keep = [c for c in table.columns if c not in ("time", "destination", "remote_id")]
+    return sorted(tuple(row) for row in table[keep].itertuples(index=False))
+
+
+def _same_outputs(warm: BatchLayout, cold: BatchLayout) -> None:
+    assert _tree(warm.release) == _tree(cold.release)
+    assert warm.disposition_csv.read_bytes() == cold.disposition_csv.read_bytes()
+    for table in ("files", "series", "dates"):
+        left = pd.read_parquet(warm.inspect_dir / f"{table}.parquet")
+        right = pd.read_parquet(cold.inspect_dir / f"{table}.parquet")
+        pd.testing.assert_frame_equal(left, right)
+    for name in ("lookup.parquet", "quarantined.parquet"):
+        if (cold.phi / "deidentify" / name).exists():
+            pd.testing.assert_frame_equal(
+                pd.read_parquet(warm.phi / "deidentify" / name),
+                pd.read_parquet(cold.phi / "deidentify" / name),
+            )
+    assert _manifest(warm) == _manifest(cold)
+
+
+@pytest.mark.slow
+def test_warm_run_equals_one_by_one_and_a_failing_batch_spares_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three batches through one warm kernel; the middle one fails at deidentify."""
+    root = tmp_path / "root"
+    made = list(synthetic.make_batches(root, n=3, spec=TINY))
+    bad = made[1]
+    work = tmp_path / "work"
+    (work / bad.name / "phi").mkdir(parents=True)
+    (work / bad.name / "phi" / "deidentify").write_text("not a folder")
+
+    proc = subprocess.run(
+        _run(root, work, "--workers", "1"), env=_env(), capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"{bad.name}: stage deidentify failed" in proc.stderr
+    # one kernel ran all twelve notebooks (one worker): a single kernel log, pointed at
+    logs = list((work / KERNELS_DIR / "phi").iterdir())
+    assert len(logs) == 1 and oct((work / KERNELS_DIR).stat().st_mode & 0o777) == "0o700"
+
+    reference = tmp_path / "reference"
+    good = [made[0], made[2]]
+    _one_by_one(good, reference, monkeypatch)
+    for folder in good:
+        layout = BatchLayout.for_batch(folder, work)
+        _same_outputs(layout, BatchLayout.for_batch(folder, reference))
+        for stage in PIPELINE:
+            nb = notebook_path(stage, layout)
+            assert nb.with_suffix(".html").exists()
+            assert str(logs[0]) in nb.with_suffix(".kernel.log").read_text()
+            cells = json.loads(nb.read_text())["cells"]
+            counts = [c["execution_count"] for c in cells if c["cell_type"] == "code"]
+            assert counts[0] == 1, f"{nb.name} of {folder.name} does not count from 1"
+    failed = notebook_path(Stage.DEIDENTIFY, BatchLayout.for_batch(bad, work))
+    assert failed.exists() and failed.with_suffix(".html").exists()
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "marker",
+    [
+        "batch_001/phi/notebooks/02_deidentify.ipynb",
+        "batch_002/phi/notebooks/01_inspect.ipynb",
+        "batch_002/phi/notebooks/04_upload.ipynb",
+    ],
+)
+def test_killed_warm_run_completes_everything_once(
+    marker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGKILL of ``sendit run`` when ``marker`` appears; the rerun completes every batch once."""
+    root = tmp_path / "root"
+    made = list(synthetic.make_batches(root, n=2, spec=TINY))
+    work = tmp_path / "work"
+    with (tmp_path / "run1.out").open("w") as out:
+        proc = subprocess.Popen(_run(root, work), env=_env(), stdout=out, stderr=out)
+        deadline = time.monotonic() + 240
+        children: list[psutil.Process] = []
+        while time.monotonic() < deadline and proc.poll() is None:
+            children = _descendants(proc.pid) or children
+            if (work / marker).exists():
+                break
+            time.sleep(0.02)
+        children = _descendants(proc.pid) or children
+        assert proc.poll() is None, "the run ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(30) == -signal.SIGKILL
+    _gone, alive = psutil.wait_procs(children, timeout=20)
+    assert not alive, "the warm kernel outlived the killed run"
+    assert not stamp_path(BatchLayout.for_batch(made[1], work), Stage.UPLOAD).exists()
+
+    again = subprocess.run(_run(root, work), env=_env(), capture_output=True, text=True,
+                           timeout=300)  # fmt: skip
+    assert again.returncode == 0, again.stdout + again.stderr
+    reference = tmp_path / "reference"
+    _one_by_one(made, reference, monkeypatch)
+    released = 0
+    for folder in made:
+        layout = BatchLayout.for_batch(folder, work)
+        _same_outputs(layout, BatchLayout.for_batch(folder, reference))
+        released += len(list(layout.release.rglob("*.dcm")))
+        assert all(stamp_path(layout, stage).exists() for stage in PIPELINE)
+    assert released > 0
+    with sqlite3.connect(work / "storage" / "index.sqlite") as conn:
+        images = conn.execute("SELECT COUNT(*), COUNT(DISTINCT url) FROM image").fetchone()
+    assert images == (released, released), "each released image stored exactly once"

@@ -13,6 +13,7 @@ import itertools
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -31,6 +32,11 @@ KERNEL_START_TIMEOUT = 300
 WARM_KERNEL_USES = 64
 #: Folder under WORK holding the warm kernels' own logs (owner-only, like a batch's phi/).
 KERNELS_DIR = ".kernels"
+#: papermill engine name of :func:`_register_engine`.
+_ENGINE = "sendit"
+#: Seconds between two writes of an executed notebook while its cells run (it is also
+#: written when it starts, when a cell fails and at the end).
+SAVE_EVERY = 5.0
 
 
 class Stage(StrEnum):
@@ -188,10 +194,11 @@ def _execute(
     failure: StageError | None = None
     # A report of an earlier run must not pass for this one's, whatever happens below.
     output.with_suffix(".html").unlink(missing_ok=True)
+    _register_engine()
     pool = _WARM
     warm = pool.lease(layout, output) if pool is not None else None
     engine: dict[str, Any] = (
-        {"engine_name": _WARM_ENGINE, "km": warm.km, "cwd_in_kernel": str(layout.phi)}
+        {"km": warm.km, "cwd_in_kernel": str(layout.phi)}
         if warm is not None
         else {
             "cwd": str(layout.phi),
@@ -207,6 +214,7 @@ def _execute(
             progress_bar=False,
             log_output=False,
             start_timeout=KERNEL_START_TIMEOUT,
+            engine_name=_ENGINE,
             **engine,
         )
     except PapermillExecutionError as exc:
@@ -346,7 +354,6 @@ def _logging_kernel_manager(log_path: Path) -> type[Any]:
 
 
 # ------------------------------------------------------------------ warm kernels
-_WARM_ENGINE = "sendit-warm"
 #: Run silently in a warm kernel before each notebook: a clean namespace, cell numbers
 #: from 1, no figure of the last notebook, and the batch's phi/ as working folder.
 _RESET = (
@@ -420,7 +427,6 @@ class WarmKernels:
 
     def __enter__(self) -> WarmKernels:
         global _WARM
-        _register_engine()
         _WARM = self
         return self
 
@@ -488,12 +494,36 @@ def _stop(kernel: WarmKernel) -> None:
 
 
 def _register_engine() -> None:
-    """Register the papermill engine that runs notebooks in a kept kernel (once)."""
-    from papermill.clientwrap import PapermillNotebookClient
-    from papermill.engines import NBClientEngine, papermill_engines
+    """Register papermill's engine for sendit's notebooks (again: it only sets a name).
 
-    if _WARM_ENGINE in papermill_engines._engines:
-        return
+    It differs from papermill's own (``nbclient``) in two ways.  The executed
+    notebook is written when the notebook starts, when a cell fails, at the end
+    (also when the kernel dies) and during long cells at most every
+    :data:`SAVE_EVERY` seconds, not before and after every cell: papermill's
+    per-cell writes (each one validated) cost more than a small batch's work.
+    And given ``km`` (a :class:`WarmKernel`'s manager), it runs the notebook in
+    that kept kernel after resetting it, and leaves the kernel running.
+    """
+    from papermill.clientwrap import PapermillNotebookClient
+    from papermill.engines import NBClientEngine, NotebookExecutionManager, papermill_engines
+
+    class SparseSaves(NotebookExecutionManager):  # type: ignore[misc]
+        _last = 0.0
+
+        def save(self, **kwargs: Any) -> None:
+            now = time.monotonic()
+            if self._last and now - self._last < SAVE_EVERY:
+                return
+            self._last = now
+            super().save(**kwargs)
+
+        def cell_exception(self, cell: Any, cell_index: Any = None, **kwargs: Any) -> None:
+            self._last = 0.0  # the failing cell's outputs are written at once
+            super().cell_exception(cell, cell_index, **kwargs)
+
+        def notebook_complete(self, **kwargs: Any) -> None:
+            self._last = 0.0
+            super().notebook_complete(**kwargs)
 
     class WarmClient(PapermillNotebookClient):  # type: ignore[misc]
         cwd_in_kernel = ""
@@ -507,7 +537,33 @@ def _register_engine() -> None:
                 raise RuntimeError("the warm kernel could not be reset")
             super().papermill_execute_cells()
 
-    class WarmEngine(NBClientEngine):  # type: ignore[misc]
+    class Engine(NBClientEngine):  # type: ignore[misc]
+        @classmethod
+        def execute_notebook(
+            cls,
+            nb: Any,
+            kernel_name: str,
+            output_path: str | None = None,
+            progress_bar: bool = True,
+            log_output: bool = False,
+            autosave_cell_every: int = 30,
+            **kwargs: Any,
+        ) -> Any:
+            nb_man = SparseSaves(
+                nb,
+                output_path=output_path,
+                progress_bar=progress_bar,
+                log_output=log_output,
+                autosave_cell_every=autosave_cell_every,
+            )
+            nb_man.notebook_start()
+            try:
+                cls.execute_managed_notebook(nb_man, kernel_name, log_output=log_output, **kwargs)
+            finally:
+                nb_man.cleanup_pbar()
+                nb_man.notebook_complete()
+            return nb_man.nb
+
         @classmethod
         def execute_managed_notebook(
             cls,
@@ -520,8 +576,19 @@ def _register_engine() -> None:
             execution_timeout: int | None = None,
             **kwargs: Any,
         ) -> Any:
-            km = kwargs.pop("km")
-            cwd = kwargs.pop("cwd_in_kernel")
+            km = kwargs.pop("km", None)
+            cwd = kwargs.pop("cwd_in_kernel", "")
+            if km is None:
+                return super().execute_managed_notebook(
+                    nb_man,
+                    kernel_name,
+                    log_output=log_output,
+                    stdout_file=stdout_file,
+                    stderr_file=stderr_file,
+                    start_timeout=start_timeout,
+                    execution_timeout=execution_timeout,
+                    **kwargs,
+                )
             client = WarmClient(
                 nb_man,
                 km=km,
@@ -540,4 +607,4 @@ def _register_engine() -> None:
                 if client.kc is not None:
                     client.kc.stop_channels()  # the kernel stays; this notebook's client goes
 
-    papermill_engines.register(_WARM_ENGINE, WarmEngine)
+    papermill_engines.register(_ENGINE, Engine)

@@ -30,7 +30,8 @@ from sendit_helpers.core.settings import Settings, load_settings
 KERNEL_START_TIMEOUT = 300
 #: Notebooks one warm kernel runs before it is replaced by a fresh one (bounds its memory).
 WARM_KERNEL_USES = 64
-#: Folder under WORK holding the warm kernels' own logs (owner-only, like a batch's phi/).
+#: Folder under WORK holding the warm kernels' own logs (owner-only, like a batch's phi/;
+#: not named phi/ itself, since WORK/<name>/phi/ is a batch).
 KERNELS_DIR = ".kernels"
 #: papermill engine name of :func:`_register_engine`.
 _ENGINE = "sendit"
@@ -375,7 +376,7 @@ class WarmKernel:
     km : jupyter_client AsyncKernelManager
         Started by the first notebook that uses it.
     log : Path
-        The kernel's own stdout/stderr (under ``WORK/.kernels/phi/``).
+        The kernel's own stdout/stderr (under ``WORK/.kernels/``).
     uses : int
         Notebooks run so far.
     broken : bool
@@ -401,7 +402,7 @@ class WarmKernels:
     kernel that died or timed out, and one that ran :data:`WARM_KERNEL_USES`
     notebooks, is replaced by a fresh one.
 
-    The kernels' own logs go to ``WORK/.kernels/phi/`` (owner-only): several
+    The kernels' own logs go to ``WORK/.kernels/`` (owner-only): several
     batches share them, so each batch's ``NN_stage.kernel.log`` names the log
     instead.
 
@@ -418,7 +419,7 @@ class WarmKernels:
     """
 
     def __init__(self, work: str | os.PathLike[str], max_uses: int = WARM_KERNEL_USES) -> None:
-        self.folder = Path(work).expanduser().resolve() / KERNELS_DIR / "phi"
+        self.folder = Path(work).expanduser().resolve() / KERNELS_DIR
         self.max_uses = max_uses
         self._local = threading.local()
         self._all: list[WarmKernel] = []
@@ -446,7 +447,6 @@ class WarmKernels:
             kernel = None
         if kernel is None:
             self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.chmod(self.folder.parent, 0o700)
             os.chmod(self.folder, 0o700)
             log = self.folder / f"kernel-{os.getpid()}-{next(self._count)}.log"
             manager = _logging_kernel_manager(log)

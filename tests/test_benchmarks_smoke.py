@@ -61,3 +61,12 @@ def test_bench_deidentify_cli_memory_runs(out: Path, capsys: pytest.CaptureFixtu
     text = capsys.readouterr().out
     assert "memory: inspect + deidentify over 2 vs 3 studies" in text
     assert not list((out / "scratch").iterdir())
+
+
+@pytest.mark.slow
+def test_bench_run_runs(out: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("dcmanon")
+    args = ["--studies", "2", "--files", "2", "--rows", "32", "--out", str(out)]
+    assert _load("bench_run").main(args) == 0
+    text = capsys.readouterr().out
+    assert "sendit run: 4 files" in text and "dcmanon:    4 files" in text and "ratio:" in text

@@ -5,7 +5,7 @@ per-batch fixed cost (kernel starts, imports, notebook export) matters as much
 as the per-file work.  This script
 
 * builds ``--studies`` studies of ``--files`` CT images each with
-  :func:`sendit_helpers.synthetic.make_ct_corpus` (one patient and one seed per
+  :func:`sendit_helpers.samples.synthetic.make_ct_corpus` (one patient and one seed per
   study; cached under ``--out``/corpus/);
 * times ``sendit run ROOT --work WORK`` as a user runs it: the installed
   command in a subprocess, default settings (all four stages, the local store,
@@ -56,7 +56,7 @@ print(n)
 
 def ensure_tree(out: Path, studies: int, files: int, rows: int) -> Path:
     """``out/corpus/run_<studies>x<files>_<rows>/study_NNN``, generated once (a ``.ok`` marker)."""
-    from sendit_helpers.synthetic import make_ct_corpus
+    from sendit_helpers.samples.synthetic import make_ct_corpus
 
     root = out / "corpus" / f"run_{studies}x{files}_{rows}"
     marker = root.with_name(root.name + ".ok")

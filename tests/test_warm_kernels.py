@@ -21,10 +21,11 @@ import pandas as pd
 import psutil
 import pytest
 
-from sendit_helpers import deidentify, inspect, review, synthetic, upload
-from sendit_helpers.layout import BatchLayout
-from sendit_helpers.pipeline import PIPELINE, stamp_path
-from sendit_helpers.runner import KERNELS_DIR, Stage, notebook_path, open_batch
+from sendit_helpers.core.layout import BatchLayout
+from sendit_helpers.run.pipeline import PIPELINE, stamp_path
+from sendit_helpers.run.runner import KERNELS_DIR, Stage, notebook_path, open_batch
+from sendit_helpers.samples import synthetic
+from sendit_helpers.stages import deidentify, inspect, review, upload
 
 SECRET_HEX = "7761726d2d6b65726e656c2d74657374"  # "warm-kernel-test"
 TINY = synthetic.BatchSpec(n_series=1, images_per_series=2, rows=16, columns=16)
@@ -37,7 +38,7 @@ def _env() -> dict[str, str]:
 
 
 def _run(root: Path, work: Path, *extra: str) -> list[str]:
-    cli = [sys.executable, "-m", "sendit_helpers.cli", "run", str(root), "--work", str(work)]
+    cli = [sys.executable, "-m", "sendit_helpers.run.cli", "run", str(root), "--work", str(work)]
     return [*cli, *extra]
 
 

@@ -602,6 +602,8 @@ def _native_words_printable(pixels: bytes | memoryview) -> bool:
     words = np.frombuffer(pixels, dtype="<u2", count=len(pixels) // 2)
     # A printable word lies in 0x2020..0x7E7E: most images (CT values below 8224) have
     # none there, which one pass tells; the exact test runs only when some do.
+    if not words.size or int(words.max()) < 0x2020 or int(words.min()) > 0x7E7E:
+        return False  # one reduction, no temporary array
     if not bool(np.any((words - np.uint16(0x2020)) <= np.uint16(0x5E5E))):
         return False
     low_ok = ((words & 0xFF) - 0x20).astype(np.uint8) < 0x5F

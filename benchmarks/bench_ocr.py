@@ -1,6 +1,6 @@
 """OCR screen (issue 7): detection, false positives and cost per image, with sampling and workers.
 
-On generated images (``synthetic.make_text_images``, cached under ``benchmarks/out/``):
+On generated images (``textimages.make_text_images``, cached under ``benchmarks/out/``):
 
 * ``text``: ``--n`` ultrasound / secondary-capture / CT images with two lines of
   text burned in (several sizes, fonts, contrasts, positions): detection rate
@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from sendit_helpers.deid import ocr
-from sendit_helpers.samples import synthetic
+from sendit_helpers.samples import textimages
 from sendit_helpers.stages import inspect
 
 
@@ -37,7 +37,7 @@ def text_set(out: Path, n: int, with_text: bool) -> Path:
     marker = folder.with_name(folder.name + ".ok")
     if not (marker.exists() and folder.is_dir()):
         c.say(f"generating {n} {'text' if with_text else 'plain CT'} images in {folder} ...")
-        synthetic.make_text_images(folder, n, with_text=with_text, seed=7)
+        textimages.make_text_images(folder, n, with_text=with_text, seed=7)
         marker.write_text(f"{n} images\n")
     return folder
 
@@ -51,7 +51,7 @@ def files_of(folder: Path) -> pd.DataFrame:
 def coverage(folder: Path, table: pd.DataFrame) -> float:
     """Share of the burned lines covered at >= 90 % by the suggested boxes."""
     boxes = {Path(p).name: json.loads(b) for p, b in zip(table["source_path"], table["ocr_boxes"], strict=True)}
-    truth = synthetic.load_text_truth(folder)
+    truth = textimages.load_text_truth(folder)
     covered = 0
     for line in truth:
         x0, y0, x1, y1 = line.box

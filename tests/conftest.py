@@ -11,24 +11,24 @@ from pydicom.data import get_testdata_file
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.core.settings import Settings
 from sendit_helpers.run.runner import open_batch
-from sendit_helpers.samples import synthetic
+from sendit_helpers.samples import batchspec, synthetic
 from tests import realworld
 
 QUIET = {"PROGRESS": False}
 
 
 @pytest.fixture
-def batch(tmp_path: Path) -> tuple[Path, synthetic.Planted]:
+def batch(tmp_path: Path) -> tuple[Path, batchspec.Planted]:
     """One generated study (with junk and burned-in images) and its planted identifiers."""
     folder = tmp_path / "input" / "DOE_JOHN_MRN12345"
     planted = synthetic.make_batch(
-        folder, synthetic.BatchSpec(n_series=2, images_per_series=3, rows=32, columns=32)
+        folder, batchspec.BatchSpec(n_series=2, images_per_series=3, rows=32, columns=32)
     )
     return folder, planted
 
 
 @pytest.fixture
-def opened(batch: tuple[Path, synthetic.Planted], tmp_path: Path) -> tuple[BatchLayout, Settings]:
+def opened(batch: tuple[Path, batchspec.Planted], tmp_path: Path) -> tuple[BatchLayout, Settings]:
     """The batch opened with quiet default settings, work folder in tmp_path."""
     return open_batch(batch[0], tmp_path / "work", [], QUIET)
 

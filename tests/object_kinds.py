@@ -20,7 +20,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from sendit_helpers.samples import synthetic
+from sendit_helpers.samples import batchspec, synthetic
 
 RT_STRUCT_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 #: Identifiers planted in the objects only (not in the CT headers).
@@ -36,7 +36,7 @@ class ObjectStudy:
     """The batch folder, what was planted, and the objects written (kind -> file)."""
 
     folder: Path
-    planted: synthetic.Planted
+    planted: batchspec.Planted
     extra: tuple[str, ...]
     objects: dict[str, Path]
     ct_uids: tuple[str, ...]
@@ -327,7 +327,7 @@ def make_object_study(folder: Path) -> ObjectStudy:
     """
     planted = synthetic.make_batch(
         folder,
-        synthetic.BatchSpec(
+        batchspec.BatchSpec(
             n_series=1, images_per_series=3, rows=16, columns=16, burned_in=False, junk=False
         ),
     )

@@ -15,7 +15,7 @@ from pydicom.data import get_testdata_file
 
 from sendit_helpers.run.cli import main
 from sendit_helpers.run.pipeline import find_batches
-from sendit_helpers.samples import synthetic
+from sendit_helpers.samples import batchspec, synthetic
 
 
 def _sendit(*args: str) -> subprocess.CompletedProcess[str]:
@@ -83,7 +83,7 @@ def test_find_batches_in_root(tmp_path: Path) -> None:
     synthetic.make_batches(
         tmp_path / "root",
         n=2,
-        spec=synthetic.BatchSpec(n_series=1, images_per_series=2, rows=16, columns=16),
+        spec=batchspec.BatchSpec(n_series=1, images_per_series=2, rows=16, columns=16),
     )
     found = find_batches([tmp_path / "root"])
     assert [p.name for p in found] == ["batch_001", "batch_002"]
@@ -94,7 +94,7 @@ def test_run_deidentify_and_upload_local(tmp_path: Path) -> None:
     synthetic.make_batches(
         tmp_path / "root",
         n=1,
-        spec=synthetic.BatchSpec(n_series=1, images_per_series=2, rows=16, columns=16),
+        spec=batchspec.BatchSpec(n_series=1, images_per_series=2, rows=16, columns=16),
     )
     work = tmp_path / "work"
     result = _sendit("run", str(tmp_path / "root"), "--work", str(work))
@@ -153,7 +153,7 @@ def test_deidentify_spreads_batches_over_workers(
     synthetic.make_batches(
         tmp_path / "root",
         n=2,
-        spec=synthetic.BatchSpec(n_series=1, images_per_series=3, rows=16, columns=16),
+        spec=batchspec.BatchSpec(n_series=1, images_per_series=3, rows=16, columns=16),
     )
     batches = [str(tmp_path / "root" / "batch_001"), str(tmp_path / "root" / "batch_002")]
     runs = {}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sendit_helpers.samples import synthetic
+from sendit_helpers.samples import batchspec, synthetic
 
 
 def _sendit(*args: str) -> subprocess.CompletedProcess[str]:
@@ -30,7 +30,7 @@ def _error_line(result: subprocess.CompletedProcess[str]) -> str:
 def test_stage_failures_print_their_cause(tmp_path: Path) -> None:
     batch = tmp_path / "input" / "B1"
     planted = synthetic.make_batch(
-        batch, synthetic.BatchSpec(n_series=1, images_per_series=2, rows=16, columns=16)
+        batch, batchspec.BatchSpec(n_series=1, images_per_series=2, rows=16, columns=16)
     )
     work = tmp_path / "work"
     notebooks = work / "B1" / "phi" / "notebooks"

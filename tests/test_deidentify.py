@@ -18,7 +18,7 @@ from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.core.settings import Settings
 from sendit_helpers.deid import leakgate
 from sendit_helpers.run.runner import open_batch
-from sendit_helpers.samples import synthetic
+from sendit_helpers.samples import batchspec, synthetic
 from sendit_helpers.stages import deidentify, inspect
 
 #: Planted categories that are not identifying by themselves
@@ -62,7 +62,7 @@ def done(opened: tuple[BatchLayout, Settings]) -> deidentify.DeidResult:
 
 
 def test_no_planted_value_leaks(
-    done: deidentify.DeidResult, batch: tuple[Path, synthetic.Planted]
+    done: deidentify.DeidResult, batch: tuple[Path, batchspec.Planted]
 ) -> None:
     layout = done.layout
     values = {
@@ -191,7 +191,7 @@ def test_rerun_is_idempotent(opened: tuple[BatchLayout, Settings]) -> None:
 
 
 def test_gate_catches_a_planted_leak(
-    done: deidentify.DeidResult, batch: tuple[Path, synthetic.Planted]
+    done: deidentify.DeidResult, batch: tuple[Path, batchspec.Planted]
 ) -> None:
     layout = done.layout
     assert leakgate.require_pass(layout)
@@ -250,7 +250,7 @@ def test_age_over_89(tmp_path: Path) -> None:
     folder = tmp_path / "old"
     synthetic.make_batch(
         folder,
-        synthetic.BatchSpec(
+        batchspec.BatchSpec(
             n_series=1,
             images_per_series=2,
             rows=16,

@@ -13,10 +13,10 @@ from identifier_server import IdentifierServer, start_identifier_server
 from sendit_helpers.core.errors import IdentifierError
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.core.settings import load_settings
-from sendit_helpers.samples import synthetic
+from sendit_helpers.samples import batchspec, synthetic
 from sendit_helpers.stages import deidentify
 
-SPEC = synthetic.BatchSpec(
+SPEC = batchspec.BatchSpec(
     n_series=1, images_per_series=2, rows=16, columns=16, burned_in=False, junk=False
 )
 

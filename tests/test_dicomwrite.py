@@ -19,7 +19,7 @@ from sendit_helpers.core.errors import LeakError
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.core.settings import Settings, load_settings
 from sendit_helpers.deid import cleaned, dicomwrite, leakgate
-from sendit_helpers.samples import synthetic
+from sendit_helpers.samples import batchspec
 from sendit_helpers.stages import deidentify
 
 CONFIG = deidentify.WorkerConfig((), True, b"test-secret")
@@ -109,7 +109,7 @@ def test_fast_path_matches_the_pydicom_path(name: str, tmp_path: Path) -> None:
 
 
 def test_fast_path_bytes_identical_on_generated_batch(
-    batch: tuple[Path, synthetic.Planted], tmp_path: Path
+    batch: tuple[Path, batchspec.Planted], tmp_path: Path
 ) -> None:
     fast = 0
     for path in sorted(batch[0].rglob("*")):
@@ -163,7 +163,7 @@ def test_trailing_elements_after_pixel_data_are_deidentified(tmp_path: Path) -> 
 
 
 def test_gate_catches_a_value_after_the_pixel_data(
-    opened: tuple[BatchLayout, Settings], batch: tuple[Path, synthetic.Planted]
+    opened: tuple[BatchLayout, Settings], batch: tuple[Path, batchspec.Planted]
 ) -> None:
     layout, settings = opened
     deidentify.deidentify_batch(layout, settings)
@@ -182,7 +182,7 @@ def test_gate_catches_a_value_after_the_pixel_data(
 
 
 def test_gate_with_recorded_span_still_scans_pixel_data(
-    opened: tuple[BatchLayout, Settings], batch: tuple[Path, synthetic.Planted]
+    opened: tuple[BatchLayout, Settings], batch: tuple[Path, batchspec.Planted]
 ) -> None:
     layout, settings = opened
     deidentify.deidentify_batch(layout, settings)

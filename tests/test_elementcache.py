@@ -14,7 +14,7 @@ from pydicom.data import get_testdata_file, get_testdata_files
 from test_leaks_harsh import build
 
 from sendit_helpers.deid import elementcache
-from sendit_helpers.samples import synthetic
+from sendit_helpers.samples import batchspec, synthetic
 from sendit_helpers.stages import deidentify
 
 CONFIG = deidentify.WorkerConfig((), True, b"test-secret")
@@ -61,7 +61,7 @@ def test_same_as_the_engine_on_pydicom_files(name: str, tmp_path: Path) -> None:
 
 
 def test_same_as_the_engine_on_a_generated_batch(
-    batch: tuple[Path, synthetic.Planted], tmp_path: Path
+    batch: tuple[Path, batchspec.Planted], tmp_path: Path
 ) -> None:
     handled = 0
     files = sorted(p for p in batch[0].rglob("*") if p.is_file())
@@ -96,7 +96,7 @@ def test_series_is_served_from_memory(tmp_path: Path, monkeypatch: pytest.Monkey
     folder = tmp_path / "in"
     synthetic.make_batch(
         folder,
-        synthetic.BatchSpec(
+        batchspec.BatchSpec(
             n_series=1, images_per_series=12, rows=16, columns=16, junk=False, burned_in=False
         ),
     )

@@ -17,7 +17,7 @@ import pytest
 from sendit_helpers.core import disposition
 from sendit_helpers.core.disposition import Disposition
 from sendit_helpers.run.runner import open_batch
-from sendit_helpers.samples import synthetic
+from sendit_helpers.samples import batchspec, synthetic
 from sendit_helpers.stages import deidentify, review, upload
 
 SETTINGS = {"PROGRESS": False}
@@ -27,7 +27,7 @@ SETTINGS = {"PROGRESS": False}
 def us_only(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A study of burned-in images only (a secondary capture and two ultrasounds): all flagged."""
     folder = tmp_path_factory.mktemp("empty") / "in" / "usonly"
-    synthetic.make_batch(folder, synthetic.BatchSpec(n_series=1, images_per_series=1, junk=False))
+    synthetic.make_batch(folder, batchspec.BatchSpec(n_series=1, images_per_series=1, junk=False))
     for path in folder.rglob("*_S001_*/*.dcm"):
         path.unlink()
     return folder

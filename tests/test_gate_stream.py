@@ -14,7 +14,7 @@ from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.core.settings import Settings
 from sendit_helpers.deid import leakgate
 from sendit_helpers.deid.leakgate import Scanner, Tail
-from sendit_helpers.samples import synthetic
+from sendit_helpers.samples import batchspec
 from sendit_helpers.stages import deidentify
 
 
@@ -59,7 +59,7 @@ def _written_of(layout: BatchLayout, path: Path) -> leakgate.Written:
 
 def test_a_file_changed_after_writing_is_read_and_held(
     opened: tuple[BatchLayout, Settings],
-    batch: tuple[Path, synthetic.Planted],
+    batch: tuple[Path, batchspec.Planted],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     layout, settings = opened

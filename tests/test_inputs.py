@@ -36,10 +36,10 @@ from sendit_helpers.run import runner
 from sendit_helpers.run.cli import main
 from sendit_helpers.run.pipeline import plan_batches
 from sendit_helpers.run.runner import Stage, notebook_path, open_batch
-from sendit_helpers.samples import synthetic
+from sendit_helpers.samples import batchspec, synthetic
 from sendit_helpers.stages import deidentify, inspect, review, upload
 
-TINY = synthetic.BatchSpec(n_series=1, images_per_series=2, rows=16, columns=16)
+TINY = batchspec.BatchSpec(n_series=1, images_per_series=2, rows=16, columns=16)
 QUIET = {"PROGRESS": False, "THUMBNAILS": False, "OCR_SCREEN": "off"}
 SECRET_HEX = "696e707574732d746573742d736563726574"  # "inputs-test-secret"
 NON_UTF8 = os.fsdecode(b"caf\xe9.dcm")
@@ -124,7 +124,7 @@ def test_same_named_batch_refused_nothing_overwritten(
     second = tmp_path / "b" / "same"
     synthetic.make_batch(first, TINY)
     synthetic.make_batch(
-        second, synthetic.BatchSpec(n_series=1, images_per_series=3, rows=16, columns=16, seed=7)
+        second, batchspec.BatchSpec(n_series=1, images_per_series=3, rows=16, columns=16, seed=7)
     )
     work = tmp_path / "work"
     layout, settings = open_batch(first, work, [], QUIET)

@@ -241,11 +241,11 @@ def test_probe_from_memory_equals_probe_from_file(
 
 def test_ocr_screen_flags_text_the_header_does_not_admit(tmp_path: Path) -> None:
     from sendit_helpers.deid import ocr
-    from sendit_helpers.samples import synthetic
+    from sendit_helpers.samples import textimages
 
     folder = tmp_path / "ocr_batch"
-    synthetic.make_text_images(folder / "text", 2, with_text=True, seed=3)
-    synthetic.make_text_images(folder / "plain", 2, with_text=False, seed=4)
+    textimages.make_text_images(folder / "text", 2, with_text=True, seed=3)
+    textimages.make_text_images(folder / "plain", 2, with_text=False, seed=4)
     layout = BatchLayout.for_batch(folder, tmp_path / "work")
     overrides = {
         **QUIET,

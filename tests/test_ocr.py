@@ -16,7 +16,7 @@ import pytest
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.deid import ocr
 from sendit_helpers.run.runner import open_batch
-from sendit_helpers.samples import synthetic
+from sendit_helpers.samples import batchspec, synthetic, textimages
 from sendit_helpers.stages import deidentify, inspect, review
 from sendit_helpers.stages.review import Box, Decision, DecisionLog
 
@@ -30,7 +30,7 @@ def files_of(paths: list[Path], source: Path) -> pd.DataFrame:
     return inspect.files_table(inspect.read_all(paths, use_deid=False, progress=False), source)
 
 
-def covered(line: synthetic.TextTruth, boxes: list[list[int]]) -> float:
+def covered(line: textimages.TextTruth, boxes: list[list[int]]) -> float:
     """Share of a burned line's box that the boxes cover."""
     x0, y0, x1, y1 = line.box
     mask = np.zeros((y1 - y0, x1 - x0), dtype=bool)
@@ -41,19 +41,19 @@ def covered(line: synthetic.TextTruth, boxes: list[list[int]]) -> float:
 
 # ------------------------------------------------------------------ generator
 def test_text_images_are_deterministic_and_recorded(tmp_path: Path) -> None:
-    a = synthetic.make_text_images(tmp_path / "a", 5, with_text=True, seed=3, size=256)
-    b = synthetic.make_text_images(tmp_path / "b", 5, with_text=True, seed=3, size=256)
+    a = textimages.make_text_images(tmp_path / "a", 5, with_text=True, seed=3, size=256)
+    b = textimages.make_text_images(tmp_path / "b", 5, with_text=True, seed=3, size=256)
     assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
-    truth = synthetic.load_text_truth(tmp_path / "a")
+    truth = textimages.load_text_truth(tmp_path / "a")
     assert len(truth) == 10 and {t.file for t in truth} == {p.name for p in a}
     for line in truth:
         ds = pydicom.dcmread(tmp_path / "a" / line.file)
         x0, y0, x1, y1 = line.box
         assert 0 <= x0 < x1 <= ds.Columns and 0 <= y0 < y1 <= ds.Rows
         assert line.text.encode() not in (tmp_path / "a" / line.file).read_bytes()
-    plain = synthetic.make_text_images(tmp_path / "p", 3, with_text=False, size=64)
+    plain = textimages.make_text_images(tmp_path / "p", 3, with_text=False, size=64)
     assert all(pydicom.dcmread(p).Modality == "CT" for p in plain)
-    assert synthetic.load_text_truth(tmp_path / "p") == []
+    assert textimages.load_text_truth(tmp_path / "p") == []
 
 
 # ------------------------------------------------------------------ detection
@@ -61,8 +61,8 @@ def test_text_images_are_deterministic_and_recorded(tmp_path: Path) -> None:
 def screened(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
     """Six images with text (sizes 8-24 px, three fonts and contrasts) and four plain CT slices."""
     root = tmp_path_factory.mktemp("ocr")
-    text = synthetic.make_text_images(root / "text", 6, with_text=True, seed=11)
-    plain = synthetic.make_text_images(root / "plain", 4, with_text=False, seed=11)
+    text = textimages.make_text_images(root / "text", 6, with_text=True, seed=11)
+    plain = textimages.make_text_images(root / "plain", 4, with_text=False, seed=11)
     table = pd.concat(
         [
             ocr.screen_files(files_of(text, root / "text"), progress=False),
@@ -75,7 +75,7 @@ def screened(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFra
 
 def test_text_is_found_and_boxed(screened: tuple[Path, pd.DataFrame]) -> None:
     root, table = screened
-    truth = synthetic.load_text_truth(root / "text")
+    truth = textimages.load_text_truth(root / "text")
     assert len({(t.height, t.contrast) for t in truth}) >= 4, "several sizes and contrasts"
     rows = table.set_index(table["source_path"].map(lambda p: Path(p).name))
     text = rows[rows.index.str.startswith("text_")]
@@ -96,7 +96,7 @@ def test_plain_ct_is_not_flagged(screened: tuple[Path, pd.DataFrame]) -> None:
 
 
 def test_find_text_maps_boxes_to_the_original_pixels(tmp_path: Path) -> None:
-    ds = pydicom.dcmread(synthetic.make_text_images(tmp_path, 1, with_text=True, seed=11)[0])
+    ds = pydicom.dcmread(textimages.make_text_images(tmp_path, 1, with_text=True, seed=11)[0])
     found = ocr.find_text(ds)
     assert found and all(0 < b.confidence <= 100 for b in found)
     for b in found:
@@ -182,7 +182,7 @@ def held(tmp_path: Path) -> tuple[BatchLayout, dict[str, Any], pd.DataFrame]:
     """A de-identified batch with an OCR table naming text in the header-silent ultrasound."""
     source = tmp_path / "in" / "b1"
     synthetic.make_batch(
-        source, synthetic.BatchSpec(n_series=1, images_per_series=2, rows=32, columns=32)
+        source, batchspec.BatchSpec(n_series=1, images_per_series=2, rows=32, columns=32)
     )
     layout, settings = open_batch(source, tmp_path / "work", [], SETTINGS)
     deidentify.deidentify_batch(layout, settings)

@@ -29,11 +29,11 @@ from sendit_helpers.run.pipeline import (
     write_stamp,
 )
 from sendit_helpers.run.runner import Stage, notebook_path, open_batch
-from sendit_helpers.samples import synthetic
+from sendit_helpers.samples import batchspec, synthetic
 from sendit_helpers.stages import deidentify, inspect, review
 
 SECRET_HEX = "706970656c696e652d746573742d736563726574"  # "pipeline-test-secret"
-TINY = synthetic.BatchSpec(n_series=1, images_per_series=2, rows=16, columns=16)
+TINY = batchspec.BatchSpec(n_series=1, images_per_series=2, rows=16, columns=16)
 
 
 def _env() -> dict[str, str]:

@@ -13,15 +13,15 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian
 
 from sendit_helpers.core.errors import RecipeError
-from sendit_helpers.deid.recipes import (
+from sendit_helpers.deid.dateshift import age_over_89
+from sendit_helpers.deid.recipemodel import (
     DEFAULT_RECIPE,
     Action,
     Changes,
     DeidContext,
-    Recipe,
     ScreenResult,
-    age_over_89,
 )
+from sendit_helpers.deid.recipes import Recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -368,7 +368,7 @@ def test_clean_text_uses_identifying_values(default: Recipe) -> None:
 
 
 def test_missing_variable_raises_without_value(tmp_path: Path) -> None:
-    # a variable sendit knows (recipes.VARIABLES) that this context does not carry
+    # a variable sendit knows (recipemodel.VARIABLES) that this context does not carry
     recipe = write(tmp_path, "FORMAT dicom\n%header\nREPLACE PatientID var:item_timestamp\n")
     rec = Recipe.load([recipe], include_default=False, include_deid_filters=False)
     with pytest.raises(

@@ -17,9 +17,11 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from sendit_helpers.core.errors import RecipeError, RecipeWarning
 from sendit_helpers.core.layout import BatchLayout
-from sendit_helpers.deid.recipes import VARIABLES, DeidContext, Recipe, shift_date
+from sendit_helpers.deid.dateshift import shift_date
+from sendit_helpers.deid.recipemodel import VARIABLES, DeidContext
+from sendit_helpers.deid.recipes import Recipe
 from sendit_helpers.run.runner import open_batch
-from sendit_helpers.samples import synthetic
+from sendit_helpers.samples import batchspec, synthetic
 from sendit_helpers.stages import deidentify
 from tests import realworld
 
@@ -112,7 +114,7 @@ def test_bundled_recipe_deidentifies_generated_and_pydicom_files(name: str, tmp_
     """Valid, readable files: SOP class kept, instance UIDs new, the var: values in place."""
     folder = tmp_path / "in"
     synthetic.make_batch(
-        folder, synthetic.BatchSpec(n_series=1, images_per_series=2, rows=16, columns=16)
+        folder, batchspec.BatchSpec(n_series=1, images_per_series=2, rows=16, columns=16)
     )
     sources = sorted(p for p in folder.rglob("*.dcm") if p.stat().st_size > 1000)[:3]
     sources += [Path(str(get_testdata_file(n))) for n in PYDICOM]
@@ -180,7 +182,7 @@ def test_deid_dicom_on_top_of_the_default_runs_the_stage(tmp_path: Path) -> None
     """The stage gives the timestamps from the plan (files.parquet + the date shift)."""
     folder = tmp_path / "input" / "B1"
     synthetic.make_batch(
-        folder, synthetic.BatchSpec(n_series=1, images_per_series=2, rows=16, columns=16)
+        folder, batchspec.BatchSpec(n_series=1, images_per_series=2, rows=16, columns=16)
     )
     layout, settings = open_batch(
         folder,

@@ -40,7 +40,7 @@ import pytest
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.deid import leakgate
 from sendit_helpers.run.runner import open_batch
-from sendit_helpers.samples import synthetic
+from sendit_helpers.samples import batchspec, synthetic
 from sendit_helpers.stages import deidentify, inspect, review
 from sendit_helpers.stages.review import Box, Decision, DecisionLog
 from sendit_helpers.stages.reviewer import KEYS
@@ -290,7 +290,7 @@ def _next_batch(site: Site) -> str:
     """A second batch from the same scanner, inspected (site rules included) and
     de-identified, served as ``site/next.ipynb``: the name of its OT image."""
     source = site.tmp / "in" / "b2"
-    synthetic.make_batch(source, synthetic.BatchSpec(seed=2))
+    synthetic.make_batch(source, batchspec.BatchSpec(seed=2))
     site_filters = site.tmp / "params" / "site-filters.deid"
     overrides = {"PROGRESS": False, "SITE_FILTERS": str(site_filters), "OCR_SCREEN": "off"}
     layout, settings = open_batch(source, site.tmp / "work", [], overrides)

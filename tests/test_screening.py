@@ -24,7 +24,7 @@ from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRL
 from sendit_helpers.core.dicomio import probe
 from sendit_helpers.deid.recipes import Recipe
 from sendit_helpers.deid.screening import ABSENT, FieldReader, Screener
-from sendit_helpers.samples import synthetic
+from sendit_helpers.samples import batchspec, synthetic
 from sendit_helpers.stages import inspect
 
 #: A user filter recipe using every criterion, both operators, every kind of coordinates.
@@ -105,7 +105,7 @@ def test_same_as_recipe_on_pydicom_files(recipes: list[Recipe]) -> None:
 
 
 def test_same_as_recipe_on_generated_batches(recipes: list[Recipe], tmp_path: Path) -> None:
-    spec = synthetic.BatchSpec(n_series=2, images_per_series=2, rows=32, columns=32)
+    spec = batchspec.BatchSpec(n_series=2, images_per_series=2, rows=32, columns=32)
     synthetic.make_batches(tmp_path, n=3, spec=spec)
     paths = inspect.discover(tmp_path)
     flagged = 0

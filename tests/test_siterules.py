@@ -15,7 +15,7 @@ from sendit_helpers.deid import siterules
 from sendit_helpers.deid.recipes import Recipe
 from sendit_helpers.deid.scrub import Box
 from sendit_helpers.run.runner import open_batch
-from sendit_helpers.samples import synthetic
+from sendit_helpers.samples import batchspec, synthetic
 from sendit_helpers.stages import deidentify, inspect, review
 from sendit_helpers.stages.reviewer import KEYS, Reviewer
 
@@ -25,7 +25,7 @@ BOX = Box(4, 4, 120, 36)
 def _batch(root: Path, seed: int, settings: dict[str, object]) -> BatchLayout:
     """A synthetic batch from the same scanner, inspected and de-identified."""
     source = root / "in" / f"b{seed}"
-    synthetic.make_batch(source, synthetic.BatchSpec(seed=seed))
+    synthetic.make_batch(source, batchspec.BatchSpec(seed=seed))
     layout, resolved = open_batch(source, root / "work", [], settings)
     inspect.inspect_batch(layout, resolved)
     deidentify.deidentify_batch(layout, resolved)

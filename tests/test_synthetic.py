@@ -11,11 +11,10 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from sendit_helpers.samples import synthetic
+from sendit_helpers.samples import batchspec, synthetic
+from sendit_helpers.samples.batchspec import BatchSpec, Planted
+from sendit_helpers.samples.burn import burn_text
 from sendit_helpers.samples.synthetic import (
-    BatchSpec,
-    Planted,
-    burn_text,
     demo_batch,
     demo_root,
     load_demo_planted,
@@ -67,9 +66,9 @@ def test_every_image_reads(batch: tuple[Path, Planted]) -> None:
 def test_junk_files(batch: tuple[Path, Planted]) -> None:
     folder, planted = batch
     junk = planted.values["junk_files"]
-    assert synthetic.NOTES_NAME in junk
-    assert (folder / synthetic.NOTES_NAME).read_text(encoding="utf-8").strip()
-    empty = [folder / rel for rel in junk if rel.endswith(synthetic.EMPTY_NAME)]
+    assert batchspec.NOTES_NAME in junk
+    assert (folder / batchspec.NOTES_NAME).read_text(encoding="utf-8").strip()
+    empty = [folder / rel for rel in junk if rel.endswith(batchspec.EMPTY_NAME)]
     assert len(empty) == 1 and empty[0].stat().st_size == 0
 
 
@@ -121,10 +120,10 @@ def test_header_content(batch: tuple[Path, Planted]) -> None:
     first = ct[0]
     assert first.BitsAllocated == 16 and first.BitsStored == 12
     assert str(first.PatientName) == planted.values["PatientName"][0]
-    assert first.private_block(0x0009, synthetic.PRIVATE_CREATOR)[0x01].value
+    assert first.private_block(0x0009, batchspec.PRIVATE_CREATOR)[0x01].value
     nested = first.RequestAttributesSequence[0]
     assert (
-        nested.private_block(0x0011, synthetic.PRIVATE_CREATOR)[0x01].value
+        nested.private_block(0x0011, batchspec.PRIVATE_CREATOR)[0x01].value
         in (planted.values["private"])
     )
     # every UID reference points to an object of the batch
@@ -178,7 +177,7 @@ def test_deterministic(tmp_path: Path) -> None:
     for pa, pb in zip(fa, fb, strict=True):
         assert pa.read_bytes() == pb.read_bytes(), pa
     c = make_batch(tmp_path / "c", BatchSpec(n_series=2, images_per_series=2, seed=8))
-    assert set(a.all_values()) & set(c.all_values()) == {synthetic.NOTES_NAME}
+    assert set(a.all_values()) & set(c.all_values()) == {batchspec.NOTES_NAME}
 
 
 def test_make_batches_old_patient(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.deid import leakgate
 from sendit_helpers.run import cli, pipeline, runner
 from sendit_helpers.run.runner import Stage, open_batch
-from sendit_helpers.samples import synthetic
+from sendit_helpers.samples import batchspec, synthetic
 from sendit_helpers.stages import deidentify
 from sendit_helpers.stages.query import find_entities, find_images
 from sendit_helpers.stages.upload import (
@@ -317,7 +317,7 @@ def test_second_bucket_receives_everything(
 
 
 # -- 3. entities are right -----------------------------------------------------------------
-SPEC = synthetic.BatchSpec(
+SPEC = batchspec.BatchSpec(
     n_series=1, images_per_series=3, rows=16, columns=16, burned_in=False, junk=False
 )
 

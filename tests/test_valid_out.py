@@ -17,7 +17,7 @@ import pytest
 from sendit_helpers.core import disposition
 from sendit_helpers.core.errors import LeakError
 from sendit_helpers.run.runner import open_batch
-from sendit_helpers.samples import synthetic
+from sendit_helpers.samples import batchspec
 from sendit_helpers.stages import deidentify
 from tests import realworld
 
@@ -64,7 +64,7 @@ def test_deid_data_stays_valid(deid_data: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_generated_batch_stays_valid(batch: tuple[Path, synthetic.Planted], tmp_path: Path) -> None:
+def test_generated_batch_stays_valid(batch: tuple[Path, batchspec.Planted], tmp_path: Path) -> None:
     outputs, gained = _new_errors(batch[0], tmp_path / "work")
     assert outputs >= 8
     assert not gained, _report(gained)

@@ -24,11 +24,11 @@ import pytest
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.run.pipeline import PIPELINE, stamp_path
 from sendit_helpers.run.runner import KERNELS_DIR, Stage, notebook_path, open_batch
-from sendit_helpers.samples import synthetic
+from sendit_helpers.samples import batchspec, synthetic
 from sendit_helpers.stages import deidentify, inspect, review, upload
 
 SECRET_HEX = "7761726d2d6b65726e656c2d74657374"  # "warm-kernel-test"
-TINY = synthetic.BatchSpec(n_series=1, images_per_series=2, rows=16, columns=16)
+TINY = batchspec.BatchSpec(n_series=1, images_per_series=2, rows=16, columns=16)
 
 
 def _env() -> dict[str, str]:

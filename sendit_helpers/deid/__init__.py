@@ -1,7 +1,10 @@
 """The de-identification machinery under the stages: recipes, writer, screening, gate, pictures.
 
-The recipe model, parser and engine (:mod:`recipes`, with :mod:`iodtypes`,
-:mod:`descriptors` and :mod:`structured`), the per-study element cache and the raw
+The recipe: its model (:mod:`recipemodel`), field expressions (:mod:`recipefields`),
+parser (:mod:`recipeparser`), engine (:mod:`recipes`) and compiled plan
+(:mod:`recipeplan`), ``%filter`` screening (:mod:`recipefilters`), date shifts
+(:mod:`dateshift`), ``func:clean_text`` (:mod:`cleantext`), with :mod:`iodtypes`,
+:mod:`descriptors` and :mod:`structured`; the per-study element cache and the raw
 header writer (:mod:`elementcache`, :mod:`dicomwrite`), the cleaned table's rows
 (:mod:`cleaned`), ``%filter`` screening and OCR (:mod:`screening`, :mod:`ocr`), pixel
 scrubbing and the site's own filter rules (:mod:`scrub`, :mod:`siterules`), renderings

@@ -18,7 +18,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
 from sendit_helpers.deid.dicomwrite import item_strings, plain_tag, table_text, text_codec
-from sendit_helpers.deid.recipes import GATE_VRS
+from sendit_helpers.deid.recipemodel import GATE_VRS
 
 __all__ = [
     "KEPT_VRS",

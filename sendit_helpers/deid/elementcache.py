@@ -10,13 +10,13 @@ pseudonyms and date shift of the job, the character set, the SOP class
 (REMOVE and BLANK follow the attribute's Type in the object's IOD,
 :mod:`~sendit_helpers.deid.iodtypes`), and (for
 ``func:clean_text``) the file's identifying values
-(:data:`~sendit_helpers.deid.recipes.CLEAN_SOURCE_TAGS`).
+(:data:`~sendit_helpers.deid.recipemodel.CLEAN_SOURCE_TAGS`).
 
 :class:`ElementCache` therefore scans a file's header as raw bytes (no
 pydicom data set), and for each top-level element looks up what the recipe
 made of the same bytes in the same context: the element as written, its
 cells of the ``cleaned`` table, the values it leaves in the output and what
-it removed or replaced (:class:`~sendit_helpers.deid.recipes.Changes`).  Elements
+it removed or replaced (:class:`~sendit_helpers.deid.recipemodel.Changes`).  Elements
 seen for the first time are de-identified by the recipe engine itself
 (:meth:`~sendit_helpers.deid.recipes.Recipe.apply_element` on a data set holding
 just that element and its character set), written by
@@ -60,13 +60,8 @@ from sendit_helpers.deid.dicomwrite import (
     text_codec,
     write_elements,
 )
-from sendit_helpers.deid.recipes import (
-    CLEAN_SOURCE_TAGS,
-    FILE_META_DROP,
-    Changes,
-    DeidContext,
-    Recipe,
-)
+from sendit_helpers.deid.recipemodel import CLEAN_SOURCE_TAGS, FILE_META_DROP, Changes, DeidContext
+from sendit_helpers.deid.recipes import Recipe
 from sendit_helpers.deid.structured import STRUCTURED_TAGS
 
 __all__ = ["CacheStats", "CachedResult", "ElementCache", "HeaderScan", "scan_header"]

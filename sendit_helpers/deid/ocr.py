@@ -62,7 +62,7 @@ __all__ = [
 ]
 
 #: Tesseract confidence (0-100) a word needs to count as text.  Tuned on
-#: ``synthetic.make_text_images``: plain CT slices give no word at all above it.
+#: ``textimages.make_text_images``: plain CT slices give no word at all above it.
 MIN_CONFIDENCE = 60.0
 #: Letters or digits a word needs to count as text (drops specks read as ``.`` or ``|``).
 MIN_ALNUM = 2

@@ -36,7 +36,9 @@ from pydicom.tag import BaseTag
 
 from sendit_helpers.core.dicomio import PARSE_ERRORS, safe_reason
 from sendit_helpers.core.errors import SenditError, tag_label
-from sendit_helpers.deid.recipes import Recipe, ScreenResult, coordinate_boxes
+from sendit_helpers.deid.recipefilters import coordinate_boxes
+from sendit_helpers.deid.recipemodel import ScreenResult
+from sendit_helpers.deid.recipes import Recipe
 
 __all__ = ["ABSENT", "Field", "FieldError", "FieldReader", "Screener", "field_of"]
 

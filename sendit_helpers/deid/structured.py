@@ -30,7 +30,7 @@ interpretation as free text, which the profile does not list) are cleaned too.
   are: they come from controlled terminologies.
 
 Every name and date changed here, and every identifying value ``func:clean_text``
-cuts out of a text, is reported in :class:`~.recipes.Changes` like the engine's
+cuts out of a text, is reported in :class:`~.recipemodel.Changes` like the engine's
 own, so the leak gate searches ``release/`` for it (words dropped from a text
 only because they are unknown are not: see :mod:`.descriptors`).
 
@@ -48,7 +48,9 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
 if TYPE_CHECKING:
-    from sendit_helpers.deid.recipes import Changes, DeidContext, Recipe, _Tokens
+    from sendit_helpers.deid.cleantext import _Tokens
+    from sendit_helpers.deid.recipemodel import Changes, DeidContext
+    from sendit_helpers.deid.recipes import Recipe
 
 __all__ = [
     "CLEAN_GRAPHICS_CODE",
@@ -159,7 +161,9 @@ def clean_item(
     tokens : _Tokens
         The file's identifying values for ``func:clean_text``.
     """
-    from sendit_helpers.deid.recipes import clean_text, record_originals, shift_value
+    from sendit_helpers.deid.cleantext import clean_text
+    from sendit_helpers.deid.dateshift import shift_value
+    from sendit_helpers.deid.recipeplan import record_originals
 
     for btag in list(item.keys()):
         tag = int(btag)

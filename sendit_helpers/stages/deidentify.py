@@ -16,7 +16,7 @@ For each readable DICOM image of a batch (``pending`` after inspect):
 3. the file is written to ``release/<entity>/<item>_<series>_<instance>.dcm``,
    or to ``phi/quarantine/<entity>/`` when the pixel screen flagged it; the
    recipe reports every original value it removed or changed
-   (:attr:`.recipes.Changes.originals`), which, less the values still in the
+   (:attr:`.recipemodel.Changes.originals`), which, less the values still in the
    output, become the leak gate's values;
 4. the ``cleaned``, ``entities`` and PHI ``lookup`` tables are written and
    ``disposition.csv`` completed;
@@ -64,9 +64,11 @@ from sendit_helpers.core.errors import RecipeError, one_line
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.deid import leakgate
 from sendit_helpers.deid.cleaned import KEPT_VRS, TECHNICAL_KEYWORDS, WORDS, describe
+from sendit_helpers.deid.dateshift import shift_date
 from sendit_helpers.deid.dicomwrite import encode_header, split_file
 from sendit_helpers.deid.elementcache import ElementCache
-from sendit_helpers.deid.recipes import GATE_VRS, Changes, DeidContext, Recipe, shift_date
+from sendit_helpers.deid.recipemodel import GATE_VRS, Changes, DeidContext
+from sendit_helpers.deid.recipes import Recipe
 from sendit_helpers.pseudonyms.identifiers import (
     StudyKey,
     UidMapper,

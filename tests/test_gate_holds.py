@@ -27,7 +27,7 @@ from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.deid import leakgate
 from sendit_helpers.deid.leakgate import Policy, only_descriptor_words
 from sendit_helpers.run.runner import open_batch
-from sendit_helpers.stages import deidentify, review, upload
+from sendit_helpers.stages import deidentify, release, review, upload
 from tests import realworld
 from tests.test_leaks_harsh import build
 
@@ -231,8 +231,8 @@ def test_a_decision_re_gates_a_held_file(tmp_path: Path) -> None:
     assert now.loc[scrubbed, "disposition"] == "released"
     assert now.loc[released, "disposition"] == "quarantined"
     assert now.loc[released, "reason"].startswith("leak gate: a removed PatientID value")
-    assert list(deidentify.gate_held(layout)["path"].str.endswith(released)) == [True]
-    assert (review.originals_dir(layout) / deidentify.gate_held(layout)["path"][0]).is_file()
+    assert list(release.gate_held(layout)["path"].str.endswith(released)) == [True]
+    assert (review.originals_dir(layout) / release.gate_held(layout)["path"][0]).is_file()
     assert leakgate.require_pass(layout)
     items = review.load_items(layout).set_index("item")
     assert items.loc[released, "held_by"] == review.HELD_BY_GATE
@@ -248,7 +248,7 @@ def test_a_value_no_image_owns_fails_the_gate(tmp_path: Path) -> None:
     deidentify.deidentify_batch(layout, settings)
     token = next(t for t, w in planted.items() if w == "PatientID")
     (layout.release / "notes.txt").write_text(f"seen {token}")
-    hold = lambda held: deidentify.hold_for_gate(layout, settings, held)  # noqa: E731
+    hold = lambda held: release.hold_for_gate(layout, settings, held)  # noqa: E731
     with pytest.raises(LeakError, match=r"cannot be held .*e\.g\. notes\.txt"):
         leakgate.run_gate(layout, leakgate.load_values(layout), hold=hold)
 
@@ -300,7 +300,7 @@ def test_a_value_in_a_cleaned_row_holds_its_image(tmp_path: Path) -> None:
     cleaned.loc[0, "ImageComments"] = f"see {token}"
     cleaned.to_parquet(layout.release / "cleaned.parquet", index=False)
     values = leakgate.load_values(layout)
-    hold = lambda held: deidentify.hold_for_gate(layout, settings, held)  # noqa: E731
+    hold = lambda held: release.hold_for_gate(layout, settings, held)  # noqa: E731
     report = leakgate.run_gate(layout, values, policy=leakgate.load_policy(layout), hold=hold)
     assert [h.field for h in report.held] == ["cleaned.parquet column ImageComments"]
     assert report.held[0].path == cleaned.loc[0, "path"]

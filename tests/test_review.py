@@ -25,7 +25,7 @@ from sendit_helpers.deid import leakgate, plots
 from sendit_helpers.deid.plots import png_step
 from sendit_helpers.run.runner import open_batch
 from sendit_helpers.samples import synthetic
-from sendit_helpers.stages import deidentify, review
+from sendit_helpers.stages import deidentify, release, review
 from sendit_helpers.stages.review import Box, Decision, DecisionLog
 from sendit_helpers.stages.reviewer import KEYS, Reviewer, to_source
 
@@ -232,14 +232,14 @@ def test_cleaned_rewrite_matches_pandas(tmp_path: Path) -> None:
         right = extra if with_extra else extra.iloc[:0]
         path = tmp_path / "cleaned.parquet"
         left.to_parquet(path, index=False)
-        coded = review._read_coded(path)
+        coded = release.read_coded(path)
         if not with_base:
             coded = coded.slice(0, 0)
-        narrow = review._write_sorted_strings(coded, right, path)
-        expected = review._sorted_strings(left, right)
+        narrow = release.write_sorted_strings(coded, right, path)
+        expected = release.sorted_strings(left, right)
         pd.testing.assert_frame_equal(pd.read_parquet(path), expected)
-        assert deidentify.entities_table(narrow, "a").equals(
-            deidentify.entities_table(expected, "a")
+        assert release.entities_table(narrow, "a").equals(
+            release.entities_table(expected, "a")
         )
 
 
@@ -303,7 +303,7 @@ def test_replay_and_apply(
     assert set(cleaned["name"]) == set(before_cleaned["name"]) | {*ct, ot.item}
     entities = pd.read_parquet(layout.release / "entities.parquet")
     assert int(entities["IMAGE_COUNT"].sum()) == len(cleaned)
-    assert entities.equals(deidentify.entities_table(cleaned, str(settings["UPLOAD_AGENT"])))
+    assert entities.equals(release.entities_table(cleaned, str(settings["UPLOAD_AGENT"])))
     digest = leakgate.require_pass(layout)
 
     # idempotent: applying again changes nothing in release/ or the tables

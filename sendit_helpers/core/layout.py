@@ -23,6 +23,11 @@ PHI_MODE = 0o700
 PHI_FILE_MODE = 0o600
 #: ``phi/source.json``: the input folder a work folder belongs to.
 SOURCE_RECORD = "source.json"
+#: ``release/cleaned.parquet`` and ``release/entities.parquet``: the release tables (the only
+#: files in release/ outside the entity folders), and the quarantined images' cleaned rows.
+CLEANED_FILE = "cleaned.parquet"
+ENTITIES_FILE = "entities.parquet"
+HELD_FILE = "quarantined.parquet"
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,21 @@ class BatchLayout:
     @property
     def release(self) -> Path:
         return self.root / "release"
+
+    @property
+    def cleaned_table(self) -> Path:
+        """``release/cleaned.parquet``: one row per released image (:mod:`stages.release`)."""
+        return self.release / CLEANED_FILE
+
+    @property
+    def entities_table(self) -> Path:
+        """``release/entities.parquet``: one row per entity (owner: :mod:`stages.release`)."""
+        return self.release / ENTITIES_FILE
+
+    @property
+    def held_table(self) -> Path:
+        """``phi/deidentify/quarantined.parquet``: the cleaned rows of quarantined images."""
+        return self.deid_dir / HELD_FILE
 
     @property
     def inspect_dir(self) -> Path:

@@ -41,7 +41,7 @@ import pydicom
 
 from sendit_helpers.core.dicomio import READ_ERRORS
 from sendit_helpers.core.errors import GateError, LeakError
-from sendit_helpers.core.layout import BatchLayout
+from sendit_helpers.core.layout import CLEANED_FILE, BatchLayout
 from sendit_helpers.deid.cleaned import TECHNICAL_KEYWORDS, WORDS
 from sendit_helpers.deid.descriptors import allowed_words
 
@@ -922,7 +922,7 @@ class GateReport:
 
 
 #: Files at the top of ``release/`` that hold one row per released image.
-TABLE_FILES = ("cleaned.parquet",)
+TABLE_FILES = (CLEANED_FILE,)
 #: Tables of ``release/`` whose rows belong to no single image (a hit there cannot be held).
 _CATEGORY_TEXT = {
     "name": "a removed name",

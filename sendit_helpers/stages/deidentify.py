@@ -57,7 +57,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from sendit_helpers.core import disposition, executors
+from sendit_helpers.core import disposition, executors, memory
 from sendit_helpers.core.dicomio import PARSE_ERRORS, READ_ERRORS, file_reason, read_full
 from sendit_helpers.core.disposition import Disposition, Row
 from sendit_helpers.core.errors import RecipeError, one_line
@@ -75,7 +75,7 @@ from sendit_helpers.pseudonyms.identifiers import (
     load_site_secret,
     make_provider,
 )
-from sendit_helpers.stages import inspect
+from sendit_helpers.stages import inspect, release
 
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 #: What de-identifying one malformed file may raise: its disposition becomes an error.
@@ -746,25 +746,6 @@ def cleaned_table(outcomes: Sequence[Outcome], released: bool = True) -> pd.Data
     return table.astype("string")
 
 
-def entities_table(cleaned: pd.DataFrame, agent: str) -> pd.DataFrame:
-    """One row per entity: ``id, PatientSex, PatientAge, IMAGE_COUNT, UPLOAD_AGENT``."""
-    columns = ["id", "PatientSex", "PatientAge", "IMAGE_COUNT", "UPLOAD_AGENT"]
-    if cleaned.empty:
-        return pd.DataFrame(columns=columns)
-    table = cleaned.reindex(columns=["entity_id", "PatientSex", "PatientAge", "name"])
-    grouped = table.groupby("entity_id", sort=True)
-    out = pd.DataFrame(
-        {
-            "id": list(grouped.groups),
-            "PatientSex": grouped["PatientSex"].first().to_list(),
-            "PatientAge": grouped["PatientAge"].first().to_list(),
-            "IMAGE_COUNT": grouped["name"].size().astype("int64").to_list(),
-        }
-    )
-    out["UPLOAD_AGENT"] = agent
-    return out[columns]
-
-
 def lookup_table(outcomes: Sequence[Outcome]) -> pd.DataFrame:
     """PHI lookup: source path and original IDs/UIDs -> new names and values, date offset."""
     rows = _lookup_rows(outcomes)
@@ -944,23 +925,6 @@ def _spooled(outcomes: Sequence[Outcome], spool: Path, kind: str) -> list[Path]:
     return [path for path in paths if path.exists()]
 
 
-def _combine(parts: Sequence[Path], out: Path, schema: pa.Schema) -> None:
-    """Write ``parts`` one after another into ``out`` with ``schema`` (missing columns null)."""
-    tmp = out.with_name(f".{out.name}.tmp")
-    with pq.ParquetWriter(tmp, schema) as writer:
-        for path in parts:
-            table = pq.read_table(path)
-            columns = [
-                table.column(f.name).cast(f.type)
-                if f.name in table.column_names
-                else pa.nulls(table.num_rows, f.type)
-                for f in schema
-            ]
-            writer.write_table(pa.Table.from_arrays(columns, schema=schema))
-            del table, columns
-    os.replace(tmp, out)
-
-
 def write_cleaned(outcomes: Sequence[Outcome], spool: Path, out: Path, released: bool) -> None:
     """Write the ``cleaned`` (or ``quarantined``) table of spooled outcomes, part by part.
 
@@ -979,13 +943,7 @@ def write_cleaned(outcomes: Sequence[Outcome], spool: Path, out: Path, released:
     released : bool
         The released images' table, or the quarantined ones'.
     """
-    parts = _spooled(outcomes, spool, "cleaned" if released else "held")
-    if not parts:
-        cleaned_table([], released).to_parquet(out, index=False)
-        return
-    names = dict.fromkeys(name for path in parts for name in pq.read_schema(path).names)
-    like = pd.DataFrame([dict.fromkeys(names, "x")]).astype("string")
-    _combine(parts, out, pa.Schema.from_pandas(like, preserve_index=False))
+    release.write_cleaned(_spooled(outcomes, spool, "cleaned" if released else "held"), out)
 
 
 def write_lookup(outcomes: Sequence[Outcome], spool: Path, out: Path) -> None:
@@ -1006,7 +964,7 @@ def write_lookup(outcomes: Sequence[Outcome], spool: Path, out: Path) -> None:
         return
     like = pd.DataFrame([dict.fromkeys(_LOOKUP_COLUMNS, "x") | {"jitter_days": 0}])
     like = like.astype({"jitter_days": "int64"})
-    _combine(parts, out, pa.Schema.from_pandas(like, preserve_index=False))
+    release.combine_parts(parts, out, pa.Schema.from_pandas(like, preserve_index=False))
 
 
 def parquet_head(path: Path, n: int) -> pd.DataFrame:
@@ -1033,14 +991,6 @@ def parquet_head(path: Path, n: int) -> pd.DataFrame:
     return head
 
 
-def _entities(cleaned: Path, agent: str) -> pd.DataFrame:
-    """:func:`entities_table` of a written cleaned table, reading only the columns it needs."""
-    present = set(pq.read_schema(cleaned).names)
-    wanted = [c for c in ("entity_id", "PatientSex", "PatientAge", "name") if c in present]
-    table = pd.read_parquet(cleaned, columns=wanted) if wanted else pd.DataFrame()
-    return entities_table(table, agent)
-
-
 # ------------------------------------------------------------------ the stage
 @dataclass
 class DeidResult:
@@ -1057,7 +1007,7 @@ class DeidResult:
     @functools.cached_property
     def cleaned(self) -> pd.DataFrame:
         """The released images' table, ``release/cleaned.parquet``, read on first use."""
-        return pd.read_parquet(self.layout.release / "cleaned.parquet")
+        return pd.read_parquet(self.layout.cleaned_table)
 
     def cleaned_head(self, n: int = 5) -> pd.DataFrame:
         """The first ``n`` rows of :attr:`cleaned`, read without the rest of the table.
@@ -1075,12 +1025,12 @@ class DeidResult:
         """
         if "cleaned" in self.__dict__:
             return self.cleaned.head(n)
-        return parquet_head(self.layout.release / "cleaned.parquet", n)
+        return parquet_head(self.layout.cleaned_table, n)
 
     @functools.cached_property
     def quarantined(self) -> pd.DataFrame:
         """The quarantined images' table (``phi/deidentify/quarantined.parquet``), read lazily."""
-        return pd.read_parquet(self.layout.deid_dir / "quarantined.parquet")
+        return pd.read_parquet(self.layout.held_table)
 
     @property
     def counts(self) -> pd.Series:
@@ -1088,22 +1038,11 @@ class DeidResult:
         return disposition.counts(self.dispositions)
 
 
-def _clear_outputs(layout: BatchLayout) -> None:
-    """Remove earlier release/ and quarantine files, so a rerun leaves exactly what it writes."""
-    for root in (layout.release, layout.quarantine):
-        if root.exists():
-            for path in sorted(root.rglob("*"), reverse=True):
-                if path.is_file():
-                    path.unlink()
-                elif path.is_dir():
-                    path.rmdir()
-
-
 def deidentify_batch(layout: BatchLayout, settings: Mapping[str, Any]) -> DeidResult:
     """Run the de-identify stage on one batch (inspect first when its outputs are missing).
 
     The leak gate then holds every file it finds an identifying value in
-    (:func:`hold_for_gate`); the rest of the batch is released.
+    (:func:`.release.hold_for_gate`); the rest of the batch is released.
 
     Raises
     ------
@@ -1122,7 +1061,7 @@ def deidentify_batch(layout: BatchLayout, settings: Mapping[str, Any]) -> DeidRe
     )
     work = plan(layout, settings, files, secret)
     del files
-    release_unused()
+    memory.release_unused()
     recipes = tuple(str(Path(p).resolve()) for p in settings["DEID_RECIPES"])
     config = WorkerConfig(
         recipes, bool(settings["USE_DEFAULT_RECIPE"]), secret, tuple(settings["SAFE_PRIVATE_TAGS"])
@@ -1130,7 +1069,7 @@ def deidentify_batch(layout: BatchLayout, settings: Mapping[str, Any]) -> DeidRe
     # Loaded here first: a malformed recipe fails the stage with its own message (file:line),
     # and its warnings show once, before any worker starts.
     _recipe(config.recipe_files, config.include_default)
-    _clear_outputs(layout)
+    release.clear_outputs(layout)
     spool = _fresh_spool(layout)
     with _gc_frozen():
         outcomes = run_jobs(
@@ -1188,12 +1127,11 @@ def finish(
             for start in range(0, len(outcomes), SPOOL_CHUNK)
             for slim in spool_chunk(outcomes[start : start + SPOOL_CHUNK], spool)
         ]
-    write_cleaned(outcomes, spool, layout.release / "cleaned.parquet", released=True)
-    write_cleaned(outcomes, spool, layout.deid_dir / "quarantined.parquet", released=False)
+    write_cleaned(outcomes, spool, layout.cleaned_table, released=True)
+    write_cleaned(outcomes, spool, layout.held_table, released=False)
     write_lookup(outcomes, spool, layout.deid_dir / "lookup.parquet")
     values = spooled_gate_values(outcomes, spool, layout.name)
-    entities = _entities(layout.release / "cleaned.parquet", str(settings["UPLOAD_AGENT"]))
-    entities.to_parquet(layout.release / "entities.parquet", index=False)
+    entities = release.write_entities(layout, str(settings["UPLOAD_AGENT"]))
     leakgate.save_values(layout, values)
     leakgate.save_spans(
         layout,
@@ -1220,202 +1158,32 @@ def finish(
             rows.append(Row(o.job.source_path, Disposition.RELEASED, "", o.job.name))
     table = disposition.update(layout, rows)
     del rows
-    release_unused()
+    memory.release_unused()
     policy = leakgate.policy_of_tables(
-        [layout.release / "cleaned.parquet", layout.deid_dir / "quarantined.parquet"]
+        [layout.cleaned_table, layout.held_table]
     )
     implementations = {o.implementation for o in outcomes if o.implementation and not o.error}
     if implementations:  # one file's creator UID is another's ImplementationClassUID
         policy = leakgate.Policy.of_values(policy.technical, policy.codes | implementations)
     leakgate.save_policy(layout, policy)
     (layout.deid_dir / "leak_report.csv").unlink(missing_ok=True)
-    (layout.deid_dir / GATE_HELD_FILE).unlink(missing_ok=True)
+    (layout.deid_dir / release.GATE_HELD_FILE).unlink(missing_ok=True)
     try:
         report = leakgate.run_gate(
             layout,
             values,
             workers=int(settings["WORKERS"]),
             policy=policy,
-            hold=functools.partial(hold_for_gate, layout, settings),
+            hold=functools.partial(release.hold_for_gate, layout, settings),
             written=spooled_written(outcomes, spool),
         )
     finally:
         shutil.rmtree(spool, ignore_errors=True)
     if report.held:
         table = disposition.read(layout)
-        entities = pd.read_parquet(layout.release / "entities.parquet")
-    release_unused()
+        entities = pd.read_parquet(layout.entities_table)
+    memory.release_unused()
     return DeidResult(layout, outcomes, entities, table, report)
-
-
-# ------------------------------------------------------------------ files the gate holds
-#: ``phi/deidentify/gate_held.csv``: the files the leak gate holds, one row each.
-GATE_HELD_FILE = "gate_held.csv"
-GATE_HELD_COLUMNS = ["path", "field", "category", "reason"]
-
-
-def gate_held(layout: BatchLayout) -> pd.DataFrame:
-    """The files the leak gate holds in quarantine now (columns :data:`GATE_HELD_COLUMNS`).
-
-    Parameters
-    ----------
-    layout : BatchLayout
-        The batch.
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per held file still in ``phi/quarantine/``: its path
-        (``<entity>/<name>``), the field a value was found in, the value's
-        category and the disposition reason (never the value).
-    """
-    path = layout.deid_dir / GATE_HELD_FILE
-    if not path.exists():
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in GATE_HELD_COLUMNS})
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    present = table["path"].map(lambda rel: (layout.quarantine / rel).is_file())
-    return table[present.astype(bool)].reset_index(drop=True)
-
-
-def _write_gate_held(layout: BatchLayout, table: pd.DataFrame) -> None:
-    path = layout.deid_dir / GATE_HELD_FILE
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    table[GATE_HELD_COLUMNS].to_csv(tmp, index=False)
-    os.replace(tmp, path)
-
-
-def _string_columns(table: pa.Table) -> pa.Table:
-    """``table`` with every column a string, and the pandas metadata of an all-string frame."""
-    like = pd.DataFrame([dict.fromkeys(table.column_names, "x")]).astype("string")
-    schema = pa.Schema.from_pandas(like, preserve_index=False)
-    columns = [table.column(n).cast(pa.string()) for n in table.column_names]
-    return pa.Table.from_arrays(columns, schema=schema)
-
-
-def _write_table(table: pa.Table, out: Path) -> None:
-    tmp = out.with_name(f".{out.name}.tmp")
-    pq.write_table(_string_columns(table), tmp)
-    os.replace(tmp, out)
-
-
-def _move_rows(layout: BatchLayout, names: Sequence[str]) -> None:
-    """Move the cleaned rows of ``names`` from ``release/cleaned.parquet`` to the quarantined table.
-
-    A row already in ``quarantined.parquet`` (an item review released) is not added twice.
-    """
-    cleaned_path = layout.release / "cleaned.parquet"
-    held_path = layout.deid_dir / "quarantined.parquet"
-    wanted = pa.array(sorted(set(names)), pa.string())
-    cleaned = pq.read_table(cleaned_path)
-    moving = pc.is_in(cleaned.column("name").cast(pa.string()), value_set=wanted)
-    moved = cleaned.filter(moving)
-    _write_table(cleaned.filter(pc.invert(moving)), cleaned_path)
-    held = pq.read_table(held_path) if held_path.exists() else None
-    if held is not None and held.num_rows:
-        names = held.column("name").cast(pa.string())
-        there = pc.is_in(moved.column("name").cast(pa.string()), value_set=names)
-        moved = moved.filter(pc.invert(there))
-        if not moved.num_rows:
-            return
-        moved = pa.concat_tables(
-            [_string_columns(held), _string_columns(moved)], promote_options="default"
-        )
-    _write_table(moved, held_path)
-
-
-def hold_for_gate(
-    layout: BatchLayout,
-    settings: Mapping[str, Any],
-    held: Sequence[leakgate.Held],
-    originals: Path | None = None,
-) -> set[str]:
-    """Move the released files the leak gate found values in to quarantine (the gate's ``hold``).
-
-    Each file goes from ``release/<entity>/<name>`` to ``phi/quarantine/<entity>/<name>``
-    (from ``originals`` instead, when the untouched file of a reviewed item is kept
-    there), its cleaned row from ``release/cleaned.parquet`` to
-    ``phi/deidentify/quarantined.parquet``; ``entities.parquet`` is rewritten, the
-    disposition becomes ``quarantined`` with the gate's reason (field and category,
-    never the value), and ``phi/deidentify/gate_held.csv`` lists the file for review.
-
-    Parameters
-    ----------
-    layout : BatchLayout
-        The batch.
-    settings : mapping
-        Resolved settings (``UPLOAD_AGENT``).
-    held : sequence of leakgate.Held
-        The files to hold.
-    originals : Path, optional
-        Where review keeps the untouched files of the items it released.
-
-    Returns
-    -------
-    set of str
-        The paths held; a path that is not a released image of this batch is left
-        (the gate then fails).
-    """
-    table = disposition.read(layout, ["source_path", "disposition", "output_name"])
-    released = table[table["disposition"] == str(Disposition.RELEASED)]
-    source_of = dict(zip(released["output_name"], released["source_path"], strict=True))
-    rows: list[Row] = []
-    done: list[leakgate.Held] = []
-    for entry in held:
-        name = entry.path.rsplit("/", 1)[-1]
-        out = layout.release / entry.path
-        if "/" not in entry.path or name not in source_of or not out.is_file():
-            continue
-        target = layout.quarantine / entry.path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        original = None if originals is None else originals / entry.path
-        if original is not None and original.is_file():
-            tmp = target.with_name(f".{target.name}.tmp")
-            shutil.copyfile(original, tmp)
-            os.replace(tmp, target)
-            out.unlink()
-        else:
-            os.replace(out, target)
-        rows.append(Row(source_of[name], Disposition.QUARANTINED, entry.reason, name))
-        done.append(entry)
-    if not done:
-        return set()
-    for folder in sorted({(layout.release / e.path).parent for e in done}, reverse=True):
-        if folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
-    _move_rows(layout, [e.path.rsplit("/", 1)[-1] for e in done])
-    agent = str(settings.get("UPLOAD_AGENT", ""))
-    entities = _entities(layout.release / "cleaned.parquet", agent)
-    entities.to_parquet(layout.release / "entities.parquet", index=False)
-    disposition.update(layout, rows)
-    new = pd.DataFrame(
-        [(e.path, e.field, e.category, e.reason) for e in done], columns=GATE_HELD_COLUMNS
-    )
-    path = layout.deid_dir / GATE_HELD_FILE
-    old = pd.read_csv(path, dtype=str, keep_default_na=False) if path.exists() else new.iloc[:0]
-    _write_gate_held(layout, pd.concat([old[~old["path"].isin(new["path"])], new]))
-    return {e.path for e in done}
-
-
-def forget_gate_held(layout: BatchLayout, paths: Sequence[str]) -> None:
-    """Drop ``paths`` from ``gate_held.csv`` (review released them and the gate passed them)."""
-    path = layout.deid_dir / GATE_HELD_FILE
-    if not path.exists() or not paths:
-        return
-    old = pd.read_csv(path, dtype=str, keep_default_na=False)
-    _write_gate_held(layout, old[~old["path"].isin(list(paths))])
-
-
-def release_unused() -> None:
-    """Give back to the system what the C allocator keeps of memory freed since.
-
-    Arrow allocates with ``malloc`` here (see :mod:`sendit_helpers`), and
-    ``malloc`` keeps freed pages for reuse; between steps that read or build
-    whole-batch tables, what they freed would otherwise raise the baseline of
-    the next step, so the stage's peak would grow with the batch.  Cheap (a few
-    milliseconds).
-    """
-    pa.default_memory_pool().release_unused()
 
 
 #: The columns of :func:`quarantine_reasons` (before renaming), ``output_name`` from the

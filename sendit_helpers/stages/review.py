@@ -45,20 +45,18 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pydicom
 from pydicom.dataset import Dataset
 
-from sendit_helpers.core import disposition
+from sendit_helpers.core import disposition, memory
 from sendit_helpers.core.dicomio import READ_ERRORS
 from sendit_helpers.core.disposition import Disposition, Row
 from sendit_helpers.core.errors import ReviewError, SenditError
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.deid import cleaned, leakgate, ocr
 from sendit_helpers.deid.scrub import Box, boxes_from_coordinates, check_box, scrub_pixels
-from sendit_helpers.stages import deidentify
+from sendit_helpers.stages import release
 
 __all__ = [
     "ApplyResult",
@@ -67,7 +65,6 @@ __all__ = [
     "DecisionLog",
     "apply_decisions",
     "auto_scrub_ocr",
-    "ensure_deidentified",
     "item_file",
     "load_items",
     "originals_dir",
@@ -150,11 +147,11 @@ def _triggers(reason: str, header: Mapping[str, Any]) -> dict[str, str]:
 
 def _quarantined_table(layout: BatchLayout, columns: Sequence[str] | None = None) -> pd.DataFrame:
     """``quarantined.parquet``; only those of ``columns`` it has, when given."""
-    path = layout.deid_dir / "quarantined.parquet"
+    path = layout.held_table
     if not path.exists():
         raise ReviewError(
             f"{path} is missing; run `sendit deidentify` on batch {layout.name} first "
-            "(or call review.ensure_deidentified)"
+            "(or call sendit_helpers.run.upstream.ensure_deidentified)"
         )
     if columns is None:
         return pd.read_parquet(path)
@@ -252,7 +249,7 @@ def load_items(layout: BatchLayout) -> pd.DataFrame:
         return pd.DataFrame(columns=ITEM_COLUMNS)
     source_of = _sources_by_name(layout, {_text(name) for name in held["name"]})
     ocr_boxes = ocr.boxes_by_source(ocr.load(layout))
-    gate = {row.path: row for row in _tuples(deidentify.gate_held(layout))}
+    gate = {row.path: row for row in _tuples(release.gate_held(layout))}
     rows = []
     for start in range(0, len(held), _RECORD_ROWS):  # a slice at a time: fewer dicts at once
         for record in _records(held.iloc[start : start + _RECORD_ROWS]):
@@ -274,7 +271,7 @@ def load_items(layout: BatchLayout) -> pd.DataFrame:
     items = items.sort_values(
         ["series_number", "series_uid", "instance", "item"], kind="stable"
     ).reset_index(drop=True)
-    deidentify.release_unused()
+    memory.release_unused()
     return items
 
 
@@ -808,7 +805,7 @@ class ApplyResult:
     @functools.cached_property
     def cleaned(self) -> pd.DataFrame:
         """The released images' table (``release/cleaned.parquet``), read on first use."""
-        return pd.read_parquet(self.layout.release / "cleaned.parquet")
+        return pd.read_parquet(self.layout.cleaned_table)
 
     @property
     def counts(self) -> pd.Series:
@@ -933,7 +930,7 @@ def apply_decisions(
     ApplyResult
 
     The leak gate runs again on ``release/``: an item it still finds a value
-    in goes back to quarantine (:func:`deidentify.hold_for_gate`, from its
+    in goes back to quarantine (:func:`.release.hold_for_gate`, from its
     untouched original) and is listed in :attr:`ApplyResult.held`.
 
     Raises
@@ -958,8 +955,11 @@ def apply_decisions(
     _prune(layout.release)
     _prune(layout.quarantine)
     out = set(done.released) | set(done.scrubbed)
-    entities = _update_tables(layout, settings, items, out, done.headers)
-    deidentify.release_unused()
+    agent = str(settings.get("UPLOAD_AGENT", ""))
+    entities = release.rewrite_tables(
+        layout, agent, items["item"].astype(str).tolist(), out, done.headers
+    )
+    memory.release_unused()
     table = disposition.update(layout, [r for r in done.rows if r.source_path])
     result = ApplyResult(
         done.released,
@@ -978,7 +978,7 @@ def apply_decisions(
         workers=int(settings.get("WORKERS", 1) or 1),
         policy=leakgate.load_policy(layout),
         hold=functools.partial(
-            deidentify.hold_for_gate, layout, settings, originals=originals_dir(layout)
+            release.hold_for_gate, layout, settings, originals=originals_dir(layout)
         ),
     )
     if result.gate.held:
@@ -987,9 +987,9 @@ def apply_decisions(
         result.released = [i for i in done.released if i not in back]
         result.scrubbed = [i for i in done.scrubbed if i not in back]
         result.dispositions = disposition.read(layout)
-        result.entities = pd.read_parquet(layout.release / "entities.parquet")
+        result.entities = pd.read_parquet(layout.entities_table)
     passed = [path for path in items["path"].astype(str) if (layout.release / path).is_file()]
-    deidentify.forget_gate_held(layout, passed)
+    release.forget_gate_held(layout, passed)
     if done.errors:
         first = next(iter(done.errors.items()))
         raise ReviewError(
@@ -1085,154 +1085,7 @@ def _hold(
     done.rows.append(Row(item.source_path, Disposition.QUARANTINED, reason, item.item))
 
 
-def _update_tables(
-    layout: BatchLayout,
-    settings: Mapping[str, Any],
-    items: pd.DataFrame,
-    out: set[str],
-    headers: Mapping[str, dict[str, Any]],
-) -> pd.DataFrame:
-    """Rewrite ``cleaned`` (deidentify's rows plus the released items) and ``entities``.
-
-    ``cleaned.parquet`` becomes the rows of no quarantined item plus the rows of
-    the items in ``out``, every column a string, sorted by ``path`` (stable).
-    The rows stay in Arrow, their header fields dictionary-encoded, and are
-    written a slice at a time: the table never exists in its pandas form (one
-    Python string per cell) nor decoded whole.
-
-    Returns
-    -------
-    pandas.DataFrame
-        The new ``entities`` table (also written).
-    """
-    path = layout.release / "cleaned.parquet"
-    extra = _released_rows(layout, out, headers)
-    base = _read_coded(path) if path.exists() else None
-    if base is not None:
-        held = pa.array(list(dict.fromkeys(items["item"].astype(str))), pa.string())
-        names = base.column("name").cast(pa.string())  # an empty table's may be null-typed
-        base = base.filter(pc.invert(pc.is_in(names, value_set=held)))
-    if base is None or (base.num_rows == 0 and extra.empty):
-        none = pd.DataFrame(columns=_CLEANED_KEYS)
-        empty = none if base is None else pq.read_schema(path).empty_table().to_pandas()
-        table = _sorted_strings(empty, extra)
-        table.to_parquet(path, index=False)
-    else:
-        table = _write_sorted_strings(base, extra, path)
-    entities = deidentify.entities_table(table, str(settings.get("UPLOAD_AGENT", "")))
-    entities.to_parquet(layout.release / "entities.parquet", index=False)
-    return entities
-
-
-#: The columns every cleaned row has (the rest are the de-identified header fields).
-_CLEANED_KEYS = ["name", "entity_id", "item_id", "path"]
-#: The cleaned columns :func:`deidentify.entities_table` reads.
-_ENTITY_SOURCE_COLUMNS = ("entity_id", "PatientSex", "PatientAge", "name")
-#: Rows written at a time by :func:`_write_sorted_strings`.
-_WRITE_ROWS = 512
-_CODED = pa.dictionary(pa.int32(), pa.string())
-
-
-def _read_coded(path: Path) -> pa.Table:
-    """A cleaned table, every column but ``name`` and ``path`` dictionary-encoded."""
-    names = pq.read_schema(path).names
-    return pq.read_table(path, read_dictionary=[c for c in names if c not in ("name", "path")])
-
-
-def _coded(table: pa.Table) -> pa.Table:
-    """``table`` with string columns (``name`` and ``path`` plain, the rest dictionary-encoded)."""
-    fields = [
-        pa.field(n, pa.string() if n in ("name", "path") else _CODED) for n in table.column_names
-    ]
-    return table.replace_schema_metadata(None).cast(pa.schema(fields))
-
-
-def _write_sorted_strings(base: pa.Table, extra: pd.DataFrame, path: Path) -> pd.DataFrame:
-    """Write :func:`_sorted_strings` of ``base`` and ``extra`` to ``path`` via Arrow.
-
-    The file holds what ``_sorted_strings(base.to_pandas(), extra).to_parquet(path,
-    index=False)`` would; ``base`` (from :func:`_read_coded`) has at least one row
-    or ``extra`` is not empty.
-
-    Returns
-    -------
-    pandas.DataFrame
-        The table's columns that :func:`deidentify.entities_table` reads.
-    """
-    parts = [_coded(base)] if base.num_rows else []
-    if not extra.empty:
-        parts.append(_coded(pa.Table.from_pandas(extra.astype("string"), preserve_index=False)))
-    table = pa.concat_tables(parts, promote_options="default")
-    table = table.take(pc.sort_indices(table, sort_keys=[("path", "ascending")]))
-    like = pd.DataFrame([dict.fromkeys(table.column_names, "x")]).astype("string")
-    schema = pa.Schema.from_pandas(like, preserve_index=False)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with pq.ParquetWriter(tmp, schema) as writer:
-        for start in range(0, table.num_rows, _WRITE_ROWS):
-            writer.write_table(table.slice(start, _WRITE_ROWS).cast(schema))
-    os.replace(tmp, path)
-    wanted = [c for c in _ENTITY_SOURCE_COLUMNS if c in table.column_names]
-    narrow = pa.Schema.from_pandas(like[wanted], preserve_index=False)
-    columns: pd.DataFrame = table.select(wanted).cast(narrow).to_pandas()
-    return columns
-
-
-def _released_rows(
-    layout: BatchLayout, out: set[str], headers: Mapping[str, dict[str, Any]]
-) -> pd.DataFrame:
-    """The cleaned rows of the items in ``out`` (a scrubbed one's header from ``headers``).
-
-    ``quarantined.parquet`` is read a batch of rows at a time, keeping only those rows.
-    """
-    if not out:
-        return pd.DataFrame()
-    source = pq.ParquetFile(layout.deid_dir / "quarantined.parquet")
-    wanted = pa.array(sorted(out), pa.string())
-    kept = [
-        batch.filter(pc.is_in(batch.column("name"), value_set=wanted))
-        for batch in source.iter_batches(batch_size=_BATCH_ROWS)
-    ]
-    held = pa.Table.from_batches(kept, schema=source.schema_arrow).to_pandas()
-    add = _records(held)
-    for record in add:
-        header = headers.get(str(record["name"]))
-        if header is not None:
-            for key in [k for k in record if k not in ("name", "entity_id", "item_id", "path")]:
-                record[key] = header.get(key)
-    return pd.DataFrame(add, columns=held.columns)
-
-
-#: Rows of ``quarantined.parquet`` read at a time by :func:`_released_rows`.
-_BATCH_ROWS = 512
-
-
-def _sorted_strings(base: pd.DataFrame, extra: pd.DataFrame) -> pd.DataFrame:
-    """``base`` and ``extra`` in one table of strings, sorted by ``path``."""
-    frames = [f for f in (base, extra) if not f.empty]
-    table = pd.concat(frames, ignore_index=True) if frames else base
-    if table.empty:
-        return table
-    return table.astype("string").sort_values("path", kind="stable").reset_index(drop=True)
-
-
 # ------------------------------------------------------------------ notebook helpers
-def ensure_deidentified(layout: BatchLayout, settings: Mapping[str, Any]) -> bool:
-    """De-identify the batch when it has not been yet (the demo batch on first use).
-
-    Never re-runs an existing de-identification (that would clear ``release/``
-    and the review's results).
-
-    Returns
-    -------
-    bool
-        True when de-identification ran now.
-    """
-    if (layout.deid_dir / "quarantined.parquet").exists():
-        return False
-    deidentify.deidentify_batch(layout, settings)
-    return True
-
-
 def status(layout: BatchLayout) -> pd.DataFrame:
     """Decision counts of the quarantined images: release, scrub, keep, undecided."""
     current = DecisionLog(layout).decisions()

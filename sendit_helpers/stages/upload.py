@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 from sendit_helpers.core import retry
 from sendit_helpers.core.errors import SenditError, UploadError, UploadWarning
-from sendit_helpers.core.layout import BatchLayout
+from sendit_helpers.core.layout import ENTITIES_FILE, BatchLayout
 from sendit_helpers.deid import leakgate
 from sendit_helpers.targets import (
     ConflictError,
@@ -215,7 +215,7 @@ def load_release(
     release = layout.release
     root = release.resolve()
     folders: dict[str, Path] = {}
-    items = [_item(release, row, root, folders) for row in _records(release / "cleaned.parquet")]
+    items = [_item(release, row, root, folders) for row in _records(layout.cleaned_table)]
     if scanned:
         items = [replace(i, sha256=scanned[i.key][0]) if i.key in scanned else i for i in items]
     listed = {i.path for i in items}
@@ -300,7 +300,7 @@ def _release_file(
 def _entities(release: Path, items: Sequence[Item], settings: Mapping[str, Any]) -> list[Entity]:
     agent = str(setting(settings, "UPLOAD_AGENT", "sendit-notebooks"))
     counts = Counter(i.entity_id for i in items)
-    rows = {str(r["id"]): r for r in _records(release / "entities.parquet")}
+    rows = {str(r["id"]): r for r in _records(release / ENTITIES_FILE)}
     out = []
     for eid in sorted(counts):
         meta = {str(k): plain(v) for k, v in rows.get(eid, {}).items() if k != "id"}

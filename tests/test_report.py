@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pandas as pd
 import pydicom
 
@@ -91,3 +92,22 @@ def test_tables_and_titles_are_not_cut(tmp_path: Path) -> None:
     fig = plots.montage([], [], 64, "series 3 — " + "A VERY LONG SERIES DESCRIPTION " * 4)
     title = fig._suptitle.get_text()  # noqa: SLF001 - the drawn title
     assert "\n" in title
+
+
+def test_montage_png_draws_thumbnails_and_reasons(tmp_path: Path) -> None:
+    import io
+
+    from PIL import Image
+    from pydicom.data import get_testdata_file
+
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(b"not dicom")
+    ct = str(get_testdata_file("CT_small.dcm"))
+    short = Image.open(io.BytesIO(plots.montage_png([ct, broken], ["#1", "! #2"], 64, "s")))
+    long = Image.open(
+        io.BytesIO(plots.montage_png([ct], ["#1"], 64, "A VERY LONG SERIES DESCRIPTION " * 4))
+    )
+    assert short.format == "PNG" and short.width > 2 * 64
+    assert long.height > Image.open(io.BytesIO(plots.montage_png([ct], ["#1"], 64, "s"))).height
+    grey = np.asarray(short.convert("L"))
+    assert grey[:, : 64 + 6].std() > 10  # the CT thumbnail is drawn, not a blank cell

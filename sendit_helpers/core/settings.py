@@ -1,5 +1,10 @@
 """Settings: declared once here, documented and defaulted in ``params/default.yml``.
 
+Code reads typed attributes (``settings.targets.orthanc.url``), grouped per concern in
+frozen dataclasses whose fields name the declared setting they hold; a test keeps the
+groups and :data:`SETTINGS` in step (every setting one field, same type).  Secret fields
+are left out of ``repr``.
+
 Precedence, lowest to highest: ``params/default.yml`` < params files (in the
 order given) < environment variables of the same name < CLI overrides.
 Values are validated at start; an error names the setting, where the value
@@ -9,9 +14,11 @@ came from, what was found and how to fix it.
 from __future__ import annotations
 
 import difflib
+import functools
 import os
+import typing
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -104,12 +111,210 @@ SETTINGS: tuple[Setting, ...] = (
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 
 
+def _bound(name: str) -> Any:
+    """A dataclass field holding the declared setting ``name`` (secrets left out of repr)."""
+    return field(metadata={"setting": name}, repr=not BY_NAME[name].secret)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How stages run: workers, executor, progress bars."""
+
+    workers: int = _bound("WORKERS")
+    executor: str = _bound("EXECUTOR")
+    dask_scheduler: str = _bound("DASK_SCHEDULER")
+    progress: bool = _bound("PROGRESS")
+
+
+@dataclass(frozen=True)
+class InspectSettings:
+    """Inputs screening: pixel filters, site rules, thumbnails."""
+
+    use_deid_filters: bool = _bound("USE_DEID_FILTERS")
+    use_sendit_filters: bool = _bound("USE_SENDIT_FILTERS")
+    pixel_filter_recipes: tuple[str, ...] = _bound("PIXEL_FILTER_RECIPES")
+    site_filters: str = _bound("SITE_FILTERS")
+    thumbnails: bool = _bound("THUMBNAILS")
+    thumbnail_size: int = _bound("THUMBNAIL_SIZE")
+    montage_max_images: int = _bound("MONTAGE_MAX_IMAGES")
+
+
+@dataclass(frozen=True)
+class DeidSettings:
+    """De-identification recipe and quarantine."""
+
+    use_default_recipe: bool = _bound("USE_DEFAULT_RECIPE")
+    recipes: tuple[str, ...] = _bound("DEID_RECIPES")
+    safe_private_tags: tuple[str, ...] = _bound("SAFE_PRIVATE_TAGS")
+    quarantine_flagged: bool = _bound("QUARANTINE_FLAGGED")
+    max_jitter_days: int = _bound("MAX_JITTER_DAYS")
+
+
+@dataclass(frozen=True)
+class PseudonymSettings:
+    """Identifier provider and the site secret."""
+
+    provider: str = _bound("IDENTIFIER_PROVIDER")
+    entity_prefix: str = _bound("ENTITY_PREFIX")
+    crosswalk_csv: str = _bound("CROSSWALK_CSV")
+    url: str = _bound("IDENTIFIER_URL")
+    id_source: str = _bound("IDENTIFIER_ID_SOURCE")
+    timeout: float = _bound("IDENTIFIER_TIMEOUT")
+    retries: int = _bound("IDENTIFIER_RETRIES")
+    token: str = _bound("IDENTIFIER_TOKEN")
+    site_secret: str = _bound("SENDIT_SITE_SECRET")
+
+
+@dataclass(frozen=True)
+class ReviewSettings:
+    """Review and OCR screening."""
+
+    reviewer: str = _bound("REVIEWER")
+    decisions: str = _bound("REVIEW_DECISIONS")
+    auto_scrub_ocr: bool = _bound("AUTO_SCRUB_OCR")
+    ocr_screen: str = _bound("OCR_SCREEN")
+    ocr_sample_per_series: int = _bound("OCR_SAMPLE_PER_SERIES")
+
+
+@dataclass(frozen=True)
+class OrthancSettings:
+    """The Orthanc target (REST or DICOM C-STORE)."""
+
+    send: bool = _bound("SEND_TO_ORTHANC")
+    protocol: str = _bound("ORTHANC_PROTOCOL")
+    url: str = _bound("ORTHANC_URL")
+    ipaddress: str = _bound("ORTHANC_IPADDRESS")
+    port: int = _bound("ORTHANC_PORT")
+    ae_title: str = _bound("ORTHANC_AE_TITLE")
+    calling_ae_title: str = _bound("SENDIT_AE_TITLE")
+    associations: int = _bound("DICOM_ASSOCIATIONS")
+    username: str = _bound("ORTHANC_USERNAME")
+    password: str = _bound("ORTHANC_PASSWORD")
+
+
+@dataclass(frozen=True)
+class DicomwebSettings:
+    """The DICOMweb (STOW-RS) target."""
+
+    send: bool = _bound("SEND_TO_DICOMWEB")
+    url: str = _bound("DICOMWEB_URL")
+    batch: int = _bound("DICOMWEB_BATCH")
+    username: str = _bound("DICOMWEB_USERNAME")
+    password: str = _bound("DICOMWEB_PASSWORD")
+    token: str = _bound("DICOMWEB_TOKEN")
+
+
+@dataclass(frozen=True)
+class GoogleSettings:
+    """The Google Cloud Storage + Datastore target."""
+
+    send: bool = _bound("SEND_TO_GOOGLE")
+    bucket: str = _bound("GOOGLE_CLOUD_STORAGE")
+    project: str = _bound("GOOGLE_PROJECT_NAME")
+    collection: str = _bound("GOOGLE_STORAGE_COLLECTION")
+    credentials: str = _bound("GOOGLE_APPLICATION_CREDENTIALS")
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    """The local store (used when no remote target is on)."""
+
+    storage_dir: str = _bound("LOCAL_STORAGE_DIR")
+
+
+@dataclass(frozen=True)
+class TargetSettings:
+    """Every upload target."""
+
+    orthanc: OrthancSettings
+    dicomweb: DicomwebSettings
+    google: GoogleSettings
+    local: LocalSettings
+
+
+@dataclass(frozen=True)
+class UploadSettings:
+    """Upload agent, threads and retries."""
+
+    agent: str = _bound("UPLOAD_AGENT")
+    threads: int = _bound("UPLOAD_THREADS")
+    retries: int = _bound("UPLOAD_RETRIES")
+
+
+#: The typed groups on :class:`Settings`, attribute name -> dataclass.
+GROUPS: dict[str, type] = {
+    "run": RunSettings,
+    "inspect": InspectSettings,
+    "deid": DeidSettings,
+    "pseudonyms": PseudonymSettings,
+    "review": ReviewSettings,
+    "targets": TargetSettings,
+    "upload": UploadSettings,
+}
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _build(cls: type, values: Mapping[str, Any]) -> Any:
+    """Instantiate the group ``cls`` from resolved ``NAME -> value`` (lists become tuples)."""
+    kwargs: dict[str, Any] = {}
+    for item in fields(cls):
+        name = item.metadata.get("setting")
+        if name is None:
+            kwargs[item.name] = _build(_hints(cls)[item.name], values)
+            continue
+        value = values[name]
+        kwargs[item.name] = tuple(value) if isinstance(value, list) else value
+    return cls(**kwargs)
+
+
+def bound_fields(cls: type = TargetSettings) -> Iterator[tuple[str | None, str, Any]]:
+    """Yield ``(setting name, dotted attribute, annotated type)`` for every typed field.
+
+    The name is ``None`` for a field bound to no declared setting (the check test fails).
+
+    Parameters
+    ----------
+    cls : type, optional
+        A group dataclass; :data:`GROUPS` is walked when ``cls`` is :class:`Settings`.
+    """
+    roots = GROUPS.items() if cls is Settings else [("", cls)]
+    for prefix, group in roots:
+        for item in fields(group):
+            path = f"{prefix}.{item.name}" if prefix else item.name
+            kind = _hints(group)[item.name]
+            name = item.metadata.get("setting")
+            if name is None and isinstance(kind, type) and is_dataclass(kind):
+                for sub, subpath, subkind in bound_fields(kind):
+                    yield sub, f"{path}.{subpath}", subkind
+            else:
+                yield name, path, kind
+
+
 @dataclass(frozen=True)
 class Settings(Mapping[str, Any]):
-    """Resolved settings: a read-only mapping ``NAME -> value`` plus where each came from."""
+    """Resolved settings: typed groups per concern, plus where each value came from.
 
-    resolved: dict[str, Any]
-    sources: dict[str, str] = field(default_factory=dict)
+    Read ``settings.targets.orthanc.url`` and the like.  The ``NAME -> value`` mapping
+    stays for fingerprints, receipts and notebooks' display (:meth:`public`).
+    """
+
+    resolved: dict[str, Any] = field(repr=False)
+    sources: dict[str, str] = field(default_factory=dict, repr=False)
+    run: RunSettings = field(init=False, repr=False, compare=False)
+    inspect: InspectSettings = field(init=False, repr=False, compare=False)
+    deid: DeidSettings = field(init=False, repr=False, compare=False)
+    pseudonyms: PseudonymSettings = field(init=False, repr=False, compare=False)
+    review: ReviewSettings = field(init=False, repr=False, compare=False)
+    targets: TargetSettings = field(init=False, repr=False, compare=False)
+    upload: UploadSettings = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for attribute, group in GROUPS.items():
+            object.__setattr__(self, attribute, _build(group, self.resolved))
 
     def __getitem__(self, key: str) -> Any:
         return self.resolved[key]
@@ -120,9 +325,62 @@ class Settings(Mapping[str, Any]):
     def __len__(self) -> int:
         return len(self.resolved)
 
+    def __repr__(self) -> str:
+        return f"Settings({self.public()!r})"
+
+    __str__ = __repr__
+
     def public(self) -> dict[str, Any]:
         """Settings safe to show or save: secrets replaced by ``"***"`` when set."""
         return {k: ("***" if BY_NAME[k].secret and v else v) for k, v in self.resolved.items()}
+
+
+@functools.cache
+def _defaults() -> dict[str, Any]:
+    source = f"params file {DEFAULT_PARAMS}"
+    data = _read_params(DEFAULT_PARAMS)
+    return {str(k): coerce(BY_NAME[str(k)], v, source) for k, v in data.items()}
+
+
+def typed(settings: Mapping[str, Any]) -> Settings:
+    """The typed view of ``settings``: itself when resolved by :func:`load_settings`.
+
+    A plain mapping (a caller's or a test's partial ``NAME -> value`` dict) is completed
+    from ``params/default.yml`` (a ``None`` value counts as missing) and converted to the
+    declared types, without the cross-setting validation of :func:`load_settings`;
+    undeclared names are ignored.
+
+    Parameters
+    ----------
+    settings : Mapping[str, Any]
+        Resolved :class:`Settings` or a plain mapping.
+
+    Returns
+    -------
+    Settings
+
+    Raises
+    ------
+    SettingsError
+        A value that does not convert to its declared type.
+    """
+    if isinstance(settings, Settings):
+        return settings
+    values = dict(_defaults())
+    source = "settings given to the function"
+    for name, raw in settings.items():
+        setting = BY_NAME.get(str(name))
+        if setting is None or raw is None:
+            continue
+        try:
+            values[setting.name] = _convert(setting.kind, raw)
+        except (TypeError, ValueError):
+            shown = "(hidden)" if setting.secret else repr(raw)
+            raise SettingsError(
+                f"{setting.name}: {shown} from {source} is not a valid "
+                f"{setting.kind.__name__}; pass a {setting.kind.__name__}"
+            ) from None
+    return Settings(values, {name: "given" for name in settings if name in BY_NAME})
 
 
 def _suggest(name: str) -> str:
@@ -359,7 +617,7 @@ def _declared(name: str, source: str) -> Setting:
 
 def _require(settings: Settings, when: str, names: Sequence[str]) -> None:
     for name in names:
-        if not settings[name]:
+        if not settings.resolved[name]:
             raise SettingsError(
                 f"{when} but {name} is empty ({settings.sources.get(name, 'default')}); "
                 f"set {name} in a params file or as an environment variable"
@@ -403,16 +661,17 @@ def check_no_credentials(settings: Settings) -> None:
 def validate(settings: Settings) -> None:
     """Check settings that only make sense together."""
     check_no_credentials(settings)
-    if settings["SEND_TO_GOOGLE"]:
+    targets = settings.targets
+    if targets.google.send:
         _require(
             settings,
             "SEND_TO_GOOGLE is true",
             ("GOOGLE_CLOUD_STORAGE", "GOOGLE_PROJECT_NAME", "GOOGLE_STORAGE_COLLECTION"),
         )
-    if settings["SEND_TO_DICOMWEB"]:
+    if targets.dicomweb.send:
         _require(settings, "SEND_TO_DICOMWEB is true", ("DICOMWEB_URL",))
-    if settings["SEND_TO_ORTHANC"]:
-        if settings["ORTHANC_PROTOCOL"] == "rest":
+    if targets.orthanc.send:
+        if targets.orthanc.protocol == "rest":
             _require(
                 settings, "SEND_TO_ORTHANC is true with ORTHANC_PROTOCOL rest", ("ORTHANC_URL",)
             )
@@ -422,27 +681,32 @@ def validate(settings: Settings) -> None:
                 "SEND_TO_ORTHANC is true with ORTHANC_PROTOCOL dicom",
                 ("ORTHANC_IPADDRESS",),
             )
-        if settings["ORTHANC_PORT"] > 65535:
+        if targets.orthanc.port > 65535:
             raise SettingsError(
-                f"ORTHANC_PORT {settings['ORTHANC_PORT']} ({settings.sources['ORTHANC_PORT']}) "
+                f"ORTHANC_PORT {targets.orthanc.port} ({settings.sources['ORTHANC_PORT']}) "
                 "is not a TCP port; use 1-65535 (the original sendit used 4747)"
             )
-    if settings["IDENTIFIER_PROVIDER"] == "rest":
+    pseudonyms = settings.pseudonyms
+    if pseudonyms.provider == "rest":
         _require(settings, "IDENTIFIER_PROVIDER is 'rest'", ("IDENTIFIER_URL",))
-    if settings["IDENTIFIER_PROVIDER"] == "crosswalk":
+    if pseudonyms.provider == "crosswalk":
         _require(settings, "IDENTIFIER_PROVIDER is 'crosswalk'", ("CROSSWALK_CSV",))
-        if not Path(settings["CROSSWALK_CSV"]).is_file():
+        if not Path(pseudonyms.crosswalk_csv).is_file():
             raise SettingsError(
-                f"CROSSWALK_CSV {settings['CROSSWALK_CSV']} ({settings.sources['CROSSWALK_CSV']}) "
+                f"CROSSWALK_CSV {pseudonyms.crosswalk_csv} ({settings.sources['CROSSWALK_CSV']}) "
                 "is not a file; give the honest broker's crosswalk CSV path"
             )
-    if settings["EXECUTOR"] == "local" and settings["DASK_SCHEDULER"]:
+    if settings.run.executor == "local" and settings.run.dask_scheduler:
         raise SettingsError(
             "DASK_SCHEDULER is set but EXECUTOR is 'local'; "
             "set EXECUTOR to 'dask' or clear DASK_SCHEDULER"
         )
-    for name in ("DEID_RECIPES", "PIXEL_FILTER_RECIPES"):
-        for recipe in settings[name]:
+    recipe_lists = (
+        ("DEID_RECIPES", settings.deid.recipes),
+        ("PIXEL_FILTER_RECIPES", settings.inspect.pixel_filter_recipes),
+    )
+    for name, recipes in recipe_lists:
+        for recipe in recipes:
             if not Path(recipe).is_file():
                 raise SettingsError(
                     f"{name} names {recipe} ({settings.sources[name]}), which is not a file; "

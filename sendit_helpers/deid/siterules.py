@@ -29,6 +29,7 @@ from pydicom.dataset import Dataset
 
 from sendit_helpers.core.errors import RecipeError, ReviewError, tag_label
 from sendit_helpers.core.resources import repo_root
+from sendit_helpers.core.settings import typed
 from sendit_helpers.deid.recipes import Recipe
 from sendit_helpers.deid.scrub import Box, check_box
 
@@ -71,7 +72,7 @@ class SiteRule:
 
 def site_filters_path(settings: Mapping[str, Any]) -> Path:
     """The site's filter file: ``SITE_FILTERS``, else ``params/site-filters.deid``."""
-    configured = str(settings.get("SITE_FILTERS") or "")
+    configured = typed(settings).inspect.site_filters
     if configured:
         return Path(configured).expanduser()
     return repo_root() / "params" / "site-filters.deid"

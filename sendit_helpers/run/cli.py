@@ -290,8 +290,8 @@ def _run_each(
     from sendit_helpers.run.pipeline import split_workers
 
     settings = load_settings(params, overrides)
-    executor, scheduler = str(settings["EXECUTOR"]), str(settings["DASK_SCHEDULER"])
-    slots, file_workers = split_workers(int(settings["WORKERS"]), len(batches), executor, scheduler)
+    executor, scheduler = settings.run.executor, settings.run.dask_scheduler
+    slots, file_workers = split_workers(settings.run.workers, len(batches), executor, scheduler)
     inner = dict(overrides)
     if len(batches) > 1:
         inner.update({"WORKERS": file_workers, "EXECUTOR": "local", "DASK_SCHEDULER": ""})

@@ -615,12 +615,12 @@ def run_batches(
         refused.append(
             BatchStatus("-", "failed", "setup", detail="no batch found; check the paths given")
         )
-    executor = str(settings["EXECUTOR"])
-    scheduler = str(settings["DASK_SCHEDULER"])
-    slots, file_workers = split_workers(int(settings["WORKERS"]), len(layouts), executor, scheduler)
+    executor = settings.run.executor
+    scheduler = settings.run.dask_scheduler
+    slots, file_workers = split_workers(settings.run.workers, len(layouts), executor, scheduler)
     inner = dict(overrides or {})
     inner.update({"WORKERS": file_workers, "EXECUTOR": "local", "DASK_SCHEDULER": ""})
-    show = bool(settings["PROGRESS"])
+    show = settings.run.progress
     log.info(
         "%d batch(es), %d at a time (%s executor), %d worker process(es) per batch for files",
         len(layouts),

@@ -62,6 +62,7 @@ from sendit_helpers.core.dicomio import PARSE_ERRORS, READ_ERRORS, file_reason, 
 from sendit_helpers.core.disposition import Disposition, Row
 from sendit_helpers.core.errors import RecipeError, one_line
 from sendit_helpers.core.layout import BatchLayout
+from sendit_helpers.core.settings import typed
 from sendit_helpers.deid import leakgate
 from sendit_helpers.deid.cleaned import KEPT_VRS, TECHNICAL_KEYWORDS, WORDS, describe
 from sendit_helpers.deid.dateshift import shift_date
@@ -645,17 +646,19 @@ def plan(
     ]
     images = dicom[storable].sort_values("source_path")
     keys = {row.source_path: _patient_key(row._asdict()) for row in images.itertuples(index=False)}
+    cfg = typed(settings)
+    ids = cfg.pseudonyms
     provider = make_provider(
-        settings["IDENTIFIER_PROVIDER"],
+        ids.provider,
         secret=secret,
-        prefix=settings["ENTITY_PREFIX"],
-        crosswalk_csv=Path(settings["CROSSWALK_CSV"]) if settings["CROSSWALK_CSV"] else None,
-        url=settings["IDENTIFIER_URL"],
-        id_source=settings["IDENTIFIER_ID_SOURCE"],
-        token=settings["IDENTIFIER_TOKEN"] or None,
-        timeout=float(settings["IDENTIFIER_TIMEOUT"]),
-        retries=int(settings["IDENTIFIER_RETRIES"]),
-        max_jitter_days=int(settings["MAX_JITTER_DAYS"]),
+        prefix=ids.entity_prefix,
+        crosswalk_csv=Path(ids.crosswalk_csv) if ids.crosswalk_csv else None,
+        url=ids.url,
+        id_source=ids.id_source,
+        token=ids.token or None,
+        timeout=ids.timeout,
+        retries=ids.retries,
+        max_jitter_days=cfg.deid.max_jitter_days,
     )
     pseudonyms = provider.pseudonymize(list(dict.fromkeys(keys.values()))) if keys else {}
     codes = {
@@ -663,7 +666,7 @@ def plan(
         for p, k in keys.items()
     }
     names = _names(images, codes, UidMapper(secret))
-    quarantine = bool(settings["QUARANTINE_FLAGGED"])
+    quarantine = cfg.deid.quarantine_flagged
     jobs = []
     for row in images.itertuples(index=False):
         entity, item, jitter = codes[row.source_path]
@@ -1053,19 +1056,18 @@ def deidentify_batch(layout: BatchLayout, settings: Mapping[str, Any]) -> DeidRe
     if not inspect.is_current(layout):
         inspect.inspect_batch(layout, settings)
     files = inspect.load(layout, PLAN_COLUMNS)
+    cfg = typed(settings)
     secret = load_site_secret(
         layout.work,
-        {"SENDIT_SITE_SECRET": settings["SENDIT_SITE_SECRET"]}
-        if settings["SENDIT_SITE_SECRET"]
+        {"SENDIT_SITE_SECRET": cfg.pseudonyms.site_secret}
+        if cfg.pseudonyms.site_secret
         else os.environ,
     )
     work = plan(layout, settings, files, secret)
     del files
     memory.release_unused()
-    recipes = tuple(str(Path(p).resolve()) for p in settings["DEID_RECIPES"])
-    config = WorkerConfig(
-        recipes, bool(settings["USE_DEFAULT_RECIPE"]), secret, tuple(settings["SAFE_PRIVATE_TAGS"])
-    )
+    recipes = tuple(str(Path(p).resolve()) for p in cfg.deid.recipes)
+    config = WorkerConfig(recipes, cfg.deid.use_default_recipe, secret, cfg.deid.safe_private_tags)
     # Loaded here first: a malformed recipe fails the stage with its own message (file:line),
     # and its warnings show once, before any worker starts.
     _recipe(config.recipe_files, config.include_default)
@@ -1075,10 +1077,10 @@ def deidentify_batch(layout: BatchLayout, settings: Mapping[str, Any]) -> DeidRe
         outcomes = run_jobs(
             work.jobs,
             config,
-            workers=int(settings["WORKERS"]),
-            progress=bool(settings["PROGRESS"]),
-            executor=str(settings["EXECUTOR"]),
-            scheduler=str(settings["DASK_SCHEDULER"]),
+            workers=cfg.run.workers,
+            progress=cfg.run.progress,
+            executor=cfg.run.executor,
+            scheduler=cfg.run.dask_scheduler,
             spool=spool,
         )
     return finish(layout, settings, outcomes, work.skipped)
@@ -1131,7 +1133,8 @@ def finish(
     write_cleaned(outcomes, spool, layout.held_table, released=False)
     write_lookup(outcomes, spool, layout.deid_dir / "lookup.parquet")
     values = spooled_gate_values(outcomes, spool, layout.name)
-    entities = release.write_entities(layout, str(settings["UPLOAD_AGENT"]))
+    cfg = typed(settings)
+    entities = release.write_entities(layout, cfg.upload.agent)
     leakgate.save_values(layout, values)
     leakgate.save_spans(
         layout,
@@ -1172,7 +1175,7 @@ def finish(
         report = leakgate.run_gate(
             layout,
             values,
-            workers=int(settings["WORKERS"]),
+            workers=cfg.run.workers,
             policy=policy,
             hold=functools.partial(release.hold_for_gate, layout, settings),
             written=spooled_written(outcomes, spool),

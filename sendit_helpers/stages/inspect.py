@@ -37,6 +37,7 @@ from sendit_helpers.core.dicomio import probe
 from sendit_helpers.core.disposition import Disposition, Row
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.core.resources import shipped
+from sendit_helpers.core.settings import typed
 from sendit_helpers.deid.screening import FieldError, FieldReader, Screener
 
 if TYPE_CHECKING:
@@ -632,7 +633,8 @@ def ocr_screen(layout: BatchLayout, files: pd.DataFrame, settings: Mapping[str, 
     """
     from sendit_helpers.deid import ocr
 
-    mode = str(settings["OCR_SCREEN"])
+    cfg = typed(settings)
+    mode = cfg.review.ocr_screen
     if mode == "off" or files.empty:
         return ""
     if mode == "auto":
@@ -642,9 +644,9 @@ def ocr_screen(layout: BatchLayout, files: pd.DataFrame, settings: Mapping[str, 
             return f"OCR screen skipped: {exc}"
     found = ocr.screen_files(
         files.loc[files["has_pixels"], list(_OCR_COLUMNS)],
-        sample_per_series=int(settings["OCR_SAMPLE_PER_SERIES"]),
-        workers=int(settings["WORKERS"]),
-        progress=bool(settings["PROGRESS"]),
+        sample_per_series=cfg.review.ocr_sample_per_series,
+        workers=cfg.run.workers,
+        progress=cfg.run.progress,
     )
     ocr.save(layout, found)
     hit = files["source_path"].isin(found.loc[found["ocr_flagged"], "source_path"])
@@ -663,18 +665,19 @@ def _read_spooled(
     spool = layout.inspect_dir / "spool"
     shutil.rmtree(spool, ignore_errors=True)
     spool.mkdir(mode=0o700, parents=True)
-    filters = [str(SENDIT_FILTERS)] if settings["USE_SENDIT_FILTERS"] else []
+    cfg = typed(settings)
+    filters = [str(SENDIT_FILTERS)] if cfg.inspect.use_sendit_filters else []
     try:
         parts = spool_all(
             names,
             spool,
             layout.source,
-            workers=int(settings["WORKERS"]),
-            filter_recipes=[*filters, *settings["PIXEL_FILTER_RECIPES"], *_site(settings)],
-            use_deid=bool(settings["USE_DEID_FILTERS"]),
-            progress=bool(settings["PROGRESS"]),
-            executor=str(settings["EXECUTOR"]),
-            scheduler=str(settings["DASK_SCHEDULER"]),
+            workers=cfg.run.workers,
+            filter_recipes=[*filters, *cfg.inspect.pixel_filter_recipes, *_site(cfg)],
+            use_deid=cfg.inspect.use_deid_filters,
+            progress=cfg.run.progress,
+            executor=cfg.run.executor,
+            scheduler=cfg.run.dask_scheduler,
         )
         return combine_parts(parts)
     finally:
@@ -781,13 +784,14 @@ def is_current(layout: BatchLayout) -> bool:
 
 def montages(result: InspectResult, settings: Mapping[str, Any]) -> list[Path]:
     """Save a thumbnail montage per series under ``phi/inspect/`` (when ``THUMBNAILS`` is on)."""
-    if not settings["THUMBNAILS"] or result.files.empty:
+    cfg = typed(settings)
+    if not cfg.inspect.thumbnails or result.files.empty:
         return []
     from sendit_helpers.deid.plots import series_montages
 
     return series_montages(
         result.files,
         result.layout.inspect_dir,
-        max_images=int(settings["MONTAGE_MAX_IMAGES"]),
-        size=int(settings["THUMBNAIL_SIZE"]),
+        max_images=cfg.inspect.montage_max_images,
+        size=cfg.inspect.thumbnail_size,
     )

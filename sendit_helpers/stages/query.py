@@ -32,7 +32,8 @@ from urllib.parse import unquote, urlparse, urlsplit, urlunsplit
 import pandas as pd
 
 from sendit_helpers.core.errors import SettingsError
-from sendit_helpers.targets.base import age_years, collection_name, plain, public_url, setting
+from sendit_helpers.core.settings import typed
+from sendit_helpers.targets.base import age_years, collection_name, plain, public_url
 from sendit_helpers.targets.local import INDEX_NAME, storage_dir
 
 IMAGE_COLUMNS = [
@@ -64,10 +65,11 @@ def backend_for(settings: Mapping[str, Any]) -> Backend:
     SettingsError
         ``SEND_TO_ORTHANC`` is on (without Google) but ``ORTHANC_URL`` is empty.
     """
-    if setting(settings, "SEND_TO_GOOGLE", False):
+    chosen = typed(settings).targets
+    if chosen.google.send:
         return Backend.GOOGLE
-    if setting(settings, "SEND_TO_ORTHANC", False):
-        if not str(setting(settings, "ORTHANC_URL", "") or ""):
+    if chosen.orthanc.send:
+        if not chosen.orthanc.url:
             raise SettingsError(
                 "query: SEND_TO_ORTHANC is on but ORTHANC_URL is empty; set ORTHANC_URL to "
                 "Orthanc's REST root (e.g. http://127.0.0.1:8042) to search what was uploaded"
@@ -283,7 +285,7 @@ def _sqlite_entities(settings: Mapping[str, Any], work: Path, sex: str | None) -
 def _orthanc_client(settings: Mapping[str, Any]) -> Any:
     from sendit_helpers.targets.orthanc import OrthancRest
 
-    return OrthancRest(str(setting(settings, "ORTHANC_URL", "")), connections=4)
+    return OrthancRest(typed(settings).targets.orthanc.url, connections=4)
 
 
 def _orthanc_get(rest: Any, method: str, path: str, body: Any = None) -> Any:

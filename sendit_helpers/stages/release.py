@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from sendit_helpers.core import disposition
 from sendit_helpers.core.disposition import Disposition, Row
 from sendit_helpers.core.layout import BatchLayout
+from sendit_helpers.core.settings import typed
 from sendit_helpers.deid import leakgate
 
 #: The columns every cleaned row has (the rest are the de-identified header fields).
@@ -286,7 +287,7 @@ def hold_for_gate(
         if folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
     move_to_held(layout, [e.path.rsplit("/", 1)[-1] for e in done])
-    write_entities(layout, str(settings.get("UPLOAD_AGENT", "")))
+    write_entities(layout, typed(settings).upload.agent)
     disposition.update(layout, rows)
     new = pd.DataFrame(
         [(e.path, e.field, e.category, e.reason) for e in done], columns=GATE_HELD_COLUMNS

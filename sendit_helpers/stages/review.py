@@ -54,6 +54,7 @@ from sendit_helpers.core.dicomio import READ_ERRORS
 from sendit_helpers.core.disposition import Disposition, Row
 from sendit_helpers.core.errors import ReviewError, SenditError
 from sendit_helpers.core.layout import BatchLayout
+from sendit_helpers.core.settings import typed
 from sendit_helpers.deid import cleaned, leakgate, ocr
 from sendit_helpers.deid.scrub import Box, boxes_from_coordinates, check_box, scrub_pixels
 from sendit_helpers.stages import release
@@ -378,7 +379,7 @@ def _item_row(
 # ------------------------------------------------------------------ the log
 def reviewer_name(settings: Mapping[str, Any] | None = None) -> str:
     """``REVIEWER`` from the settings, else the login name."""
-    name = str((settings or {}).get("REVIEWER") or "").strip()
+    name = typed(settings or {}).review.reviewer.strip()
     if name:
         return name
     try:
@@ -942,7 +943,8 @@ def apply_decisions(
         When the leak gate finds a value it cannot hold.
     """
     items = load_items(layout)
-    if settings.get("AUTO_SCRUB_OCR", False) if auto_ocr is None else auto_ocr:
+    cfg = typed(settings)
+    if cfg.review.auto_scrub_ocr if auto_ocr is None else auto_ocr:
         auto_scrub_ocr(layout, items)
     decided = DecisionLog(layout).decisions()
     done = _Outcomes()
@@ -955,7 +957,7 @@ def apply_decisions(
     _prune(layout.release)
     _prune(layout.quarantine)
     out = set(done.released) | set(done.scrubbed)
-    agent = str(settings.get("UPLOAD_AGENT", ""))
+    agent = cfg.upload.agent
     entities = release.rewrite_tables(
         layout, agent, items["item"].astype(str).tolist(), out, done.headers
     )
@@ -975,7 +977,7 @@ def apply_decisions(
     result.gate = leakgate.run_gate(
         layout,
         leakgate.load_values(layout),
-        workers=int(settings.get("WORKERS", 1) or 1),
+        workers=cfg.run.workers or 1,
         policy=leakgate.load_policy(layout),
         hold=functools.partial(
             release.hold_for_gate, layout, settings, originals=originals_dir(layout)

@@ -60,6 +60,7 @@ from pydicom.dataset import Dataset
 from sendit_helpers.core.dicomio import READ_ERRORS
 from sendit_helpers.core.errors import LeakError, ReviewError
 from sendit_helpers.core.layout import BatchLayout
+from sendit_helpers.core.settings import typed
 from sendit_helpers.deid.plots import modality_values, montage, png_step, preview_png
 from sendit_helpers.deid.scrub import Box, check_box
 from sendit_helpers.deid.siterules import SiteRule, add_rule
@@ -248,7 +249,8 @@ def _series_options(items: pd.DataFrame) -> list[tuple[str, str]]:
 
 def _montage_png(layout: BatchLayout, group: pd.DataFrame, settings: Mapping[str, Any]) -> bytes:
     """Thumbnails of at most ``MONTAGE_MAX_IMAGES`` images of one series, evenly spaced, as PNG."""
-    limit = int(settings.get("MONTAGE_MAX_IMAGES", 16) or 16)
+    cfg = typed(settings).inspect
+    limit = cfg.montage_max_images or 16
     chosen = group.iloc[
         np.unique(np.linspace(0, len(group) - 1, min(limit, len(group))).round().astype(int))
     ]
@@ -258,7 +260,7 @@ def _montage_png(layout: BatchLayout, group: pd.DataFrame, settings: Mapping[str
         fig = montage(
             paths,
             [f"#{n}" for n in chosen["instance"]],
-            int(settings.get("THUMBNAIL_SIZE", 128) or 128),
+            cfg.thumbnail_size or 128,
             "",
         )
     buffer = io.BytesIO()

@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 from sendit_helpers.core import retry
 from sendit_helpers.core.errors import SenditError, UploadError, UploadWarning
 from sendit_helpers.core.layout import ENTITIES_FILE, BatchLayout
+from sendit_helpers.core.settings import typed
 from sendit_helpers.deid import leakgate
 from sendit_helpers.targets import (
     ConflictError,
@@ -59,7 +60,7 @@ from sendit_helpers.targets import (
     TransientError,
     make_targets,
 )
-from sendit_helpers.targets.base import plain, setting
+from sendit_helpers.targets.base import plain
 
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS = ["item", "target", "destination", "status", "checksum", "remote_id", "time"]
@@ -298,7 +299,7 @@ def _release_file(
 
 
 def _entities(release: Path, items: Sequence[Item], settings: Mapping[str, Any]) -> list[Entity]:
-    agent = str(setting(settings, "UPLOAD_AGENT", "sendit-notebooks"))
+    agent = typed(settings).upload.agent
     counts = Counter(i.entity_id for i in items)
     rows = {str(r["id"]): r for r in _records(release / ENTITIES_FILE)}
     out = []
@@ -583,8 +584,9 @@ def upload_batch(
     items, entities = load_release(layout, settings, scanned)
     manifest = Manifest(layout.upload_dir / MANIFEST_NAME)
     targets = make_targets(settings, layout.work)
-    retries = max(0, int(setting(settings, "UPLOAD_RETRIES", 5)))
-    threads = max(1, int(setting(settings, "UPLOAD_THREADS", 16)))
+    upload = typed(settings).upload
+    retries = max(0, upload.retries)
+    threads = max(1, upload.threads)
     runs = [_Run(t, manifest, retries, threads, progress, on_item) for t in targets]
     try:
         for run in runs:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sendit_helpers.core.errors import SettingsError
+from sendit_helpers.core.settings import typed
 from sendit_helpers.targets.base import (
     ChangedError,
     ConflictError,
@@ -22,7 +23,6 @@ from sendit_helpers.targets.base import (
     Target,
     TargetKind,
     TransientError,
-    setting,
 )
 from sendit_helpers.targets.local import LocalTarget
 
@@ -61,14 +61,15 @@ def make_targets(settings: Mapping[str, Any], work: str | Path) -> list[Target]:
     SettingsError
         ``ORTHANC_PROTOCOL`` is neither ``rest`` nor ``dicom``.
     """
+    chosen = typed(settings).targets
     targets: list[Target] = []
-    if setting(settings, "SEND_TO_ORTHANC", False):
+    if chosen.orthanc.send:
         targets.append(_orthanc(settings))
-    if setting(settings, "SEND_TO_DICOMWEB", False):
+    if chosen.dicomweb.send:
         from sendit_helpers.targets.dicomweb import DicomWebTarget
 
         targets.append(DicomWebTarget(settings))
-    if setting(settings, "SEND_TO_GOOGLE", False):
+    if chosen.google.send:
         from sendit_helpers.targets.google import GoogleTarget
 
         targets.append(GoogleTarget(settings))
@@ -80,7 +81,7 @@ def make_targets(settings: Mapping[str, Any], work: str | Path) -> list[Target]:
 def _orthanc(settings: Mapping[str, Any]) -> Target:
     from sendit_helpers.targets.orthanc import OrthancDicomTarget, OrthancRestTarget
 
-    protocol = str(setting(settings, "ORTHANC_PROTOCOL", "rest")).lower()
+    protocol = typed(settings).targets.orthanc.protocol.lower()
     if protocol == "rest":
         return OrthancRestTarget(settings)
     if protocol == "dicom":

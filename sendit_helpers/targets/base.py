@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from sendit_helpers.core.errors import UploadError
+from sendit_helpers.core.settings import typed
 
 CHUNK = 1 << 20
 DEFAULT_COLLECTION = "sendit"
@@ -422,15 +423,9 @@ def public_url(url: str) -> str:
     return urlunsplit((parts.scheme.lower(), netloc.lower(), parts.path.rstrip("/"), "", ""))
 
 
-def setting(settings: Mapping[str, Any], key: str, default: Any) -> Any:
-    """``settings[key]``, or ``default`` when missing or ``None``."""
-    value = settings.get(key)
-    return default if value is None else value
-
-
 def collection_name(settings: Mapping[str, Any]) -> str:
     """The collection (top-level key) images are stored under."""
-    return str(setting(settings, "GOOGLE_STORAGE_COLLECTION", "") or DEFAULT_COLLECTION)
+    return typed(settings).targets.google.collection or DEFAULT_COLLECTION
 
 
 def object_name(collection: str, item: Item) -> str:

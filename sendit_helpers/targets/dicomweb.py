@@ -20,6 +20,7 @@ import urllib3
 
 from sendit_helpers.core.errors import UploadError
 from sendit_helpers.core.retry import retry_after_seconds
+from sendit_helpers.core.settings import typed
 from sendit_helpers.targets.base import (
     Item,
     Receipt,
@@ -27,7 +28,6 @@ from sendit_helpers.targets.base import (
     TargetKind,
     TransientError,
     public_url,
-    setting,
 )
 from sendit_helpers.targets.orthanc import parse_file_meta, read_file_meta
 
@@ -79,15 +79,16 @@ class DicomWebTarget(Target):
     kind = TargetKind.DICOMWEB
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
-        url = str(setting(settings, "DICOMWEB_URL", "") or "").rstrip("/")
+        cfg = typed(settings)
+        url = cfg.targets.dicomweb.url.rstrip("/")
         if not url:
             raise UploadError(
                 "dicomweb target: DICOMWEB_URL is empty but SEND_TO_DICOMWEB is true; set it "
                 "to the server's DICOMweb root (e.g. http://127.0.0.1:8042/dicom-web)"
             )
         self.url = url
-        self.put_batch = max(1, int(setting(settings, "DICOMWEB_BATCH", STOW_BATCH)))
-        self.threads = max(1, int(setting(settings, "UPLOAD_THREADS", 16)))
+        self.put_batch = max(1, cfg.targets.dicomweb.batch)
+        self.threads = max(1, cfg.upload.threads)
         self._pool = urllib3.PoolManager(
             num_pools=2, maxsize=self.threads + 2, retries=False, timeout=TIMEOUT
         )

@@ -47,6 +47,7 @@ import requests
 
 from sendit_helpers.core.errors import UploadError
 from sendit_helpers.core.retry import retry_after_seconds
+from sendit_helpers.core.settings import typed
 from sendit_helpers.targets.base import (
     MAX_INDEXED_BYTES,
     ConflictError,
@@ -63,7 +64,6 @@ from sendit_helpers.targets.base import (
     object_name,
     plain,
     searchable,
-    setting,
 )
 
 CONTENT_TYPE = "application/dicom"
@@ -223,16 +223,17 @@ class GoogleTarget(Target):
     entity_batch = ENTITY_BATCH
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
-        self.bucket_name = str(setting(settings, "GOOGLE_CLOUD_STORAGE", "") or "")
-        self.project = str(setting(settings, "GOOGLE_PROJECT_NAME", "") or "")
+        cfg = typed(settings)
+        self.bucket_name = cfg.targets.google.bucket
+        self.project = cfg.targets.google.project
         required = {"GOOGLE_CLOUD_STORAGE": self.bucket_name, "GOOGLE_PROJECT_NAME": self.project}
         for key, value in required.items():
             if not value:
                 raise UploadError(
                     f"google target: setting {key} is empty; set it (SEND_TO_GOOGLE is on)"
                 )
-        self.collection = collection_name(settings)
-        self.threads = max(1, int(setting(settings, "UPLOAD_THREADS", 16)))
+        self.collection = collection_name(cfg)
+        self.threads = max(1, cfg.upload.threads)
         self._storage_mod, self._datastore_mod, self._exc = _modules()
         self._no_retry = importlib.import_module("google.api_core.retry").Retry(predicate=_never)
         """Datastore calls are not retried by the client: :func:`upload.with_retries` does."""

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sendit_helpers.core.errors import UploadError
+from sendit_helpers.core.settings import typed
 from sendit_helpers.targets.base import (
     ConflictError,
     Entity,
@@ -34,7 +35,6 @@ from sendit_helpers.targets.base import (
     object_name,
     plain,
     searchable,
-    setting,
 )
 
 INDEX_NAME = "index.sqlite"
@@ -84,7 +84,7 @@ CREATE INDEX IF NOT EXISTS entity_sex_age ON entity(PatientSex, PatientAgeYears)
 
 def storage_dir(settings: Mapping[str, Any], work: Path) -> Path:
     """``LOCAL_STORAGE_DIR``, or ``<work>/storage`` when it is empty."""
-    configured = str(setting(settings, "LOCAL_STORAGE_DIR", "") or "")
+    configured = typed(settings).targets.local.storage_dir
     return Path(configured).expanduser() if configured else Path(work) / "storage"
 
 

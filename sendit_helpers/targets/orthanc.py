@@ -27,6 +27,7 @@ import urllib3
 
 from sendit_helpers.core.errors import UploadError, tag_label
 from sendit_helpers.core.retry import retry_after_seconds
+from sendit_helpers.core.settings import typed
 from sendit_helpers.targets.base import (
     ConflictError,
     Item,
@@ -36,7 +37,6 @@ from sendit_helpers.targets.base import (
     TransientError,
     missing_client,
     public_url,
-    setting,
 )
 
 TIMEOUT = 60.0
@@ -185,13 +185,14 @@ class OrthancRestTarget(Target):
     kind = TargetKind.ORTHANC
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
-        url = str(setting(settings, "ORTHANC_URL", "") or "")
+        cfg = typed(settings)
+        url = cfg.targets.orthanc.url
         if not url:
             raise UploadError(
                 "orthanc target: ORTHANC_URL is empty but ORTHANC_PROTOCOL is 'rest'; set "
                 "ORTHANC_URL (e.g. http://127.0.0.1:8042) or use ORTHANC_PROTOCOL=dicom"
             )
-        self.threads = max(1, int(setting(settings, "UPLOAD_THREADS", 16)))
+        self.threads = max(1, cfg.upload.threads)
         self.rest = OrthancRest(url, self.threads)
         self._sent: dict[str, tuple[Path, str]] = {}
         """Item key -> (file, SHA-256 of the bytes sent), for the MD5 checks of :meth:`verify`."""
@@ -342,13 +343,15 @@ class OrthancDicomTarget(Target):
     kind = TargetKind.ORTHANC
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
-        self.host = str(setting(settings, "ORTHANC_IPADDRESS", "127.0.0.1") or "127.0.0.1")
-        self.port = int(setting(settings, "ORTHANC_PORT", 4747))
-        self.called = str(setting(settings, "ORTHANC_AE_TITLE", "ORTHANC"))
-        self.calling = str(setting(settings, "SENDIT_AE_TITLE", "SENDIT"))
-        url = str(setting(settings, "ORTHANC_URL", "") or "")
-        self.threads = max(1, int(setting(settings, "UPLOAD_THREADS", 16)))
-        self.associations = max(1, int(setting(settings, "DICOM_ASSOCIATIONS", MAX_ASSOCIATIONS)))
+        cfg = typed(settings)
+        orthanc = cfg.targets.orthanc
+        self.host = orthanc.ipaddress or "127.0.0.1"
+        self.port = orthanc.port
+        self.called = orthanc.ae_title
+        self.calling = orthanc.calling_ae_title
+        url = orthanc.url
+        self.threads = max(1, cfg.upload.threads)
+        self.associations = max(1, orthanc.associations)
         self.rest = OrthancRest(url, self.threads) if url else None
         self.where = f"{self.called}@{self.host}:{self.port}"
         self._contexts: set[tuple[str, str]] = set()

@@ -95,6 +95,22 @@ def test_plain_ct_is_not_flagged(screened: tuple[Path, pd.DataFrame]) -> None:
     assert (plain["ocr_boxes"] == "[]").all() and (plain["ocr_text"] == "").all()
 
 
+def test_one_tesseract_run_reads_as_one_run_per_image(tmp_path: Path) -> None:
+    text = textimages.make_text_images(tmp_path / "t", 2, with_text=True, seed=11, size=256)
+    plain = textimages.make_text_images(tmp_path / "p", 1, with_text=False, seed=11, size=256)
+    twin = tmp_path / "p" / "twin.dcm"
+    twin.write_bytes(plain[0].read_bytes())  # identical pixels: read once
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(b"DICM")
+    paths = [str(p) for p in [*text, plain[0], twin, broken]]
+    one_by_one = [ocr._screen_one(p, ocr.MIN_CONFIDENCE) for p in paths]
+    together = ocr._screen_chunk(paths, ocr.MIN_CONFIDENCE)
+    keys = ["source_path", "ocr_flagged", "ocr_boxes", "ocr_text", "ocr_error"]
+    assert [[r[k] for k in keys] for r in together] == [[r[k] for k in keys] for r in one_by_one]
+    assert [r["ocr_flagged"] for r in together] == [True, True, False, False, False]
+    assert together[-1]["ocr_error"].startswith("cannot read the pixels")
+
+
 def test_find_text_maps_boxes_to_the_original_pixels(tmp_path: Path) -> None:
     ds = pydicom.dcmread(textimages.make_text_images(tmp_path, 1, with_text=True, seed=11)[0])
     found = ocr.find_text(ds)
@@ -131,7 +147,7 @@ def test_sampling_flags_the_rest_of_a_series(monkeypatch: pytest.MonkeyPatch) ->
             "ocr_error": "",
         }
 
-    monkeypatch.setattr(ocr, "_screen_one", fake)
+    monkeypatch.setattr(ocr, "_screen_chunk", lambda paths, low: [fake(p, low) for p in paths])
     table = ocr.screen_files(files, sample_per_series=3, progress=False).set_index("source_path")
     # evenly spaced in instance order: instances 1, 4, 7 of each series
     assert sorted(read) == sorted(

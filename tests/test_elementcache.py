@@ -192,3 +192,67 @@ def test_group_lengths_and_odd_elements_match_the_engine(tmp_path: Path) -> None
     assert found is not None and found.elements[0][0] == 0x00080000
     for _round in range(2):
         assert _same(target, tmp_path)
+
+
+def _series(tmp_path: Path, images: int = 12) -> list[Path]:
+    folder = tmp_path / "in"
+    synthetic.make_batch(
+        folder,
+        batchspec.BatchSpec(
+            n_series=1, images_per_series=images, rows=16, columns=16, junk=False, burned_in=False
+        ),
+    )
+    return sorted(folder.rglob("*.dcm"))
+
+
+def test_uid_shortcut_is_checked_then_replaces_the_engine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SOPInstanceUID: the engine runs until the shortcut matched it SHORTCUT_CHECKS times."""
+    files = _series(tmp_path)
+    cache = elementcache.ElementCache(deidentify._recipe((), True))
+    engine_calls: list[int] = []
+    compute = elementcache.ElementCache._compute
+
+    def counted(self: elementcache.ElementCache, context: object, tag: int, raw: bytes) -> object:
+        engine_calls.append(tag)
+        return compute(self, context, tag, raw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(elementcache.ElementCache, "_compute", counted)
+    ctx = deidentify._context(_job(files[0], tmp_path / "x.dcm"), CONFIG)
+    for path in files:
+        assert cache.deidentify(path.read_bytes(), ctx) is not None
+    context = next(iter(cache._contexts.values()))
+    shortcut = context.shortcuts[0x00080018]
+    assert shortcut is not None
+    assert shortcut.checked == elementcache.SHORTCUT_CHECKS
+    assert engine_calls.count(0x00080018) == 1 + elementcache.SHORTCUT_CHECKS
+    for path in files[:3]:  # and the files come out as the engine writes them
+        _same(path, tmp_path)
+
+
+def test_uid_shortcut_that_disagrees_is_retired(tmp_path: Path) -> None:
+    files = _series(tmp_path, 4)
+    cache = elementcache.ElementCache(deidentify._recipe((), True))
+    ctx = deidentify._context(_job(files[0], tmp_path / "x.dcm"), CONFIG)
+    first = cache.deidentify(files[0].read_bytes(), ctx)
+    assert first is not None
+    context = next(iter(cache._contexts.values()))
+    shortcut = context.shortcuts[0x00080018]
+    assert shortcut is not None
+    shortcut.keys = ("SomethingElse",)  # a shortcut that no longer matches the engine
+    done = cache.deidentify(files[1].read_bytes(), ctx)
+    assert done is not None
+    assert context.shortcuts[0x00080018] is None
+    assert "SomethingElse" not in done.cleaned
+    assert "SOPInstanceUID" in done.cleaned
+
+
+def test_uid_shortcut_only_for_plain_remapped_uids() -> None:
+    head = struct.pack("<HH2sH", 0x0008, 0x0018, b"UI", 6)
+    assert elementcache._plain_uid(head + b"1.2.3\x00") == "1.2.3"
+    assert elementcache._plain_uid(head + b"1.2.3 ") is None  # padding the engine strips
+    assert elementcache._plain_uid(struct.pack("<HH2sH", 8, 0x18, b"UI", 6) + b"1\\2.3\x00") is None
+    kept = elementcache._Fragment(head + b"1.2.3\x00", {"SOPInstanceUID": "1.2.3"}, set())
+    ctx = deidentify._context(_job(Path("a"), Path("b")), CONFIG)
+    assert elementcache._UidShortcut.learn(ctx, 0x00080018, head + b"1.2.3\x00", kept) is None

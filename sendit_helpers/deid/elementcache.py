@@ -38,6 +38,7 @@ generated batches with planted identifiers and on pydicom's test files.
 from __future__ import annotations
 
 import dataclasses
+import re
 import struct
 from collections import OrderedDict
 from collections.abc import Hashable
@@ -45,6 +46,7 @@ from dataclasses import dataclass
 from io import BytesIO
 from typing import Any, NamedTuple
 
+from pydicom._uid_dict import UID_dictionary
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
@@ -295,6 +297,8 @@ class _Context:
     adds: list[tuple[int, _Fragment]]
     memo: dict[bytes, _Fragment]
     misses: dict[int, int]
+    shortcuts: dict[int, _UidShortcut | None] = dataclasses.field(default_factory=dict)
+    """Per UID tag: how a remapped UID's fragment is made without the engine (None: never)."""
 
 
 @dataclass(slots=True)
@@ -532,9 +536,20 @@ class ElementCache:
     # ------------------------------------------------------------------ elements
     def _fragment(self, context: _Context, tag: int, raw: bytes) -> _Fragment | None:
         """The remembered fragment of ``raw`` (computed and remembered when new)."""
-        fragment = self._compute(context, tag, raw)
-        if fragment is None:
-            return None
+        shortcut = context.shortcuts.get(tag)
+        fragment = None if shortcut is None else shortcut.make(context.ctx, tag, raw)
+        if fragment is None or shortcut is None or shortcut.checked < SHORTCUT_CHECKS:
+            computed = self._compute(context, tag, raw)
+            if computed is None:
+                return None
+            if shortcut is not None and fragment is not None:
+                if _same(fragment, computed):
+                    shortcut.checked += 1
+                else:  # the recipe does more than remap this UID: always ask the engine
+                    context.shortcuts[tag] = None
+            elif tag not in context.shortcuts and raw[4:6] == b"UI" and not (tag >> 16) & 1:
+                context.shortcuts[tag] = _UidShortcut.learn(context.ctx, tag, raw, computed)
+            fragment = computed
         self.stats.computed += 1
         seen = context.misses.get(tag, 0) + 1
         context.misses[tag] = seen
@@ -673,6 +688,109 @@ class ElementCache:
         head, before, after = template
         elem = _uid_element(0x00020003, sop)
         return b"".join([head, _UL.pack(len(before) + len(elem) + len(after)), before, elem, after])
+
+
+#: Engine results a UID shortcut must reproduce (per tag and context) before it is trusted.
+SHORTCUT_CHECKS = 4
+_PLAIN_UID = re.compile(rb"[0-9][0-9.]{0,63}")
+
+
+def _plain_uid(raw: bytes) -> str | None:
+    """The value of a UI element ``raw`` when it is one plain UID (digits and dots), else None."""
+    if len(raw) < 10 or _HEAD.unpack_from(raw)[3] != len(raw) - 8:
+        return None
+    value = raw[8:-1] if raw[-1] == 0 else raw[8:]
+    if _PLAIN_UID.fullmatch(value) is None:
+        return None
+    return value.decode("ascii")
+
+
+class _UidShortcut:
+    """A UID element the recipe only remaps: its fragment made from the new UID alone.
+
+    Learned from one engine result (:meth:`learn`): the element written with
+    the mapped UID, its table cells holding the new UID, the new UID kept (with
+    values that do not depend on the UID), the old one reported and the pair
+    in the lookup, nothing else.  :meth:`make` builds the same fragment for
+    another plain UID of the tag with one call of the job's UID mapper; the
+    first :data:`SHORTCUT_CHECKS` are compared with the engine's result (a
+    difference retires the shortcut).
+    """
+
+    __slots__ = ("category", "checked", "extra", "keep", "key", "keys")
+
+    def __init__(
+        self,
+        keys: tuple[str, ...],
+        keep: bool,
+        extra: frozenset[str],
+        category: str | None,
+        key: str,
+    ) -> None:
+        self.keys = keys
+        self.keep = keep
+        self.extra = extra
+        self.category = category
+        self.key = key
+        self.checked = 0
+
+    @classmethod
+    def learn(
+        cls, ctx: DeidContext, tag: int, raw: bytes, fragment: _Fragment
+    ) -> _UidShortcut | None:
+        """The shortcut ``fragment`` (the engine's result for ``raw``) follows, if any."""
+        old = _plain_uid(raw)
+        if old is None or old in UID_dictionary or fragment.removed_text:
+            return None
+        new = _uid_value(fragment.out)
+        if not new or new == old or fragment.out != _uid_element(tag, new):
+            return None
+        if ctx.uid_map(old) != new:
+            return None
+        if len(fragment.replaced) != 1 or fragment.replaced[0][1] != (old, new):
+            return None
+        if any(value != new for value in fragment.row.values()):
+            return None
+        category = None
+        if fragment.originals:
+            if len(fragment.originals) != 1:
+                return None
+            vr, category, values = fragment.originals[0]
+            if vr != "UI" or list(values) != [old]:
+                return None
+        folded = new.casefold()
+        extra = fragment.kept - {folded}  # the character set's words, say
+        key = fragment.replaced[0][0]
+        return cls(tuple(fragment.row), folded in fragment.kept, extra, category, key)
+
+    def make(self, ctx: DeidContext, tag: int, raw: bytes) -> _Fragment | None:
+        """The fragment of ``raw`` (None when it is not one plain UID the mapper replaces)."""
+        old = _plain_uid(raw)
+        if old is None or old in UID_dictionary:
+            return None
+        new = ctx.uid_map(old)
+        changes = Changes()
+        if self.category is not None:
+            changes.originals.append(("UI", self.category, [old]))
+        changes.replaced[self.key] = (old, new)
+        return _Fragment(
+            _uid_element(tag, new),
+            dict.fromkeys(self.keys, new),
+            self.extra | {new.casefold()} if self.keep else self.extra,
+            changes,
+        )
+
+
+def _same(a: _Fragment, b: _Fragment) -> bool:
+    return (
+        a.out == b.out
+        and a.row == b.row
+        and list(a.row) == list(b.row)
+        and a.kept == b.kept
+        and a.originals == b.originals
+        and a.removed_text == b.removed_text
+        and a.replaced == b.replaced
+    )
 
 
 _SOURCE_SET = frozenset(CLEAN_SOURCE_TAGS)

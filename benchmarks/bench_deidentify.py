@@ -46,7 +46,7 @@ import _common as c
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.deid import leakgate
 from sendit_helpers.pseudonyms.identifiers import load_site_secret
-from sendit_helpers.stages import deidentify, inspect
+from sendit_helpers.stages import deidentify, engine, inspect
 
 Pair = tuple[str, str]
 
@@ -217,31 +217,31 @@ def main(argv: list[str] | None = None) -> int:
         jobs = deidentify.plan(layout, conf1, files, secret).jobs
         plan_s = time.perf_counter() - start
     assert len(jobs) == n, f"planned {len(jobs)} jobs for {n} files"
-    config = deidentify.WorkerConfig((), True, secret, ())
+    config = engine.WorkerConfig((), True, secret, ())
     start = time.perf_counter()
-    deidentify._recipe((), True)
+    engine.load_recipe((), True)
     compile_s = time.perf_counter() - start
 
-    def moved(dest: Path) -> list[deidentify.Job]:
+    def moved(dest: Path) -> list[engine.Job]:
         return [
             replace(j, output=os.fspath(dest / Path(j.output).relative_to(layout.root)))
             for j in jobs
         ]
 
-    engine = replace(config, element_cache=False)
+    no_cache = replace(config, element_cache=False)
     for label, workers, conf in (
         ("sendit run_jobs", 1, config),
         ("sendit run_jobs", 2, config),
-        ("sendit run_jobs, engine", 1, engine),
+        ("sendit run_jobs, engine", 1, no_cache),
     ):
-        stats = deidentify._element_cache((), True).stats  # 1 worker runs in this process
+        stats = engine.element_cache((), True).stats  # 1 worker runs in this process
         before = (stats.files, stats.general, stats.elements, stats.computed)
 
         def run(
             _dest: Path,
-            mine: list[deidentify.Job],
+            mine: list[engine.Job],
             workers: int = workers,
-            conf: deidentify.WorkerConfig = conf,
+            conf: engine.WorkerConfig = conf,
         ) -> int:
             outcomes = deidentify.run_jobs(mine, conf, workers=workers, progress=False)
             bad = [o.error for o in outcomes if o.error]

@@ -3,7 +3,7 @@
 Two measurements, each printed as a table:
 
 * **throughput**: the de-identify stage's per-file work
-  (:func:`sendit_helpers.stages.deidentify.deidentify_file` jobs, chunked by
+  (:func:`sendit_helpers.stages.engine.deidentify_file` jobs, chunked by
   :func:`sendit_helpers.core.executors.map_chunks` and their rows spooled to
   Parquet per chunk, exactly as the stage runs them) over ``--batches`` batches of ``--files`` CT images each, with 1 and
   2 workers, on the local process pool and on a Dask LocalCluster; the
@@ -45,13 +45,13 @@ import psutil
 from sendit_helpers.core import executors
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.pseudonyms.identifiers import load_site_secret
-from sendit_helpers.stages import deidentify, inspect
+from sendit_helpers.stages import deidentify, engine, inspect
 
 SECRET_HEX = "62656e63686d61726b2d736974652d736563726574"  # as _common.settings()
 
 _STAGES_CHILD = """
 import sys
-from sendit_helpers.stages import deidentify, inspect
+from sendit_helpers.stages import deidentify, engine, inspect
 from sendit_helpers.run.runner import open_batch
 layout, settings = open_batch(sys.argv[1], sys.argv[2], [], {"PROGRESS": False, "WORKERS": int(sys.argv[3])})
 inspect.inspect_batch(layout, settings)
@@ -61,7 +61,7 @@ assert result.gate.passed
 
 
 # ------------------------------------------------------------------ throughput
-def plan_jobs(folder: Path, out: Path, batches: int) -> tuple[list[deidentify.Job], Any]:
+def plan_jobs(folder: Path, out: Path, batches: int) -> tuple[list[engine.Job], Any]:
     """The corpus's de-identify jobs, repeated for ``batches`` batches (outputs under ``out``)."""
     conf = c.settings(WORKERS=1)
     with c.scratch(out, "scale-plan") as base:
@@ -70,16 +70,16 @@ def plan_jobs(folder: Path, out: Path, batches: int) -> tuple[list[deidentify.Jo
         secret = load_site_secret(layout.work, {"SENDIT_SITE_SECRET": conf["SENDIT_SITE_SECRET"]})
         jobs = deidentify.plan(layout, conf, files, secret).jobs
         root = layout.root
-    config = deidentify.WorkerConfig((), True, secret, ())
+    config = engine.WorkerConfig((), True, secret, ())
 
-    def moved(index: int, job: deidentify.Job) -> deidentify.Job:
+    def moved(index: int, job: engine.Job) -> engine.Job:
         rel = Path(job.output).relative_to(root)
         return replace(job, output=os.fspath(out / f"batch_{index:03d}" / rel))
 
     return [moved(i, j) for i in range(batches) for j in jobs], config
 
 
-def retarget(jobs: list[deidentify.Job], old: Path, new: Path) -> list[deidentify.Job]:
+def retarget(jobs: list[engine.Job], old: Path, new: Path) -> list[engine.Job]:
     return [replace(j, output=os.fspath(new / Path(j.output).relative_to(old))) for j in jobs]
 
 
@@ -90,7 +90,7 @@ def throughput(args: Any) -> list[list[Any]]:
     placeholder = args.out / "scale-placeholder"  # job outputs are re-rooted under each scratch
     jobs, config = plan_jobs(folder, placeholder, args.batches)
     n = len(jobs)
-    deidentify._recipe((), True)  # compiled once here: forked pool workers inherit it
+    engine.load_recipe((), True)  # compiled once here: forked pool workers inherit it
     c.say(
         f"throughput: {args.batches} batches x {len(paths)} files = {n} de-identify jobs "
         f"({args.rows}x{args.rows} CT); best of {args.repeats}, plans interleaved"
@@ -101,7 +101,7 @@ def throughput(args: Any) -> list[list[Any]]:
             mine = retarget(jobs, placeholder, dest)
             spool = dest / "spool"  # as the stage runs them: rows spooled to Parquet per chunk
             spool.mkdir()
-            func = partial(deidentify._run_chunk_spooled, config=config, spool=str(spool))
+            func = partial(deidentify.run_chunk_spooled, config=config, spool=str(spool))
             start = time.perf_counter()
             outcomes = executors.map_chunks(
                 func, mine, workers=workers, executor=executor, progress=False, desc="deidentify"
@@ -118,7 +118,7 @@ def throughput(args: Any) -> list[list[Any]]:
         warm = jobs[: max(workers * 2, 2)]
         with c.scratch(args.out, "scale-warm") as dest:
             executors.map_chunks(
-                partial(deidentify._run_chunk, config=config),
+                partial(deidentify.run_chunk, config=config),
                 retarget(warm, placeholder, dest),
                 workers=workers,
                 executor="dask",

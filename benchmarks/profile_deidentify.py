@@ -4,7 +4,7 @@ Uses the same cached CT corpus as the bench scripts (default 300 images
 512x512).  Prints
 
 1. a step-by-step wall-time breakdown of one worker's per-file path
-   (mirrors :func:`sendit_helpers.stages.deidentify.deidentify_file`), with the
+   (mirrors :func:`sendit_helpers.stages.engine.deidentify_file`), with the
    element cache and with every element through the recipe engine;
 2. the leak gate's breakdown (read, header parse, header scan, pixel
    prefilter, pixel scan) over the released files;
@@ -39,7 +39,7 @@ from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.deid import cleaned, dicomwrite, elementcache, leakgate
 from sendit_helpers.deid.recipemodel import DeidContext
 from sendit_helpers.pseudonyms.identifiers import load_site_secret
-from sendit_helpers.stages import deidentify, inspect
+from sendit_helpers.stages import deidentify, engine, inspect
 
 
 class Steps:
@@ -67,24 +67,24 @@ class Steps:
         c.say()
 
 
-def cache_steps(jobs: list[deidentify.Job], config: deidentify.WorkerConfig) -> Steps:
+def cache_steps(jobs: list[engine.Job], config: engine.WorkerConfig) -> Steps:
     """The steps of ``deidentify_file``'s element-cache path, each timed (same calls, same order)."""
     steps = Steps()
-    cache = deidentify._element_cache(config.recipe_files, config.include_default)
+    cache = engine.element_cache(config.recipe_files, config.include_default)
     for job in jobs:
         data = steps("read_bytes (whole file, once)", Path(job.source_path).read_bytes)
-        ctx = steps("context", deidentify._context, job, config)
+        ctx = steps("context", engine.job_context, job, config)
         steps("scan_header (the scan alone, repeated below)", elementcache.scan_header, data)
         done = steps("cache.deidentify (scan + remembered elements)", cache.deidentify, data, ctx)
         assert done is not None, "the corpus takes the element cache"
         steps(
             "write header + original pixel bytes",
-            deidentify._write_parts,
+            engine.write_parts,
             job.output,
             done.header,
             memoryview(data)[done.pixel_at :],
         )
-        steps("removed_from (gate values)", deidentify.removed_from, done.changes, done.kept)
+        steps("removed_from (gate values)", engine.removed_from, done.changes, done.kept)
         steps(
             "lookup",
             lambda ch=done.changes: [(k, o, n) for k, (o, n) in ch.replaced.items()],
@@ -92,29 +92,29 @@ def cache_steps(jobs: list[deidentify.Job], config: deidentify.WorkerConfig) -> 
     return steps
 
 
-def per_file_steps(jobs: list[deidentify.Job], config: deidentify.WorkerConfig) -> Steps:
+def per_file_steps(jobs: list[engine.Job], config: engine.WorkerConfig) -> Steps:
     """The steps of ``deidentify_file``'s engine path (cache off), each timed (same calls, same order)."""
     steps = Steps()
-    recipe = deidentify._recipe(config.recipe_files, config.include_default)
+    recipe = engine.load_recipe(config.recipe_files, config.include_default)
     for job in jobs:
         data = steps("read_bytes (whole file, once)", Path(job.source_path).read_bytes)
         split = steps("split_file (dcmread header from memory)", dicomwrite.split_file, data)
         assert split is not None, "the corpus takes the fast path"
         ds = split.dataset
-        ctx = steps("context", deidentify._context, job, config)
+        ctx = steps("context", engine.job_context, job, config)
         changes = steps("recipe.apply (reports originals)", recipe.apply, ds, ctx)
-        steps("_ensure_meta", deidentify._ensure_meta, ds)
+        steps("_ensure_meta", engine.ensure_meta, ds)
         header = steps("encode_header (raw writer)", dicomwrite.encode_header, ds)
         assert header is not None
         steps(
             "write header + original pixel bytes",
-            deidentify._write_parts,
+            engine.write_parts,
             job.output,
             header,
             memoryview(data)[split.pixel_at :],
         )
         row, kept = steps("describe (cleaned row + kept values)", cleaned.describe, ds)
-        steps("removed_from (gate values)", deidentify.removed_from, changes, kept)
+        steps("removed_from (gate values)", engine.removed_from, changes, kept)
         steps(
             "lookup",
             lambda ch=changes: [(k, o, n) for k, (o, n) in ch.replaced.items()],
@@ -149,8 +149,8 @@ def gate_steps(
 
 
 def alternatives(
-    jobs: list[deidentify.Job],
-    config: deidentify.WorkerConfig,
+    jobs: list[engine.Job],
+    config: engine.WorkerConfig,
     dest: Path,
     scanner: leakgate.Scanner,
     released: list[Path],
@@ -193,8 +193,8 @@ def alternatives(
         ["read: read_bytes + dcmread(BytesIO, stop_before_pixels)", f"{per(header_from_bytes):.3f}"]
     )
 
-    recipe = deidentify._recipe(config.recipe_files, config.include_default)
-    mapper = deidentify._uid_mapper(config.secret)
+    recipe = engine.load_recipe(config.recipe_files, config.include_default)
+    mapper = engine.uid_mapper(config.secret)
     datasets = []
     for job in jobs:
         ds = read_full(job.source_path)
@@ -208,7 +208,7 @@ def alternatives(
             uid_map=mapper,
         )
         recipe.apply(ds, ctx)
-        deidentify._ensure_meta(ds)
+        engine.ensure_meta(ds)
         datasets.append(ds)
     target = dest / "alt"
     target.mkdir(parents=True, exist_ok=True)
@@ -264,7 +264,7 @@ def alternatives(
                 buf = io.BytesIO(data)
                 ds = pydicom.dcmread(buf, stop_before_pixels=True)
                 pixel_bytes = data[buf.tell() :]
-                before = deidentify.snapshot(ds) if with_snapshots else None
+                before = engine.snapshot(ds) if with_snapshots else None
                 ctx = DeidContext(
                     variables={
                         "entity_id": job.entity_id,
@@ -275,14 +275,14 @@ def alternatives(
                     uid_map=mapper,
                 )
                 recipe.apply(ds, ctx)
-                deidentify._ensure_meta(ds)
+                engine.ensure_meta(ds)
                 head = io.BytesIO()
                 ds.save_as(head, enforce_file_format=True)
                 with open(target / f"l{i}.dcm", "wb") as fh:
                     fh.write(head.getvalue())
                     fh.write(pixel_bytes)
                 if before is not None:
-                    deidentify.removed_values(before, ds)
+                    engine.removed_values(before, ds)
 
         return run
 
@@ -304,7 +304,7 @@ def alternatives(
     out.append(
         [
             "snapshot(ds) (done twice per file)",
-            f"{per(lambda: [deidentify.snapshot(ds) for ds in datasets]):.3f}",
+            f"{per(lambda: [engine.snapshot(ds) for ds in datasets]):.3f}",
         ]
     )
 
@@ -370,10 +370,10 @@ def main(argv: list[str] | None = None) -> int:
         files = inspect.inspect_batch(layout, conf).files
         secret = load_site_secret(layout.work, {"SENDIT_SITE_SECRET": conf["SENDIT_SITE_SECRET"]})
         jobs = deidentify.plan(layout, conf, files, secret).jobs
-        config = deidentify.WorkerConfig((), True, secret, ())
-        deidentify._recipe((), True)
+        config = engine.WorkerConfig((), True, secret, ())
+        engine.load_recipe((), True)
 
-        def moved(dest: Path) -> list[deidentify.Job]:
+        def moved(dest: Path) -> list[engine.Job]:
             return [
                 replace(j, output=os.fspath(dest / Path(j.output).relative_to(layout.root)))
                 for j in jobs

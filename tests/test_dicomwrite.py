@@ -20,9 +20,9 @@ from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.core.settings import Settings, load_settings
 from sendit_helpers.deid import cleaned, dicomwrite, leakgate
 from sendit_helpers.samples import batchspec
-from sendit_helpers.stages import deidentify
+from sendit_helpers.stages import deidentify, engine
 
-CONFIG = deidentify.WorkerConfig((), True, b"test-secret")
+CONFIG = engine.WorkerConfig((), True, b"test-secret")
 TEST_FILES = [
     "CT_small.dcm",
     "MR_small.dcm",
@@ -43,8 +43,8 @@ TEST_FILES = [
 ]
 
 
-def _job(source: str, output: Path) -> deidentify.Job:
-    return deidentify.Job(source, str(output), output.name, "ENT", "ITEM", 17, False)
+def _job(source: str, output: Path) -> engine.Job:
+    return engine.Job(source, str(output), output.name, "ENT", "ITEM", 17, False)
 
 
 def _reference_flatten(ds: Dataset, prefix: str = "", out: dict[str, Any] | None = None) -> Any:
@@ -60,22 +60,22 @@ def _reference_flatten(ds: Dataset, prefix: str = "", out: dict[str, Any] | None
             continue
         if elem.VR in cleaned.TABLE_SKIP_VRS or elem.value is None:
             continue
-        text = "\\".join(deidentify._strings(elem)) if elem.VM > 1 else str(elem.value)
+        text = "\\".join(engine.value_strings(elem)) if elem.VM > 1 else str(elem.value)
         text = text[:256]
         out[key] = f"{out[key]} | {text}" if key in out and out[key] != text else text
     return out
 
 
-def _reference(source: str, job: deidentify.Job) -> tuple[bytes, dict[str, str], dict[str, Any]]:
+def _reference(source: str, job: engine.Job) -> tuple[bytes, dict[str, str], dict[str, Any]]:
     """The stage's former per-file path: full read, snapshots, recipe, save_as."""
     ds = read_full(source)
-    before = deidentify.snapshot(ds)
-    recipe = deidentify._recipe((), True)
-    changes = recipe.apply(ds, deidentify._context(job, CONFIG))
-    deidentify._ensure_meta(ds)
+    before = engine.snapshot(ds)
+    recipe = engine.load_recipe((), True)
+    changes = recipe.apply(ds, engine.job_context(job, CONFIG))
+    engine.ensure_meta(ds)
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
-    removed = deidentify.removed_values(before, ds, changes.removed_text)
+    removed = engine.removed_values(before, ds, changes.removed_text)
     return buffer.getvalue(), removed, _reference_flatten(ds)
 
 
@@ -83,7 +83,7 @@ def _compare(source: str, tmp_path: Path) -> bool:
     """Fast path vs the reference; returns whether the fast path was taken."""
     job = _job(source, tmp_path / "out" / "new.dcm")
     old_bytes, old_removed, old_row = _reference(source, job)
-    outcome = deidentify.deidentify_file(job, CONFIG)
+    outcome = engine.deidentify_file(job, CONFIG)
     assert not outcome.error, outcome.error
     new_bytes = Path(job.output).read_bytes()
     old, new = pydicom.dcmread(io.BytesIO(old_bytes)), pydicom.dcmread(io.BytesIO(new_bytes))
@@ -121,7 +121,7 @@ def test_fast_path_bytes_identical_on_generated_batch(
             continue
         job = _job(str(path), tmp_path / "out" / f"{fast}.dcm")
         old_bytes, old_removed, old_row = _reference(str(path), job)
-        outcome = deidentify.deidentify_file(job, CONFIG)
+        outcome = engine.deidentify_file(job, CONFIG)
         if outcome.pixel_span is None:
             continue
         fast += 1
@@ -254,7 +254,7 @@ def test_general_path_reports_large_deferred_values(tmp_path: Path) -> None:
     ds.save_as(plain)
     trailing = tmp_path / "trailing.dcm"
     _with_trailing(plain, trailing, "WAYLON")
-    outcome = deidentify.deidentify_file(_job(str(trailing), tmp_path / "out.dcm"), CONFIG)
+    outcome = engine.deidentify_file(_job(str(trailing), tmp_path / "out.dcm"), CONFIG)
     assert not outcome.error and outcome.pixel_span is None  # the general path
     assert outcome.removed.get(comment.strip()) == "PatientComments"
     assert b"SMITHERS" not in (tmp_path / "out.dcm").read_bytes()

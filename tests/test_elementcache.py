@@ -15,17 +15,17 @@ from test_leaks_harsh import build
 
 from sendit_helpers.deid import elementcache
 from sendit_helpers.samples import batchspec, synthetic
-from sendit_helpers.stages import deidentify
+from sendit_helpers.stages import engine
 
-CONFIG = deidentify.WorkerConfig((), True, b"test-secret")
+CONFIG = engine.WorkerConfig((), True, b"test-secret")
 ENGINE = dataclasses.replace(CONFIG, element_cache=False)
 PYDICOM_FILES = sorted(
     {Path(p).name: p for p in get_testdata_files("*.dcm") if Path(p).stat().st_size < 4_000_000}
 )
 
 
-def _job(source: Path, output: Path, item: str = "ITEM") -> deidentify.Job:
-    return deidentify.Job(str(source), str(output), output.name, "ENT", item, 17, False)
+def _job(source: Path, output: Path, item: str = "ITEM") -> engine.Job:
+    return engine.Job(str(source), str(output), output.name, "ENT", item, 17, False)
 
 
 def _same(source: Path, tmp_path: Path, item: str = "ITEM") -> bool:
@@ -33,11 +33,11 @@ def _same(source: Path, tmp_path: Path, item: str = "ITEM") -> bool:
 
     Returns whether the cache handled the file.
     """
-    cache = deidentify._element_cache((), True)
+    cache = engine.element_cache((), True)
     before = cache.stats.general
-    a = deidentify.deidentify_file(_job(source, tmp_path / "cache.dcm", item), CONFIG)
+    a = engine.deidentify_file(_job(source, tmp_path / "cache.dcm", item), CONFIG)
     handled = cache.stats.general == before
-    b = deidentify.deidentify_file(_job(source, tmp_path / "engine.dcm", item), ENGINE)
+    b = engine.deidentify_file(_job(source, tmp_path / "engine.dcm", item), ENGINE)
     assert a.error == b.error
     for name in ("cache.dcm", "engine.dcm"):
         assert (tmp_path / name).exists() == (not a.error)
@@ -101,8 +101,8 @@ def test_series_is_served_from_memory(tmp_path: Path, monkeypatch: pytest.Monkey
         ),
     )
     files = sorted(folder.rglob("*.dcm"))
-    cache = elementcache.ElementCache(deidentify._recipe((), True))
-    ctx = deidentify._context(_job(files[0], tmp_path / "x.dcm"), CONFIG)
+    cache = elementcache.ElementCache(engine.load_recipe((), True))
+    ctx = engine.job_context(_job(files[0], tmp_path / "x.dcm"), CONFIG)
     cache.deidentify(files[0].read_bytes(), ctx)
     first = cache.stats.computed
     for path in files[1:]:
@@ -150,8 +150,8 @@ def test_kept_private_element_and_add_target_go_to_the_general_path() -> None:
     source = get_testdata_file("JPEG2000.dcm")
     assert source is not None
     ds = pydicom.dcmread(source)
-    cache = elementcache.ElementCache(deidentify._recipe((), True))
-    ctx = deidentify._context(_job(Path(source), Path("y")), CONFIG)
+    cache = elementcache.ElementCache(engine.load_recipe((), True))
+    ctx = engine.job_context(_job(Path(source), Path("y")), CONFIG)
     assert cache.deidentify(_saved(ds), ctx) is not None
     private = next(int(e.tag) for e in ds if e.tag.is_private and e.tag.element >= 0x1000)
     safe = dataclasses.replace(ctx, safe_private=frozenset({private}))

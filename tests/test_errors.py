@@ -16,10 +16,10 @@ import sendit_helpers
 from sendit_helpers.core import errors
 from sendit_helpers.core.errors import RecipeError, SenditError, one_line, reduce_message
 from sendit_helpers.core.executors import ExecutorError, map_chunks
-from sendit_helpers.stages import deidentify, inspect
+from sendit_helpers.stages import engine, inspect
 
 NAME = "DOE^JOHN"  # stands in for a value that must never reach a message
-CONFIG = deidentify.WorkerConfig((), True, b"test-secret")
+CONFIG = engine.WorkerConfig((), True, b"test-secret")
 
 
 def test_sendit_errors_pass_through() -> None:
@@ -128,8 +128,8 @@ def test_disposition_reason_names_the_element_and_its_vr(tmp_path: Path) -> None
     data = path.read_bytes()
     at = data.find(b"\x28\x00\x10\x00US\x02\x00")
     path.write_bytes(data[:at] + b"\x28\x00\x10\x00US\x03\x00\x40\x00\x00" + data[at + 10 :])
-    job = deidentify.Job(str(path), str(tmp_path / "o" / "a.dcm"), "a.dcm", "E", "I", 3, False)
-    outcome = deidentify.deidentify_file(job, CONFIG)
+    job = engine.Job(str(path), str(tmp_path / "o" / "a.dcm"), "a.dcm", "E", "I", 3, False)
+    outcome = engine.deidentify_file(job, CONFIG)
     assert outcome.error == (
         "could not de-identify: BytesLengthException on Rows (0028,0010) (VR US): the value's "
         "length is not a multiple of its VR's value size; fix or re-export the file, or REMOVE "
@@ -143,8 +143,8 @@ def test_disposition_reason_of_a_missing_sop_class(tmp_path: Path) -> None:
     ds = pydicom.dcmread(path)
     del ds.SOPClassUID
     ds.save_as(path)
-    job = deidentify.Job(str(path), str(tmp_path / "o" / "b.dcm"), "b.dcm", "E", "I", 3, False)
-    outcome = deidentify.deidentify_file(job, CONFIG)
+    job = engine.Job(str(path), str(tmp_path / "o" / "b.dcm"), "b.dcm", "E", "I", 3, False)
+    outcome = engine.deidentify_file(job, CONFIG)
     assert outcome.error.startswith(
         "could not de-identify: AttributeError: the data set has no SOPClassUID (0008,0016)"
     )

@@ -22,7 +22,7 @@ from sendit_helpers.deid.recipemodel import VARIABLES, DeidContext
 from sendit_helpers.deid.recipes import Recipe
 from sendit_helpers.run.runner import open_batch
 from sendit_helpers.samples import batchspec, synthetic
-from sendit_helpers.stages import deidentify
+from sendit_helpers.stages import deidentify, engine
 from tests import realworld
 
 BUNDLED = sorted(p.name for p in Path(data_base).glob("deid.dicom*"))
@@ -118,16 +118,16 @@ def test_bundled_recipe_deidentifies_generated_and_pydicom_files(name: str, tmp_
     )
     sources = sorted(p for p in folder.rglob("*.dcm") if p.stat().st_size > 1000)[:3]
     sources += [Path(str(get_testdata_file(n))) for n in PYDICOM]
-    config = deidentify.WorkerConfig((str(Path(data_base) / name),), False, SECRET)
+    config = engine.WorkerConfig((str(Path(data_base) / name),), False, SECRET)
     with pytest.warns(RecipeWarning) if name != "deid.dicom.xray.chest" else _nothing():
-        deidentify._recipe.cache_clear()
-        deidentify._element_cache.cache_clear()
-        deidentify._recipe(config.recipe_files, config.include_default)
-    default = deidentify.WorkerConfig((), True, SECRET)
+        engine.load_recipe.cache_clear()
+        engine.element_cache.cache_clear()
+        engine.load_recipe(config.recipe_files, config.include_default)
+    default = engine.WorkerConfig((), True, SECRET)
     pairs: list[tuple[Path, Path, Path]] = []
     for index, source in enumerate(sources):
         before = pydicom.dcmread(source, force=True)
-        job = deidentify.Job(
+        job = engine.Job(
             str(source),
             str(tmp_path / "out" / f"{index}.dcm"),
             f"{index}.dcm",
@@ -138,10 +138,10 @@ def test_bundled_recipe_deidentifies_generated_and_pydicom_files(name: str, tmp_
             shift_date(str(before.get("PatientBirthDate", "") or ""), -7),
             shift_date(str(before.get("StudyDate", "") or ""), -7),
         )
-        outcome = deidentify.deidentify_file(job, config)
+        outcome = engine.deidentify_file(job, config)
         assert outcome.error == "", (source.name, outcome.error)
         ours = dataclasses.replace(job, output=str(tmp_path / "default" / f"{index}.dcm"))
-        assert deidentify.deidentify_file(ours, default).error == ""
+        assert engine.deidentify_file(ours, default).error == ""
         pairs.append((source, Path(job.output), Path(ours.output)))
         after = pydicom.dcmread(job.output)
         assert after.SOPClassUID == before.SOPClassUID, source.name
@@ -247,9 +247,9 @@ def test_unknown_variable_is_refused_at_load(tmp_path: Path) -> None:
 
 
 def test_every_documented_variable_is_given_by_the_stage() -> None:
-    job = deidentify.Job("a", "b", "c", "E", "I", 3, False, "19600104", "20200104")
-    config = deidentify.WorkerConfig((), True, SECRET)
-    assert set(deidentify._context(job, config).variables) == set(VARIABLES)
+    job = engine.Job("a", "b", "c", "E", "I", 3, False, "19600104", "20200104")
+    config = engine.WorkerConfig((), True, SECRET)
+    assert set(engine.job_context(job, config).variables) == set(VARIABLES)
 
 
 @pytest.mark.parametrize(

@@ -651,7 +651,7 @@ class ElementCache:
         if not sop_class or not sop:
             return None
         body[2] = self._file_meta(data, found.meta, sop_class, sop)
-        for tag, start, end in found.meta:  # as deidentify.meta_kept on the general path
+        for tag, start, end in found.meta:  # as engine.meta_kept on the general path
             if tag == _IMPLEMENTATION_CLASS:
                 uid = data[start + 8 : end].rstrip(b"\x00 ").decode("ascii", "replace")
                 if uid.strip():

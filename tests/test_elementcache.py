@@ -210,7 +210,7 @@ def test_uid_shortcut_is_checked_then_replaces_the_engine(
 ) -> None:
     """SOPInstanceUID: the engine runs until the shortcut matched it SHORTCUT_CHECKS times."""
     files = _series(tmp_path)
-    cache = elementcache.ElementCache(deidentify._recipe((), True))
+    cache = elementcache.ElementCache(engine.load_recipe((), True))
     engine_calls: list[int] = []
     compute = elementcache.ElementCache._compute
 
@@ -219,7 +219,7 @@ def test_uid_shortcut_is_checked_then_replaces_the_engine(
         return compute(self, context, tag, raw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(elementcache.ElementCache, "_compute", counted)
-    ctx = deidentify._context(_job(files[0], tmp_path / "x.dcm"), CONFIG)
+    ctx = engine.job_context(_job(files[0], tmp_path / "x.dcm"), CONFIG)
     for path in files:
         assert cache.deidentify(path.read_bytes(), ctx) is not None
     context = next(iter(cache._contexts.values()))
@@ -233,8 +233,8 @@ def test_uid_shortcut_is_checked_then_replaces_the_engine(
 
 def test_uid_shortcut_that_disagrees_is_retired(tmp_path: Path) -> None:
     files = _series(tmp_path, 4)
-    cache = elementcache.ElementCache(deidentify._recipe((), True))
-    ctx = deidentify._context(_job(files[0], tmp_path / "x.dcm"), CONFIG)
+    cache = elementcache.ElementCache(engine.load_recipe((), True))
+    ctx = engine.job_context(_job(files[0], tmp_path / "x.dcm"), CONFIG)
     first = cache.deidentify(files[0].read_bytes(), ctx)
     assert first is not None
     context = next(iter(cache._contexts.values()))
@@ -254,5 +254,5 @@ def test_uid_shortcut_only_for_plain_remapped_uids() -> None:
     assert elementcache._plain_uid(head + b"1.2.3 ") is None  # padding the engine strips
     assert elementcache._plain_uid(struct.pack("<HH2sH", 8, 0x18, b"UI", 6) + b"1\\2.3\x00") is None
     kept = elementcache._Fragment(head + b"1.2.3\x00", {"SOPInstanceUID": "1.2.3"}, set())
-    ctx = deidentify._context(_job(Path("a"), Path("b")), CONFIG)
+    ctx = engine.job_context(_job(Path("a"), Path("b")), CONFIG)
     assert elementcache._UidShortcut.learn(ctx, 0x00080018, head + b"1.2.3\x00", kept) is None

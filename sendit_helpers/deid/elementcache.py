@@ -297,6 +297,8 @@ class _Context:
     adds: list[tuple[int, _Fragment]]
     memo: dict[bytes, _Fragment]
     misses: dict[int, int]
+    scratch: Dataset | None = None
+    """The data set :meth:`ElementCache._kept_public` reuses (the character set alone at rest)."""
     shortcuts: dict[int, _UidShortcut | None] = dataclasses.field(default_factory=dict)
     """Per UID tag: how a remapped UID's fragment is made without the engine (None: never)."""
 
@@ -561,6 +563,16 @@ class ElementCache:
         """What the recipe engine makes of one element (``raw``: creator + element if private)."""
         if tag in STRUCTURED_TAGS:
             return None  # SR / GSPS content: the engine also lists the options applied
+        vr = raw[4:6]
+        if (
+            not (tag >> 16) & 1
+            and tag & 0xFFFF
+            and tag != _CHARSET
+            and vr != b"SQ"
+            and vr != b"UN"
+            and self._recipe.keeps(tag, vr.decode("ascii"))
+        ):
+            return self._kept_public(context, tag, raw)  # as below, without a data set per element
         ds = _tiny(context, tag, raw)
         elem = ds._dict.get(BaseTag(tag))
         if (
@@ -582,6 +594,32 @@ class ElementCache:
         if tag != _CHARSET:
             row.pop("SpecificCharacterSet", None)
         return _Fragment(_encoded(ds, tag, raw, before, context.charset), row, kept, changes)
+
+    def _kept_public(self, context: _Context, tag: int, raw: bytes) -> _Fragment:
+        """:meth:`_kept` for a public element, in the context's one scratch data set.
+
+        The element is what :func:`_tiny` would hold (a raw element beside the
+        character set); the data set is only read (and an element pydicom
+        converts stored back), then emptied back to the character set.
+        """
+        ds = context.scratch
+        if ds is None:
+            ds = context.scratch = _tiny(context, tag, raw)
+            del ds._dict[BaseTag(tag)]
+        vr = raw[4:6]
+        head = 12 if vr in _LONG_VRS else 8
+        length = len(raw) - head
+        btag = BaseTag(tag)
+        elem = RawDataElement(
+            btag, vr.decode("ascii"), length, raw[head:] if length else None, head, False, True
+        )
+        ds._dict[btag] = elem
+        try:
+            return self._kept(context, ds, tag, elem, raw)
+        finally:
+            items = ds._dict
+            items.clear()
+            items.update(context.base)
 
     @staticmethod
     def _kept(

@@ -49,12 +49,12 @@ def pydicom_loop(paths: list[Path]) -> int:
 
 def reference_read(paths: list[Path]) -> int:
     """The per-file work without ``sendit_helpers.deid.screening``: ``Dataset.get`` + ``Recipe.screen``."""
-    recipe = inspect._screener((), True)
+    recipe = inspect.screen_recipe((), True)
     n = 0
     for path in paths:
         found = probe(path)
         if found.dataset is not None and found.kind == "dicom":
-            row = {k: inspect._value(found.dataset, k) for k in inspect.FIELDS}
+            row = {k: inspect.reference_value(found.dataset, k) for k in inspect.FIELDS}
             row["screen"] = recipe.screen(found.dataset)
             n += 1
     return n
@@ -83,8 +83,8 @@ def stage_split(paths: list[Path], repeats: int) -> tuple[float, float, float]:
     clock = time.process_time
     best = [float("inf")] * 3
     for _ in range(max(1, repeats)):
-        inspect._plan.cache_clear()
-        plan = inspect._plan((), True)
+        inspect.read_plan.cache_clear()
+        plan = inspect.read_plan((), True)
         assert plan.screener is not None
         spent = [0.0, 0.0, 0.0]
         gc.collect()
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # One-time costs, reported, not counted: loading and compiling the deid %filter recipes.
     start = time.perf_counter()
-    inspect._plan((), True)
+    inspect.read_plan((), True)
     compile_s = time.perf_counter() - start
 
     def read(workers: int) -> Callable[[], Any]:
@@ -142,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def fresh(_work: Path) -> None:
         """Untimed: recompile the filters, so no run profits from values memoized by the last."""
-        inspect._plan.cache_clear()
-        inspect._plan((), True)
+        inspect.read_plan.cache_clear()
+        inspect.read_plan((), True)
 
     best = dict.fromkeys(runs, float("inf"))
     for _ in range(max(1, args.repeats)):

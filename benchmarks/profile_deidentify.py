@@ -132,15 +132,15 @@ def gate_steps(
         rel = path.relative_to(root).as_posix()
         steps("scan file name", scanner.find, rel.encode())
         data = steps("read_bytes", path.read_bytes)
-        found = steps("recorded pixel span, checked", leakgate._checked_span, data, spans.get(rel))
+        found = steps("recorded pixel span, checked", leakgate.checked_span, data, spans.get(rel))
         if found is None:
-            found = steps("_parsed_span (dcmread header again)", leakgate._parsed_span, data)
+            found = steps("_parsed_span (dcmread header again)", leakgate.parsed_span, data)
         assert found is not None
         start, _end, _native16 = found
         steps("scan header bytes", scanner.find, data[:start])
         pixels = data[start:]
         printable = steps(
-            "pixel prefilter (numpy printable words)", leakgate._native_words_printable, pixels
+            "pixel prefilter (numpy printable words)", leakgate.native_words_printable, pixels
         )
         if printable:
             scanned_pixels += 1
@@ -314,12 +314,12 @@ def alternatives(
     out.append(
         [
             "gate: _pixel_span (pydicom header parse)",
-            f"{per(lambda: [leakgate._pixel_span(d) for d in datas], m):.3f}",
+            f"{per(lambda: [leakgate.pixel_value_span(d) for d in datas], m):.3f}",
         ]
     )
     pixels = []
     for d in datas:
-        span = leakgate._pixel_span(d)
+        span = leakgate.pixel_value_span(d)
         assert span is not None
         pixels.append(d[span[0] : span[1]])
     out.append(
@@ -331,13 +331,13 @@ def alternatives(
     out.append(
         [
             "gate: numpy printable-word prefilter",
-            f"{per(lambda: [leakgate._native_words_printable(px) for px in pixels], m):.3f}",
+            f"{per(lambda: [leakgate.native_words_printable(px) for px in pixels], m):.3f}",
         ]
     )
     # _pixel_span starts at the PixelData *tag*: its 'OW'/'OB' VR bytes are a printable word,
     # so the prefilter would always say "scan"; scan_file starts past the element header.
-    passes = sum(leakgate._native_words_printable(px) for px in pixels)
-    passes_value = sum(leakgate._native_words_printable(px[12:]) for px in pixels)
+    passes = sum(leakgate.native_words_printable(px) for px in pixels)
+    passes_value = sum(leakgate.native_words_printable(px[12:]) for px in pixels)
     out.append(
         [
             f"gate: prefilter says scan: {passes}/{m} files from the element tag, "

@@ -147,6 +147,6 @@ def test_written_keeps_text_runs_of_other_pixel_data(tmp_path: Path) -> None:
 
 def test_pixel_prefilter_range_check() -> None:
     dark = np.arange(0, 8000, dtype="<u2").tobytes()
-    assert not leakgate._native_words_printable(dark)
-    assert leakgate._native_words_printable(np.array([0x4142], dtype="<u2").tobytes())
-    assert not leakgate._native_words_printable(np.array([0x2080, 0x7F20], dtype="<u2").tobytes())
+    assert not leakgate.native_words_printable(dark)
+    assert leakgate.native_words_printable(np.array([0x4142], dtype="<u2").tobytes())
+    assert not leakgate.native_words_printable(np.array([0x2080, 0x7F20], dtype="<u2").tobytes())

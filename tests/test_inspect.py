@@ -176,8 +176,8 @@ def _reference_row(path: str, filters: tuple[str, ...]) -> dict[str, object]:
         str(tsyntax.name) if tsyntax else "(none: implicit VR little endian assumed)"
     )
     row["has_pixels"] = found.pixel_offset is not None
-    row.update({k: inspect._value(ds, k) for k in inspect.FIELDS})
-    screen = inspect._screener(filters, True).screen(ds)
+    row.update({k: inspect.reference_value(ds, k) for k in inspect.FIELDS})
+    screen = inspect.screen_recipe(filters, True).screen(ds)
     row.update(
         flagged=bool(screen.flagged),
         group=screen.group,

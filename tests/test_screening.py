@@ -4,7 +4,7 @@
 must return identical :class:`ScreenResult` (flag, group, label, reason,
 coordinates) on generated batches, on every file bundled with pydicom and on
 many random data sets built from the labels' own terms.  The reader's table
-cells must equal what ``Dataset.get`` gives (``inspect._value``).
+cells must equal what ``Dataset.get`` gives (``inspect.reference_value``).
 """
 
 from __future__ import annotations
@@ -191,7 +191,7 @@ def test_same_as_recipe_on_random_datasets(recipes: list[Recipe]) -> None:
 
 
 def test_reader_cells_equal_dataset_get() -> None:
-    reader = FieldReader(inspect._FIELD_TAGS, cell=inspect._cell)
+    reader = FieldReader(inspect.FIELD_TAGS, cell=inspect.table_cell)
     checked = 0
     for _ in range(2):  # cold, then memoized
         for path in _pydicom_files():
@@ -199,8 +199,8 @@ def test_reader_cells_equal_dataset_get() -> None:
             if ds is None or reference is None:
                 continue
             fields = reader.read(ds)
-            expected = {k: inspect._value(reference, k) for k in inspect.FIELDS}
-            pairs = zip(inspect.FIELDS, inspect._FIELD_TAGS, strict=True)
+            expected = {k: inspect.reference_value(reference, k) for k in inspect.FIELDS}
+            pairs = zip(inspect.FIELDS, inspect.FIELD_TAGS, strict=True)
             got = {k: fields[t].cell for k, t in pairs}
             assert got == expected, path
             checked += 1
@@ -236,7 +236,7 @@ def test_undecodable_value_is_an_error_without_the_value(tmp_path: Path) -> None
 
 def test_reader_memo_respects_character_set() -> None:
     """The same raw bytes decode differently under another Specific Character Set."""
-    reader = FieldReader(inspect._FIELD_TAGS, cell=inspect._cell)
+    reader = FieldReader(inspect.FIELD_TAGS, cell=inspect.table_cell)
     for charset in ("ISO_IR 192", "ISO_IR 100", "ISO_IR 192", "ISO_IR 144"):
         ds = Dataset()
         ds.SpecificCharacterSet = charset
@@ -247,4 +247,4 @@ def test_reader_memo_respects_character_set() -> None:
         ds.save_as(buffer, enforce_file_format=False)
         ours = pydicom.dcmread(io.BytesIO(buffer.getvalue()), force=True)
         theirs = pydicom.dcmread(io.BytesIO(buffer.getvalue()), force=True)
-        assert reader.read(ours)[0x00080070].cell == inspect._value(theirs, "Manufacturer")
+        assert reader.read(ours)[0x00080070].cell == inspect.reference_value(theirs, "Manufacturer")

@@ -580,7 +580,7 @@ class Scanner:
         return hits
 
 
-def _pixel_span(data: bytes) -> tuple[int, int, pydicom.Dataset] | None:
+def pixel_value_span(data: bytes) -> tuple[int, int, pydicom.Dataset] | None:
     """Byte span of the pixel data element and the header, or None when unparsable."""
     from io import BytesIO
 
@@ -592,7 +592,7 @@ def _pixel_span(data: bytes) -> tuple[int, int, pydicom.Dataset] | None:
     return buffer.tell(), len(data), ds
 
 
-def _native_words_printable(pixels: bytes | memoryview) -> bool:
+def native_words_printable(pixels: bytes | memoryview) -> bool:
     """True when 16-bit native pixel data holds any 2-byte word of printable ASCII.
 
     Any three consecutive printable bytes contain such a word, so when there
@@ -611,7 +611,7 @@ def _native_words_printable(pixels: bytes | memoryview) -> bool:
     return bool(np.any(low_ok & high_ok))
 
 
-def _checked_span(data: bytes, span: Span | None) -> tuple[int, int, bool] | None:
+def checked_span(data: bytes, span: Span | None) -> tuple[int, int, bool] | None:
     """A recorded span, when it still fits the file: same size, pixel data tag just before it."""
     if span is None:
         return None
@@ -625,9 +625,9 @@ def _checked_span(data: bytes, span: Span | None) -> tuple[int, int, bool] | Non
     return None
 
 
-def _parsed_span(data: bytes) -> tuple[int, int, bool] | None:
+def parsed_span(data: bytes) -> tuple[int, int, bool] | None:
     """Pixel value start, end of the scanned region and 16-bit-native flag, from pydicom."""
-    span = _pixel_span(data) if data[128:132] == b"DICM" else None
+    span = pixel_value_span(data) if data[128:132] == b"DICM" else None
     if span is None:
         return None
     tag_at, end, header = span
@@ -742,7 +742,7 @@ def written(
         return Written(relative, entry, b"", b"", Tail.FILE)
     head = header + tail[:at].tobytes()
     rest = tail[at:]
-    if native16 and not _native_words_printable(rest):
+    if native16 and not native_words_printable(rest):
         return Written(relative, entry, head, b"", Tail.CLEAN16)
     runs = _text_runs(rest)
     if runs is None:
@@ -799,14 +799,14 @@ def scan_file_entry(
         found_in_table = _scan_parquet(data, relative, scanner)
         if found_in_table is not None:
             return hits + found_in_table, entry
-    found_span = _checked_span(data, span) or _parsed_span(data)
+    found_span = checked_span(data, span) or parsed_span(data)
     if found_span is None:
         where = "table contents" if path.suffix == ".parquet" else "file contents"
         return hits + [(relative, where, c) for _o, c in scanner.find(data)], entry
     start, _end, native16 = found_span
     found = scanner.find(data[:start])
     pixels = data[start:]
-    if not (native16 and scanner.prefilter_ok) or _native_words_printable(pixels):
+    if not (native16 and scanner.prefilter_ok) or native_words_printable(pixels):
         found += [(start + o, c) for o, c in scanner.find(pixels)]
     return hits + [(relative, _field_at(data, offset, start), c) for offset, c in found], entry
 

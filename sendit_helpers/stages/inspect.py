@@ -148,34 +148,36 @@ def discover_inputs(layout: BatchLayout) -> discovery.Found:
 
 
 # ------------------------------------------------------------------ per file
-_FIELD_TAGS: tuple[int, ...] = tuple(int(tag_for_keyword(k) or 0) for k in FIELDS)
+FIELD_TAGS: tuple[int, ...] = tuple(int(tag_for_keyword(k) or 0) for k in FIELDS)
 _INT_TAGS = frozenset(int(tag_for_keyword(k) or 0) for k in _INTS)
 _IMAGE_TYPE = 0x00080008
 
 
 @lru_cache(maxsize=4)
-def _screener(filter_recipes: tuple[str, ...], use_deid: bool) -> Recipe:
+def screen_recipe(filter_recipes: tuple[str, ...], use_deid: bool) -> Recipe:
     """The loaded filter recipes (the reference screen, :meth:`Recipe.screen`)."""
     from sendit_helpers.deid.recipes import Recipe
 
     return Recipe.load(filter_recipes, include_default=False, include_deid_filters=use_deid)
 
 
-class _Plan(NamedTuple):
+class ReadPlan(NamedTuple):
     reader: FieldReader
     """Reads the table columns and every screened field once per file."""
     screener: Screener | None
 
 
 @lru_cache(maxsize=4)
-def _plan(filter_recipes: tuple[str, ...], use_deid: bool) -> _Plan:
+def read_plan(filter_recipes: tuple[str, ...], use_deid: bool) -> ReadPlan:
     """Per-process compiled work for :func:`read_one` (one per recipe set)."""
-    screener = Screener(_screener(filter_recipes, use_deid)) if filter_recipes or use_deid else None
-    tags = [*_FIELD_TAGS, *(screener.tags if screener is not None else ())]
-    return _Plan(FieldReader(tags, cell=_cell), screener)
+    screener = (
+        Screener(screen_recipe(filter_recipes, use_deid)) if filter_recipes or use_deid else None
+    )
+    tags = [*FIELD_TAGS, *(screener.tags if screener is not None else ())]
+    return ReadPlan(FieldReader(tags, cell=table_cell), screener)
 
 
-def _cell(tag: int, value: Any) -> Hashable:
+def table_cell(tag: int, value: Any) -> Hashable:
     """A header value as a table cell: None, int (for :data:`_INTS`) or str."""
     if value is None or value == "":
         return None
@@ -189,8 +191,8 @@ def _cell(tag: int, value: Any) -> Hashable:
     return str(value)
 
 
-def _value(ds: Dataset, keyword: str) -> Any:
-    """One table cell read with ``Dataset.get``: the reference :func:`_cell` must agree with."""
+def reference_value(ds: Dataset, keyword: str) -> Any:
+    """One table cell read with ``Dataset.get``: the reference :func:`table_cell` agrees with."""
     elem = ds.get(keyword)
     if elem is None or elem == "":
         return None
@@ -245,7 +247,7 @@ def read_one(
     ds = found.dataset
     if found.kind != "dicom" or ds is None:
         return row
-    plan = _plan(filter_recipes, use_deid)
+    plan = read_plan(filter_recipes, use_deid)
     try:
         fields = plan.reader.read(ds)
         screen = plan.screener.screen(ds, fields) if plan.screener is not None else None
@@ -254,7 +256,7 @@ def read_one(
         return row
     row["transfer_syntax"] = _transfer_syntax(ds)
     row["has_pixels"] = found.pixel_offset is not None
-    row.update(zip(FIELDS, [fields[tag].cell for tag in _FIELD_TAGS], strict=True))
+    row.update(zip(FIELDS, [fields[tag].cell for tag in FIELD_TAGS], strict=True))
     if screen is not None:
         row.update(
             flagged=bool(screen.flagged),
@@ -286,7 +288,7 @@ def read_all(
     ``workers`` > 1 (see :func:`sendit_helpers.core.executors.map_chunks`)."""
     names = [os.fspath(p) for p in paths]
     recipes = tuple(os.fspath(r) for r in filter_recipes)
-    _plan(recipes, use_deid)  # compiled before the pool starts: forked workers inherit it
+    read_plan(recipes, use_deid)  # compiled before the pool starts: forked workers inherit it
     return executors.map_chunks(
         partial(_read_chunk, filter_recipes=recipes, use_deid=use_deid),
         names,
@@ -411,7 +413,7 @@ def spool_all(
         The parts, in file order (:func:`combine_parts` reads them).
     """
     recipes = tuple(os.fspath(r) for r in filter_recipes)
-    _plan(recipes, use_deid)  # compiled before the pool starts: forked workers inherit it
+    read_plan(recipes, use_deid)  # compiled before the pool starts: forked workers inherit it
     names = executors.map_chunks(
         partial(
             spool_chunk,

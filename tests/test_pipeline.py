@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from sendit_helpers.core.layout import BatchLayout
-from sendit_helpers.core.settings import load_settings
+from sendit_helpers.core.settings import Settings, load_settings
 from sendit_helpers.run.pipeline import (
     PIPELINE,
     BatchStatus,
@@ -24,6 +24,7 @@ from sendit_helpers.run.pipeline import (
     fingerprint,
     is_current,
     split_workers,
+    stale_stages,
     stamp_path,
     status_table,
     write_stamp,
@@ -86,8 +87,11 @@ def test_fingerprints_follow_inputs_settings_and_chain(tmp_path: Path) -> None:
         [], {"WORKERS": 4, "PROGRESS": True}, environ={"SENDIT_SITE_SECRET": "x"}
     )
     assert fingerprint(Stage.INSPECT, layout, faster) == key
-    other = load_settings([], {"ENTITY_PREFIX": "ZZ"}, environ={})
+    other = load_settings([], {"THUMBNAIL_SIZE": 64}, environ={})
     assert fingerprint(Stage.INSPECT, layout, other) != key
+    # a setting inspect does not read does not count
+    later = load_settings([], {"ENTITY_PREFIX": "ZZ"}, environ={})
+    assert fingerprint(Stage.INSPECT, layout, later) == key
     # an input file touched
     first = inspect.discover(folder)[0]
     os.utime(first, ns=(first.stat().st_atime_ns, first.stat().st_mtime_ns + 10**9))
@@ -105,6 +109,54 @@ def test_fingerprints_follow_inputs_settings_and_chain(tmp_path: Path) -> None:
     assert fingerprint(Stage.DEIDENTIFY, layout, base) != deid
     clear_stamps(layout, Stage.INSPECT)
     assert not stamp_path(layout, Stage.INSPECT).exists()
+
+
+def _stamp_all(layout: BatchLayout, settings: Settings) -> None:
+    for stage in PIPELINE:
+        notebook_path(stage, layout).parent.mkdir(parents=True, exist_ok=True)
+        notebook_path(stage, layout).write_text("{}")
+        write_stamp(layout, stage, settings, 1.0)
+
+
+def test_changing_a_setting_reruns_only_the_stages_that_read_it(tmp_path: Path) -> None:
+    folder = tmp_path / "in" / "b1"
+    synthetic.make_batch(folder, TINY)
+    layout = BatchLayout.for_batch(folder, tmp_path / "work").ensure()
+    store = {"LOCAL_STORAGE_DIR": str(tmp_path / "store"), "PROGRESS": False}
+    base = load_settings([], store, environ={})
+    _stamp_all(layout, base)
+    assert stale_stages(layout, base, outputs=False) == []
+
+    def changed(**overrides: object) -> list[str]:
+        return [
+            str(s)
+            for s in stale_stages(layout, load_settings([], store | overrides, {}), outputs=False)
+        ]
+
+    assert changed(ORTHANC_URL="http://elsewhere:8042") == ["upload"]
+    assert changed(LOCAL_STORAGE_DIR=str(tmp_path / "other-store")) == ["upload"]
+    assert changed(REVIEWER="someone") == ["review", "upload"]
+    assert changed(ENTITY_PREFIX="ZZ") == ["deidentify", "review", "upload"]
+    assert changed(THUMBNAIL_SIZE=64) == ["inspect", "deidentify", "review", "upload"]
+    assert changed(WORKERS=3, PROGRESS=True) == []
+    # the recipe's contents count, not only its name
+    recipe = tmp_path / "site.deid"
+    recipe.write_text("FORMAT dicom\n%header\nREMOVE StationName\n")
+    with_recipe = load_settings([], store | {"DEID_RECIPES": [str(recipe)]}, environ={})
+    assert changed(DEID_RECIPES=[str(recipe)]) == ["deidentify", "review", "upload"]
+    _stamp_all(layout, with_recipe)
+    assert stale_stages(layout, with_recipe, outputs=False) == []
+    recipe.write_text("FORMAT dicom\n%header\nREMOVE StationName\nREMOVE Manufacturer\n")
+    assert stale_stages(layout, with_recipe, outputs=False) == [
+        Stage.DEIDENTIFY,
+        Stage.REVIEW,
+        Stage.UPLOAD,
+    ]
+    # a new review decision re-runs review and upload
+    layout.review_dir.mkdir(parents=True, exist_ok=True)
+    (layout.review_dir / "decisions.csv").write_text("item,decision\n")
+    recipe.write_text("FORMAT dicom\n%header\nREMOVE StationName\n")
+    assert stale_stages(layout, with_recipe, outputs=False) == [Stage.REVIEW, Stage.UPLOAD]
 
 
 def test_batch_lock_excludes_a_second_run(tmp_path: Path) -> None:

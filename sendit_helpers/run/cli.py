@@ -26,13 +26,10 @@ from sendit_helpers.core import disposition, executors
 from sendit_helpers.core.errors import SenditError, SettingsError, one_line, os_error_line
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.core.settings import load_settings, parse_override
-from sendit_helpers.run.runner import Stage, run_stage, warm_kernels
+from sendit_helpers.run.runner import run_stage, warm_kernels
+from sendit_helpers.run.stages import PIPELINE, STAGES, Stage
 
 log = logging.getLogger("sendit")
-
-#: Stages ``sendit run`` executes, in order.
-PIPELINE = (Stage.INSPECT, Stage.DEIDENTIFY, Stage.REVIEW, Stage.UPLOAD)
-
 
 #: What ``sendit --help`` says first (plain text: argparse prints it as it is).
 DESCRIPTION = (
@@ -46,44 +43,6 @@ EXAMPLES = """examples:
   sendit review /data/export/study1 --work /data/work --decisions decisions.csv
   sendit run /data/export --work /data/work --set SEND_TO_ORTHANC=true
 """
-#: Per stage: what it does, and how to see or drive it interactively.
-STAGE_HELP = {
-    Stage.INSPECT: (
-        "inventory a batch: tables, QA summary, pixel-PHI screen, montages",
-        "Notebook: notebooks/01_inspect.ipynb; executed copy: "
-        "WORK/<batch>/phi/notebooks/01_inspect.ipynb (and .html).",
-    ),
-    Stage.DEIDENTIFY: (
-        "de-identify a batch into release/ behind the leak gate",
-        "Notebook: notebooks/02_deidentify.ipynb; executed copy: "
-        "WORK/<batch>/phi/notebooks/02_deidentify.ipynb (and .html).",
-    ),
-    Stage.REVIEW: (
-        "apply review decisions (a decisions file) to quarantined images",
-        "Notebook: notebooks/03_review_phi.ipynb; executed copy: "
-        "WORK/<batch>/phi/notebooks/03_review_phi.ipynb (and .html).\n\n"
-        "This command applies a decisions file without anyone at the screen. To look at the "
-        "images and decide (draw rectangles with the mouse, one key per action), open the "
-        "reviewer:\n"
-        "  in JupyterLab:\n"
-        "    jupyter lab notebooks/03_review_phi.ipynb\n"
-        "    (set batch_dir and work_dir in its Parameters cell, then Run > Run All Cells)\n"
-        "  in Voila:\n"
-        "    papermill notebooks/03_review_phi.ipynb review.ipynb --prepare-only \\\n"
-        "        -p batch_dir BATCH -p work_dir WORK\n"
-        "    voila review.ipynb\n"
-        "Decisions are saved as you make them (WORK/<batch>/phi/review/decisions.csv); run "
-        "sendit upload (or sendit run) afterwards.",
-    ),
-    Stage.UPLOAD: (
-        "upload release/ to Orthanc, Google or the local store",
-        "Notebook: notebooks/04_upload.ipynb; executed copy: "
-        "WORK/<batch>/phi/notebooks/04_upload.ipynb (and .html). Images still waiting for "
-        "review are not uploaded; the command says how many.",
-    ),
-}
-
-
 def _plain(text: str, width: int = 78) -> str:
     """``text`` wrapped to ``width`` (lines that start with two spaces, commands, stay whole)."""
     lines = []
@@ -100,25 +59,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"sendit-notebooks {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for stage, (text, more) in STAGE_HELP.items():
+    for spec in STAGES.values():
+        if not spec.command:
+            continue
         cmd = sub.add_parser(
-            str(stage),
-            help=text,
-            description=_plain(f"{text[0].upper()}{text[1:]}.\n\n{more}"),
+            str(spec.stage),
+            help=spec.summary,
+            description=_plain(spec.description()),
             formatter_class=plain,
         )
         _common(cmd, "BATCH_DIR", "batch folder(s): one study's DICOM files each")
-        if stage is Stage.REVIEW:
-            cmd.add_argument(
-                "--decisions",
-                metavar="FILE",
-                help="decisions CSV (item, decision, x, y, width, height)",
-            )
+        for option in spec.options:
+            cmd.add_argument(option.flag, metavar=option.metavar, help=option.help)
     run = sub.add_parser(
         "run",
         help="run every stage on many batches",
         description=_plain(
-            "Run every stage (inspect, deidentify, review, upload) on many batches.\n\n"
+            f"Run every stage ({', '.join(PIPELINE)}) on many batches.\n\n"
             "Executed notebooks: WORK/<batch>/phi/notebooks/; the run ends with a table of "
             "batches (status, stage, images released / held / waiting for review)."
         ),
@@ -131,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="re-run every stage, also those unchanged since their last success",
     )
     query = sub.add_parser(
-        "query",
-        help="search uploaded images by sex, age, modality, body part, text",
+        str(Stage.QUERY),
+        help=STAGES[Stage.QUERY].summary,
         description=_plain(
             "Search the images uploaded so far (every batch) and print one row per image "
             "with the link to where it is stored, or write the rows with --out FILE (.csv or "
@@ -142,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
             "store's index under LOCAL_STORAGE_DIR or WORK/storage (links file://...). Code "
             "filters (sex, modality, body part) ignore case; --text matches series and study "
             "descriptions.\n\n"
-            "Notebook: notebooks/05_query.ipynb (same filters, with links that open and a chart)."
+            f"Notebook: notebooks/{Stage.QUERY.notebook} (same filters, with links that open "
+            "and a chart)."
         ),
         formatter_class=plain,
     )
@@ -209,7 +167,9 @@ def _common(cmd: argparse.ArgumentParser, metavar: str, text: str) -> None:
     )
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+def overrides_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings overrides of parsed arguments: ``--set``, ``--workers``, ``--executor``,
+    ``--scheduler`` and the stage's own options (``review --decisions``)."""
     overrides: dict[str, Any] = dict(parse_override(item) for item in args.set)
     if getattr(args, "workers", None) is not None:
         overrides["WORKERS"] = args.workers
@@ -217,8 +177,11 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["EXECUTOR"] = args.executor
     if getattr(args, "scheduler", None) is not None:
         overrides["DASK_SCHEDULER"] = args.scheduler
-    if getattr(args, "decisions", None):
-        overrides["REVIEW_DECISIONS"] = str(Path(args.decisions).resolve())
+    command = getattr(args, "command", "")
+    for option in STAGES[Stage(command)].options if command in STAGES else ():
+        value = getattr(args, option.flag.lstrip("-").replace("-", "_"), None)
+        if value:
+            overrides[option.setting] = str(Path(value).resolve()) if option.path else value
     return overrides
 
 
@@ -229,9 +192,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(chatty).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     try:
-        overrides = _overrides(args)
+        overrides = overrides_of(args)
         settings = load_settings(args.params, overrides)  # fail fast, before any notebook
-        if args.command == "query":
+        if args.command == Stage.QUERY:
             return _query(args, settings)
         if args.command == "run":
             from sendit_helpers.run.pipeline import run_batches
@@ -390,7 +353,7 @@ def run_stage_outcome(
             "bug: report it with the executed notebook under the batch's phi/notebooks/"
         )
     note = disposition.first_error(layout)
-    waiting = _waiting(layout) if stage in (Stage.REVIEW, Stage.UPLOAD) else ""
+    waiting = _waiting(layout) if STAGES[stage].waiting else ""
     return StageOutcome(
         batch=layout.name,
         notebook=str(output),

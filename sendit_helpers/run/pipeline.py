@@ -10,10 +10,12 @@ Resumable
     of what it ran on: its inputs (for inspect the batch's file list with
     sizes and modification times; for later stages the previous stage's
     stamp, so re-running a stage re-runs everything after it; for review
-    also the decisions log), the resolved settings (secrets and
+    also the decisions log), the settings the stage declares in
+    :data:`~sendit_helpers.run.stages.STAGES` (secrets and
     ``WORKERS``/``EXECUTOR``/``DASK_SCHEDULER``/``PROGRESS`` excluded, the
-    contents of recipe, crosswalk and decisions files included), the
-    notebook's bytes and the package version.  A stage whose fingerprint
+    contents of recipe, crosswalk, site filter and decisions files included:
+    changing ``ORTHANC_URL`` re-runs upload only), the notebook's bytes and
+    the package version.  A stage whose fingerprint
     is unchanged and whose executed notebook is still there is skipped.  A
     stage's stamp (and every later one) is removed before it runs, and written
     only after it succeeded, so a run killed at any moment resumes with the
@@ -42,6 +44,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -65,18 +68,15 @@ from sendit_helpers.core.errors import BatchError, SenditError, os_error_line
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.core.settings import BY_NAME, Settings, load_settings
 from sendit_helpers.deid.siterules import site_filters_path
-from sendit_helpers.run.runner import Stage, notebook_path, run_stage, warm_kernels
+from sendit_helpers.run.runner import notebook_path, run_stage, warm_kernels
+from sendit_helpers.run.stages import EXECUTION_SETTINGS as EXECUTION_SETTINGS
+from sendit_helpers.run.stages import FILE_SETTINGS as FILE_SETTINGS
+from sendit_helpers.run.stages import PIPELINE as PIPELINE
+from sendit_helpers.run.stages import STAGES, Stage, downstream
 from sendit_helpers.stages.inspect import discover_inputs
 
 log = logging.getLogger("sendit")
 
-PIPELINE = (Stage.INSPECT, Stage.DEIDENTIFY, Stage.REVIEW, Stage.UPLOAD)
-#: Extra notebook parameters per stage under ``sendit run`` (review runs unattended).
-STAGE_EXTRA: dict[Stage, dict[str, Any]] = {Stage.REVIEW: {"interactive": False}}
-#: Settings that change how fast a stage runs, not what it writes: not fingerprinted.
-EXECUTION_SETTINGS = frozenset({"WORKERS", "EXECUTOR", "DASK_SCHEDULER", "PROGRESS"})
-#: Settings naming files whose *contents* are fingerprinted too.
-FILE_SETTINGS = ("DEID_RECIPES", "PIXEL_FILTER_RECIPES", "CROSSWALK_CSV", "REVIEW_DECISIONS")
 STAMPS_DIR = "stages"
 LOCK_NAME = ".lock"
 #: Seconds a run waits for another process's lock on a batch before failing it.
@@ -270,25 +270,29 @@ def inputs_fingerprint(layout: BatchLayout) -> str:
     return _json_sha(rows)
 
 
-def settings_fingerprint(settings: Settings) -> str:
-    """Hash of the settings that shape a stage's output.
+def settings_fingerprint(settings: Settings, stage: Stage) -> str:
+    """Hash of the settings ``stage`` declares (:data:`~sendit_helpers.run.stages.STAGES`).
 
-    Secrets and :data:`EXECUTION_SETTINGS` are left out; the contents of the
-    files named by :data:`FILE_SETTINGS` and of the site filter file
-    (:func:`~sendit_helpers.deid.siterules.site_filters_path`) are in.
+    Secrets and :data:`~sendit_helpers.run.stages.EXECUTION_SETTINGS` are left out;
+    the contents of the files named by the declared
+    :data:`~sendit_helpers.run.stages.FILE_SETTINGS` are in (``SITE_FILTERS``: the
+    site filter file, :func:`~sendit_helpers.deid.siterules.site_filters_path`).
     """
+    declared = STAGES[stage].settings
     public = {
-        name: value
-        for name, value in settings.resolved.items()
+        name: settings.resolved.get(name)
+        for name in declared
         if not BY_NAME[name].secret and name not in EXECUTION_SETTINGS
     }
     files: dict[str, list[str]] = {}
-    for name in FILE_SETTINGS:
+    for name in sorted(FILE_SETTINGS.intersection(declared)):
+        if name == "SITE_FILTERS":  # review's rules: a new one screens the next run anew
+            site = site_filters_path(settings)
+            files[name] = [_file_sha(site)] if site.is_file() else []
+            continue
         value = settings.resolved.get(name) or []
         paths = [value] if isinstance(value, str) else list(value)
         files[name] = [_file_sha(p) for p in paths if p]
-    site = site_filters_path(settings)  # review's rules: a new one screens the next run anew
-    files["SITE_FILTERS"] = [_file_sha(site)] if site.is_file() else []
     return _json_sha({"settings": public, "files": files})
 
 
@@ -310,12 +314,14 @@ def fingerprint(
     stage: Stage,
     layout: BatchLayout,
     settings: Settings,
-    stages: Sequence[Stage] = PIPELINE,
     extra: Mapping[str, Any] | None = None,
 ) -> str | None:
     """The fingerprint of running ``stage`` on ``layout`` now; None if it cannot be current.
 
-    None means an earlier stage of ``stages`` has no stamp (it has not
+    It covers what the stage's declaration (:data:`~sendit_helpers.run.stages.STAGES`)
+    names: its input (the batch's files for the first stage, else its upstream
+    stage's stamp), the settings it reads, the files it watches, its notebook and
+    its extra parameters.  None means the upstream stage has no stamp (it has not
     succeeded, so this stage's inputs are not settled).
 
     Parameters
@@ -324,57 +330,78 @@ def fingerprint(
     layout : BatchLayout
     settings : Settings
         Resolved as the notebook will resolve them.
-    stages : sequence of Stage
-        The pipeline ``stage`` is part of (its predecessor is the input).
     extra : mapping, optional
-        Extra notebook parameters.
+        Extra notebook parameters (default: the declared ``run_extra``).
     """
-    index = list(stages).index(stage)
+    spec = STAGES[stage]
     parts: dict[str, Any] = {
         "stage": str(stage),
         "version": __version__,
         "notebook": _file_sha(stage.source()),
-        "settings": settings_fingerprint(settings),
-        "extra": dict(extra if extra is not None else STAGE_EXTRA.get(stage, {})),
+        "settings": settings_fingerprint(settings, stage),
+        "extra": dict(extra if extra is not None else spec.run_extra),
     }
-    if index == 0:
+    if spec.upstream is None:
         parts["inputs"] = inputs_fingerprint(layout)
     else:
-        previous = read_stamp(layout, stages[index - 1])
+        previous = read_stamp(layout, spec.upstream)
         if previous is None:
             return None
         parts["inputs"] = previous.get("run_id", "")
-    if stage is Stage.REVIEW:
-        parts["decisions"] = _file_sha(layout.review_dir / "decisions.csv")
+    for name in spec.watched:
+        parts[name] = _file_sha(layout.phi / name)
     return _json_sha(parts)
 
 
 def is_current(
-    stage: Stage, layout: BatchLayout, settings: Settings, stages: Sequence[Stage] = PIPELINE
+    stage: Stage, layout: BatchLayout, settings: Settings, *, outputs: bool = True
 ) -> bool:
     """True when ``stage`` succeeded before on exactly what it would run on now.
 
-    For the upload stage, also when every destination still holds what the manifest
+    And when the stage declares a ``still_current`` check, when that check passes
+    (upload: when every destination still holds what the manifest
     calls verified there (:func:`~sendit_helpers.stages.upload.still_uploaded`, one listing
-    per target): an emptied destination is refilled by the next run.
+    per target, so an emptied destination is refilled by the next run).  With
+    ``outputs=False`` the stamps alone decide.
     """
     stamp = read_stamp(layout, stage)
     if stamp is None or not notebook_path(stage, layout).exists():
         return False
-    key = fingerprint(stage, layout, settings, stages)
+    key = fingerprint(stage, layout, settings)
     if key is None or stamp.get("key") != key:
         return False
-    if stage is Stage.UPLOAD:
-        from sendit_helpers.stages.upload import still_uploaded
-
-        return still_uploaded(layout, settings)
+    check = STAGES[stage].still_current
+    if check and outputs:
+        module, name = check.split(":")
+        still: Callable[[BatchLayout, Settings], bool] = getattr(
+            importlib.import_module(module), name
+        )
+        return still(layout, settings)
     return True
 
 
+def stale_stages(
+    layout: BatchLayout,
+    settings: Settings,
+    stages: Sequence[Stage] = PIPELINE,
+    *,
+    outputs: bool = True,
+) -> list[Stage]:
+    """The stages of ``stages`` a run would execute now: each one not current
+    (:func:`is_current`, ``outputs`` as there) and every one downstream of it, since
+    running a stage gives it a new stamp, which is the input of the stages that read it."""
+    stale: list[Stage] = []
+    for stage in stages:
+        if stage not in stale and not is_current(stage, layout, settings, outputs=outputs):
+            stale += [s for s in downstream(stage) if s in stages and s not in stale]
+    return [s for s in stages if s in stale]
+
+
 def clear_stamps(layout: BatchLayout, stage: Stage, stages: Sequence[Stage] = PIPELINE) -> None:
-    """Remove the stamps of ``stage`` and every stage after it."""
-    for later in list(stages)[list(stages).index(stage) :]:
-        stamp_path(layout, later).unlink(missing_ok=True)
+    """Remove the stamps of ``stage`` and every stage of ``stages`` downstream of it."""
+    for later in downstream(stage):
+        if later in stages:
+            stamp_path(layout, later).unlink(missing_ok=True)
 
 
 def write_stamp(
@@ -382,10 +409,9 @@ def write_stamp(
     stage: Stage,
     settings: Settings,
     seconds: float,
-    stages: Sequence[Stage] = PIPELINE,
 ) -> dict[str, Any]:
     """Record ``stage``'s success (atomically, flushed to disk) and return the record."""
-    key = fingerprint(stage, layout, settings, stages)
+    key = fingerprint(stage, layout, settings)
     record = {
         "stage": str(stage),
         "key": key,
@@ -528,7 +554,7 @@ def run_batch(
         settings = load_settings(params, overrides)
         with batch_lock(layout):
             for stage in stages:
-                if not force and is_current(stage, layout, settings, stages):
+                if not force and is_current(stage, layout, settings):
                     status.skipped.append(str(stage))
                     tell("skip")
                     continue
@@ -542,9 +568,9 @@ def run_batch(
                     lock=False,  # held above for the whole batch
                     params_files=params,
                     overrides=overrides,
-                    extra=STAGE_EXTRA.get(stage),
+                    extra=STAGES[stage].run_extra,
                 )
-                write_stamp(layout, stage, settings, time.perf_counter() - began, stages)
+                write_stamp(layout, stage, settings, time.perf_counter() - began)
                 tell("done")
     except (SenditError, OSError) as exc:
         tell("failed")

@@ -16,14 +16,13 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from sendit_helpers.core.errors import StageError, os_error_from_text, os_error_line, reduce_message
 from sendit_helpers.core.layout import BatchLayout
-from sendit_helpers.core.resources import shipped
 from sendit_helpers.core.settings import Settings, load_settings
+from sendit_helpers.run.stages import Stage as Stage  # declared in run.stages
 
 #: Seconds a notebook kernel may take to start: generous, since batches running in
 #: parallel on a small, busy machine start several kernels at once.
@@ -38,34 +37,6 @@ _ENGINE = "sendit"
 #: Seconds between two writes of an executed notebook while its cells run (it is also
 #: written when it starts, when a cell fails and at the end).
 SAVE_EVERY = 5.0
-
-
-class Stage(StrEnum):
-    """The pipeline stages, in order."""
-
-    INSPECT = "inspect"
-    DEIDENTIFY = "deidentify"
-    REVIEW = "review"
-    UPLOAD = "upload"
-    QUERY = "query"
-
-    @property
-    def notebook(self) -> str:
-        """File name of the stage's notebook."""
-        return _NOTEBOOKS[self]
-
-    def source(self) -> Path:
-        """The committed (output-free) notebook."""
-        return shipped(f"notebooks/{self.notebook}")
-
-
-_NOTEBOOKS = {
-    Stage.INSPECT: "01_inspect.ipynb",
-    Stage.DEIDENTIFY: "02_deidentify.ipynb",
-    Stage.REVIEW: "03_review_phi.ipynb",
-    Stage.UPLOAD: "04_upload.ipynb",
-    Stage.QUERY: "05_query.ipynb",
-}
 
 
 def open_batch(

@@ -1,0 +1,96 @@
+"""What the review notebook (``03_review_phi``) calls: one method per code cell.
+
+The notebook is narrative plus one call per cell; the branching between the
+unattended review (a decisions file, ``sendit review`` and ``sendit run``) and the
+interactive one (the :class:`~sendit_helpers.stages.reviewer.Reviewer` widgets)
+lives here, not in its cells.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from sendit_helpers.core.layout import BatchLayout
+from sendit_helpers.stages import review
+
+
+@dataclass
+class ReviewSession:
+    """One batch's review, as the notebook runs it.
+
+    Attributes
+    ----------
+    layout : BatchLayout
+    settings : mapping
+        Resolved settings (``REVIEWER``, ``REVIEW_DECISIONS``, ``AUTO_SCRUB_OCR`` ...).
+    interactive : bool
+        Show the reviewer widgets; False applies the decisions file only.
+    decisions_file : str
+        The decisions CSV; empty means ``REVIEW_DECISIONS``.
+    items : pandas.DataFrame
+        The quarantined images (:func:`~sendit_helpers.stages.review.load_items`).
+    """
+
+    layout: BatchLayout
+    settings: Mapping[str, Any]
+    interactive: bool = True
+    decisions_file: str = ""
+    items: pd.DataFrame = field(default_factory=pd.DataFrame)
+    reviewer: Any = None
+    """The :class:`~sendit_helpers.stages.reviewer.Reviewer` once shown (interactive only)."""
+
+    @classmethod
+    def open(
+        cls,
+        layout: BatchLayout,
+        settings: Mapping[str, Any],
+        *,
+        interactive: bool = True,
+        decisions_file: str = "",
+    ) -> ReviewSession:
+        """Load the batch's quarantined images and print where the review stands."""
+        session = cls(layout, settings, interactive, decisions_file, review.load_items(layout))
+        print(
+            f"{review.waiting_message(layout)} in batch {layout.name} "
+            f"({len(session.items)} quarantined); reviewer: {review.reviewer_name(settings)}"
+        )
+        return session
+
+    def flagged(self) -> pd.DataFrame:
+        """One row per rule and series: group, label, images held back, the condition."""
+        return (
+            self.items.groupby(["series", "modality", "group", "label"], sort=False)
+            .agg(images=("item", "size"), condition=("reason", "first"))
+            .reset_index()
+        )
+
+    def apply_file(self) -> None:
+        """Add the decisions file's decisions to the log (when there is one) and apply
+        the log (then, or whenever nobody is at the screen); print what happened."""
+        source = self.decisions_file or str(self.settings.get("REVIEW_DECISIONS") or "")
+        if source:
+            name = review.reviewer_name(self.settings)
+            added = review.replay_decisions(self.layout, source, name)
+            print(f"{added} new decision(s) from {source}")
+        if source or not self.interactive:
+            applied = review.apply_decisions(self.layout, self.settings)
+            print("applied:", applied.summary())
+
+    def show_reviewer(self) -> None:
+        """Show the reviewer widgets (interactive only)."""
+        if not self.interactive:
+            return
+        from sendit_helpers.stages.reviewer import Reviewer
+
+        self.reviewer = Reviewer(self.layout, self.settings)
+        self.reviewer.show()
+
+    def status(self) -> Any:
+        """Decision counts: a line that follows the reviewer, or the table when unattended."""
+        if self.reviewer is not None:
+            return self.reviewer.status_widget()
+        return review.status(self.layout)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 
@@ -69,3 +70,19 @@ def test_commands_follow_the_declaration(capsys: pytest.CaptureFixture[str]) -> 
             assert option.flag in shown
     args = parser.parse_args(["review", "b", "--work", "w", "--decisions", "d.csv"])
     assert cli.overrides_of(args)["REVIEW_DECISIONS"] == str(Path("d.csv").resolve())
+
+
+@pytest.mark.parametrize("stage", list(Stage))
+def test_notebook_is_narrative_and_one_call_per_code_cell(stage: Stage) -> None:
+    nb = json.loads((ROOT / "notebooks" / stage.notebook).read_text())
+    for number, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] != "code" or "parameters" in cell["metadata"].get("tags", []):
+            continue
+        body = [
+            node
+            for node in ast.parse("".join(cell["source"])).body
+            if not isinstance(node, ast.Import | ast.ImportFrom)
+        ]
+        where = f"{stage.notebook} cell {number}"
+        assert len(body) == 1, f"{where}: {len(body)} statements; move the logic into a helper"
+        assert isinstance(body[0], ast.Expr | ast.Assign), f"{where}: logic belongs in a helper"

@@ -8,13 +8,13 @@ lives here, not in its cells.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
 from sendit_helpers.core.layout import BatchLayout
+from sendit_helpers.core.settings import Settings
 from sendit_helpers.stages import review
 
 
@@ -25,7 +25,7 @@ class ReviewSession:
     Attributes
     ----------
     layout : BatchLayout
-    settings : mapping
+    settings : Settings
         Resolved settings (``REVIEWER``, ``REVIEW_DECISIONS``, ``AUTO_SCRUB_OCR`` ...).
     interactive : bool
         Show the reviewer widgets; False applies the decisions file only.
@@ -36,7 +36,7 @@ class ReviewSession:
     """
 
     layout: BatchLayout
-    settings: Mapping[str, Any]
+    settings: Settings
     interactive: bool = True
     decisions_file: str = ""
     items: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -47,7 +47,7 @@ class ReviewSession:
     def open(
         cls,
         layout: BatchLayout,
-        settings: Mapping[str, Any],
+        settings: Settings,
         *,
         interactive: bool = True,
         decisions_file: str = "",
@@ -71,7 +71,7 @@ class ReviewSession:
     def apply_file(self) -> None:
         """Add the decisions file's decisions to the log (when there is one) and apply
         the log (then, or whenever nobody is at the screen); print what happened."""
-        source = self.decisions_file or str(self.settings.get("REVIEW_DECISIONS") or "")
+        source = self.decisions_file or self.settings.review.decisions
         if source:
             name = review.reviewer_name(self.settings)
             added = review.replay_decisions(self.layout, source, name)

@@ -23,13 +23,14 @@ from sendit_helpers.run.pipeline import (
     clear_stamps,
     fingerprint,
     is_current,
+    run_batch,
     split_workers,
     stale_stages,
     stamp_path,
     status_table,
     write_stamp,
 )
-from sendit_helpers.run.runner import Stage, notebook_path, open_batch
+from sendit_helpers.run.runner import Stage, notebook_path, open_batch, warm_kernels
 from sendit_helpers.samples import batchspec, synthetic
 from sendit_helpers.stages import deidentify, inspect, review
 
@@ -157,6 +158,30 @@ def test_changing_a_setting_reruns_only_the_stages_that_read_it(tmp_path: Path) 
     (layout.review_dir / "decisions.csv").write_text("item,decision\n")
     recipe.write_text("FORMAT dicom\n%header\nREMOVE StationName\n")
     assert stale_stages(layout, with_recipe, outputs=False) == [Stage.REVIEW, Stage.UPLOAD]
+
+
+@pytest.mark.slow
+def test_a_new_orthanc_url_or_store_reruns_upload_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SENDIT_SITE_SECRET", SECRET_HEX)
+    folder = tmp_path / "in" / "b1"
+    synthetic.make_batch(folder, TINY)
+    work = tmp_path / "work"
+    layout = BatchLayout.for_batch(folder, work)
+    store = {"PROGRESS": False, "WORKERS": 1, "LOCAL_STORAGE_DIR": str(tmp_path / "store")}
+    with warm_kernels(work):
+        first = run_batch(layout, PIPELINE, [], store)
+        assert first.status == "done", first.detail
+        assert first.ran == [str(s) for s in PIPELINE]
+        url = run_batch(layout, PIPELINE, [], store | {"ORTHANC_URL": "http://elsewhere:8042"})
+        assert (url.ran, url.skipped) == (["upload"], ["inspect", "deidentify", "review"])
+        other = tmp_path / "other-store"
+        moved = run_batch(layout, PIPELINE, [], store | {"LOCAL_STORAGE_DIR": str(other)})
+        assert (moved.ran, moved.status) == (["upload"], "done")
+    assert sorted(p.name for p in other.rglob("*.dcm")) == sorted(
+        p.name for p in (tmp_path / "store").rglob("*.dcm")
+    )
 
 
 def test_batch_lock_excludes_a_second_run(tmp_path: Path) -> None:

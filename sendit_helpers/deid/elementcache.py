@@ -43,6 +43,7 @@ import struct
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
+from functools import lru_cache
 from io import BytesIO
 from typing import Any, NamedTuple
 
@@ -203,6 +204,7 @@ def _elements(
     return out, pos
 
 
+@lru_cache(maxsize=64)
 def _explicit_little(syntax: str) -> bool:
     uid = UID(syntax)
     return (
@@ -212,6 +214,11 @@ def _explicit_little(syntax: str) -> bool:
         and not uid.is_implicit_VR
         and not uid.is_deflated
     )
+
+
+@lru_cache(maxsize=64)
+def _compressed(syntax: str) -> bool:
+    return bool(UID(syntax).is_compressed)
 
 
 def scan_header(data: bytes) -> HeaderScan | None:
@@ -236,8 +243,11 @@ def scan_header(data: bytes) -> HeaderScan | None:
     if found is None:
         return None
     elements, pixel_at = found
-    if any(tag >> 16 in (0, 2) for tag, _s, _e in elements):
-        return None
+    for tag, _s, _e in elements:  # ascending: groups 0 and 2 come first if at all
+        if tag >= 0x00030000:
+            break
+        if tag >> 16 in (0, 2):
+            return None
     head = data[pixel_at : pixel_at + 12]
     if len(head) < 12 or head[4:6] not in (b"OB", b"OW", b"UN"):
         return None
@@ -647,13 +657,16 @@ class ElementCache:
         creators: list[_Fragment] = []  # decided after their blocks: noted after the rest
         blocks: dict[int, bytes] = {}
         special: dict[int, bytes] = {}
+        append, row_update, kept_update, memo_get = body.append, row.update, kept.update, memo.get
+        specials = _SPECIAL
         for tag, start, end in found.elements:
-            while next_add < n_adds and adds[next_add][0] < tag:
-                _tag, add = adds[next_add]
-                body.append(add.out)
-                row.update(add.row)
-                kept.update(add.kept)
-                next_add += 1
+            if next_add < n_adds:
+                while next_add < n_adds and adds[next_add][0] < tag:
+                    _tag, add = adds[next_add]
+                    append(add.out)
+                    row_update(add.row)
+                    kept_update(add.kept)
+                    next_add += 1
             raw = data[start:end]
             creator = False
             if (tag >> 16) & 1:
@@ -663,17 +676,17 @@ class ElementCache:
                     creator = True
                 elif elem_no >= 0x1000:  # the creator decides the rule: part of the key
                     raw = blocks.get((tag & 0xFFFF0000) | (elem_no >> 8), b"") + raw
-            fragment = memo.get(raw) or self._fragment(context, tag, raw)
+            fragment = memo_get(raw) or self._fragment(context, tag, raw)
             if fragment is None:
                 return None
-            body.append(fragment.out)
+            append(fragment.out)
             if fragment.row:
-                row.update(fragment.row)
+                row_update(fragment.row)
             if fragment.kept:
-                kept.update(fragment.kept)
+                kept_update(fragment.kept)
             if fragment.noted:
                 (creators if creator else noted).append(fragment)
-            if tag in _SPECIAL:
+            if tag in specials:
                 special[tag] = fragment.out
         for _tag, add in adds[next_add:]:
             body.append(add.out)
@@ -696,7 +709,7 @@ class ElementCache:
                     kept.add(uid.strip().casefold())
         header = b"".join(body)
         native16 = special.get(_BITS_ALLOCATED, b"")[8:] == b"\x10\x00" and not (
-            UID(found.syntax).is_compressed
+            _compressed(found.syntax)
         )
         return CachedResult(
             header,

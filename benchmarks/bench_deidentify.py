@@ -46,6 +46,7 @@ import _common as c
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.deid import leakgate
 from sendit_helpers.pseudonyms.identifiers import load_site_secret
+from sendit_helpers.run import upstream
 from sendit_helpers.stages import deidentify, engine, inspect
 
 Pair = tuple[str, str]
@@ -280,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             _dest: Path, lay: BatchLayout, conf: Any = conf
         ) -> tuple[Any, dict[str, float]]:
             with phase_timer() as phases:
-                result = deidentify.deidentify_batch(lay, conf)
+                result = upstream.deidentify(lay, conf)
             written = len(result.cleaned) + len(result.quarantined)
             assert result.gate.passed and written == n, (result.gate, written)
             return result, {

@@ -60,10 +60,11 @@ import sys
 from pathlib import Path
 from sendit_helpers.stages import deidentify, inspect
 from sendit_helpers.run.runner import open_batch
+from sendit_helpers.run import upstream
 for folder in sorted(Path(sys.argv[1]).iterdir()):
     layout, settings = open_batch(folder, sys.argv[2], [], {"PROGRESS": False, "WORKERS": 1, "OCR_SCREEN": "off", "THUMBNAILS": False})
     inspect.inspect_batch(layout, settings)
-    assert deidentify.deidentify_batch(layout, settings).gate.passed
+    assert upstream.deidentify(layout, settings).gate.passed
 """
 
 

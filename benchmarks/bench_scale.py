@@ -53,9 +53,10 @@ _STAGES_CHILD = """
 import sys
 from sendit_helpers.stages import deidentify, engine, inspect
 from sendit_helpers.run.runner import open_batch
+from sendit_helpers.run import upstream
 layout, settings = open_batch(sys.argv[1], sys.argv[2], [], {"PROGRESS": False, "WORKERS": int(sys.argv[3])})
 inspect.inspect_batch(layout, settings)
-result = deidentify.deidentify_batch(layout, settings)
+result = upstream.deidentify(layout, settings)
 assert result.gate.passed
 """
 

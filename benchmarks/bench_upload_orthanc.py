@@ -76,7 +76,7 @@ if str(ROOT) not in sys.path:
 from sendit_helpers.core.errors import GateError  # noqa: E402
 from sendit_helpers.core.layout import BatchLayout  # noqa: E402
 from sendit_helpers.deid import leakgate  # noqa: E402
-from sendit_helpers.stages import deidentify  # noqa: E402
+from sendit_helpers.run import upstream  # noqa: E402
 from sendit_helpers.stages.upload import MANIFEST_NAME, upload_batch  # noqa: E402
 from tests.servers import OrthancServer  # noqa: E402
 
@@ -106,7 +106,7 @@ def gated_release(out: Path, files: int, rows: int) -> BatchLayout:
     work.mkdir(parents=True)
     start = time.perf_counter()
     c.say(f"de-identifying {folder.name} into {work} (cached for the next runs) ...")
-    result = deidentify.deidentify_batch(layout, c.settings(WORKERS=2))
+    result = upstream.deidentify(layout, c.settings(WORKERS=2))
     if not result.gate.passed or result.cleaned.empty:
         raise RuntimeError(f"the leak gate did not pass on {layout.release}; see {layout.phi}")
     marker.write_text(f"{len(result.cleaned)} released, {time.perf_counter() - start:.1f} s\n")

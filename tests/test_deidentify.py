@@ -13,10 +13,11 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from sendit_helpers.core import disposition
-from sendit_helpers.core.errors import GateError, LeakError
+from sendit_helpers.core.errors import BatchError, GateError, LeakError
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.core.settings import Settings
 from sendit_helpers.deid import leakgate
+from sendit_helpers.run import upstream
 from sendit_helpers.run.runner import open_batch
 from sendit_helpers.samples import batchspec, synthetic
 from sendit_helpers.stages import deidentify, inspect
@@ -58,7 +59,7 @@ def _by_name(layout: BatchLayout) -> dict[str, str]:
 @pytest.fixture
 def done(opened: tuple[BatchLayout, Settings]) -> deidentify.DeidResult:
     layout, settings = opened
-    return deidentify.deidentify_batch(layout, settings)
+    return upstream.deidentify(layout, settings)
 
 
 def test_no_planted_value_leaks(
@@ -181,11 +182,21 @@ def test_tables(done: deidentify.DeidResult) -> None:
     assert (lookup["jitter_days"] != 0).all()
 
 
+def test_stage_does_not_run_inspect(opened: tuple[BatchLayout, Settings]) -> None:
+    """The stage refuses an uninspected batch; the pipeline's upstream.deidentify inspects first."""
+    layout, settings = opened
+    with pytest.raises(BatchError, match=r"batch \S+ is not inspected .* run `sendit inspect`"):
+        deidentify.deidentify_batch(layout, settings)
+    assert not layout.release.exists() or not any(layout.release.iterdir())
+    assert upstream.ensure_inspected(layout, settings) is True
+    assert upstream.ensure_inspected(layout, settings) is False
+
+
 def test_rerun_is_idempotent(opened: tuple[BatchLayout, Settings]) -> None:
     layout, settings = opened
-    deidentify.deidentify_batch(layout, settings)
+    upstream.deidentify(layout, settings)
     first = {p.relative_to(layout.root): p.read_bytes() for p in layout.root.rglob("*.dcm")}
-    deidentify.deidentify_batch(layout, settings)
+    upstream.deidentify(layout, settings)
     second = {p.relative_to(layout.root): p.read_bytes() for p in layout.root.rglob("*.dcm")}
     assert first == second
 
@@ -263,7 +274,7 @@ def test_age_over_89(tmp_path: Path) -> None:
     layout = BatchLayout.for_batch(folder, tmp_path / "work").ensure()
     from sendit_helpers.core.settings import load_settings
 
-    deidentify.deidentify_batch(layout, load_settings(overrides={"PROGRESS": False}, environ={}))
+    upstream.deidentify(layout, load_settings(overrides={"PROGRESS": False}, environ={}))
     assert {pydicom.dcmread(p).PatientAge for p in _released(layout)} == {"090Y"}
 
 
@@ -288,7 +299,7 @@ def test_odd_transfer_syntaxes(tmp_path: Path, name: str) -> None:
     from sendit_helpers.core.settings import load_settings
 
     settings = load_settings(overrides={"PROGRESS": False, "QUARANTINE_FLAGGED": False}, environ={})
-    deidentify.deidentify_batch(layout, settings)
+    upstream.deidentify(layout, settings)
     table = disposition.read(layout)
     assert table["disposition"].tolist() == ["released"], table["reason"].tolist()
     out = _released(layout)[0]
@@ -307,7 +318,7 @@ def test_non_image_objects_are_released(tmp_path: Path) -> None:
     layout = BatchLayout.for_batch(folder, tmp_path / "work").ensure()
     from sendit_helpers.core.settings import load_settings
 
-    deidentify.deidentify_batch(layout, load_settings(overrides={"PROGRESS": False}, environ={}))
+    upstream.deidentify(layout, load_settings(overrides={"PROGRESS": False}, environ={}))
     table = disposition.read(layout)
     assert set(table["disposition"]) == {"released"}
     outputs = dict(
@@ -342,5 +353,5 @@ def test_quarantine_reasons_of_a_batch_without_dicom_files(tmp_path: Path) -> No
     (folder / "README.md").write_text("not dicom")
     layout, settings = open_batch(folder, tmp_path / "work", [], {})
     inspect.inspect_batch(layout, settings)
-    result = deidentify.deidentify_batch(layout, settings)
+    result = upstream.deidentify(layout, settings)
     assert deidentify.quarantine_reasons(result).empty

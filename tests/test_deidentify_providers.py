@@ -13,8 +13,8 @@ from identifier_server import IdentifierServer, start_identifier_server
 from sendit_helpers.core.errors import IdentifierError
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.core.settings import load_settings
+from sendit_helpers.run import upstream
 from sendit_helpers.samples import batchspec, synthetic
-from sendit_helpers.stages import deidentify
 
 SPEC = batchspec.BatchSpec(
     n_series=1, images_per_series=2, rows=16, columns=16, burned_in=False, junk=False
@@ -31,7 +31,7 @@ def service() -> Iterator[tuple[str, IdentifierServer]]:
 def _run(folder: Path, work: Path, **overrides: object) -> BatchLayout:
     layout = BatchLayout.for_batch(folder, work).ensure()
     settings = load_settings(overrides={"PROGRESS": False, **overrides}, environ={})
-    deidentify.deidentify_batch(layout, settings)
+    upstream.deidentify(layout, settings)
     return layout
 
 

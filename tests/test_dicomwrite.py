@@ -19,8 +19,9 @@ from sendit_helpers.core.errors import LeakError
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.core.settings import Settings, load_settings
 from sendit_helpers.deid import cleaned, dicomwrite, leakgate
+from sendit_helpers.run import upstream
 from sendit_helpers.samples import batchspec
-from sendit_helpers.stages import deidentify, engine
+from sendit_helpers.stages import engine
 
 CONFIG = engine.WorkerConfig((), True, b"test-secret")
 TEST_FILES = [
@@ -153,7 +154,7 @@ def test_trailing_elements_after_pixel_data_are_deidentified(tmp_path: Path) -> 
     assert dicomwrite.split_file((folder / "ct.dcm").read_bytes()) is None  # general path
     layout = BatchLayout.for_batch(folder, tmp_path / "work").ensure()
     settings = load_settings(overrides={"PROGRESS": False, "QUARANTINE_FLAGGED": False}, environ={})
-    deidentify.deidentify_batch(layout, settings)
+    upstream.deidentify(layout, settings)
     assert disposition.read(layout)["disposition"].tolist() == ["released"]
     out = next(layout.release.rglob("*.dcm"))
     assert b"smithers" not in out.read_bytes().lower()
@@ -166,7 +167,7 @@ def test_gate_catches_a_value_after_the_pixel_data(
     opened: tuple[BatchLayout, Settings], batch: tuple[Path, batchspec.Planted]
 ) -> None:
     layout, settings = opened
-    deidentify.deidentify_batch(layout, settings)
+    upstream.deidentify(layout, settings)
     assert leakgate.load_spans(layout), "spans recorded for the gate"
     target = sorted(layout.release.rglob("*.dcm"))[0]
     patient_id = batch[1].values["PatientID"][0]
@@ -185,7 +186,7 @@ def test_gate_with_recorded_span_still_scans_pixel_data(
     opened: tuple[BatchLayout, Settings], batch: tuple[Path, batchspec.Planted]
 ) -> None:
     layout, settings = opened
-    deidentify.deidentify_batch(layout, settings)
+    upstream.deidentify(layout, settings)
     spans = leakgate.load_spans(layout)
     target = sorted(layout.release.rglob("*.dcm"))[0]
     rel = target.relative_to(layout.release).as_posix()
@@ -202,7 +203,7 @@ def test_gate_with_recorded_span_still_scans_pixel_data(
 
 def test_stale_span_is_not_trusted(opened: tuple[BatchLayout, Settings]) -> None:
     layout, settings = opened
-    deidentify.deidentify_batch(layout, settings)
+    upstream.deidentify(layout, settings)
     target = sorted(layout.release.rglob("*.dcm"))[0]
     rel = target.relative_to(layout.release).as_posix()
     start, end, size, native = leakgate.load_spans(layout)[rel]

@@ -16,9 +16,10 @@ import pytest
 
 from sendit_helpers.core import disposition
 from sendit_helpers.core.disposition import Disposition
+from sendit_helpers.run import upstream
 from sendit_helpers.run.runner import open_batch
 from sendit_helpers.samples import batchspec, synthetic
-from sendit_helpers.stages import deidentify, review, upload
+from sendit_helpers.stages import review, upload
 
 SETTINGS = {"PROGRESS": False}
 
@@ -43,7 +44,7 @@ def test_all_quarantined_batch_goes_through_review_and_upload(
     us_only: Path, tmp_path: Path
 ) -> None:
     layout, settings = open_batch(_copy(us_only, tmp_path), tmp_path / "work", [], SETTINGS)
-    result = deidentify.deidentify_batch(layout, settings)
+    result = upstream.deidentify(layout, settings)
     assert result.counts[str(Disposition.QUARANTINED)] == 3
     assert result.counts[str(Disposition.RELEASED)] == 0
     assert disposition.release_line(result.dispositions) == "0 released, 3 waiting"
@@ -78,7 +79,7 @@ def test_all_error_batch_goes_through_review_and_upload(us_only: Path, tmp_path:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data[: len(data) // 2])  # truncated in the pixel data
     layout, settings = open_batch(folder, tmp_path / "work", [], SETTINGS)
-    result = deidentify.deidentify_batch(layout, settings)
+    result = upstream.deidentify(layout, settings)
     assert result.counts[str(Disposition.ERROR)] == 3
     assert disposition.release_line(result.dispositions) == "0 released, 0 waiting"
     applied = review.apply_decisions(layout, settings)

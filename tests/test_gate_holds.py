@@ -26,8 +26,9 @@ from sendit_helpers.core.errors import LeakError
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.deid import leakgate
 from sendit_helpers.deid.leakgate import Policy, only_descriptor_words
+from sendit_helpers.run import upstream
 from sendit_helpers.run.runner import open_batch
-from sendit_helpers.stages import deidentify, release, review, upload
+from sendit_helpers.stages import release, review, upload
 from tests import realworld
 from tests.test_leaks_harsh import build
 
@@ -106,7 +107,7 @@ def test_only_descriptor_words_needs_a_listed_word() -> None:
 # ------------------------------------------------------------------ real vendor files
 def test_vendor_files_hold_nothing_and_fail_nothing(tmp_path: Path) -> None:
     layout, settings = open_batch(_vendor_batch(tmp_path), tmp_path / "work", [], SETTINGS)
-    result = deidentify.deidentify_batch(layout, settings)
+    result = upstream.deidentify(layout, settings)
     gate = result.gate
     assert gate.passed and not gate.held and gate.hits.empty
     assert gate.kept_by_policy > 0
@@ -129,7 +130,7 @@ def test_a_kept_station_name_spares_its_private_copy(tmp_path: Path) -> None:
     recipe.write_text("FORMAT dicom\n\n%header\n\nKEEP StationName\n")
     overrides = {**SETTINGS, "DEID_RECIPES": [str(recipe)], "QUARANTINE_FLAGGED": False}
     layout, settings = open_batch(batch, tmp_path / "work", [], overrides)
-    result = deidentify.deidentify_batch(layout, settings)
+    result = upstream.deidentify(layout, settings)
     assert pydicom.dcmread(next(layout.release.rglob("*.dcm"))).StationName == "CT01_OC0"
     assert result.gate.passed and not result.gate.held
     assert "ct01_oc0" in leakgate.load_policy(layout).technical
@@ -173,7 +174,7 @@ def _leaks(layout: BatchLayout, planted: dict[str, str]) -> list[str]:
 
 def test_harsh_values_in_pixels_hold_their_files_and_release_the_rest(tmp_path: Path) -> None:
     layout, settings, planted, files = _harsh(tmp_path)
-    result = deidentify.deidentify_batch(layout, settings)
+    result = upstream.deidentify(layout, settings)
     assert not _leaks(layout, planted)
     table = result.dispositions.set_index("source_path")
     held = [table.loc[str(f)] for f in files[:2]]
@@ -211,7 +212,7 @@ def test_harsh_values_in_pixels_hold_their_files_and_release_the_rest(tmp_path: 
 
 def test_a_decision_re_gates_a_held_file(tmp_path: Path) -> None:
     layout, settings, planted, files = _harsh(tmp_path)
-    result = deidentify.deidentify_batch(layout, settings)
+    result = upstream.deidentify(layout, settings)
     table = result.dispositions.set_index("source_path")
     scrubbed, released = (str(table.loc[str(f), "output_name"]) for f in files[:2])
     decisions = tmp_path / "decisions.csv"
@@ -245,7 +246,7 @@ def test_a_decision_re_gates_a_held_file(tmp_path: Path) -> None:
 
 def test_a_value_no_image_owns_fails_the_gate(tmp_path: Path) -> None:
     layout, settings, planted, _files = _harsh(tmp_path)
-    deidentify.deidentify_batch(layout, settings)
+    upstream.deidentify(layout, settings)
     token = next(t for t, w in planted.items() if w == "PatientID")
     (layout.release / "notes.txt").write_text(f"seen {token}")
     hold = lambda held: release.hold_for_gate(layout, settings, held)  # noqa: E731
@@ -294,7 +295,7 @@ def test_tables_are_scanned_by_their_values_not_their_format(tmp_path: Path) -> 
 
 def test_a_value_in_a_cleaned_row_holds_its_image(tmp_path: Path) -> None:
     layout, settings, planted, files = _harsh(tmp_path)
-    result = deidentify.deidentify_batch(layout, settings)
+    result = upstream.deidentify(layout, settings)
     cleaned = pd.read_parquet(layout.release / "cleaned.parquet")
     token = next(t for t, w in planted.items() if w == "Accession")
     cleaned.loc[0, "ImageComments"] = f"see {token}"

@@ -14,8 +14,8 @@ from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.core.settings import Settings
 from sendit_helpers.deid import leakgate
 from sendit_helpers.deid.leakgate import Scanner, Tail
+from sendit_helpers.run import upstream
 from sendit_helpers.samples import batchspec
-from sendit_helpers.stages import deidentify
 
 
 def _read_by_gate(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -38,7 +38,7 @@ def test_stage_gate_reads_no_released_image_again(
 ) -> None:
     layout, settings = opened
     read = _read_by_gate(monkeypatch)
-    result = deidentify.deidentify_batch(layout, settings)
+    result = upstream.deidentify(layout, settings)
     images = sorted(p.relative_to(layout.release).as_posix() for p in layout.release.rglob("*.dcm"))
     assert images and result.gate.passed and result.gate.files == len(images) + 2
     assert sorted(read) == ["cleaned.parquet", "entities.parquet"]
@@ -63,7 +63,7 @@ def test_a_file_changed_after_writing_is_read_and_held(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     layout, settings = opened
-    deidentify.deidentify_batch(layout, settings)
+    upstream.deidentify(layout, settings)
     target = sorted(layout.release.rglob("*.dcm"))[0]
     rel = target.relative_to(layout.release).as_posix()
     item = _written_of(layout, target)

@@ -32,12 +32,12 @@ from sendit_helpers.core.errors import (
 )
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.deid import leakgate
-from sendit_helpers.run import runner
+from sendit_helpers.run import runner, upstream
 from sendit_helpers.run.cli import main
 from sendit_helpers.run.pipeline import plan_batches
 from sendit_helpers.run.runner import Stage, notebook_path, open_batch
 from sendit_helpers.samples import batchspec, synthetic
-from sendit_helpers.stages import deidentify, inspect, review, upload
+from sendit_helpers.stages import inspect, review, upload
 
 TINY = batchspec.BatchSpec(n_series=1, images_per_series=2, rows=16, columns=16)
 QUIET = {"PROGRESS": False, "THUMBNAILS": False, "OCR_SCREEN": "off"}
@@ -129,7 +129,7 @@ def test_same_named_batch_refused_nothing_overwritten(
     work = tmp_path / "work"
     layout, settings = open_batch(first, work, [], QUIET)
     inspect.inspect_batch(layout, settings)
-    deidentify.deidentify_batch(layout, settings)
+    upstream.deidentify(layout, settings)
     review.apply_decisions(layout, settings)
     upload.upload_batch(layout, settings, progress=False)
     kept = [
@@ -178,7 +178,7 @@ def test_odd_entries_each_get_a_row(tmp_path: Path, alarm: None) -> None:
     expected["up"] = "symbolic link to a folder, not followed"
     layout, settings = open_batch(folder, tmp_path / "work", [], QUIET)
     result = inspect.inspect_batch(layout, settings)
-    deidentify.deidentify_batch(layout, settings)
+    upstream.deidentify(layout, settings)
     table = pd.read_csv(layout.disposition_csv, dtype=str, keep_default_na=False)
     rows = table.set_index("source_path")
     for name, reason in expected.items():
@@ -349,7 +349,7 @@ def gated(tmp_path: Path) -> tuple[BatchLayout, dict[str, str]]:
     synthetic.make_batch(tmp_path / "in" / "DOE_JANE_MRN777", TINY)
     layout, settings = open_batch(tmp_path / "in" / "DOE_JANE_MRN777", tmp_path / "work", [], QUIET)
     inspect.inspect_batch(layout, settings)
-    deidentify.deidentify_batch(layout, settings)
+    upstream.deidentify(layout, settings)
     leakgate.require_pass(layout)
     return layout, leakgate.load_values(layout)
 

@@ -23,7 +23,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.core.settings import load_settings
-from sendit_helpers.stages import deidentify
+from sendit_helpers.run import upstream
 
 
 def build(path: Path, plant: Callable[[str], str]) -> None:
@@ -181,7 +181,7 @@ def test_nothing_planted_survives(harsh: tuple[Path, dict[str, str]], tmp_path: 
     folder, planted = harsh
     layout = BatchLayout.for_batch(folder, tmp_path / "work").ensure()
     overrides = {"PROGRESS": False, "QUARANTINE_FLAGGED": False}  # headers are the point here
-    deidentify.deidentify_batch(layout, load_settings(overrides=overrides, environ={}))
+    upstream.deidentify(layout, load_settings(overrides=overrides, environ={}))
     released = sorted(layout.release.rglob("*.dcm"))
     assert len(released) == 3
     for path in (p for p in layout.release.rglob("*") if p.is_file()):

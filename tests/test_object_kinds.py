@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset
 from sendit_helpers.core import disposition
 from sendit_helpers.core.errors import LeakError
 from sendit_helpers.core.layout import BatchLayout
+from sendit_helpers.run import upstream
 from sendit_helpers.run.runner import open_batch
 from sendit_helpers.stages import deidentify, inspect
 from sendit_helpers.stages.upload import upload_batch
@@ -42,7 +43,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> ObjectStudy:
 @pytest.fixture(scope="module")
 def done(study: ObjectStudy, tmp_path_factory: pytest.TempPathFactory) -> deidentify.DeidResult:
     layout, settings = open_batch(study.folder, tmp_path_factory.mktemp("work"), [], QUIET)
-    return deidentify.deidentify_batch(layout, settings)
+    return upstream.deidentify(layout, settings)
 
 
 def _outputs(layout: BatchLayout) -> dict[str, Path]:
@@ -268,7 +269,7 @@ PYDICOM_KINDS = {
 def test_pydicom_test_files_every_kind(tmp_path: Path, pydicom_batch: Path) -> None:
     layout, settings = open_batch(pydicom_batch, tmp_path / "work", [], QUIET)
     try:
-        deidentify.deidentify_batch(layout, settings)
+        upstream.deidentify(layout, settings)
     except LeakError:
         pass  # the gate's precision on these vendor values is another matter (issue 11, point 1)
     table = disposition.read(layout)
@@ -322,7 +323,7 @@ def test_encapsulated_pdf_is_held_with_its_reason(study: ObjectStudy, tmp_path: 
     pdf.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
     pdf.save_as(folder / "report.dcm", enforce_file_format=True)
     layout, settings = open_batch(folder, tmp_path / "work", [], QUIET)
-    result = deidentify.deidentify_batch(layout, settings)
+    result = upstream.deidentify(layout, settings)
     assert result.gate.passed
     row = result.dispositions.set_index("source_path").loc[str(folder / "report.dcm")]
     assert row["disposition"] == "quarantined"
@@ -338,7 +339,7 @@ def test_dcmtk_sr_is_not_held_for_its_own_implementation_uid(tmp_path: Path) -> 
     source = realworld.pydicom_test_dir() / "test-SR.dcm"
     (folder / "test-SR.dcm").write_bytes(source.read_bytes())
     layout, settings = open_batch(folder, tmp_path / "work", [], QUIET)
-    result = deidentify.deidentify_batch(layout, settings)
+    result = upstream.deidentify(layout, settings)
     assert result.gate.passed
     assert result.dispositions["disposition"].tolist() == ["released"]
     out = pydicom.dcmread(next(layout.release.rglob("*.dcm")))

@@ -15,9 +15,10 @@ import pytest
 
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.deid import ocr
+from sendit_helpers.run import upstream
 from sendit_helpers.run.runner import open_batch
 from sendit_helpers.samples import batchspec, synthetic, textimages
-from sendit_helpers.stages import deidentify, inspect, review
+from sendit_helpers.stages import inspect, review
 from sendit_helpers.stages.review import Box, Decision, DecisionLog
 
 pytest.importorskip("pytesseract")
@@ -201,7 +202,7 @@ def held(tmp_path: Path) -> tuple[BatchLayout, dict[str, Any], pd.DataFrame]:
         source, batchspec.BatchSpec(n_series=1, images_per_series=2, rows=32, columns=32)
     )
     layout, settings = open_batch(source, tmp_path / "work", [], SETTINGS)
-    deidentify.deidentify_batch(layout, settings)
+    upstream.deidentify(layout, settings)
     items = review.load_items(layout)
     us = items[(items["modality"] == "US") & (items["photometric"] == "MONOCHROME2")]
     ocr.save(

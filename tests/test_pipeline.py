@@ -15,6 +15,7 @@ import pytest
 
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.core.settings import Settings, load_settings
+from sendit_helpers.run import upstream
 from sendit_helpers.run.pipeline import (
     PIPELINE,
     BatchStatus,
@@ -32,7 +33,7 @@ from sendit_helpers.run.pipeline import (
 )
 from sendit_helpers.run.runner import Stage, notebook_path, open_batch, warm_kernels
 from sendit_helpers.samples import batchspec, synthetic
-from sendit_helpers.stages import deidentify, inspect, review
+from sendit_helpers.stages import inspect, review
 
 SECRET_HEX = "706970656c696e652d746573742d736563726574"  # "pipeline-test-secret"
 TINY = batchspec.BatchSpec(n_series=1, images_per_series=2, rows=16, columns=16)
@@ -231,7 +232,7 @@ def _reference(batches: list[Path], work: Path, monkeypatch: pytest.MonkeyPatch)
     for folder in batches:
         layout, settings = open_batch(folder, work, [], {"PROGRESS": False})
         inspect.inspect_batch(layout, settings)
-        deidentify.deidentify_batch(layout, settings)
+        upstream.deidentify(layout, settings)
         review.apply_decisions(layout, settings)
 
 

@@ -12,8 +12,8 @@ from pydicom.data import get_testdata_file
 from sendit_helpers.core import disposition
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.deid.leakgate import Policy
+from sendit_helpers.run import upstream
 from sendit_helpers.run.runner import open_batch
-from sendit_helpers.stages import deidentify
 from tests import realworld
 from tests.object_kinds import make_object_study
 
@@ -30,7 +30,7 @@ def _batch(tmp_path: Path, *names: str) -> Path:
 
 def _run(batch: Path, tmp_path: Path) -> BatchLayout:
     layout, settings = open_batch(batch, tmp_path / "work", [], QUIET)
-    deidentify.deidentify_batch(layout, settings)
+    upstream.deidentify(layout, settings)
     return layout
 
 

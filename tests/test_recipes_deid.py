@@ -20,9 +20,10 @@ from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.deid.dateshift import shift_date
 from sendit_helpers.deid.recipemodel import VARIABLES, DeidContext
 from sendit_helpers.deid.recipes import Recipe
+from sendit_helpers.run import upstream
 from sendit_helpers.run.runner import open_batch
 from sendit_helpers.samples import batchspec, synthetic
-from sendit_helpers.stages import deidentify, engine
+from sendit_helpers.stages import engine
 from tests import realworld
 
 BUNDLED = sorted(p.name for p in Path(data_base).glob("deid.dicom*"))
@@ -191,7 +192,7 @@ def test_deid_dicom_on_top_of_the_default_runs_the_stage(tmp_path: Path) -> None
         {"PROGRESS": False, "DEID_RECIPES": [str(Path(data_base) / "deid.dicom")]},
     )
     with pytest.warns(RecipeWarning) as caught:
-        result = deidentify.deidentify_batch(layout, settings)
+        result = upstream.deidentify(layout, settings)
     assert any("old keyword of PatientName" in str(w.message) for w in caught)
     released = result.dispositions[result.dispositions["disposition"] == "released"]
     assert len(released) == 2

@@ -23,9 +23,10 @@ from sendit_helpers.core.errors import ReviewError
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.deid import leakgate, plots
 from sendit_helpers.deid.plots import png_step
+from sendit_helpers.run import upstream
 from sendit_helpers.run.runner import open_batch
 from sendit_helpers.samples import synthetic
-from sendit_helpers.stages import deidentify, release, review
+from sendit_helpers.stages import release, review
 from sendit_helpers.stages.review import Box, Decision, DecisionLog
 from sendit_helpers.stages.reviewer import KEYS, Reviewer, to_source
 
@@ -40,7 +41,7 @@ def deidentified(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     source = root / "in" / "b1"
     synthetic.make_batch(source)
     layout, settings = open_batch(source, root / "work", [], SETTINGS)
-    deidentify.deidentify_batch(layout, settings)
+    upstream.deidentify(layout, settings)
     return source, root / "work"
 
 

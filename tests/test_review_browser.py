@@ -39,9 +39,10 @@ import pytest
 
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.deid import leakgate
+from sendit_helpers.run import upstream
 from sendit_helpers.run.runner import open_batch
 from sendit_helpers.samples import batchspec, synthetic
-from sendit_helpers.stages import deidentify, inspect, review
+from sendit_helpers.stages import inspect, review
 from sendit_helpers.stages.review import Box, Decision, DecisionLog
 from sendit_helpers.stages.reviewer import KEYS
 
@@ -137,7 +138,7 @@ def site(tmp_path: Path) -> Site:
     source = tmp_path / "in" / "b1"
     synthetic.make_batch(source)
     layout, settings = open_batch(source, tmp_path / "work", [], {"PROGRESS": False})
-    deidentify.deidentify_batch(layout, settings)
+    upstream.deidentify(layout, settings)
     served = tmp_path / "site" / "review.ipynb"
     served.parent.mkdir()
     _notebook(served, source, tmp_path / "work", tmp_path / "params" / "site-filters.deid")
@@ -295,7 +296,7 @@ def _next_batch(site: Site) -> str:
     overrides = {"PROGRESS": False, "SITE_FILTERS": str(site_filters), "OCR_SCREEN": "off"}
     layout, settings = open_batch(source, site.tmp / "work", [], overrides)
     inspect.inspect_batch(layout, settings)
-    deidentify.deidentify_batch(layout, settings)
+    upstream.deidentify(layout, settings)
     _notebook(site.notebook.with_name("next.ipynb"), source, site.tmp / "work", site_filters)
     items = review.load_items(layout)
     return str(items.loc[items["modality"] == "OT", "item"].iloc[0])

@@ -14,9 +14,10 @@ from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.deid import siterules
 from sendit_helpers.deid.recipes import Recipe
 from sendit_helpers.deid.scrub import Box
+from sendit_helpers.run import upstream
 from sendit_helpers.run.runner import open_batch
 from sendit_helpers.samples import batchspec, synthetic
-from sendit_helpers.stages import deidentify, inspect, review
+from sendit_helpers.stages import inspect, review
 from sendit_helpers.stages.reviewer import KEYS, Reviewer
 
 BOX = Box(4, 4, 120, 36)
@@ -28,7 +29,7 @@ def _batch(root: Path, seed: int, settings: dict[str, object]) -> BatchLayout:
     synthetic.make_batch(source, batchspec.BatchSpec(seed=seed))
     layout, resolved = open_batch(source, root / "work", [], settings)
     inspect.inspect_batch(layout, resolved)
-    deidentify.deidentify_batch(layout, resolved)
+    upstream.deidentify(layout, resolved)
     return layout
 
 

@@ -25,10 +25,9 @@ import requests
 from sendit_helpers.core.errors import UploadError
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.deid import leakgate
-from sendit_helpers.run import cli, pipeline, runner
+from sendit_helpers.run import cli, pipeline, runner, upstream
 from sendit_helpers.run.runner import Stage, open_batch
 from sendit_helpers.samples import batchspec, synthetic
-from sendit_helpers.stages import deidentify
 from sendit_helpers.stages.query import find_entities, find_images
 from sendit_helpers.stages.upload import (
     MISSING,
@@ -329,7 +328,7 @@ def _two_studies(tmp_path: Path) -> tuple[list[BatchLayout], int]:
         folder = tmp_path / "in" / f"study{study}"
         synthetic.make_batch(folder, replace(SPEC, study=study, images_per_series=images))
         layout, settings = open_batch(folder, tmp_path / "work", [], {"PROGRESS": False})
-        deidentify.deidentify_batch(layout, settings)
+        upstream.deidentify(layout, settings)
         layouts.append(layout)
         total += images
     return layouts, total

@@ -16,9 +16,9 @@ import pytest
 
 from sendit_helpers.core import disposition
 from sendit_helpers.core.errors import LeakError
+from sendit_helpers.run import upstream
 from sendit_helpers.run.runner import open_batch
 from sendit_helpers.samples import batchspec
-from sendit_helpers.stages import deidentify
 from tests import realworld
 
 FAST = {"PROGRESS": False, "OCR_SCREEN": "off"}
@@ -28,7 +28,7 @@ def _new_errors(folder: Path, work: Path) -> tuple[int, dict[str, list[str]]]:
     """De-identify ``folder``: how many outputs, and per input the errors its output gained."""
     layout, settings = open_batch(folder, work, [], FAST)
     with contextlib.suppress(LeakError):  # the gate is judged elsewhere; here, the files written
-        deidentify.deidentify_batch(layout, settings)
+        upstream.deidentify(layout, settings)
     pairs = realworld.output_pairs(layout.release, layout.quarantine, disposition.read(layout))
     found = realworld.new_dciodvfy_errors_many(pairs)
     return len(pairs), {

@@ -22,10 +22,11 @@ import psutil
 import pytest
 
 from sendit_helpers.core.layout import BatchLayout
+from sendit_helpers.run import upstream
 from sendit_helpers.run.pipeline import PIPELINE, stamp_path
 from sendit_helpers.run.runner import KERNELS_DIR, Stage, notebook_path, open_batch
 from sendit_helpers.samples import batchspec, synthetic
-from sendit_helpers.stages import deidentify, inspect, review, upload
+from sendit_helpers.stages import inspect, review, upload
 
 SECRET_HEX = "7761726d2d6b65726e656c2d74657374"  # "warm-kernel-test"
 TINY = batchspec.BatchSpec(n_series=1, images_per_series=2, rows=16, columns=16)
@@ -56,7 +57,7 @@ def _one_by_one(batches: list[Path], work: Path, monkeypatch: pytest.MonkeyPatch
     for folder in batches:
         layout, settings = open_batch(folder, work, [], {"PROGRESS": False})
         inspect.inspect_batch(layout, settings)
-        deidentify.deidentify_batch(layout, settings)
+        upstream.deidentify(layout, settings)
         review.apply_decisions(layout, settings)
         upload.upload_batch(layout, settings, progress=False)
 

@@ -11,9 +11,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from sendit_helpers.core.layout import BatchLayout
-from sendit_helpers.stages import deidentify, inspect
+from sendit_helpers.stages import deidentify as deidentify_stage
+from sendit_helpers.stages import inspect
+from sendit_helpers.stages.deidentify import DeidResult
 
-__all__ = ["ensure_deidentified", "ensure_inspected"]
+__all__ = ["deidentify", "ensure_deidentified", "ensure_inspected"]
 
 
 def ensure_inspected(layout: BatchLayout, settings: Mapping[str, Any]) -> bool:
@@ -57,5 +59,24 @@ def ensure_deidentified(layout: BatchLayout, settings: Mapping[str, Any]) -> boo
     """
     if layout.held_table.exists():
         return False
-    deidentify.deidentify_batch(layout, settings)
+    deidentify(layout, settings)
     return True
+
+
+def deidentify(layout: BatchLayout, settings: Mapping[str, Any]) -> DeidResult:
+    """Make inspect current (:func:`ensure_inspected`), then run the de-identify stage.
+
+    Parameters
+    ----------
+    layout : BatchLayout
+        The batch.
+    settings : mapping
+        Resolved settings.
+
+    Returns
+    -------
+    DeidResult
+        What :func:`sendit_helpers.stages.deidentify.deidentify_batch` returns.
+    """
+    ensure_inspected(layout, settings)
+    return deidentify_stage.deidentify_batch(layout, settings)

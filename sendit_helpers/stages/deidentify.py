@@ -51,6 +51,7 @@ from pydicom.filereader import read_file_meta_info
 from sendit_helpers.core import disposition, executors, memory
 from sendit_helpers.core.dicomio import READ_ERRORS
 from sendit_helpers.core.disposition import Disposition, Row
+from sendit_helpers.core.errors import BatchError
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.core.settings import typed
 from sendit_helpers.deid import leakgate
@@ -672,19 +673,27 @@ class DeidResult:
 
 
 def deidentify_batch(layout: BatchLayout, settings: Mapping[str, Any]) -> DeidResult:
-    """Run the de-identify stage on one batch (inspect first when its outputs are missing).
+    """Run the de-identify stage on one inspected batch.
 
-    The leak gate then holds every file it finds an identifying value in
+    The stage does not run inspect: the pipeline (or
+    :func:`sendit_helpers.run.upstream.deidentify`) makes it current first.  The
+    leak gate then holds every file it finds an identifying value in
     (:func:`.release.hold_for_gate`); the rest of the batch is released.
 
     Raises
     ------
+    BatchError
+        When the batch's inspect outputs are missing or older than its inputs.
     LeakError
         When the leak gate finds a value it cannot hold (in no image's file or
         row); the report (``phi/deidentify/leak_report.csv``) names file and field.
     """
     if not inspect.is_current(layout):
-        inspect.inspect_batch(layout, settings)
+        raise BatchError(
+            f"batch {layout.name} is not inspected (or changed since): its inspect outputs "
+            f"({layout.inspect_dir}) are missing or older than its files; run `sendit inspect` "
+            "first, or sendit_helpers.run.upstream.deidentify, which does"
+        )
     files = inspect.load(layout, PLAN_COLUMNS)
     cfg = typed(settings)
     secret = load_site_secret(

@@ -45,7 +45,7 @@ import _common as c
 
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.deid import leakgate
-from sendit_helpers.pseudonyms.identifiers import load_site_secret
+from sendit_helpers.pseudonyms.secret import load_site_secret
 from sendit_helpers.run import upstream
 from sendit_helpers.stages import deidentify, engine, inspect
 

@@ -44,7 +44,7 @@ import psutil
 
 from sendit_helpers.core import executors
 from sendit_helpers.core.layout import BatchLayout
-from sendit_helpers.pseudonyms.identifiers import load_site_secret
+from sendit_helpers.pseudonyms.secret import load_site_secret
 from sendit_helpers.stages import deidentify, engine, inspect
 
 SECRET_HEX = "62656e63686d61726b2d736974652d736563726574"  # as _common.settings()

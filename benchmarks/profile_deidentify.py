@@ -38,7 +38,7 @@ from sendit_helpers.core.dicomio import read_full
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.deid import cleaned, dicomwrite, elementcache, leakgate
 from sendit_helpers.deid.recipemodel import DeidContext
-from sendit_helpers.pseudonyms.identifiers import load_site_secret
+from sendit_helpers.pseudonyms.secret import load_site_secret
 from sendit_helpers.stages import deidentify, engine, inspect
 
 

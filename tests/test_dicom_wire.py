@@ -14,7 +14,7 @@ from pynetdicom.dsutils import encode
 from pynetdicom.pdu import P_DATA_TF
 
 from sendit_helpers.core.errors import UploadError
-from sendit_helpers.targets.orthanc import (
+from sendit_helpers.targets.dicomwire import (
     FileMeta,
     _command_values,
     c_store_command,

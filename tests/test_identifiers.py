@@ -1,4 +1,4 @@
-"""Tests of ``sendit_helpers.pseudonyms.identifiers``: providers, UID mapper, site secret."""
+"""Tests of ``sendit_helpers.pseudonyms``: providers, UID mapper, site secret."""
 
 from __future__ import annotations
 
@@ -17,19 +17,18 @@ from identifier_server import IdentifierServer, start_identifier_server
 from pydicom.uid import UID
 
 from sendit_helpers.core.errors import IdentifierError, SettingsError
-from sendit_helpers.pseudonyms.identifiers import (
-    CrosswalkProvider,
-    KeyedProvider,
+from sendit_helpers.pseudonyms.crosswalk import CrosswalkProvider
+from sendit_helpers.pseudonyms.local import KeyedProvider
+from sendit_helpers.pseudonyms.provider import (
     ProviderKind,
     Pseudonyms,
-    RestProvider,
     StudyKey,
-    UidMapper,
     _unique_codes,
-    load_site_secret,
     make_provider,
-    site_secret_path,
 )
+from sendit_helpers.pseudonyms.rest import RestProvider
+from sendit_helpers.pseudonyms.secret import load_site_secret, site_secret_path
+from sendit_helpers.pseudonyms.uids import UidMapper
 
 SECRET = b"s" * 32
 ENTITY_RE = re.compile(r"^IR[0-9a-f]{6,}$")

@@ -10,9 +10,9 @@ upload would, and says what to look at.
 - jupyter_client (``<9``): ``AsyncKernelManager._async_launch_kernel`` (``runner``
   overrides it to send the kernel's output to ``phi/notebooks/*.kernel.log``).
 - pynetdicom (``<3.1``): the association's reactor thread, ``dimse.get_msg`` and
-  ``dimse.msg_queue`` (``targets.orthanc.ReplyGuard``), ``dul.socket.socket``
+  ``dimse.msg_queue`` (``targets.dicom.ReplyGuard``), ``dul.socket.socket``
   (``TCP_NODELAY``), ``_config.STORE_SEND_CHUNKED_DATASET``, and what
-  ``targets.orthanc.Link`` pauses: ``_reactor_checkpoint`` / ``_is_paused`` and the
+  ``targets.dicom.Link`` pauses: ``_reactor_checkpoint`` / ``_is_paused`` and the
   DUL's ``_is_transport_event``, its state machine's ``current_state``.
 """
 
@@ -109,7 +109,7 @@ def test_reply_guard_keeps_the_reactor_poll_from_answers() -> None:
     pynetdicom = pytest.importorskip("pynetdicom")
     from pynetdicom.association import Association
 
-    from sendit_helpers.targets.orthanc import ReplyGuard
+    from sendit_helpers.targets.dicom import ReplyGuard
 
     assoc = Association(pynetdicom.AE(), "requestor")
     ReplyGuard.install(assoc)
@@ -149,7 +149,7 @@ def test_pynetdicom_internals_reply_guard_and_store_rely_on() -> None:
 
 
 def test_pynetdicom_internals_the_cstore_link_relies_on() -> None:
-    """targets.orthanc.Link pauses the reactor and the DUL's socket polls, then ends both."""
+    """targets.dicom.Link pauses the reactor and the DUL's socket polls, then ends both."""
     pynetdicom = pytest.importorskip("pynetdicom")
     from pynetdicom.association import Association
     from pynetdicom.dul import DULServiceProvider

@@ -12,7 +12,8 @@ import requests
 
 from sendit_helpers.core.errors import UploadError
 from sendit_helpers.stages.upload import load_release, upload_batch
-from sendit_helpers.targets.orthanc import OrthancDicomTarget, OrthancRestTarget, ReplyGuard
+from sendit_helpers.targets.dicom import OrthancDicomTarget, ReplyGuard
+from sendit_helpers.targets.orthanc import OrthancRestTarget
 from tests.conftest_servers import ReleaseFactory
 from tests.servers import OrthancServer
 

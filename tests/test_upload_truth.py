@@ -39,8 +39,9 @@ from sendit_helpers.stages.upload import (
 )
 from sendit_helpers.targets import ChangedError, Item, Target
 from sendit_helpers.targets.base import public_url
+from sendit_helpers.targets.dicom import OrthancDicomTarget
 from sendit_helpers.targets.local import LocalTarget
-from sendit_helpers.targets.orthanc import OrthancDicomTarget, OrthancRestTarget
+from sendit_helpers.targets.orthanc import OrthancRestTarget
 from tests.conftest_servers import ReleaseFactory
 from tests.servers import FakeGcsServer, OrthancServer
 

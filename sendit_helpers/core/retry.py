@@ -1,7 +1,7 @@
 """Retries of network calls: exponential backoff with jitter, ``Retry-After``, a stop event.
 
 Both clients that retry -- the identifier client
-(:class:`~sendit_helpers.pseudonyms.identifiers.RestProvider`) and upload
+(:class:`~sendit_helpers.pseudonyms.rest.RestProvider`) and upload
 (:func:`~sendit_helpers.stages.upload.with_retries`) -- go through :func:`call`, built on
 tenacity:
 

@@ -186,7 +186,7 @@ _FUNCS = frozenset({"uid", "clean_text", "jitter", "method_codes"})
 
 #: The ``var:`` names a recipe may use, as deid users supply them, and what sendit gives
 #: (per file, from the identifier provider's
-#: :class:`~sendit_helpers.pseudonyms.identifiers.Pseudonyms` and the date shift; see
+#: :class:`~sendit_helpers.pseudonyms.provider.Pseudonyms` and the date shift; see
 #: ``engine.job_context``).
 VARIABLES: dict[str, str] = {
     "entity_id": "the patient's pseudonym",

@@ -56,12 +56,9 @@ from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.core.settings import typed
 from sendit_helpers.deid import leakgate
 from sendit_helpers.deid.dateshift import shift_date
-from sendit_helpers.pseudonyms.identifiers import (
-    StudyKey,
-    UidMapper,
-    load_site_secret,
-    make_provider,
-)
+from sendit_helpers.pseudonyms.provider import StudyKey, make_provider
+from sendit_helpers.pseudonyms.secret import load_site_secret
+from sendit_helpers.pseudonyms.uids import UidMapper
 from sendit_helpers.stages import inspect, release
 from sendit_helpers.stages.engine import (
     Job,

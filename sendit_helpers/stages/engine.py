@@ -45,7 +45,7 @@ from sendit_helpers.deid.dicomwrite import encode_header, split_file
 from sendit_helpers.deid.elementcache import ElementCache
 from sendit_helpers.deid.recipemodel import GATE_VRS, Changes, DeidContext
 from sendit_helpers.deid.recipes import Recipe
-from sendit_helpers.pseudonyms.identifiers import UidMapper
+from sendit_helpers.pseudonyms.uids import UidMapper
 
 #: What de-identifying one malformed file may raise: its disposition becomes an error.
 _FILE_ERRORS: tuple[type[Exception], ...] = (*PARSE_ERRORS, RuntimeError)
@@ -456,7 +456,7 @@ def worker_config(settings: Mapping[str, Any], secret: bytes) -> WorkerConfig:
     settings : mapping
         Resolved settings (``DEID_RECIPES``, ``USE_DEFAULT_RECIPE``, ``SAFE_PRIVATE_TAGS``).
     secret : bytes
-        The site secret (:func:`sendit_helpers.pseudonyms.identifiers.load_site_secret`).
+        The site secret (:func:`sendit_helpers.pseudonyms.secret.load_site_secret`).
 
     Returns
     -------

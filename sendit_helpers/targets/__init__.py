@@ -79,7 +79,8 @@ def make_targets(settings: Mapping[str, Any], work: str | Path) -> list[Target]:
 
 
 def _orthanc(settings: Mapping[str, Any]) -> Target:
-    from sendit_helpers.targets.orthanc import OrthancDicomTarget, OrthancRestTarget
+    from sendit_helpers.targets.dicom import OrthancDicomTarget
+    from sendit_helpers.targets.orthanc import OrthancRestTarget
 
     protocol = typed(settings).targets.orthanc.protocol.lower()
     if protocol == "rest":

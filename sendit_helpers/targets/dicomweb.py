@@ -29,7 +29,7 @@ from sendit_helpers.targets.base import (
     TransientError,
     public_url,
 )
-from sendit_helpers.targets.orthanc import parse_file_meta, read_file_meta
+from sendit_helpers.targets.dicomwire import parse_file_meta, read_file_meta
 
 TIMEOUT = 120.0
 STOW_BATCH = 50

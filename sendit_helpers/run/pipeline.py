@@ -314,6 +314,7 @@ def fingerprint(
     stage: Stage,
     layout: BatchLayout,
     settings: Settings,
+    stages: Sequence[Stage] = PIPELINE,
     extra: Mapping[str, Any] | None = None,
 ) -> str | None:
     """The fingerprint of running ``stage`` on ``layout`` now; None if it cannot be current.
@@ -321,8 +322,9 @@ def fingerprint(
     It covers what the stage's declaration (:data:`~sendit_helpers.run.stages.STAGES`)
     names: its input (the batch's files for the first stage, else its upstream
     stage's stamp), the settings it reads, the files it watches, its notebook and
-    its extra parameters.  None means the upstream stage has no stamp (it has not
-    succeeded, so this stage's inputs are not settled).
+    its extra parameters.  An upstream stage outside ``stages`` does not count (the
+    stage then reads the batch's files).  None means the upstream stage has no stamp
+    (it has not succeeded, so this stage's inputs are not settled).
 
     Parameters
     ----------
@@ -330,6 +332,8 @@ def fingerprint(
     layout : BatchLayout
     settings : Settings
         Resolved as the notebook will resolve them.
+    stages : sequence of Stage
+        The stages of the run ``stage`` is part of.
     extra : mapping, optional
         Extra notebook parameters (default: the declared ``run_extra``).
     """
@@ -341,7 +345,7 @@ def fingerprint(
         "settings": settings_fingerprint(settings, stage),
         "extra": dict(extra if extra is not None else spec.run_extra),
     }
-    if spec.upstream is None:
+    if spec.upstream is None or spec.upstream not in stages:
         parts["inputs"] = inputs_fingerprint(layout)
     else:
         previous = read_stamp(layout, spec.upstream)
@@ -354,7 +358,12 @@ def fingerprint(
 
 
 def is_current(
-    stage: Stage, layout: BatchLayout, settings: Settings, *, outputs: bool = True
+    stage: Stage,
+    layout: BatchLayout,
+    settings: Settings,
+    stages: Sequence[Stage] = PIPELINE,
+    *,
+    outputs: bool = True,
 ) -> bool:
     """True when ``stage`` succeeded before on exactly what it would run on now.
 
@@ -367,7 +376,7 @@ def is_current(
     stamp = read_stamp(layout, stage)
     if stamp is None or not notebook_path(stage, layout).exists():
         return False
-    key = fingerprint(stage, layout, settings)
+    key = fingerprint(stage, layout, settings, stages)
     if key is None or stamp.get("key") != key:
         return False
     check = STAGES[stage].still_current
@@ -392,7 +401,7 @@ def stale_stages(
     running a stage gives it a new stamp, which is the input of the stages that read it."""
     stale: list[Stage] = []
     for stage in stages:
-        if stage not in stale and not is_current(stage, layout, settings, outputs=outputs):
+        if stage not in stale and not is_current(stage, layout, settings, stages, outputs=outputs):
             stale += [s for s in downstream(stage) if s in stages and s not in stale]
     return [s for s in stages if s in stale]
 
@@ -409,9 +418,10 @@ def write_stamp(
     stage: Stage,
     settings: Settings,
     seconds: float,
+    stages: Sequence[Stage] = PIPELINE,
 ) -> dict[str, Any]:
     """Record ``stage``'s success (atomically, flushed to disk) and return the record."""
-    key = fingerprint(stage, layout, settings)
+    key = fingerprint(stage, layout, settings, stages)
     record = {
         "stage": str(stage),
         "key": key,
@@ -554,7 +564,7 @@ def run_batch(
         settings = load_settings(params, overrides)
         with batch_lock(layout):
             for stage in stages:
-                if not force and is_current(stage, layout, settings):
+                if not force and is_current(stage, layout, settings, stages):
                     status.skipped.append(str(stage))
                     tell("skip")
                     continue
@@ -570,7 +580,7 @@ def run_batch(
                     overrides=overrides,
                     extra=STAGES[stage].run_extra,
                 )
-                write_stamp(layout, stage, settings, time.perf_counter() - began)
+                write_stamp(layout, stage, settings, time.perf_counter() - began, stages)
                 tell("done")
     except (SenditError, OSError) as exc:
         tell("failed")

@@ -34,6 +34,18 @@ from tests.test_leaks_harsh import build
 
 SETTINGS = {"PROGRESS": False}
 
+
+@pytest.fixture(autouse=True)
+def _fixed_site_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One site secret, so the date offset is the same on every run.
+
+    With a random secret the offset is +1 day about once in 730 runs; the harsh files'
+    StudyDate shifted by it equals their removed ContentDate, and the gate (rightly, by
+    value) reports it in cleaned.parquet, which these tests' exact report counts do not
+    expect.  A known limit of scanning by value (docs/architecture.md, leak gate).
+    """
+    monkeypatch.setenv("SENDIT_SITE_SECRET", "0123456789abcdef" * 4)
+
 #: pydicom test files whose removed values are kept elsewhere by policy.
 VENDOR_FILES = (
     "CT_small.dcm",

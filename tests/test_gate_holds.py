@@ -46,6 +46,7 @@ def _fixed_site_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     """
     monkeypatch.setenv("SENDIT_SITE_SECRET", "0123456789abcdef" * 4)
 
+
 #: pydicom test files whose removed values are kept elsewhere by policy.
 VENDOR_FILES = (
     "CT_small.dcm",

@@ -6,7 +6,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -32,30 +31,11 @@ from sendit_helpers.run.pipeline import (
     write_stamp,
 )
 from sendit_helpers.run.runner import Stage, notebook_path, open_batch, warm_kernels
-from sendit_helpers.samples import batchspec, synthetic
+from sendit_helpers.samples import synthetic
 from sendit_helpers.stages import inspect, review
+from tests.helpers_cli import TINY, cli_env, run_cmd
 
 SECRET_HEX = "706970656c696e652d746573742d736563726574"  # "pipeline-test-secret"
-TINY = batchspec.BatchSpec(n_series=1, images_per_series=2, rows=16, columns=16)
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ, PROGRESS="false", SENDIT_SITE_SECRET=SECRET_HEX)
-    env.pop("WORKERS", None)
-    return env
-
-
-def _run_cmd(root: Path, work: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "sendit_helpers.run.cli",
-        "run",
-        str(root),
-        "--work",
-        str(work),
-        *extra,
-    ]
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
@@ -272,7 +252,7 @@ def test_killed_run_resumes_and_failing_batch_is_isolated(
     # 1. killed midway
     with (tmp_path / "run1.out").open("w") as out:
         proc = subprocess.Popen(
-            _run_cmd(root, work, "--workers", "2"), env=_env(), stdout=out, stderr=out
+            run_cmd(root, work, "--workers", "2"), env=cli_env(SECRET_HEX), stdout=out, stderr=out
         )
         deadline = time.monotonic() + 120
         children: list[psutil.Process] = []
@@ -291,8 +271,8 @@ def test_killed_run_resumes_and_failing_batch_is_isolated(
 
     # 2. rerun, on Dask this time
     again = subprocess.run(
-        _run_cmd(root, work, "--workers", "2", "--executor", "dask"),
-        env=_env(),
+        run_cmd(root, work, "--workers", "2", "--executor", "dask"),
+        env=cli_env(SECRET_HEX),
         capture_output=True,
         text=True,
         check=False,
@@ -329,8 +309,8 @@ def test_killed_run_resumes_and_failing_batch_is_isolated(
 
     # 3. nothing changed: only the failed stage runs again
     third = subprocess.run(
-        _run_cmd(root, work, "--workers", "2"),
-        env=_env(),
+        run_cmd(root, work, "--workers", "2"),
+        env=cli_env(SECRET_HEX),
         capture_output=True,
         text=True,
         check=False,

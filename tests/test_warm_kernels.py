@@ -9,11 +9,9 @@ run again.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,22 +23,11 @@ from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.run import upstream
 from sendit_helpers.run.pipeline import PIPELINE, stamp_path
 from sendit_helpers.run.runner import KERNELS_DIR, Stage, notebook_path, open_batch
-from sendit_helpers.samples import batchspec, synthetic
+from sendit_helpers.samples import synthetic
 from sendit_helpers.stages import inspect, review, upload
+from tests.helpers_cli import TINY, cli_env, run_cmd
 
 SECRET_HEX = "7761726d2d6b65726e656c2d74657374"  # "warm-kernel-test"
-TINY = batchspec.BatchSpec(n_series=1, images_per_series=2, rows=16, columns=16)
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ, PROGRESS="false", SENDIT_SITE_SECRET=SECRET_HEX)
-    env.pop("WORKERS", None)
-    return env
-
-
-def _run(root: Path, work: Path, *extra: str) -> list[str]:
-    cli = [sys.executable, "-m", "sendit_helpers.run.cli", "run", str(root), "--work", str(work)]
-    return [*cli, *extra]
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
@@ -100,7 +87,11 @@ def test_warm_run_equals_one_by_one_and_a_failing_batch_spares_the_next(
     (work / bad.name / "phi" / "deidentify").write_text("not a folder")
 
     proc = subprocess.run(
-        _run(root, work, "--workers", "1"), env=_env(), capture_output=True, text=True, timeout=300
+        run_cmd(root, work, "--workers", "1"),
+        env=cli_env(SECRET_HEX),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert f"{bad.name}: stage deidentify failed" in proc.stderr
@@ -149,7 +140,8 @@ def test_killed_warm_run_completes_everything_once(
     made = list(synthetic.make_batches(root, n=2, spec=TINY))
     work = tmp_path / "work"
     with (tmp_path / "run1.out").open("w") as out:
-        proc = subprocess.Popen(_run(root, work), env=_env(), stdout=out, stderr=out)
+        cmd = run_cmd(root, work)
+        proc = subprocess.Popen(cmd, env=cli_env(SECRET_HEX), stdout=out, stderr=out)
         deadline = time.monotonic() + 240
         children: list[psutil.Process] = []
         while time.monotonic() < deadline and proc.poll() is None:
@@ -165,8 +157,8 @@ def test_killed_warm_run_completes_everything_once(
     assert not alive, "the warm kernel outlived the killed run"
     assert not stamp_path(BatchLayout.for_batch(made[1], work), Stage.UPLOAD).exists()
 
-    again = subprocess.run(_run(root, work), env=_env(), capture_output=True, text=True,
-                           timeout=300)  # fmt: skip
+    again = subprocess.run(run_cmd(root, work), env=cli_env(SECRET_HEX), capture_output=True,
+                           text=True, timeout=300)  # fmt: skip
     assert again.returncode == 0, again.stdout + again.stderr
     reference = tmp_path / "reference"
     _one_by_one(made, reference, monkeypatch)

@@ -19,7 +19,7 @@ from sendit_helpers.core.disposition import Disposition
 from sendit_helpers.run import upstream
 from sendit_helpers.run.runner import open_batch
 from sendit_helpers.samples import batchspec, synthetic
-from sendit_helpers.stages import review, upload
+from sendit_helpers.stages import review, review_decisions, review_items, upload
 
 SETTINGS = {"PROGRESS": False}
 
@@ -56,13 +56,13 @@ def test_all_quarantined_batch_goes_through_review_and_upload(
     assert manifest.empty
     assert disposition.release_line(disposition.read(layout)) == "0 released, 3 waiting"
 
-    items = review.load_items(layout)
+    items = review_items.load_items(layout)
     decisions = tmp_path / "decisions.csv"
     decisions.write_text(
         "item,decision,x,y,width,height\n"
         + "".join(f"{item},release,,,,\n" for item in items["item"])
     )
-    assert review.replay_decisions(layout, decisions) == 3
+    assert review_decisions.replay_decisions(layout, decisions) == 3
     applied = review.apply_decisions(layout, settings)
     assert sorted(applied.released) == sorted(items["item"])
     assert len(applied.cleaned) == 3

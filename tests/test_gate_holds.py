@@ -28,7 +28,7 @@ from sendit_helpers.deid import leakgate
 from sendit_helpers.deid.leakgate import Policy, only_descriptor_words
 from sendit_helpers.run import upstream
 from sendit_helpers.run.runner import open_batch
-from sendit_helpers.stages import release, review, upload
+from sendit_helpers.stages import release, review, review_decisions, review_items, upload
 from tests import realworld
 from tests.test_leaks_harsh import build
 
@@ -207,8 +207,8 @@ def test_harsh_values_in_pixels_hold_their_files_and_release_the_rest(tmp_path: 
     assert sorted(result.entities["IMAGE_COUNT"]) == [1, 1]
     report = (layout.deid_dir / "leak_report.csv").read_text()
     assert "PixelData (7FE0,0010)" in report and "ZQX" not in report
-    items = review.load_items(layout)
-    assert list(items["held_by"]) == [review.HELD_BY_GATE] * 2
+    items = review_items.load_items(layout)
+    assert list(items["held_by"]) == [review_items.HELD_BY_GATE] * 2
     assert set(items["label"]) == {"PixelData (7FE0,0010)"}
     assert set(items["triggers"].map(lambda t: t["value removed from"])) == {
         "name part",
@@ -234,7 +234,7 @@ def test_a_decision_re_gates_a_held_file(tmp_path: Path) -> None:
         f"{scrubbed},scrub,0,0,16,1\n"  # the planted bytes sit in the first row
         f"{released},release,,,,\n"
     )
-    review.replay_decisions(layout, decisions)
+    review_decisions.replay_decisions(layout, decisions)
     applied = review.apply_decisions(layout, settings)
     assert applied.scrubbed == [scrubbed] and applied.held == [released]
     assert "1 held again by the leak gate" in applied.summary()
@@ -246,11 +246,11 @@ def test_a_decision_re_gates_a_held_file(tmp_path: Path) -> None:
     assert now.loc[released, "disposition"] == "quarantined"
     assert now.loc[released, "reason"].startswith("leak gate: a removed PatientID value")
     assert list(release.gate_held(layout)["path"].str.endswith(released)) == [True]
-    assert (review.originals_dir(layout) / release.gate_held(layout)["path"][0]).is_file()
+    assert (review_items.originals_dir(layout) / release.gate_held(layout)["path"][0]).is_file()
     assert leakgate.require_pass(layout)
-    items = review.load_items(layout).set_index("item")
-    assert items.loc[released, "held_by"] == review.HELD_BY_GATE
-    assert items.loc[scrubbed, "held_by"] == review.HELD_BY_SCREEN  # released: no gate reason
+    items = review_items.load_items(layout).set_index("item")
+    assert items.loc[released, "held_by"] == review_items.HELD_BY_GATE
+    assert items.loc[scrubbed, "held_by"] == review_items.HELD_BY_SCREEN  # released: no gate reason
     # applying again changes nothing: the held file stays held, the scrubbed one released
     again = review.apply_decisions(layout, settings)
     assert again.held == [released] and again.scrubbed == [scrubbed]

@@ -18,8 +18,9 @@ from sendit_helpers.deid import ocr
 from sendit_helpers.run import upstream
 from sendit_helpers.run.runner import open_batch
 from sendit_helpers.samples import batchspec, synthetic, textimages
-from sendit_helpers.stages import inspect, review
-from sendit_helpers.stages.review import Box, Decision, DecisionLog
+from sendit_helpers.stages import inspect, review, review_items
+from sendit_helpers.stages.review import Box
+from sendit_helpers.stages.review_decisions import Decision, DecisionLog
 
 pytest.importorskip("pytesseract")
 SETTINGS = {"PROGRESS": False}
@@ -203,7 +204,7 @@ def held(tmp_path: Path) -> tuple[BatchLayout, dict[str, Any], pd.DataFrame]:
     )
     layout, settings = open_batch(source, tmp_path / "work", [], SETTINGS)
     upstream.deidentify(layout, settings)
-    items = review.load_items(layout)
+    items = review_items.load_items(layout)
     us = items[(items["modality"] == "US") & (items["photometric"] == "MONOCHROME2")]
     ocr.save(
         layout,
@@ -228,7 +229,7 @@ def test_ocr_boxes_reach_the_reviewer_and_auto_scrub(
     layout, _, us = held
     assert ocr.table_path(layout).is_relative_to(layout.phi)
     assert ocr.load(layout)["ocr_flagged"].all()
-    items = review.load_items(layout).set_index("item")
+    items = review_items.load_items(layout).set_index("item")
     row = items.loc[us["item"].iloc[0]]
     assert row["ocr_boxes"] == [Box(300, 340, 210, 40)]
     assert Box(300, 340, 210, 40) in row["suggested"]
@@ -252,7 +253,7 @@ def test_ocr_boxes_reach_the_reviewer_and_auto_scrub(
     scrubbed = pydicom.dcmread(layout.release / us["path"].iloc[0]).pixel_array
     assert (scrubbed[340:380, 300:510] == 0).all()
     assert np.array_equal(scrubbed[:300], original[:300])
-    assert len(result.undecided) == len(review.load_items(layout)) - 1, "no OCR box: no auto"
+    assert len(result.undecided) == len(review_items.load_items(layout)) - 1, "no OCR box: no auto"
 
 
 # ------------------------------------------------------------------ benchmark

@@ -26,9 +26,12 @@ from sendit_helpers.deid.plots import png_step
 from sendit_helpers.run import upstream
 from sendit_helpers.run.runner import open_batch
 from sendit_helpers.samples import synthetic
-from sendit_helpers.stages import release, review
-from sendit_helpers.stages.review import Box, Decision, DecisionLog
-from sendit_helpers.stages.reviewer import KEYS, Reviewer, to_source
+from sendit_helpers.stages import release, review, review_decisions, review_items
+from sendit_helpers.stages.review import Box
+from sendit_helpers.stages.review_decisions import Decision, DecisionLog
+from sendit_helpers.stages.reviewer import Reviewer
+from sendit_helpers.stages.reviewer_keys import KEYS
+from sendit_helpers.stages.reviewer_view import to_source
 
 SETTINGS = {"PROGRESS": False}
 
@@ -190,7 +193,7 @@ def test_scrub_rejects_a_rectangle_outside_the_image() -> None:
 # ------------------------------------------------------------------ items
 def test_load_items(held_batch: tuple[BatchLayout, dict[str, object]]) -> None:
     layout, _ = held_batch
-    items = review.load_items(layout)
+    items = review_items.load_items(layout)
     held = pd.read_parquet(layout.deid_dir / "quarantined.parquet")
     assert sorted(items["item"]) == sorted(held["name"])
     assert set(items["modality"]) == {"CT", "OT", "US"}
@@ -202,8 +205,8 @@ def test_load_items(held_batch: tuple[BatchLayout, dict[str, object]]) -> None:
     assert us["label"] and us["group"] in {"graylist", "blacklist"}
     assert us["series"].startswith("901")
     assert (us["columns"], us["rows"]) == (512, 384)
-    assert review.pending_count(layout) == len(items)
-    assert sorted(review.item_names(layout)) == sorted(items["item"])
+    assert review_decisions.pending_count(layout) == len(items)
+    assert sorted(review_items.item_names(layout)) == sorted(items["item"])
 
 
 def test_cleaned_rewrite_matches_pandas(tmp_path: Path) -> None:
@@ -254,7 +257,7 @@ def test_replay_and_apply(
     held_batch: tuple[BatchLayout, dict[str, object]], tmp_path: Path
 ) -> None:
     layout, settings = held_batch
-    items = review.load_items(layout)
+    items = review_items.load_items(layout)
     ct = list(items.loc[items["modality"] == "CT", "item"])
     ot = next(items[items["modality"] == "OT"].itertuples())
     us, us_silent = items.loc[items["modality"] == "US", "item"].iloc[:2]
@@ -266,9 +269,10 @@ def test_replay_and_apply(
     before_cleaned = pd.read_parquet(layout.release / "cleaned.parquet")
     original = pydicom.dcmread(layout.quarantine / ot.path).pixel_array
 
-    assert review.replay_decisions(layout, decisions, "carol") == len(ct) + 3
-    assert review.replay_decisions(layout, decisions, "carol") == 0  # same file: nothing new
-    assert review.pending_count(layout) == 1
+    assert review_decisions.replay_decisions(layout, decisions, "carol") == len(ct) + 3
+    # same file: nothing new
+    assert review_decisions.replay_decisions(layout, decisions, "carol") == 0
+    assert review_decisions.pending_count(layout) == 1
     result = review.apply_decisions(layout, settings)
 
     assert sorted(result.released) == sorted(ct)
@@ -286,9 +290,8 @@ def test_replay_and_apply(
     assert (scrubbed[200:220, 0:50] == 0).all()
     assert np.array_equal(scrubbed[60:190], original[60:190])
     released_as_is = layout.release / entity / ct[0]
-    assert (
-        released_as_is.read_bytes() == (review.originals_dir(layout) / entity / ct[0]).read_bytes()
-    )
+    kept_original = review_items.originals_dir(layout) / entity / ct[0]
+    assert released_as_is.read_bytes() == kept_original.read_bytes()
 
     table = disposition.read(layout).set_index("output_name")
     assert table.loc[ct[0], "disposition"] == "released"
@@ -322,7 +325,7 @@ def test_replay_and_apply(
 
 def test_last_decision_wins_and_resume(held_batch: tuple[BatchLayout, dict[str, object]]) -> None:
     layout, settings = held_batch
-    items = review.load_items(layout)
+    items = review_items.load_items(layout)
     name, path = items["item"].iloc[0], items["path"].iloc[0]
     log = DecisionLog(layout, "dave")
     log.record(name, Decision.RELEASE)
@@ -356,7 +359,7 @@ def test_last_decision_wins_and_resume(held_batch: tuple[BatchLayout, dict[str, 
 
 def test_log_survives_a_torn_line(held_batch: tuple[BatchLayout, dict[str, object]]) -> None:
     layout, _ = held_batch
-    name = review.load_items(layout)["item"].iloc[0]
+    name = review_items.load_items(layout)["item"].iloc[0]
     log = DecisionLog(layout, "fay")
     log.record(name, Decision.RELEASE)
     with log.path.open("a") as fh:
@@ -388,14 +391,14 @@ def test_bad_decisions_file(
     held_batch: tuple[BatchLayout, dict[str, object]], tmp_path: Path, row: str, pattern: str
 ) -> None:
     layout, _ = held_batch
-    items = review.load_items(layout)
+    items = review_items.load_items(layout)
     ct = list(items.loc[items["modality"] == "CT", "item"])
     path = write_csv(
         tmp_path / "bad.csv",
         [f"{ct[0]},release,,,,", row.format(ok=ct[0] if "keep" in row else ct[1], other=ct[2])],
     )
     with pytest.raises(ReviewError, match=pattern) as caught:
-        review.read_decisions_csv(path, items)
+        review_decisions.read_decisions_csv(path, items)
     assert str(path) in str(caught.value)
     assert not DecisionLog(layout).path.exists()
 
@@ -404,7 +407,7 @@ def test_decisions_file_header_is_checked(tmp_path: Path) -> None:
     path = tmp_path / "d.csv"
     path.write_text("name,choice\nx,release\n")
     with pytest.raises(ReviewError, match=r"line 1: the header lacks item, decision"):
-        review.read_decisions_csv(path)
+        review_decisions.read_decisions_csv(path)
 
 
 # ------------------------------------------------------------------ widgets and notebook
@@ -444,7 +447,7 @@ def test_reviewer_resumes_at_the_first_undecided_image(
     held_batch: tuple[BatchLayout, dict[str, object]],
 ) -> None:
     layout, settings = held_batch
-    items = review.load_items(layout)
+    items = review_items.load_items(layout)
     DecisionLog(layout, "gil").record_many(
         [(name, Decision.RELEASE, []) for name in items["item"].iloc[:2]]
     )
@@ -484,8 +487,8 @@ def test_preview_blackens_the_boxes_as_written(
     import matplotlib.image as mpimg
 
     layout, settings = held_batch
-    items = review.load_items(layout)
-    ds = pydicom.dcmread(review.item_file(layout, items["path"].iloc[0]))
+    items = review_items.load_items(layout)
+    ds = pydicom.dcmread(review_items.item_file(layout, items["path"].iloc[0]))
     box = Box(2, 3, 20, 10)
     png = mpimg.imread(io.BytesIO(plots.preview_png(ds, [box])), format="png")
     step = png_step(int(ds.Rows), int(ds.Columns))
@@ -499,14 +502,14 @@ def test_review_stage_runs_non_interactively(
     from sendit_helpers.run import cli
 
     layout, _ = held_batch
-    items = review.load_items(layout)
+    items = review_items.load_items(layout)
     decisions = write_csv(tmp_path / "d.csv", [f"{name},release,,,," for name in items["item"]])
     status = cli.main(
         ["review", str(layout.source), "--work", str(layout.work), "--decisions", str(decisions)]
     )
     assert status == 0
     assert (layout.notebooks_dir / "03_review_phi.ipynb").exists()
-    assert review.pending_count(layout) == 0
+    assert review_decisions.pending_count(layout) == 0
     assert not any(p.is_file() for p in layout.quarantine.rglob("*"))
     assert set(items["item"]) <= {p.name for p in layout.release.rglob("*.dcm")}
     leakgate.require_pass(layout)
@@ -524,7 +527,7 @@ def test_pending_review_is_said_downstream(
     from sendit_helpers.run import cli
 
     layout, _ = held_batch
-    items = review.load_items(layout)
+    items = review_items.load_items(layout)
     decisions = write_csv(tmp_path / "d.csv", [f"{items['item'].iloc[0]},release,,,,"])
     batch = [str(layout.source), "--work", str(layout.work)]
     with caplog.at_level(logging.WARNING, logger="sendit"):

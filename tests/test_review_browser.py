@@ -42,9 +42,10 @@ from sendit_helpers.deid import leakgate
 from sendit_helpers.run import upstream
 from sendit_helpers.run.runner import open_batch
 from sendit_helpers.samples import batchspec, synthetic
-from sendit_helpers.stages import inspect, review
-from sendit_helpers.stages.review import Box, Decision, DecisionLog
-from sendit_helpers.stages.reviewer import KEYS
+from sendit_helpers.stages import inspect, review_items
+from sendit_helpers.stages.review import Box
+from sendit_helpers.stages.review_decisions import Decision, DecisionLog
+from sendit_helpers.stages.reviewer_keys import KEYS
 
 pytestmark = pytest.mark.browser
 
@@ -278,8 +279,8 @@ def _near(found: Box, wanted: Box, slack: int = 3) -> bool:
 
 
 def _check_scrubbed(layout: BatchLayout, item: str, box: Box) -> None:
-    path = review.load_items(layout).set_index("item").loc[item, "path"]
-    original = pydicom.dcmread(review.originals_dir(layout) / path).pixel_array
+    path = review_items.load_items(layout).set_index("item").loc[item, "path"]
+    original = pydicom.dcmread(review_items.originals_dir(layout) / path).pixel_array
     cleaned = pydicom.dcmread(layout.release / path).pixel_array
     inside = (slice(box.y, box.y + box.height), slice(box.x, box.x + box.width))
     assert original[inside].any() and not cleaned[inside].any()
@@ -298,7 +299,7 @@ def _next_batch(site: Site) -> str:
     inspect.inspect_batch(layout, settings)
     upstream.deidentify(layout, settings)
     _notebook(site.notebook.with_name("next.ipynb"), source, site.tmp / "work", site_filters)
-    items = review.load_items(layout)
+    items = review_items.load_items(layout)
     return str(items.loc[items["modality"] == "OT", "item"].iloc[0])
 
 
@@ -306,7 +307,7 @@ def test_draw_and_decide_with_keys_in_voila(site: Site, voila: str) -> None:
     from playwright.sync_api import sync_playwright
 
     layout = site.layout
-    items = review.load_items(layout)
+    items = review_items.load_items(layout)
     ct = items[items["modality"] == "CT"]
     ot = items[items["modality"] == "OT"].iloc[0]
     us = list(items.loc[items["modality"] == "US", "item"])
@@ -407,7 +408,7 @@ def test_keys_stay_in_the_reviewer_in_jupyterlab(site: Site, lab: str) -> None:
     from playwright.sync_api import sync_playwright
 
     layout = site.layout
-    items = review.load_items(layout)
+    items = review_items.load_items(layout)
     ct = items[items["modality"] == "CT"]
     ot = items[items["modality"] == "OT"].iloc[0]
     us = list(items.loc[items["modality"] == "US", "item"])

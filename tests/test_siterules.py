@@ -17,8 +17,9 @@ from sendit_helpers.deid.scrub import Box
 from sendit_helpers.run import upstream
 from sendit_helpers.run.runner import open_batch
 from sendit_helpers.samples import batchspec, synthetic
-from sendit_helpers.stages import inspect, review
-from sendit_helpers.stages.reviewer import KEYS, Reviewer
+from sendit_helpers.stages import inspect, review_items
+from sendit_helpers.stages.reviewer import Reviewer
+from sendit_helpers.stages.reviewer_keys import KEYS
 
 BOX = Box(4, 4, 120, 36)
 
@@ -34,9 +35,9 @@ def _batch(root: Path, seed: int, settings: dict[str, object]) -> BatchLayout:
 
 
 def _ot(layout: BatchLayout) -> pydicom.Dataset:
-    items = review.load_items(layout)
+    items = review_items.load_items(layout)
     path = items.loc[items["modality"] == "OT", "path"].iloc[0]
-    return pydicom.dcmread(review.item_file(layout, path))
+    return pydicom.dcmread(review_items.item_file(layout, path))
 
 
 def test_a_box_becomes_a_rule_suggested_on_the_next_batch(tmp_path: Path) -> None:
@@ -44,7 +45,7 @@ def test_a_box_becomes_a_rule_suggested_on_the_next_batch(tmp_path: Path) -> Non
     settings: dict[str, object] = {"PROGRESS": False, "SITE_FILTERS": str(site)}
     settings["OCR_SCREEN"] = "off"
     first = _batch(tmp_path, 1, settings)
-    items = review.load_items(first)
+    items = review_items.load_items(first)
     ot = items[items["modality"] == "OT"].iloc[0]
     assert BOX not in ot["suggested"]
 
@@ -62,7 +63,7 @@ def test_a_box_becomes_a_rule_suggested_on_the_next_batch(tmp_path: Path) -> Non
     assert str(first.name) not in text  # the batch's name can be a patient's
 
     second = _batch(tmp_path, 2, settings)
-    items = review.load_items(second)
+    items = review_items.load_items(second)
     ot2 = items[items["modality"] == "OT"].iloc[0]
     assert ot2["label"].startswith("Site rule: SENDIT SYNTH WORKSTATION")
     assert BOX in ot2["suggested"]

@@ -66,7 +66,9 @@ Semantics (the contract the leak gate and the tests rely on)
 * Errors never carry values: they name the recipe file and line, or the tag
   as ``Keyword (gggg,eeee)``.
 
-``%filter`` screening: see :mod:`~sendit_helpers.deid.recipefilters`.
+``%filter`` screening: see :mod:`~sendit_helpers.deid.recipefilters`.  One element's
+plan carried out (the actions above, from the raw bytes when possible) and the ADD
+rules: :mod:`~sendit_helpers.deid.recipeactions`.
 """
 
 from __future__ import annotations
@@ -76,18 +78,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydicom._uid_dict import UID_dictionary
 from pydicom.config import IGNORE as _IGNORE
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import BaseTag
 
 from sendit_helpers.core.errors import RecipeError, tag_label
 from sendit_helpers.deid import iodtypes, structured
-from sendit_helpers.deid.cleantext import _clean_text, _raw_texts, _text_values, _Tokens
-from sendit_helpers.deid.dateshift import _shift, age_over_89
-from sendit_helpers.deid.dicomwrite import element_strings, text_codec
+from sendit_helpers.deid.cleantext import _Tokens
+from sendit_helpers.deid.dicomwrite import text_codec
+from sendit_helpers.deid.recipeactions import _act, _add, _fast, _record_removed
 from sendit_helpers.deid.recipefields import _entry, _warn
 from sendit_helpers.deid.recipefilters import _coordinates, _label_matches
 from sendit_helpers.deid.recipemodel import (
@@ -97,8 +97,6 @@ from sendit_helpers.deid.recipemodel import (
     _MEDIA_SOP,
     _SOP_CLASS,
     _SOP_INSTANCE_UID,
-    _STRING_VRS,
-    _TEXT_VRS,
     _UID_KEEP_KEYWORDS,
     _UID_KEEP_SUFFIXES,
     _VAR,
@@ -117,7 +115,6 @@ from sendit_helpers.deid.recipeplan import (
     _K_AGE,
     _K_BLANK,
     _K_CLEAN,
-    _K_DUMMY,
     _K_FUNC_JITTER,
     _K_JITTER,
     _K_KEEP,
@@ -134,18 +131,15 @@ from sendit_helpers.deid.recipeplan import (
     _PLAN_UID_DEFAULT,
     _creator,
     _iod_plan,
-    _kept_value,
-    _method_code_items,
-    _note_texts,
     _originals,
     _Plan,
-    _put,
     _typed,
 )
 
 __all__ = [
     "Recipe",
 ]
+
 
 class Recipe:
     """A set of deid recipes compiled for fast, repeatable de-identification.
@@ -404,7 +398,7 @@ class Recipe:
             ctx = dataclasses.replace(ctx, sop_class_uid=sop_class)
         self._walk(ds, ctx, changes, "", _Tokens(ds if self._clean else None, ctx))
         for rule in self._adds:
-            self._add(ds, rule, ctx, changes)
+            _add(ds, rule, ctx, changes, self._code_items)
         if self._structured:
             self._structured_codes(ds)
         sop = str(ds[_SOP_INSTANCE_UID].value or "") if _SOP_INSTANCE_UID in ds else ""
@@ -539,7 +533,7 @@ class Recipe:
         if plan[0] not in (_K_SEQ, _K_STRUCT):
             _originals(ds, tag, plan[3], changes.originals, codec)
         if type(raw) is RawDataElement and raw.value is not None:
-            if self._fast(ds, btag, raw, plan, ctx, changes, prefix, tokens):
+            if _fast(ds, btag, raw, plan, ctx, changes, prefix, tokens):
                 return
         self._do(ds, tag, plan, ctx, changes, prefix, tokens)
 
@@ -618,117 +612,7 @@ class Recipe:
     def apply_adds(self, ds: Dataset, ctx: DeidContext, changes: Changes) -> None:
         """Apply the ADD rules to ``ds`` as :meth:`apply` does after the walk."""
         for rule in self._adds:
-            self._add(ds, rule, ctx, changes)
-
-    def _fast(
-        self,
-        ds: Dataset,
-        btag: BaseTag,
-        raw: RawDataElement,
-        plan: _Plan,
-        ctx: DeidContext,
-        changes: Changes,
-        prefix: str,
-        tokens: _Tokens,
-    ) -> bool:
-        """Act on a not-yet-converted element without pydicom's conversion.
-
-        Handles removal/blanking of non-text values, UID remapping, date
-        shifting and the age cap from the raw bytes; returns False when the
-        element needs the general path (text values, sequences).
-        """
-        kind, payload, rule, dvr, keyword = plan
-        vr = raw.VR or dvr
-        if vr in ("SQ", "UN") or not vr:
-            return False  # UN: pydicom gives a known tag its VR when converting
-        if vr in _TEXT_VRS:
-            return self._fast_text(ds, btag, raw, plan, vr, ctx, changes, prefix, tokens)
-        if kind == _K_REMOVE:
-            del ds[btag]
-            return True
-        if kind == _K_BLANK:
-            empty = "" if vr in _STRING_VRS else None
-            _put(ds, btag, DataElement(btag, vr, empty, validation_mode=_IGNORE))
-            return True
-        if vr not in ("UI", "DA", "DT", "TM", "AS"):
-            return False
-        text = bytes(raw.value or b"").decode("ascii", "replace").strip("\x00 ")
-        if not text:
-            return True
-        if kind in (_K_UID, _K_UID_DEFAULT) and vr == "UI":
-            olds = [v.strip("\x00 ") for v in text.split("\\")]
-            if kind == _K_UID_DEFAULT and all(v in UID_dictionary for v in olds):
-                return True
-            news = [ctx.uid_map(v) for v in olds]
-            value: Any = news if len(news) > 1 else news[0]
-            _put(ds, btag, DataElement(btag, "UI", value, validation_mode=_IGNORE))
-            key = keyword or f"({btag >> 16:04X},{btag & 0xFFFF:04X})"
-            changes.replaced[prefix + key] = ("\\".join(olds), "\\".join(news))
-            return True
-        if kind in (_K_JITTER, _K_FUNC_JITTER) and vr in ("DA", "DT", "TM"):
-            days = ctx.date_shift_days
-            if isinstance(payload, int):
-                days = payload
-            elif isinstance(payload, str):
-                return False  # var: days, general path reports errors
-            if vr == "TM" or not days:
-                return True
-            values = text.split("\\")
-            shifted = _shift(values if len(values) > 1 else text, vr, days)
-            _put(ds, btag, DataElement(btag, vr, shifted or "", validation_mode=_IGNORE))
-            return True
-        if kind == _K_AGE and vr == "AS":
-            capped = age_over_89(text)
-            if capped != text:
-                _put(ds, btag, DataElement(btag, vr, capped, validation_mode=_IGNORE))
-            return True
-        return False
-
-    def _fast_text(
-        self,
-        ds: Dataset,
-        btag: BaseTag,
-        raw: RawDataElement,
-        plan: _Plan,
-        vr: str,
-        ctx: DeidContext,
-        changes: Changes,
-        prefix: str,
-        tokens: _Tokens,
-    ) -> bool:
-        """Text values (PN, LO, SH, ...) decoded from the raw bytes."""
-        kind, payload, rule, _dvr, keyword = plan
-        if kind not in (_K_REMOVE, _K_BLANK, _K_LIT, _K_VAR, _K_CLEAN):
-            return False
-        texts = _raw_texts(ds, raw, vr)
-        if texts is None:
-            return False
-        if kind == _K_CLEAN:
-            cleaned = [_clean_text(t, tokens.get(), changes) for t in texts]
-            cleaned = _kept_value(cleaned, texts, ctx, prefix, keyword)
-            if cleaned != texts:
-                value: Any = cleaned if len(cleaned) > 1 else (cleaned[0] if cleaned else "")
-                _put(ds, btag, DataElement(btag, vr, value))
-            return True
-        new = ""
-        if kind == _K_VAR:
-            found = ctx.variables.get(payload)
-            if found is None:
-                return False  # the general path raises the error
-            new = found
-        elif kind == _K_LIT:
-            new = str(payload)
-        _note_texts(changes, texts, vr)
-        if kind == _K_REMOVE:
-            del ds[btag]
-        elif kind == _K_BLANK:
-            _put(ds, btag, DataElement(btag, vr, "", validation_mode=_IGNORE))
-        else:
-            _put(ds, btag, DataElement(btag, vr, new))
-            if texts:
-                key = keyword or f"({btag >> 16:04X},{btag & 0xFFFF:04X})"
-                changes.replaced[prefix + key] = ("\\".join(texts), new)
-        return True
+            _add(ds, rule, ctx, changes, self._code_items)
 
     def _private_plan(self, ds: Dataset, tag: int, creator: str | None) -> _Plan | None:
         rule = self._resolve(tag, "", "", "", creator)
@@ -738,28 +622,6 @@ class Recipe:
         vr = str(getattr(raw, "VR", "") or "UN")
         base = self._plan_for(rule, tag, vr, "")
         return (base[0], base[1], base[2], vr, "")
-
-    def _record_removed(self, elem: DataElement, changes: Changes) -> None:
-        vr = elem.VR
-        if vr == "SQ":
-            for item in elem.value or ():
-                codec = text_codec(item)
-                for sub in sorted(int(t) for t in item._dict):
-                    raw: Any = item._dict[sub]
-                    sub_vr = raw.VR
-                    if (
-                        type(raw) is RawDataElement
-                        and sub_vr in _TEXT_VRS
-                        and (raw.value is not None or not raw.length)  # not deferred
-                    ):
-                        # decoded from the bytes: converting would cost more than the walk
-                        texts = element_strings(raw.value or b"", sub_vr, codec)
-                        if texts is not None:
-                            _note_texts(changes, texts, sub_vr)
-                            continue
-                    self._record_removed(item[sub], changes)
-        elif vr in _TEXT_VRS:
-            _note_texts(changes, _text_values(elem.value), vr)
 
     def _do(
         self,
@@ -771,150 +633,21 @@ class Recipe:
         prefix: str,
         tokens: _Tokens,
     ) -> None:
-        kind, payload, rule = plan[0], plan[1], plan[2]
+        kind = plan[0]
         elem = ds[tag]
-        vr = elem.VR
         if kind == _K_STRUCT:
             if not structured.clean_sequence(self, ds, tag, ctx, changes, prefix, tokens):
-                self._record_removed(elem, changes)  # not a sequence in this file: dropped
+                _record_removed(elem, changes)  # not a sequence in this file: dropped
                 del ds[tag]
             return
         if kind == _K_SEQ:
-            if vr != "SQ":  # dictionary says SQ, the file disagrees: nothing to recurse into
+            if elem.VR != "SQ":  # dictionary says SQ, the file disagrees: nothing to recurse into
                 return
             seq_name = elem.keyword or f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
             for i, item in enumerate(elem.value or ()):
                 self._walk(item, ctx, changes, f"{prefix}{seq_name}[{i}].", tokens)
             return
-        if kind == _K_REMOVE:
-            self._record_removed(elem, changes)
-            del ds[tag]
-            return
-        if kind == _K_BLANK:
-            self._record_removed(elem, changes)
-            if vr == "SQ":
-                elem.value = DicomSequence([])
-            else:
-                elem.value = "" if vr in _STRING_VRS else None
-            return
-        if kind == _K_AGE:
-            if elem.value:
-                elem.value = age_over_89(str(elem.value))
-            return
-        value = elem.value
-        if kind == _K_DUMMY:  # a Type 1 attribute the recipe removes or blanks
-            if vr != "UI":
-                self._record_removed(elem, changes)
-                elem.value = payload
-                return
-            kind = _K_UID
-        if kind in (_K_UID, _K_UID_DEFAULT):
-            if not value:
-                return
-            olds = _text_values(value)
-            if kind == _K_UID_DEFAULT and all(v in UID_dictionary for v in olds):
-                return
-            news = [ctx.uid_map(v) for v in olds]
-            elem.value = news if len(news) > 1 else news[0]
-            self._note(changes, prefix, elem, tag, "\\".join(olds), "\\".join(news))
-            return
-        if kind in (_K_JITTER, _K_FUNC_JITTER):
-            if value in (None, ""):
-                return
-            days = ctx.date_shift_days
-            if isinstance(payload, int):
-                days = payload
-            elif isinstance(payload, str):
-                days = self._int_var(ctx, payload, rule, elem, tag)
-            shifted = _shift(value, vr, days) if days else value
-            if shifted is None:
-                elem.value = ""
-            elif shifted is not value:
-                elem.value = shifted
-            return
-        if kind == _K_CLEAN:
-            if value in (None, "") or vr not in _STRING_VRS:
-                if value not in (None, ""):
-                    self._record_removed(elem, changes)
-                    elem.value = None
-                return
-            texts = _text_values(value)
-            cleaned = [_clean_text(t, tokens.get(), changes) for t in texts]
-            cleaned = _kept_value(cleaned, texts, ctx, prefix, elem.keyword)
-            if cleaned != texts:
-                elem.value = cleaned if len(cleaned) > 1 else cleaned[0]
-            return
-        # literal or variable replacement
-        if kind == _K_VAR:
-            assert rule is not None
-            new = ctx.variables.get(payload)
-            if new is None:
-                raise RecipeError(
-                    f"{rule.where}: REPLACE {tag_label(elem.keyword, tag)} needs the variable "
-                    f"'{payload}', which the de-identification context does not provide"
-                )
-        else:
-            new = str(payload)
-        old = "\\".join(_text_values(value))
-        self._record_removed(elem, changes)
-        elem.value = _typed(new, vr, rule, elem, tag)
-        if old:
-            self._note(changes, prefix, elem, tag, old, new)
-
-    @staticmethod
-    def _int_var(
-        ctx: DeidContext, name: str, rule: _Rule | None, elem: DataElement, tag: int
-    ) -> int:
-        where = rule.where if rule is not None else "recipe"
-        try:
-            return int(ctx.variables[name])
-        except (KeyError, ValueError):
-            raise RecipeError(
-                f"{where}: JITTER {tag_label(elem.keyword, tag)} needs an integer variable '{name}'"
-            ) from None
-
-    @staticmethod
-    def _note(
-        changes: Changes, prefix: str, elem: DataElement, tag: int, old: str, new: str
-    ) -> None:
-        key = elem.keyword or f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
-        changes.replaced[prefix + key] = (old, new)
-
-    def _add(self, ds: Dataset, rule: _Rule, ctx: DeidContext, changes: Changes) -> None:
-        tag = rule.fields[0].tag
-        btag = BaseTag(tag)
-        vr, keyword, _name = _entry(tag)
-        if tag in ds._dict:
-            _originals(ds, tag, vr, changes.originals)
-        value = rule.value
-        assert value is not None
-        if value.kind == _FUNC and value.text == "method_codes":
-            items = self._code_items.get(rule.where)
-            if items is None:
-                items = self._code_items[rule.where] = _method_code_items(value.args)
-            # The item datasets are built once per recipe and shared (read-only):
-            # building four Datasets per file costs more than the whole walk.
-            _put(ds, btag, DataElement(btag, "SQ", DicomSequence(items), validation_mode=_IGNORE))
-            return
-        if value.kind == _VAR:
-            found = ctx.variables.get(value.text)
-            if found is None:
-                raise RecipeError(
-                    f"{rule.where}: ADD {tag_label(keyword, tag)} needs the variable "
-                    f"'{value.text}', which the de-identification context does not provide"
-                )
-            text = found
-        else:
-            text = value.text
-        if vr == "SQ":
-            raise RecipeError(
-                f"{rule.where}: ADD cannot create the sequence {tag_label(keyword, tag)}"
-            )
-        existing = ds.get_item(btag, keep_deferred=True)
-        vr = str(existing.VR) if existing is not None and existing.VR else vr.split(" or ")[0]
-        typed = _typed(text, vr, rule, None, tag)
-        mode = _IGNORE if value.kind == _LIT else None  # literals were validated at load
-        _put(ds, btag, DataElement(btag, vr, typed, validation_mode=mode))
+        _act(ds, tag, elem, plan, ctx, changes, prefix, tokens)
 
     # ------------------------------------------------------------------ screen
     def screen(self, ds: Dataset) -> ScreenResult:

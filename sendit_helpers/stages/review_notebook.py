@@ -15,7 +15,7 @@ import pandas as pd
 
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.core.settings import Settings
-from sendit_helpers.stages import review
+from sendit_helpers.stages import review, review_decisions, review_items
 
 
 @dataclass
@@ -32,7 +32,7 @@ class ReviewSession:
     decisions_file : str
         The decisions CSV; empty means ``REVIEW_DECISIONS``.
     items : pandas.DataFrame
-        The quarantined images (:func:`~sendit_helpers.stages.review.load_items`).
+        The quarantined images (:func:`~sendit_helpers.stages.review_items.load_items`).
     """
 
     layout: BatchLayout
@@ -53,10 +53,13 @@ class ReviewSession:
         decisions_file: str = "",
     ) -> ReviewSession:
         """Load the batch's quarantined images and print where the review stands."""
-        session = cls(layout, settings, interactive, decisions_file, review.load_items(layout))
+        session = cls(
+            layout, settings, interactive, decisions_file, review_items.load_items(layout)
+        )
+        name = review_decisions.reviewer_name(settings)
         print(
             f"{review.waiting_message(layout)} in batch {layout.name} "
-            f"({len(session.items)} quarantined); reviewer: {review.reviewer_name(settings)}"
+            f"({len(session.items)} quarantined); reviewer: {name}"
         )
         return session
 
@@ -73,8 +76,8 @@ class ReviewSession:
         the log (then, or whenever nobody is at the screen); print what happened."""
         source = self.decisions_file or self.settings.review.decisions
         if source:
-            name = review.reviewer_name(self.settings)
-            added = review.replay_decisions(self.layout, source, name)
+            name = review_decisions.reviewer_name(self.settings)
+            added = review_decisions.replay_decisions(self.layout, source, name)
             print(f"{added} new decision(s) from {source}")
         if source or not self.interactive:
             applied = review.apply_decisions(self.layout, self.settings)

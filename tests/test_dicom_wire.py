@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 import struct
+import threading
 from pathlib import Path
 
 import pytest
@@ -14,10 +16,12 @@ from pynetdicom.dsutils import encode
 from pynetdicom.pdu import P_DATA_TF
 
 from sendit_helpers.core.errors import UploadError
+from sendit_helpers.targets.dicom import IOV_MAX, send_parts
 from sendit_helpers.targets.dicomwire import (
     FileMeta,
     _command_values,
     c_store_command,
+    c_store_parts,
     c_store_pdus,
     parse_file_meta,
     read_file_meta,
@@ -86,3 +90,38 @@ def test_file_without_meta_names_the_fix(tmp_path: Path) -> None:
     cut = bytes(data[:132]) + bytes(data[meta.offset :])  # no group 0002 at all
     with pytest.raises(UploadError, match=r"no MediaStorageSOPClassUID \(0002,0002\)"):
         parse_file_meta(cut, "release/x.dcm")
+
+
+def test_parts_are_the_pdus_with_views_of_the_dataset() -> None:
+    dataset = bytes(range(256)) * 200
+    meta = FileMeta(0, CT, "1.2.3.45", "1.2.840.10008.1.2.1")
+    parts = c_store_parts(3, 9, meta, memoryview(dataset), 16384)
+    assert b"".join(parts) == c_store_pdus(3, 9, meta, dataset, 16384)
+    fragments = [p for p in parts if isinstance(p, memoryview)]
+    assert len(fragments) == 4 and all(f.obj is dataset for f in fragments)  # no copies
+
+
+def test_send_parts_writes_every_byte_in_order_over_a_real_socket() -> None:
+    parts = [bytes([k % 251]) * (1 + k * 37 % 5000) for k in range(IOV_MAX + 300)]
+    parts.insert(5, b"")
+    expected = b"".join(parts)
+    left, right = socket.socketpair()
+    left.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # forces partial writes
+    got = bytearray()
+
+    def drain() -> None:
+        while len(got) < len(expected):
+            chunk = right.recv(65536)
+            if not chunk:
+                return
+            got.extend(chunk)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    try:
+        send_parts(left, [memoryview(p) if k % 2 else p for k, p in enumerate(parts)])
+        reader.join(10)
+    finally:
+        left.close()
+        right.close()
+    assert bytes(got) == expected

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import sqlite3
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -38,7 +39,7 @@ from sendit_helpers.stages.upload import (
     upload_batch,
 )
 from sendit_helpers.targets import ChangedError, Item, Target
-from sendit_helpers.targets.base import public_url
+from sendit_helpers.targets.base import RACY_NS, public_url
 from sendit_helpers.targets.dicom import OrthancDicomTarget
 from sendit_helpers.targets.local import LocalTarget
 from sendit_helpers.targets.orthanc import OrthancRestTarget
@@ -115,6 +116,26 @@ def test_item_load_checks_the_bytes_against_the_gate(
         match=r"^release/IR661f30/IR661f30_5_1\.dcm changed after the leak gate passed; "
         r"re-run deidentify",
     ):
+        item.load()
+
+
+def test_item_load_trusts_the_gate_signature_only_while_the_file_is_unchanged(
+    make_release: ReleaseFactory, upload_settings: dict[str, Any]
+) -> None:
+    layout = make_release(entities=1, images=2)
+    index = leakgate.passed_index(layout)
+    (fresh, _), _ = load_release(layout, upload_settings, index, time.time_ns())
+    assert fresh.signature is None  # changed within RACY_NS of the check: hashed on load
+    later = time.time_ns() + 2 * RACY_NS  # as if the gate check ran well after the writes
+    (item, other), _ = load_release(layout, upload_settings, index, later)
+    assert item.signature == tuple(index[item.key][1:])
+    gated = item.path.read_bytes()
+    # same stat signature as the gate recorded: not hashed again (a wrong SHA-256 shows it)
+    assert replace(item, sha256="0" * 64).load().read() == gated
+    other.path.chmod(0o600)  # a new change time, same bytes: hashed, and they match
+    assert other.load().read() == other.path.read_bytes()
+    _edit(item.path)  # same size; its change time moves on
+    with pytest.raises(ChangedError, match=r"^release/IR661f30/IR661f30_5_1\.dcm changed after"):
         item.load()
 
 

@@ -33,6 +33,7 @@ import csv
 import os
 import stat
 import threading
+import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -60,7 +61,7 @@ from sendit_helpers.targets import (
     TransientError,
     make_targets,
 )
-from sendit_helpers.targets.base import plain
+from sendit_helpers.targets.base import RACY_NS, plain
 
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS = ["item", "target", "destination", "status", "checksum", "remote_id", "time"]
@@ -202,11 +203,16 @@ def load_release(
     layout: BatchLayout,
     settings: Mapping[str, Any],
     scanned: Mapping[str, leakgate.FileEntry] | None = None,
+    checked_ns: int | None = None,
 ) -> tuple[list[Item], list[Entity]]:
     """Read ``release/cleaned.parquet`` and ``entities.parquet`` into items and entities.
 
     ``scanned`` is the leak gate's index of ``release/`` (:func:`leakgate.passed_index`):
     each item gets the SHA-256 the gate computed, so the upload does not hash it again.
+    ``checked_ns`` is ``time.time_ns()`` taken just before that gate check: an item
+    whose file was last changed at least :data:`~sendit_helpers.targets.base.RACY_NS`
+    earlier also gets the gate's stat signature, so that :meth:`Item.load` can tell
+    its bytes are the gate's without hashing them (see :class:`Item`).
 
     Raises
     ------
@@ -218,7 +224,8 @@ def load_release(
     folders: dict[str, Path] = {}
     items = [_item(release, row, root, folders) for row in _records(layout.cleaned_table)]
     if scanned:
-        items = [replace(i, sha256=scanned[i.key][0]) if i.key in scanned else i for i in items]
+        trusted = -1 if checked_ns is None else checked_ns - RACY_NS
+        items = [_gated(i, scanned[i.key], trusted) if i.key in scanned else i for i in items]
     listed = {i.path for i in items}
     extra = [p for p in release.rglob("*.dcm") if p not in listed]
     if extra:
@@ -227,6 +234,13 @@ def load_release(
             "listed in cleaned.parquet; re-run de-identification so the tables match release/"
         )
     return items, _entities(release, items, settings)
+
+
+def _gated(item: Item, entry: leakgate.FileEntry, trusted: int) -> Item:
+    """``item`` with the gate's SHA-256, and its stat signature if changed before ``trusted``."""
+    sha, size, mtime, ctime, inode = entry
+    signature = (size, mtime, ctime, inode) if ctime < trusted else None
+    return replace(item, sha256=sha, signature=signature)
 
 
 def _records(path: Path) -> list[dict[str, Any]]:
@@ -580,8 +594,9 @@ def upload_batch(
         failed: the other targets still get their items), or items failed on the way.
         The message says, per target, how many did not go and the first cause.
     """
+    checked = time.time_ns()
     scanned = leakgate.passed_index(layout)
-    items, entities = load_release(layout, settings, scanned)
+    items, entities = load_release(layout, settings, scanned, checked)
     manifest = Manifest(layout.upload_dir / MANIFEST_NAME)
     targets = make_targets(settings, layout.work)
     upload = typed(settings).upload

@@ -33,6 +33,11 @@ FREE_TEXT_MARKERS = ("Description", "Comment", "Text", "Meaning", "Note", "Reaso
 """Property names containing one of these are free text: never indexed in Datastore."""
 MAX_INDEXED_BYTES = 1500
 """Datastore refuses indexed string properties longer than this (UTF-8 bytes)."""
+RACY_NS = 2_000_000_000
+"""A file changed less than this long (ns) before the gate check is hashed again on
+:meth:`Item.load` rather than trusted by its stat signature: file timestamps are as
+coarse as a clock tick (2 s on some filesystems), so only a change older than this is
+sure to differ in change time from any write after the check."""
 
 
 class TargetKind(StrEnum):
@@ -114,14 +119,24 @@ class Item:
     sha256 : str
         Hex SHA-256 of the file as the leak gate scanned it (from its record,
         :func:`sendit_helpers.deid.leakgate.passed_index`); empty: computed on first use.
+    signature : tuple of int, optional
+        ``(size, mtime_ns, ctime_ns, inode)`` of the file as the gate recorded it, set
+        (by :func:`sendit_helpers.stages.upload.load_release`) only for a file last
+        changed at least :data:`RACY_NS` before the gate check that found it unchanged.
 
     Notes
     -----
-    What is sent is what was gated: :meth:`load` reads the file once into memory,
-    hashes those bytes and compares them with :attr:`sha256` (raising
-    :class:`ChangedError` on a mismatch), and returns an item carrying them.  Targets
-    send only :meth:`read`'s bytes (or :meth:`sent_file`, a private copy of them for
-    clients that need a path), never the file under ``release/`` again.
+    What is sent is what was gated: :meth:`load` reads the file once into memory and
+    returns an item carrying those bytes; targets send only :meth:`read`'s bytes (or
+    :meth:`sent_file`, a private copy of them for clients that need a path), never the
+    file under ``release/`` again.  The bytes read are the gate's when the open file's
+    ``fstat`` before and after the read both give :attr:`signature` (the check the gate
+    itself makes, :func:`~sendit_helpers.deid.leakgate.passed_index`: any write to a
+    file, or replacing it, gives it a new change time, which no program can set back;
+    and a write after the gate check falls in a later timestamp tick than a change at
+    least :data:`RACY_NS` older).  Otherwise (no signature, a fresh file, or the
+    signature differs, e.g. after a ``chmod``) they are hashed and compared with
+    :attr:`sha256`.  Bytes that are not the gate's raise :class:`ChangedError`.
 
     :attr:`checksum` (SHA-256) is what the upload manifest records: the gate's, which
     the bytes sent were checked against.  :attr:`md5` is computed on first use and
@@ -138,6 +153,7 @@ class Item:
     sha256: str = ""
     data: bytes | None = field(default=None, repr=False, compare=False)
     """The gated bytes, once :meth:`load` read them; ``None`` before."""
+    signature: tuple[int, int, int, int] | None = None
 
     @property
     def checksum(self) -> str:
@@ -174,8 +190,9 @@ class Item:
         Raises
         ------
         ChangedError
-            The bytes' SHA-256 differs from :attr:`sha256`, the leak gate's record (or
-            the item has no gate record at all): the file changed after the gate passed.
+            The bytes are not the ones the leak gate recorded (see the Notes of
+            :class:`Item`), or the item has no gate record at all: the file changed
+            after the gate passed.
         UploadError
             The file cannot be read.
         """
@@ -183,12 +200,22 @@ class Item:
             return self
         what = f"release/{self.key}"
         try:
-            data = self.path.read_bytes()
+            with self.path.open("rb", buffering=0) as fh:
+                before = os.fstat(fh.fileno())
+                data = fh.readall()
+                after = os.fstat(fh.fileno())
         except OSError as exc:
             raise UploadError(
                 f"{what} cannot be read ({type(exc).__name__}); re-run deidentify"
             ) from exc
-        if not self.sha256 or hashlib.sha256(data).hexdigest() != self.sha256:
+        unchanged = (
+            self.signature is not None
+            and len(data) == self.signature[0]
+            and _stat_signature(before) == self.signature == _stat_signature(after)
+        )
+        if not self.sha256 or (
+            not unchanged and hashlib.sha256(data).hexdigest() != self.sha256
+        ):
             raise ChangedError(
                 f"{what} changed after the leak gate passed; re-run deidentify (or review) so "
                 "the gate scans it again (not sent: its SHA-256 is not the one the gate recorded)"
@@ -232,6 +259,11 @@ class Item:
             if fd >= 0:
                 os.close(fd)
             os.unlink(name)
+
+
+def _stat_signature(st: os.stat_result) -> tuple[int, int, int, int]:
+    """``(size, mtime_ns, ctime_ns, inode)``, as the leak gate records a file."""
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -2,7 +2,7 @@
 
 Read without pydicom, from the bytes sent: :func:`parse_file_meta` /
 :func:`read_file_meta` (also used by the DICOMweb target), and the C-STORE-RQ
-command and its P-DATA-TF fragments (:func:`c_store_pdus`).
+command and its P-DATA-TF fragments (:func:`c_store_parts`, :func:`c_store_pdus`).
 """
 
 from __future__ import annotations
@@ -157,6 +157,20 @@ def _fragments(
             return
 
 
+def c_store_parts(
+    context_id: int, message_id: int, meta: FileMeta, dataset: bytes | memoryview, max_pdu: int
+) -> list[bytes | memoryview]:
+    """:func:`c_store_pdus` as the buffers to write one after the other, not joined.
+
+    The dataset's fragments are views of ``dataset`` (no copy), for one ``sendmsg``.
+    """
+    out: list[bytes | memoryview] = []
+    command = c_store_command(meta.sop_class, meta.sop_instance, message_id)
+    _fragments(out, context_id, command, True, max_pdu)
+    _fragments(out, context_id, dataset, False, max_pdu)
+    return out
+
+
 def c_store_pdus(
     context_id: int, message_id: int, meta: FileMeta, dataset: bytes | memoryview, max_pdu: int
 ) -> bytes:
@@ -175,8 +189,4 @@ def c_store_pdus(
     max_pdu : int
         The peer's maximum PDU length (0: no limit).
     """
-    out: list[bytes | memoryview] = []
-    command = c_store_command(meta.sop_class, meta.sop_instance, message_id)
-    _fragments(out, context_id, command, True, max_pdu)
-    _fragments(out, context_id, dataset, False, max_pdu)
-    return b"".join(out)
+    return b"".join(c_store_parts(context_id, message_id, meta, dataset, max_pdu))

@@ -19,10 +19,10 @@ from sendit_helpers.core.errors import UploadError
 from sendit_helpers.targets.dicom import IOV_MAX, send_parts
 from sendit_helpers.targets.dicomwire import (
     FileMeta,
-    _command_values,
     c_store_command,
     c_store_parts,
     c_store_pdus,
+    command_values,
     parse_file_meta,
     read_file_meta,
 )
@@ -42,7 +42,7 @@ def test_command_set_is_what_pynetdicom_encodes() -> None:
     message.primitive_to_message(req)
     message.command_set.CommandDataSetType = 0x0001  # pynetdicom sets it when a dataset follows
     assert c_store_command(CT, "1.2.3.45", 7) == encode(message.command_set, True, True)
-    assert _command_values(c_store_command(CT, "1.2.3.45", 7))[0x0110] == 7
+    assert command_values(c_store_command(CT, "1.2.3.45", 7))[0x0110] == 7
 
 
 def test_file_meta_of_a_real_file_matches_pydicom() -> None:

@@ -148,4 +148,4 @@ def test_serial_below_runs_in_process() -> None:
     assert map_chunks(
         square_chunk, [1, 2, 3], workers=2, executor="dask", serial_below=4, progress=False
     ) == [1, 4, 9]
-    assert "" not in executors._CLIENTS, "three items need no cluster"
+    assert not executors.has_dask_client(""), "three items need no cluster"

@@ -23,8 +23,8 @@ from sendit_helpers.pseudonyms.provider import (
     ProviderKind,
     Pseudonyms,
     StudyKey,
-    _unique_codes,
     make_provider,
+    unique_codes,
 )
 from sendit_helpers.pseudonyms.rest import RestProvider
 from sendit_helpers.pseudonyms.secret import load_site_secret, site_secret_path
@@ -130,7 +130,7 @@ def test_keyed_bad_settings() -> None:
 
 
 def test_unique_codes_extends_colliding_group_only() -> None:
-    codes = _unique_codes({"a": "abcdef01", "b": "abcdef02", "c": "123456ff"}, 6)
+    codes = unique_codes({"a": "abcdef01", "b": "abcdef02", "c": "123456ff"}, 6)
     assert len(set(codes.values())) == 3
     assert codes["c"] == "123456"
     assert codes["a"] == "abcdef01" and codes["b"] == "abcdef02"

@@ -209,6 +209,22 @@ def dask_client(workers: int = 0, scheduler: str = "") -> Any:
         return client
 
 
+def has_dask_client(scheduler: str = "") -> bool:
+    """Whether this process holds a Dask client for ``scheduler``.
+
+    Parameters
+    ----------
+    scheduler : str
+        The scheduler's address; empty for the LocalCluster of this process.
+
+    Returns
+    -------
+    bool
+        True once :func:`dask_client` made one (until :func:`shutdown`).
+    """
+    return scheduler in _CLIENTS
+
+
 def dask_slots(client: Any) -> int:
     """Worker threads of the cluster behind ``client`` (at least 1)."""
     threads: dict[str, int] = client.nthreads()

@@ -19,7 +19,7 @@ from sendit_helpers.pseudonyms.provider import (
     _item_ref,
     _mac,
     _norm,
-    _unique_codes,
+    unique_codes,
 )
 
 __all__ = [
@@ -225,7 +225,7 @@ class CrosswalkProvider:
                     item_digests.setdefault(
                         ref, _mac(self._secret, "crosswalk-item", eid, _item_ref(key)).hex()
                     )
-        derived = {k: self.prefix + v for k, v in _unique_codes(item_digests, ITEM_HEX).items()}
+        derived = {k: self.prefix + v for k, v in unique_codes(item_digests, ITEM_HEX).items()}
         clash = set(derived.values()) & set(given.values())
         if clash:
             raise IdentifierError(

@@ -17,7 +17,7 @@ from sendit_helpers.pseudonyms.provider import (
     _item_ref,
     _mac,
     _norm,
-    _unique_codes,
+    unique_codes,
 )
 
 __all__ = [
@@ -100,7 +100,7 @@ class KeyedProvider:
         entity_digests = {
             pid: _mac(self._secret, "entity", self.id_source, pid).hex() for pid in by_patient
         }
-        entities = _unique_codes(entity_digests, ENTITY_HEX)
+        entities = unique_codes(entity_digests, ENTITY_HEX)
         item_digests: dict[str, str] = {}
         item_owner: dict[StudyKey, str] = {}
         for pid, pkeys in by_patient.items():
@@ -110,7 +110,7 @@ class KeyedProvider:
                 item_digests.setdefault(
                     ref, _mac(self._secret, "item", self.id_source, pid, _item_ref(key)).hex()
                 )
-        items = _unique_codes(item_digests, ITEM_HEX)
+        items = unique_codes(item_digests, ITEM_HEX)
         out: dict[StudyKey, Pseudonyms] = {}
         for pid, pkeys in by_patient.items():
             jitter = self.jitter_for(pid)

@@ -56,6 +56,7 @@ __all__ = [
     "Pseudonyms",
     "StudyKey",
     "make_provider",
+    "unique_codes",
 ]
 
 
@@ -161,12 +162,29 @@ def _check_prefix(prefix: str) -> None:
         )
 
 
-def _unique_codes(digests: Mapping[str, str], width: int) -> dict[str, str]:
+def unique_codes(digests: Mapping[str, str], width: int) -> dict[str, str]:
     """Shortest-prefix codes of ``digests`` (owner -> hex digest), unique per owner.
 
     Every owner starts with ``width`` characters; members of a group that
     share a code are all extended by one character, until no two owners share
-    one.  Owners whose full digests are equal cannot be told apart and raise.
+    one.
+
+    Parameters
+    ----------
+    digests : mapping of str to str
+        ``owner -> hex digest`` (HMAC-SHA256 of the owner's identifier).
+    width : int
+        The shortest code (:data:`ENTITY_HEX`, :data:`ITEM_HEX`).
+
+    Returns
+    -------
+    dict of str to str
+        ``owner -> code``: a prefix of its digest, no two owners alike.
+
+    Raises
+    ------
+    IdentifierError
+        When two owners' full digests are equal (they cannot be told apart).
     """
     length = dict.fromkeys(digests, width)
     while True:

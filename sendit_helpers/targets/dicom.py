@@ -30,8 +30,8 @@ from sendit_helpers.targets.base import (
     missing_client,
 )
 from sendit_helpers.targets.dicomwire import (
-    _command_values,
     c_store_parts,
+    command_values,
     parse_file_meta,
     read_file_meta,
 )
@@ -564,7 +564,7 @@ class Link:
                 if control & 0x01:
                     command += body[pos + 6 : pos + 4 + size]
                     if control & 0x02:
-                        return _command_values(command)
+                        return command_values(command)
                 pos += 4 + size
 
     def close(self, release: bool = True) -> None:

@@ -94,8 +94,19 @@ def read_file_meta(path: Path) -> FileMeta:
     return parse_file_meta(head, str(path))
 
 
-def _command_values(command: bytes | bytearray) -> dict[int, int]:
-    """The 2-byte (US) elements of a command set (implicit VR LE), by element number."""
+def command_values(command: bytes | bytearray) -> dict[int, int]:
+    """The 2-byte (US) elements of a DIMSE command set, by element number.
+
+    Parameters
+    ----------
+    command : bytes or bytearray
+        A command set (group 0000, implicit VR little endian), e.g. a C-STORE-RSP.
+
+    Returns
+    -------
+    dict of int to int
+        ``element -> value`` (``0x0110`` MessageID, ``0x0900`` Status ...).
+    """
     values: dict[int, int] = {}
     pos = 0
     while pos + 8 <= len(command):

@@ -47,7 +47,7 @@ from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.deid import leakgate
 from sendit_helpers.pseudonyms.secret import load_site_secret
 from sendit_helpers.run import upstream
-from sendit_helpers.stages import deidentify, engine, inspect
+from sendit_helpers.stages import deidentify, deidplan, engine, inspect
 
 Pair = tuple[str, str]
 
@@ -142,7 +142,7 @@ def phase_timer() -> Iterator[dict[str, float]]:
     """Time ``plan``, ``run_jobs`` and ``run_gate`` inside ``deidentify_batch`` (wrapped, then restored)."""
     phases: dict[str, float] = {}
     originals: dict[tuple[Any, str], Callable[..., Any]] = {
-        (deidentify, "plan"): deidentify.plan,
+        (deidentify, "plan"): deidplan.plan,
         (deidentify, "run_jobs"): deidentify.run_jobs,
         (leakgate, "run_gate"): leakgate.run_gate,
     }
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         files = inspect.inspect_batch(layout, conf1).files
         secret = load_site_secret(layout.work, {"SENDIT_SITE_SECRET": conf1["SENDIT_SITE_SECRET"]})
         start = time.perf_counter()
-        jobs = deidentify.plan(layout, conf1, files, secret).jobs
+        jobs = deidplan.plan(layout, conf1, files, secret).jobs
         plan_s = time.perf_counter() - start
     assert len(jobs) == n, f"planned {len(jobs)} jobs for {n} files"
     config = engine.WorkerConfig((), True, secret, ())

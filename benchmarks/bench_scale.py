@@ -45,13 +45,13 @@ import psutil
 from sendit_helpers.core import executors
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.pseudonyms.secret import load_site_secret
-from sendit_helpers.stages import deidentify, engine, inspect
+from sendit_helpers.stages import deidentify, deidplan, engine, inspect
 
 SECRET_HEX = "62656e63686d61726b2d736974652d736563726574"  # as _common.settings()
 
 _STAGES_CHILD = """
 import sys
-from sendit_helpers.stages import deidentify, engine, inspect
+from sendit_helpers.stages import deidentify, deidplan, engine, inspect
 from sendit_helpers.run.runner import open_batch
 from sendit_helpers.run import upstream
 layout, settings = open_batch(sys.argv[1], sys.argv[2], [], {"PROGRESS": False, "WORKERS": int(sys.argv[3])})
@@ -69,7 +69,7 @@ def plan_jobs(folder: Path, out: Path, batches: int) -> tuple[list[engine.Job], 
         layout = BatchLayout.for_batch(folder, base / "work")
         files = inspect.inspect_batch(layout, conf).files
         secret = load_site_secret(layout.work, {"SENDIT_SITE_SECRET": conf["SENDIT_SITE_SECRET"]})
-        jobs = deidentify.plan(layout, conf, files, secret).jobs
+        jobs = deidplan.plan(layout, conf, files, secret).jobs
         root = layout.root
     config = engine.WorkerConfig((), True, secret, ())
 

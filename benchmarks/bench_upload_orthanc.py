@@ -75,7 +75,7 @@ if str(ROOT) not in sys.path:
 
 from sendit_helpers.core.errors import GateError  # noqa: E402
 from sendit_helpers.core.layout import BatchLayout  # noqa: E402
-from sendit_helpers.deid import leakgate  # noqa: E402
+from sendit_helpers.deid import gaterecord  # noqa: E402
 from sendit_helpers.run import upstream  # noqa: E402
 from sendit_helpers.stages.upload import MANIFEST_NAME, upload_batch  # noqa: E402
 from tests.servers import OrthancServer  # noqa: E402
@@ -97,7 +97,7 @@ def gated_release(out: Path, files: int, rows: int) -> BatchLayout:
     layout = BatchLayout.for_batch(folder, work)
     if marker.exists():
         try:
-            leakgate.require_pass(layout)
+            gaterecord.require_pass(layout)
             return layout
         except GateError:
             pass

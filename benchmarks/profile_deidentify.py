@@ -36,10 +36,10 @@ import pydicom
 
 from sendit_helpers.core.dicomio import read_full
 from sendit_helpers.core.layout import BatchLayout
-from sendit_helpers.deid import cleaned, dicomwrite, elementcache, leakgate
+from sendit_helpers.deid import cleaned, dicomwrite, gaterecord, gatescan, headerscan, leakgate
 from sendit_helpers.deid.recipemodel import DeidContext
 from sendit_helpers.pseudonyms.secret import load_site_secret
-from sendit_helpers.stages import deidentify, engine, inspect
+from sendit_helpers.stages import deidentify, deidplan, deidtables, engine, inspect
 
 
 class Steps:
@@ -74,7 +74,7 @@ def cache_steps(jobs: list[engine.Job], config: engine.WorkerConfig) -> Steps:
     for job in jobs:
         data = steps("read_bytes (whole file, once)", Path(job.source_path).read_bytes)
         ctx = steps("context", engine.job_context, job, config)
-        steps("scan_header (the scan alone, repeated below)", elementcache.scan_header, data)
+        steps("scan_header (the scan alone, repeated below)", headerscan.scan_header, data)
         done = steps("cache.deidentify (scan + remembered elements)", cache.deidentify, data, ctx)
         assert done is not None, "the corpus takes the element cache"
         steps(
@@ -123,24 +123,24 @@ def per_file_steps(jobs: list[engine.Job], config: engine.WorkerConfig) -> Steps
 
 
 def gate_steps(
-    files: list[Path], root: Path, scanner: leakgate.Scanner, spans: dict[str, leakgate.Span]
+    files: list[Path], root: Path, scanner: gatescan.Scanner, spans: dict[str, gatescan.Span]
 ) -> tuple[Steps, int]:
-    """The steps of ``leakgate.scan_file``, each timed (spans recorded at write time)."""
+    """The steps of ``gatescan.scan_file``, each timed (spans recorded at write time)."""
     steps = Steps()
     scanned_pixels = 0
     for path in files:
         rel = path.relative_to(root).as_posix()
         steps("scan file name", scanner.find, rel.encode())
         data = steps("read_bytes", path.read_bytes)
-        found = steps("recorded pixel span, checked", leakgate.checked_span, data, spans.get(rel))
+        found = steps("recorded pixel span, checked", gatescan.checked_span, data, spans.get(rel))
         if found is None:
-            found = steps("_parsed_span (dcmread header again)", leakgate.parsed_span, data)
+            found = steps("_parsed_span (dcmread header again)", gatescan.parsed_span, data)
         assert found is not None
         start, _end, _native16 = found
         steps("scan header bytes", scanner.find, data[:start])
         pixels = data[start:]
         printable = steps(
-            "pixel prefilter (numpy printable words)", leakgate.native_words_printable, pixels
+            "pixel prefilter (numpy printable words)", gatescan.native_words_printable, pixels
         )
         if printable:
             scanned_pixels += 1
@@ -152,7 +152,7 @@ def alternatives(
     jobs: list[engine.Job],
     config: engine.WorkerConfig,
     dest: Path,
-    scanner: leakgate.Scanner,
+    scanner: gatescan.Scanner,
     released: list[Path],
 ) -> list[list[str]]:
     """Measured costs of cheaper variants of single steps (ms/file)."""
@@ -314,12 +314,12 @@ def alternatives(
     out.append(
         [
             "gate: _pixel_span (pydicom header parse)",
-            f"{per(lambda: [leakgate.pixel_value_span(d) for d in datas], m):.3f}",
+            f"{per(lambda: [gatescan.pixel_value_span(d) for d in datas], m):.3f}",
         ]
     )
     pixels = []
     for d in datas:
-        span = leakgate.pixel_value_span(d)
+        span = gatescan.pixel_value_span(d)
         assert span is not None
         pixels.append(d[span[0] : span[1]])
     out.append(
@@ -331,13 +331,13 @@ def alternatives(
     out.append(
         [
             "gate: numpy printable-word prefilter",
-            f"{per(lambda: [leakgate.native_words_printable(px) for px in pixels], m):.3f}",
+            f"{per(lambda: [gatescan.native_words_printable(px) for px in pixels], m):.3f}",
         ]
     )
     # _pixel_span starts at the PixelData *tag*: its 'OW'/'OB' VR bytes are a printable word,
     # so the prefilter would always say "scan"; scan_file starts past the element header.
-    passes = sum(leakgate.native_words_printable(px) for px in pixels)
-    passes_value = sum(leakgate.native_words_printable(px[12:]) for px in pixels)
+    passes = sum(gatescan.native_words_printable(px) for px in pixels)
+    passes_value = sum(gatescan.native_words_printable(px[12:]) for px in pixels)
     out.append(
         [
             f"gate: prefilter says scan: {passes}/{m} files from the element tag, "
@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         layout = BatchLayout.for_batch(folder, base / "work")
         files = inspect.inspect_batch(layout, conf).files
         secret = load_site_secret(layout.work, {"SENDIT_SITE_SECRET": conf["SENDIT_SITE_SECRET"]})
-        jobs = deidentify.plan(layout, conf, files, secret).jobs
+        jobs = deidplan.plan(layout, conf, files, secret).jobs
         config = engine.WorkerConfig((), True, secret, ())
         engine.load_recipe((), True)
 
@@ -396,15 +396,15 @@ def main(argv: list[str] | None = None) -> int:
         c.say(
             f"run_jobs(workers=1) itself: {run_s / n * 1e3:.3f} ms/file ({c.rate(n, run_s):.0f} files/s)"
         )
-        values = deidentify.gate_values(outcomes, layout.name)
+        values = deidtables.gate_values(outcomes, layout.name)
         spans = {
             f"{o.job.entity_id}/{o.job.name}": o.pixel_span
             for o in outcomes
             if o.pixel_span is not None
         }
         leakgate.save_spans(layout, spans)  # as deidentify.finish does
-        scanner = leakgate.Scanner.build(values)
-        released = leakgate.release_files(layout)
+        scanner = gatescan.Scanner.build(values)
+        released = gaterecord.release_files(layout)
         start = time.perf_counter()
         report = leakgate.run_gate(layout, values, workers=1)
         gate_s = time.perf_counter() - start

@@ -23,7 +23,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from sendit_helpers.core.layout import BatchLayout
-from sendit_helpers.deid import leakgate
+from sendit_helpers.deid import gaterecord
 from tests.servers import (
     DatastoreEmulator,
     FakeGcsServer,
@@ -201,7 +201,7 @@ def build_release(
         )  # fmt: skip
     pd.DataFrame(rows).to_parquet(layout.release / "cleaned.parquet")
     pd.DataFrame(ents).to_parquet(layout.release / "entities.parquet")
-    leakgate.write_record(layout, n_files=entities * images, n_values=0)
+    gaterecord.write_record(layout, n_files=entities * images, n_values=0)
     return layout
 
 

@@ -16,11 +16,11 @@ from sendit_helpers.core import disposition
 from sendit_helpers.core.errors import BatchError, GateError, LeakError
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.core.settings import Settings
-from sendit_helpers.deid import leakgate
+from sendit_helpers.deid import gaterecord, leakgate
 from sendit_helpers.run import upstream
 from sendit_helpers.run.runner import open_batch
 from sendit_helpers.samples import batchspec, synthetic
-from sendit_helpers.stages import deidentify, inspect
+from sendit_helpers.stages import deidentify, deidplan, deidtables, inspect
 
 #: Planted categories that are not identifying by themselves
 #: (their identifying parts are planted elsewhere too).
@@ -143,9 +143,9 @@ def test_notebook_views_read_only_what_they_show(done: deidentify.DeidResult) ->
         pd.testing.assert_frame_equal(done.cleaned_head(n), cleaned.head(n))
     assert "cleaned" not in done.__dict__, "the whole table is not read for the head"
     files = inspect.load(done.layout)
-    narrow = inspect.load(done.layout, [*deidentify.PLAN_COLUMNS, "not a column"])
-    assert list(narrow.columns) == list(deidentify.PLAN_COLUMNS)
-    pd.testing.assert_frame_equal(narrow, files[list(deidentify.PLAN_COLUMNS)])
+    narrow = inspect.load(done.layout, [*deidplan.PLAN_COLUMNS, "not a column"])
+    assert list(narrow.columns) == list(deidplan.PLAN_COLUMNS)
+    pd.testing.assert_frame_equal(narrow, files[list(deidplan.PLAN_COLUMNS)])
     reasons = deidentify.quarantine_reasons(done)
     table = done.dispositions[done.dispositions["disposition"] == "quarantined"]
     whole = table.merge(files, on="source_path", how="left")[
@@ -158,8 +158,8 @@ def test_notebook_views_read_only_what_they_show(done: deidentify.DeidResult) ->
 
 def test_parquet_head_of_an_empty_table(tmp_path: Path) -> None:
     path = tmp_path / "empty.parquet"
-    deidentify.cleaned_table([]).to_parquet(path, index=False)
-    pd.testing.assert_frame_equal(deidentify.parquet_head(path, 20), pd.read_parquet(path))
+    deidtables.cleaned_table([]).to_parquet(path, index=False)
+    pd.testing.assert_frame_equal(deidtables.parquet_head(path, 20), pd.read_parquet(path))
 
 
 def test_tables(done: deidentify.DeidResult) -> None:
@@ -205,14 +205,14 @@ def test_gate_catches_a_planted_leak(
     done: deidentify.DeidResult, batch: tuple[Path, batchspec.Planted]
 ) -> None:
     layout = done.layout
-    assert leakgate.require_pass(layout)
+    assert gaterecord.require_pass(layout)
     target = _released(layout)[0]
     ds = pydicom.dcmread(target)
     patient_id = batch[1].values["PatientID"][0]
     ds.ImageComments = f"follow-up for {patient_id.lower()}"
     ds.save_as(target)
     with pytest.raises(GateError, match=r"changed since the leak gate last passed"):
-        leakgate.require_pass(layout)
+        gaterecord.require_pass(layout)
     with pytest.raises(
         LeakError, match=r"leak gate failed: 1 identifying value\(s\) found in 1 file\(s\)"
     ) as err:
@@ -223,7 +223,7 @@ def test_gate_catches_a_planted_leak(
     assert report.iloc[0]["file"] == target.relative_to(layout.release).as_posix()
     assert patient_id not in (layout.deid_dir / "leak_report.csv").read_text()
     with pytest.raises(GateError, match=r"has no leak-gate record"):
-        leakgate.require_pass(layout)
+        gaterecord.require_pass(layout)
 
 
 def test_gate_record_trusts_only_files_unchanged_since_the_scan(
@@ -231,30 +231,30 @@ def test_gate_record_trusts_only_files_unchanged_since_the_scan(
 ) -> None:
     """Unchanged files are not read again; any write is caught, even one hiding its mtime."""
     layout = done.layout
-    digest = leakgate.require_pass(layout)
+    digest = gaterecord.require_pass(layout)
     with monkeypatch.context() as m:
 
-        def unexpected(path: Path, data: bytes | None = None) -> leakgate.FileEntry:
+        def unexpected(path: Path, data: bytes | None = None) -> gaterecord.FileEntry:
             raise AssertionError(f"{path} was read again")
 
-        m.setattr(leakgate, "file_entry", unexpected)
-        assert leakgate.require_pass(layout) == digest
+        m.setattr(gaterecord, "file_entry", unexpected)
+        assert gaterecord.require_pass(layout) == digest
     target = _released(layout)[0]
     original = target.read_bytes()
     st = target.stat()
     target.write_bytes(original)  # same bytes, new ctime: read again, still the same digest
-    assert leakgate.require_pass(layout) == digest
+    assert gaterecord.require_pass(layout) == digest
     changed = bytearray(original)
     changed[200] ^= 0x01  # same size, a header byte changed, times put back
     target.write_bytes(bytes(changed))
     os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
     with pytest.raises(GateError, match=r"changed since the leak gate last passed"):
-        leakgate.require_pass(layout)
+        gaterecord.require_pass(layout)
     target.write_bytes(original)
-    assert leakgate.require_pass(layout) == digest
+    assert gaterecord.require_pass(layout) == digest
     (target.parent / "extra.dcm").write_bytes(original)
     with pytest.raises(GateError, match=r"changed since the leak gate last passed"):
-        leakgate.require_pass(layout)
+        gaterecord.require_pass(layout)
 
 
 def test_age_over_89(tmp_path: Path) -> None:
@@ -329,7 +329,7 @@ def test_non_image_objects_are_released(tmp_path: Path) -> None:
     # the plan has no InstanceNumber: named after its de-identified SOPInstanceUID
     assert re.fullmatch(r"IR\w+_RTPLAN_2_u[0-9a-f]{10}\.dcm", outputs["rtplan.dcm"])
     assert len(_released(layout)) == 4
-    assert leakgate.require_pass(layout)
+    assert gaterecord.require_pass(layout)
     released = {p.name: pydicom.dcmread(p) for p in _released(layout)}
     rt = released[outputs["rtstruct.dcm"]]
     source = pydicom.dcmread(folder / "rtstruct.dcm", force=True)

@@ -18,7 +18,7 @@ from sendit_helpers.core.dicomio import read_full
 from sendit_helpers.core.errors import LeakError
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.core.settings import Settings, load_settings
-from sendit_helpers.deid import cleaned, dicomwrite, leakgate
+from sendit_helpers.deid import cleaned, dicomwrite, gatescan, leakgate
 from sendit_helpers.run import upstream
 from sendit_helpers.samples import batchspec
 from sendit_helpers.stages import engine
@@ -195,7 +195,7 @@ def test_gate_with_recorded_span_still_scans_pixel_data(
     patient_id = batch[1].values["PatientID"][0].encode()
     data[start + 64 : start + 64 + len(patient_id)] = patient_id  # same size: the span still fits
     target.write_bytes(bytes(data))
-    assert leakgate.checked_span(bytes(data), spans[rel]) is not None
+    assert gatescan.checked_span(bytes(data), spans[rel]) is not None
     with pytest.raises(LeakError):
         leakgate.run_gate(layout, leakgate.load_values(layout))
     assert "PixelData (7FE0,0010)" in (layout.deid_dir / "leak_report.csv").read_text()
@@ -208,14 +208,14 @@ def test_stale_span_is_not_trusted(opened: tuple[BatchLayout, Settings]) -> None
     rel = target.relative_to(layout.release).as_posix()
     start, end, size, native = leakgate.load_spans(layout)[rel]
     data = target.read_bytes()
-    assert leakgate.checked_span(data, (start, end, size, native)) == (start, end, native)
-    assert leakgate.checked_span(data, (start + 2, end, size, native)) is None
-    assert leakgate.checked_span(data + b"\0\0", (start, end, size, native)) is None
+    assert gatescan.checked_span(data, (start, end, size, native)) == (start, end, native)
+    assert gatescan.checked_span(data, (start + 2, end, size, native)) is None
+    assert gatescan.checked_span(data + b"\0\0", (start, end, size, native)) is None
 
 
 def test_prefilter_off_for_values_it_cannot_see() -> None:
-    assert leakgate.Scanner.build({"DOE^JOHN": "name"}).prefilter_ok
-    assert not leakgate.Scanner.build({"Ωμέγα Δέλτα": "name"}).prefilter_ok
+    assert gatescan.Scanner.build({"DOE^JOHN": "name"}).prefilter_ok
+    assert not gatescan.Scanner.build({"Ωμέγα Δέλτα": "name"}).prefilter_ok
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import pytest
 from pydicom.data import get_testdata_file, get_testdata_files
 from test_leaks_harsh import build
 
-from sendit_helpers.deid import elementcache
+from sendit_helpers.deid import elementcache, fragments, headerscan
 from sendit_helpers.samples import batchspec, synthetic
 from sendit_helpers.stages import engine
 
@@ -127,17 +127,17 @@ def test_series_is_served_from_memory(tmp_path: Path, monkeypatch: pytest.Monkey
 def test_other_encodings_go_to_the_general_path(name: str) -> None:
     source = get_testdata_file(name)
     assert source is not None
-    assert elementcache.scan_header(Path(source).read_bytes()) is None
+    assert headerscan.scan_header(Path(source).read_bytes()) is None
 
 
 def test_elements_after_pixel_data_go_to_the_general_path() -> None:
     source = get_testdata_file("JPEG2000.dcm")
     assert source is not None
     data = Path(source).read_bytes()
-    assert elementcache.scan_header(data) is not None
+    assert headerscan.scan_header(data) is not None
     trailing = struct.pack("<HH2sH", 0xFFFA, 0xFFFA, b"LO", 4) + b"ABCD"
-    assert elementcache.scan_header(data + trailing) is None
-    assert elementcache.scan_header(data[:-2]) is None  # truncated pixel data
+    assert headerscan.scan_header(data + trailing) is None
+    assert headerscan.scan_header(data[:-2]) is None  # truncated pixel data
 
 
 def _saved(ds: pydicom.Dataset) -> bytes:
@@ -164,11 +164,11 @@ def test_missing_preamble_or_meta_goes_to_the_general_path(tmp_path: Path) -> No
     source = get_testdata_file("JPEG2000.dcm")
     assert source is not None
     data = Path(source).read_bytes()
-    found = elementcache.scan_header(data)
+    found = headerscan.scan_header(data)
     assert found is not None
-    assert elementcache.scan_header(data[128:]) is None
+    assert headerscan.scan_header(data[128:]) is None
     body = data[found.elements[0][1] :]
-    assert elementcache.scan_header(b"\0" * 128 + b"DICM" + body) is None
+    assert headerscan.scan_header(b"\0" * 128 + b"DICM" + body) is None
     copy = tmp_path / "copy.dcm"
     shutil.copyfile(source, copy)
     assert _same(copy, tmp_path)
@@ -182,13 +182,13 @@ def test_group_lengths_and_odd_elements_match_the_engine(tmp_path: Path) -> None
     ds.add_new(0x00181000, "UN", b"SERIAL42")  # DeviceSerialNumber as UN
     ds.add_new(0x00204000, "LT", "")  # an empty ImageComments
     data = _saved(ds)
-    found = elementcache.scan_header(data)
+    found = headerscan.scan_header(data)
     assert found is not None
     first = next(start for tag, start, _end in found.elements if tag >> 16 == 0x0008)
     length = struct.pack("<HH2sHL", 0x0008, 0x0000, b"UL", 4, 1234)  # pydicom never writes it
     target = tmp_path / "odd.dcm"
     target.write_bytes(data[:first] + length + data[first:])
-    found = elementcache.scan_header(target.read_bytes())
+    found = headerscan.scan_header(target.read_bytes())
     assert found is not None and found.elements[0][0] == 0x00080000
     for _round in range(2):
         assert _same(target, tmp_path)
@@ -225,8 +225,8 @@ def test_uid_shortcut_is_checked_then_replaces_the_engine(
     context = next(iter(cache._contexts.values()))
     shortcut = context.shortcuts[0x00080018]
     assert shortcut is not None
-    assert shortcut.checked == elementcache.SHORTCUT_CHECKS
-    assert engine_calls.count(0x00080018) == 1 + elementcache.SHORTCUT_CHECKS
+    assert shortcut.checked == fragments.SHORTCUT_CHECKS
+    assert engine_calls.count(0x00080018) == 1 + fragments.SHORTCUT_CHECKS
     for path in files[:3]:  # and the files come out as the engine writes them
         _same(path, tmp_path)
 
@@ -250,9 +250,9 @@ def test_uid_shortcut_that_disagrees_is_retired(tmp_path: Path) -> None:
 
 def test_uid_shortcut_only_for_plain_remapped_uids() -> None:
     head = struct.pack("<HH2sH", 0x0008, 0x0018, b"UI", 6)
-    assert elementcache._plain_uid(head + b"1.2.3\x00") == "1.2.3"
-    assert elementcache._plain_uid(head + b"1.2.3 ") is None  # padding the engine strips
-    assert elementcache._plain_uid(struct.pack("<HH2sH", 8, 0x18, b"UI", 6) + b"1\\2.3\x00") is None
-    kept = elementcache._Fragment(head + b"1.2.3\x00", {"SOPInstanceUID": "1.2.3"}, set())
+    assert fragments.plain_uid(head + b"1.2.3\x00") == "1.2.3"
+    assert fragments.plain_uid(head + b"1.2.3 ") is None  # padding the engine strips
+    assert fragments.plain_uid(struct.pack("<HH2sH", 8, 0x18, b"UI", 6) + b"1\\2.3\x00") is None
+    kept = fragments.Fragment(head + b"1.2.3\x00", {"SOPInstanceUID": "1.2.3"}, set())
     ctx = engine.job_context(_job(Path("a"), Path("b")), CONFIG)
-    assert elementcache._UidShortcut.learn(ctx, 0x00080018, head + b"1.2.3\x00", kept) is None
+    assert fragments.UidShortcut.learn(ctx, 0x00080018, head + b"1.2.3\x00", kept) is None

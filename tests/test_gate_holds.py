@@ -24,8 +24,8 @@ from sendit_helpers.core import disposition
 from sendit_helpers.core.disposition import Disposition
 from sendit_helpers.core.errors import LeakError
 from sendit_helpers.core.layout import BatchLayout
-from sendit_helpers.deid import leakgate
-from sendit_helpers.deid.leakgate import Policy, only_descriptor_words
+from sendit_helpers.deid import gatepolicy, gaterecord, gatescan, leakgate
+from sendit_helpers.deid.gatepolicy import Policy, only_descriptor_words
 from sendit_helpers.run import upstream
 from sendit_helpers.run.runner import open_batch
 from sendit_helpers.stages import release, review, review_decisions, review_items, upload
@@ -146,7 +146,7 @@ def test_a_kept_station_name_spares_its_private_copy(tmp_path: Path) -> None:
     result = upstream.deidentify(layout, settings)
     assert pydicom.dcmread(next(layout.release.rglob("*.dcm"))).StationName == "CT01_OC0"
     assert result.gate.passed and not result.gate.held
-    assert "ct01_oc0" in leakgate.load_policy(layout).technical
+    assert "ct01_oc0" in gatepolicy.load_policy(layout).technical
 
 
 # ------------------------------------------------------------------ harsh planted values
@@ -201,7 +201,7 @@ def test_harsh_values_in_pixels_hold_their_files_and_release_the_rest(tmp_path: 
     assert all(table.loc[str(f), "disposition"] == "released" for f in files[2:])
     assert disposition.release_line(result.dispositions) == "2 released, 2 waiting"
     assert len(result.gate.held) == 2 and result.gate.passed
-    assert leakgate.require_pass(layout)
+    assert gaterecord.require_pass(layout)
     cleaned = pd.read_parquet(layout.release / "cleaned.parquet")
     assert sorted(cleaned["name"]) == sorted(table.loc[[str(f) for f in files[2:]], "output_name"])
     assert sorted(result.entities["IMAGE_COUNT"]) == [1, 1]
@@ -247,7 +247,7 @@ def test_a_decision_re_gates_a_held_file(tmp_path: Path) -> None:
     assert now.loc[released, "reason"].startswith("leak gate: a removed PatientID value")
     assert list(release.gate_held(layout)["path"].str.endswith(released)) == [True]
     assert (review_items.originals_dir(layout) / release.gate_held(layout)["path"][0]).is_file()
-    assert leakgate.require_pass(layout)
+    assert gaterecord.require_pass(layout)
     items = review_items.load_items(layout).set_index("item")
     assert items.loc[released, "held_by"] == review_items.HELD_BY_GATE
     assert items.loc[scrubbed, "held_by"] == review_items.HELD_BY_SCREEN  # released: no gate reason
@@ -297,13 +297,13 @@ def test_tables_are_scanned_by_their_values_not_their_format(tmp_path: Path) -> 
     path = tmp_path / "cleaned.parquet"
     table = pd.DataFrame({"path": ["e/a.dcm", "e/b.dcm"], "ImageComments": ["ok", "by ZQX0001PHI"]})
     table.astype("string").to_parquet(path, index=False, compression="zstd")
-    scanner = leakgate.Scanner.build({"ZQX0001PHI": "PatientID", "Dr. floral field": "name"})
-    assert leakgate.scan_file(path, "cleaned.parquet", scanner) == [
+    scanner = gatescan.Scanner.build({"ZQX0001PHI": "PatientID", "Dr. floral field": "name"})
+    assert gatescan.scan_file(path, "cleaned.parquet", scanner) == [
         ("cleaned.parquet", "column ImageComments", "PatientID")
     ]
     assert b"field" in path.read_bytes()  # the pandas metadata's field_name ...
-    clean = leakgate.Scanner.build({"Dr. floral field": "name"})
-    assert leakgate.scan_file(path, "cleaned.parquet", clean) == []  # ... is no name part
+    clean = gatescan.Scanner.build({"Dr. floral field": "name"})
+    assert gatescan.scan_file(path, "cleaned.parquet", clean) == []  # ... is no name part
 
 
 def test_a_value_in_a_cleaned_row_holds_its_image(tmp_path: Path) -> None:
@@ -315,10 +315,10 @@ def test_a_value_in_a_cleaned_row_holds_its_image(tmp_path: Path) -> None:
     cleaned.to_parquet(layout.release / "cleaned.parquet", index=False)
     values = leakgate.load_values(layout)
     hold = lambda held: release.hold_for_gate(layout, settings, held)  # noqa: E731
-    report = leakgate.run_gate(layout, values, policy=leakgate.load_policy(layout), hold=hold)
+    report = leakgate.run_gate(layout, values, policy=gatepolicy.load_policy(layout), hold=hold)
     assert [h.field for h in report.held] == ["cleaned.parquet column ImageComments"]
     assert report.held[0].path == cleaned.loc[0, "path"]
     assert not (layout.release / cleaned.loc[0, "path"]).exists()
     assert len(pd.read_parquet(layout.release / "cleaned.parquet")) == len(cleaned) - 1
-    assert not _leaks(layout, planted) and leakgate.require_pass(layout)
+    assert not _leaks(layout, planted) and gaterecord.require_pass(layout)
     assert len(result.gate.held) == 2  # the two planted in pixels, held by de-identify

@@ -12,8 +12,9 @@ import pytest
 from sendit_helpers.core.errors import LeakError
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.core.settings import Settings
-from sendit_helpers.deid import leakgate
-from sendit_helpers.deid.leakgate import Scanner, Tail
+from sendit_helpers.deid import gaterecord, gatescan, gatewritten, leakgate
+from sendit_helpers.deid.gatescan import Scanner
+from sendit_helpers.deid.gatewritten import Tail
 from sendit_helpers.run import upstream
 from sendit_helpers.samples import batchspec
 
@@ -21,11 +22,11 @@ from sendit_helpers.samples import batchspec
 def _read_by_gate(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Record the files the gate reads from disk."""
     read: list[str] = []
-    original = leakgate.scan_file_entry
+    original = gatescan.scan_file_entry
 
     def spy(
-        path: Path, relative: str, scanner: Scanner, span: leakgate.Span | None = None
-    ) -> tuple[list[tuple[str, str, str]], leakgate.FileEntry]:
+        path: Path, relative: str, scanner: Scanner, span: gatescan.Span | None = None
+    ) -> tuple[list[tuple[str, str, str]], gaterecord.FileEntry]:
         read.append(relative)
         return original(path, relative, scanner, span)
 
@@ -43,16 +44,16 @@ def test_stage_gate_reads_no_released_image_again(
     assert images and result.gate.passed and result.gate.files == len(images) + 2
     assert sorted(read) == ["cleaned.parquet", "entities.parquet"]
     # The digest taken from the bytes as written is the one of the files on disk.
-    record = leakgate.passed_index(layout)
-    assert record == leakgate.release_index(layout)
+    record = gaterecord.passed_index(layout)
+    assert record == gaterecord.release_index(layout)
     assert not (layout.deid_dir / "spool").exists()
 
 
-def _written_of(layout: BatchLayout, path: Path) -> leakgate.Written:
+def _written_of(layout: BatchLayout, path: Path) -> gatewritten.Written:
     rel = path.relative_to(layout.release).as_posix()
     start, _end, _size, native16 = leakgate.load_spans(layout)[rel]
     data = path.read_bytes()
-    return leakgate.written(
+    return gatewritten.written(
         rel, os.fspath(path), data[:100], memoryview(data)[100:], start, native16
     )
 
@@ -67,7 +68,7 @@ def test_a_file_changed_after_writing_is_read_and_held(
     target = sorted(layout.release.rglob("*.dcm"))[0]
     rel = target.relative_to(layout.release).as_posix()
     item = _written_of(layout, target)
-    assert item.kind is Tail.CLEAN16 and item.entry == leakgate.file_entry(target)
+    assert item.kind is Tail.CLEAN16 and item.entry == gaterecord.file_entry(target)
     values = leakgate.load_values(layout)
     read = _read_by_gate(monkeypatch)
     leakgate.run_gate(layout, values, written=[item])
@@ -128,25 +129,25 @@ def test_written_keeps_text_runs_of_other_pixel_data(tmp_path: Path) -> None:
     ):
         out = tmp_path / "f.dcm"
         out.write_bytes(header + tail)
-        item = leakgate.written("e/f.dcm", os.fspath(out), header, memoryview(tail), 140, False)
+        item = gatewritten.written("e/f.dcm", os.fspath(out), header, memoryview(tail), 140, False)
         assert item.kind is kind
-        assert leakgate.clean_written(item, scanner) is clean
+        assert gatewritten.clean_written(item, scanner) is clean
     # 16-bit native pixel data: a printable word means its text runs are kept
     words = np.array([100, 0x4142, 0x4344, 200], dtype="<u2").tobytes()
-    item = leakgate.written("e/f.dcm", os.fspath(out), header, memoryview(words), 138, True)
+    item = gatewritten.written("e/f.dcm", os.fspath(out), header, memoryview(words), 138, True)
     assert item.kind is Tail.RUNS
     quiet = np.array([100, 3000, 0x7F7F, 0x1F41], dtype="<u2").tobytes()
-    item = leakgate.written("e/f.dcm", os.fspath(out), header, memoryview(quiet), 138, True)
+    item = gatewritten.written("e/f.dcm", os.fspath(out), header, memoryview(quiet), 138, True)
     assert item.kind is Tail.CLEAN16 and item.header == header
     # A value with a control character could sit across what the runs leave out.
     odd = Scanner.build({"line one\x01two": "ImageComments"})
     assert not odd.summary_ok
-    runs = leakgate.written("e/f.dcm", os.fspath(out), header, memoryview(noise), 138, False)
-    assert runs.kind is Tail.RUNS and not leakgate.clean_written(runs, odd)
+    runs = gatewritten.written("e/f.dcm", os.fspath(out), header, memoryview(noise), 138, False)
+    assert runs.kind is Tail.RUNS and not gatewritten.clean_written(runs, odd)
 
 
 def test_pixel_prefilter_range_check() -> None:
     dark = np.arange(0, 8000, dtype="<u2").tobytes()
-    assert not leakgate.native_words_printable(dark)
-    assert leakgate.native_words_printable(np.array([0x4142], dtype="<u2").tobytes())
-    assert not leakgate.native_words_printable(np.array([0x2080, 0x7F20], dtype="<u2").tobytes())
+    assert not gatescan.native_words_printable(dark)
+    assert gatescan.native_words_printable(np.array([0x4142], dtype="<u2").tobytes())
+    assert not gatescan.native_words_printable(np.array([0x2080, 0x7F20], dtype="<u2").tobytes())

@@ -31,7 +31,7 @@ from sendit_helpers.core.errors import (
     os_error_line,
 )
 from sendit_helpers.core.layout import BatchLayout
-from sendit_helpers.deid import leakgate
+from sendit_helpers.deid import gaterecord, leakgate
 from sendit_helpers.run import runner, upstream
 from sendit_helpers.run.cli import main
 from sendit_helpers.run.pipeline import plan_batches
@@ -350,14 +350,14 @@ def gated(tmp_path: Path) -> tuple[BatchLayout, dict[str, str]]:
     layout, settings = open_batch(tmp_path / "in" / "DOE_JANE_MRN777", tmp_path / "work", [], QUIET)
     inspect.inspect_batch(layout, settings)
     upstream.deidentify(layout, settings)
-    leakgate.require_pass(layout)
+    gaterecord.require_pass(layout)
     return layout, leakgate.load_values(layout)
 
 
 def test_hit_after_pixel_data_is_reported(gated: tuple[BatchLayout, dict[str, str]]) -> None:
     layout, values = gated
     name = next(v for v, c in values.items() if c == "name")
-    target = leakgate.release_files(layout)[0]
+    target = gaterecord.release_files(layout)[0]
     rel = target.relative_to(layout.release).as_posix()
     for trailer in (name.encode(), b"\x08\x00\x20\x00XX\x08\x00" + name.encode()):
         target.write_bytes(target.read_bytes() + trailer)
@@ -373,7 +373,7 @@ def test_release_holds_only_scanned_regular_files(
 ) -> None:
     layout, values = gated
     entity = next(p for p in layout.release.iterdir() if p.is_dir())
-    clean = leakgate.release_files(layout)[0]
+    clean = gaterecord.release_files(layout)[0]
     os.symlink(clean, entity / "link.dcm")
     os.mkfifo(entity / "pipe.dcm")
     (entity / "nested").mkdir()
@@ -387,7 +387,7 @@ def test_release_holds_only_scanned_regular_files(
     assert "a folder inside an entity folder" in report.loc[f"{prefix}/nested", "category"]
     assert "folder name" in set(report.loc[["DOE_JANE_MRN777"], "field"])
     with pytest.raises(GateError, match="no leak-gate record|holds"):
-        leakgate.require_pass(layout)
+        gaterecord.require_pass(layout)
 
     # after a passing gate: an odd entry or a new folder makes upload refuse
     for extra in ("link.dcm", "pipe.dcm", "nested"):
@@ -397,11 +397,11 @@ def test_release_holds_only_scanned_regular_files(
     leakgate.run_gate(layout, values)
     os.mkfifo(entity / "late_pipe")
     with pytest.raises(GateError, match=r"holds .*late_pipe, a FIFO \(named pipe\): release/ may"):
-        leakgate.require_pass(layout)
+        gaterecord.require_pass(layout)
     (entity / "late_pipe").unlink()
     (layout.release / "empty_entity").mkdir()
     with pytest.raises(GateError, match="has folders the leak gate did not scan"):
-        leakgate.require_pass(layout)
+        gaterecord.require_pass(layout)
 
 
 @pytest.mark.slow

@@ -211,7 +211,7 @@ def test_nothing_planted_survives(harsh: tuple[Path, dict[str, str]], tmp_path: 
 @pytest.mark.parametrize("written", ["ÖDÖN MÜLLER", "Ödön Müller", "ödön müller"])
 @pytest.mark.parametrize("codec", ["utf-8", "latin-1"])
 def test_gate_finds_non_ascii_names_in_any_case_and_charset(written: str, codec: str) -> None:
-    from sendit_helpers.deid.leakgate import Scanner
+    from sendit_helpers.deid.gatescan import Scanner
 
     scanner = Scanner.build({"MÜLLER^ÖDÖN": "name"})
     assert scanner.find(f"seen by {written} today".encode(codec)), (written, codec)

@@ -350,11 +350,11 @@ def test_dcmtk_sr_is_not_held_for_its_own_implementation_uid(tmp_path: Path) -> 
 
 def test_leak_gate_reads_objects_without_pixel_data(done: deidentify.DeidResult) -> None:
     """No pixel data span: every byte of an SR is scanned, its content items included."""
-    from sendit_helpers.deid import leakgate
+    from sendit_helpers.deid import gatescan
 
     sr = next(done.layout.release.rglob("*_SR_*.dcm"))
     found = pydicom.dcmread(sr)
     kept_text = next(i for i in _content(found) if i.ValueType == "TEXT").TextValue
-    scanner = leakgate.Scanner.build({"Quimbyville": "name", kept_text: "free text"})
-    hits = leakgate.scan_file(sr, sr.name, scanner)
+    scanner = gatescan.Scanner.build({"Quimbyville": "name", kept_text: "free text"})
+    hits = gatescan.scan_file(sr, sr.name, scanner)
     assert [category for _file, _field, category in hits] == ["free text"]

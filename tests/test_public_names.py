@@ -17,9 +17,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 #: ``(file, module alias, private name)`` still used; remove an entry when it is fixed.
 KNOWN: set[tuple[str, str, str]] = {
-    ("tests/test_elementcache.py", "elementcache", "_Fragment"),
-    ("tests/test_elementcache.py", "elementcache", "_UidShortcut"),
-    ("tests/test_elementcache.py", "elementcache", "_plain_uid"),
     ("tests/test_ocr.py", "ocr", "_screen_chunk"),
     ("tests/test_ocr.py", "ocr", "_screen_one"),
 }

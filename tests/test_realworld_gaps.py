@@ -11,7 +11,7 @@ from pydicom.data import get_testdata_file
 
 from sendit_helpers.core import disposition
 from sendit_helpers.core.layout import BatchLayout
-from sendit_helpers.deid.leakgate import Policy
+from sendit_helpers.deid.gatepolicy import Policy
 from sendit_helpers.run import upstream
 from sendit_helpers.run.runner import open_batch
 from tests import realworld

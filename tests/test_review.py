@@ -21,7 +21,7 @@ from pydicom.uid import (
 from sendit_helpers.core import disposition
 from sendit_helpers.core.errors import ReviewError
 from sendit_helpers.core.layout import BatchLayout
-from sendit_helpers.deid import leakgate, plots
+from sendit_helpers.deid import gaterecord, plots
 from sendit_helpers.deid.plots import png_step
 from sendit_helpers.run import upstream
 from sendit_helpers.run.runner import open_batch
@@ -308,11 +308,11 @@ def test_replay_and_apply(
     entities = pd.read_parquet(layout.release / "entities.parquet")
     assert int(entities["IMAGE_COUNT"].sum()) == len(cleaned)
     assert entities.equals(release.entities_table(cleaned, str(settings["UPLOAD_AGENT"])))
-    digest = leakgate.require_pass(layout)
+    digest = gaterecord.require_pass(layout)
 
     # idempotent: applying again changes nothing in release/ or the tables
     again = review.apply_decisions(layout, settings)
-    assert leakgate.require_pass(layout) == digest
+    assert gaterecord.require_pass(layout) == digest
     assert again.released == result.released and again.scrubbed == result.scrubbed
     assert pd.read_parquet(layout.release / "cleaned.parquet").equals(cleaned)
     assert review.status(layout).set_index("decision")["images"].to_dict() == {
@@ -354,7 +354,7 @@ def test_last_decision_wins_and_resume(held_batch: tuple[BatchLayout, dict[str, 
     assert (layout.quarantine / path).exists() and not (layout.release / path).exists()
     original = pydicom.dcmread(layout.quarantine / path).pixel_array
     assert original[0:8, 0:8].any()
-    leakgate.require_pass(layout)
+    gaterecord.require_pass(layout)
 
 
 def test_log_survives_a_torn_line(held_batch: tuple[BatchLayout, dict[str, object]]) -> None:
@@ -440,7 +440,7 @@ def test_reviewer_widget_saves_at_once(held_batch: tuple[BatchLayout, dict[str, 
     result = ui.apply()
     assert result is not None and result.scrubbed == [ot.item]
     assert "Applied" in ui.apply_result.value
-    leakgate.require_pass(layout)
+    gaterecord.require_pass(layout)
 
 
 def test_reviewer_resumes_at_the_first_undecided_image(
@@ -512,7 +512,7 @@ def test_review_stage_runs_non_interactively(
     assert review_decisions.pending_count(layout) == 0
     assert not any(p.is_file() for p in layout.quarantine.rglob("*"))
     assert set(items["item"]) <= {p.name for p in layout.release.rglob("*.dcm")}
-    leakgate.require_pass(layout)
+    gaterecord.require_pass(layout)
 
 
 def test_pending_review_is_said_downstream(

@@ -38,7 +38,7 @@ import pydicom
 import pytest
 
 from sendit_helpers.core.layout import BatchLayout
-from sendit_helpers.deid import leakgate
+from sendit_helpers.deid import gaterecord
 from sendit_helpers.run import upstream
 from sendit_helpers.run.runner import open_batch
 from sendit_helpers.samples import batchspec, synthetic
@@ -381,7 +381,7 @@ def test_draw_and_decide_with_keys_in_voila(site: Site, voila: str) -> None:
     (drawn,) = current.loc[ot["item"], "boxes"]
     assert _near(drawn, DRAG), f"drew {DRAG}, the log has {drawn}"
     _check_scrubbed(layout, ot["item"], drawn)
-    leakgate.require_pass(layout)
+    gaterecord.require_pass(layout)
 
 
 def _cells(page: Any) -> list[str]:

@@ -16,7 +16,7 @@ import pytest
 
 from sendit_helpers.core.errors import UploadWarning
 from sendit_helpers.core.layout import BatchLayout
-from sendit_helpers.deid import leakgate
+from sendit_helpers.deid import gaterecord
 from sendit_helpers.stages.upload import CONFLICT, VERIFIED, upload_batch
 from tests.conftest_servers import build_release
 from tests.servers import OrthancServer
@@ -34,7 +34,7 @@ def _regated_with_change(layout: BatchLayout, key: str) -> None:
     ds.SeriesDescription = "same object, other bytes"
     ds.save_as(path, enforce_file_format=True)
     (layout.upload_dir / "manifest.csv").unlink()  # another batch: its own manifest
-    leakgate.write_record(layout, n_files=3, n_values=0)
+    gaterecord.write_record(layout, n_files=3, n_values=0)
 
 
 def test_local_store_records_conflict_and_uploads_the_rest(

@@ -25,7 +25,7 @@ import requests
 
 from sendit_helpers.core.errors import UploadError
 from sendit_helpers.core.layout import BatchLayout
-from sendit_helpers.deid import leakgate
+from sendit_helpers.deid import gaterecord
 from sendit_helpers.run import cli, pipeline, runner, upstream
 from sendit_helpers.run.runner import Stage, open_batch
 from sendit_helpers.samples import batchspec, synthetic
@@ -104,7 +104,7 @@ def test_item_load_checks_the_bytes_against_the_gate(
     make_release: ReleaseFactory, upload_settings: dict[str, Any]
 ) -> None:
     layout = make_release(entities=1, images=1)
-    (item,), _ = load_release(layout, upload_settings, leakgate.passed_index(layout))
+    (item,), _ = load_release(layout, upload_settings, gaterecord.passed_index(layout))
     gated = item.path.read_bytes()
     loaded = item.load()
     _edit(item.path)
@@ -123,7 +123,7 @@ def test_item_load_trusts_the_gate_signature_only_while_the_file_is_unchanged(
     make_release: ReleaseFactory, upload_settings: dict[str, Any]
 ) -> None:
     layout = make_release(entities=1, images=2)
-    index = leakgate.passed_index(layout)
+    index = gaterecord.passed_index(layout)
     (fresh, _), _ = load_release(layout, upload_settings, index, time.time_ns())
     assert fresh.signature is None  # changed within RACY_NS of the check: hashed on load
     later = time.time_ns() + 2 * RACY_NS  # as if the gate check ran well after the writes

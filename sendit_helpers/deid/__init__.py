@@ -8,6 +8,7 @@ parser (:mod:`recipeparser`), engine (:mod:`recipes`) and compiled plan
 header writer (:mod:`elementcache`, :mod:`dicomwrite`), the cleaned table's rows
 (:mod:`cleaned`), ``%filter`` screening and OCR (:mod:`screening`, :mod:`ocr`), pixel
 scrubbing and the site's own filter rules (:mod:`scrub`, :mod:`siterules`), renderings
-(:mod:`plots`) and the leak gate (:mod:`leakgate`).  ``deid`` imports only ``core``
+(:mod:`plots`) and the leak gate (:mod:`leakgate`, with :mod:`gatescan`, :mod:`gatepolicy`,
+:mod:`gatewritten`, :mod:`gaterecord`).  ``deid`` imports only ``core``
 (``tests/test_layers.py`` enforces it).
 """

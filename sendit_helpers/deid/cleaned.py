@@ -34,7 +34,7 @@ __all__ = [
 KEPT_VRS = GATE_VRS | {"CS", "AS", "IS", "DS"}
 #: Technical (device and station) fields whose values and words, where the
 #: outputs keep them, are never treated as identifying (an InstitutionName
-#: "TOSHIBA" beside a Manufacturer "TOSHIBA_MEC"); see :class:`.leakgate.Policy`.
+#: "TOSHIBA" beside a Manufacturer "TOSHIBA_MEC"); see :class:`.gatepolicy.Policy`.
 #: A field the recipe removes or blanks (StationName, DeviceSerialNumber in the
 #: default recipe) keeps nothing, so it gives nothing here.
 TECHNICAL_KEYWORDS = frozenset(

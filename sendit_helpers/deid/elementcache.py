@@ -38,16 +38,12 @@ generated batches with planted identifiers and on pydicom's test files.
 from __future__ import annotations
 
 import dataclasses
-import re
-import struct
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
-from functools import lru_cache
 from io import BytesIO
-from typing import Any, NamedTuple
+from typing import Any
 
-from pydicom._uid_dict import UID_dictionary
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
@@ -57,32 +53,33 @@ from pydicom.uid import UID
 
 from sendit_helpers.deid import cleaned
 from sendit_helpers.deid.dicomwrite import (
-    PIXEL_DATA,
-    encapsulated_end,
     encode_meta,
     text_codec,
     write_elements,
+)
+from sendit_helpers.deid.fragments import (
+    SHORTCUT_CHECKS,
+    Fragment,
+    UidShortcut,
+    same_fragment,
+    uid_element,
+    uid_value,
+)
+from sendit_helpers.deid.headerscan import (
+    LONG_VRS,
+    UL,
+    UNDEFINED,
+    HeaderScan,
+    is_compressed,
+    scan_header,
+    top_elements,
 )
 from sendit_helpers.deid.recipemodel import CLEAN_SOURCE_TAGS, FILE_META_DROP, Changes, DeidContext
 from sendit_helpers.deid.recipes import Recipe
 from sendit_helpers.deid.structured import STRUCTURED_TAGS
 
-__all__ = ["CacheStats", "CachedResult", "ElementCache", "HeaderScan", "scan_header"]
+__all__ = ["CacheStats", "CachedResult", "ElementCache"]
 
-_HEAD = struct.Struct("<HH2sH")
-_UL = struct.Struct("<L")
-_ITEM = struct.Struct("<HHL")
-_UNDEFINED = 0xFFFFFFFF
-#: VRs with a 4-byte length in explicit VR encoding (PS3.5 7.1.2).
-_LONG_VRS = frozenset(
-    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
-)
-_SHORT_VRS = frozenset(
-    {
-        b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT",
-        b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US",
-    }
-)  # fmt: skip
 _SQ_UN = ("SQ", "UN", None)
 _CHARSET = 0x00080005
 _SOP_CLASS = 0x00080016
@@ -100,197 +97,6 @@ MAX_CONTEXTS = 8
 MAX_ELEMENTS = 20_000
 
 
-class HeaderScan(NamedTuple):
-    """Where things are in a file read as bytes (see :func:`scan_header`)."""
-
-    meta: list[tuple[int, int, int]]
-    """``(tag, start, end)`` of each file meta element."""
-    elements: list[tuple[int, int, int]]
-    """``(tag, start, end)`` of each top-level data set element before the pixel data."""
-    syntax: str
-    pixel_at: int
-    pixel_value_at: int
-
-
-def _element_end(data: bytes, pos: int, limit: int) -> tuple[int, int] | None:
-    """``(tag, end)`` of the explicit VR little endian element at ``pos``; None if odd."""
-    if pos + 8 > limit:
-        return None
-    group, elem, vr, length = _HEAD.unpack_from(data, pos)
-    if vr in _LONG_VRS:
-        if pos + 12 > limit:
-            return None
-        length = _UL.unpack_from(data, pos + 8)[0]
-        value_at = pos + 12
-        if length == _UNDEFINED:
-            if vr != b"SQ":
-                return None  # undefined-length UN is implicit VR inside: general path
-            end = _sequence_end(data, value_at, limit)
-            return None if end is None else (group << 16 | elem, end)
-    elif vr in _SHORT_VRS:
-        value_at = pos + 8
-    else:
-        return None
-    end = value_at + length
-    return None if end > limit else (group << 16 | elem, end)
-
-
-def _sequence_end(data: bytes, pos: int, limit: int) -> int | None:
-    """End of an undefined-length sequence value, past its delimiter."""
-    while pos + 8 <= limit:
-        group, elem, length = _ITEM.unpack_from(data, pos)
-        if (group, elem) == (0xFFFE, 0xE0DD):
-            return pos + 8
-        if (group, elem) != (0xFFFE, 0xE000):
-            return None
-        pos += 8
-        if length != _UNDEFINED:
-            pos += length
-            continue
-        while True:  # an undefined-length item: elements up to its delimiter
-            if pos + 8 > limit:
-                return None
-            group, elem, length = _ITEM.unpack_from(data, pos)
-            if (group, elem) == (0xFFFE, 0xE00D):
-                pos += 8
-                break
-            found = _element_end(data, pos, limit)
-            if found is None:
-                return None
-            pos = found[1]
-    return None
-
-
-def _elements(
-    data: bytes, pos: int, limit: int, below: int
-) -> tuple[list[tuple[int, int, int]], int] | None:
-    """Top-level elements from ``pos`` while their tag is below ``below``; tags must ascend.
-
-    Returns the ``(tag, start, end)`` list and where the first tag not below
-    ``below`` starts (``limit`` when the data ends first); None if anything is odd.
-    """
-    out: list[tuple[int, int, int]] = []
-    append = out.append
-    head, ul, long_vrs, short_vrs = _HEAD.unpack_from, _UL.unpack_from, _LONG_VRS, _SHORT_VRS
-    last = -1
-    while pos < limit:
-        if pos + 8 > limit:
-            return None
-        group, elem, vr, length = head(data, pos)
-        tag = group << 16 | elem
-        if tag >= below:
-            break
-        if tag <= last:
-            return None
-        if vr in short_vrs:
-            end = pos + 8 + length
-        elif vr in long_vrs and pos + 12 <= limit:
-            length = ul(data, pos + 8)[0]
-            if length != _UNDEFINED:
-                end = pos + 12 + length
-            elif vr == b"SQ":
-                found = _sequence_end(data, pos + 12, limit)
-                if found is None:
-                    return None
-                end = found
-            else:
-                return None  # undefined-length UN is implicit VR inside: general path
-        else:
-            return None
-        if end > limit:
-            return None
-        append((tag, pos, end))
-        last, pos = tag, end
-    return out, pos
-
-
-@lru_cache(maxsize=64)
-def _explicit_little(syntax: str) -> bool:
-    uid = UID(syntax)
-    return (
-        uid.is_transfer_syntax
-        and not uid.is_private
-        and uid.is_little_endian
-        and not uid.is_implicit_VR
-        and not uid.is_deflated
-    )
-
-
-@lru_cache(maxsize=64)
-def _compressed(syntax: str) -> bool:
-    return bool(UID(syntax).is_compressed)
-
-
-def scan_header(data: bytes) -> HeaderScan | None:
-    """Locate file meta, header elements and pixel data of a whole file, without pydicom.
-
-    Returns None for anything :class:`ElementCache` does not handle (see the
-    module docstring): the general path takes those files.
-    """
-    if data[128:132] != b"DICM":
-        return None
-    found = _elements(data, 132, len(data), 0x00030000)
-    if found is None:
-        return None
-    meta, pos = found
-    syntax = ""
-    for tag, start, end in meta:
-        if tag == 0x00020010:
-            syntax = data[start + 8 : end].rstrip(b"\x00 ").decode("ascii", "replace")
-    if not meta or meta[0][0] != 0x00020000 or not syntax or not _explicit_little(syntax):
-        return None
-    found = _elements(data, pos, len(data), PIXEL_DATA)
-    if found is None:
-        return None
-    elements, pixel_at = found
-    for tag, _s, _e in elements:  # ascending: groups 0 and 2 come first if at all
-        if tag >= 0x00030000:
-            break
-        if tag >> 16 in (0, 2):
-            return None
-    head = data[pixel_at : pixel_at + 12]
-    if len(head) < 12 or head[4:6] not in (b"OB", b"OW", b"UN"):
-        return None
-    group, elem, _vr, _zero = _HEAD.unpack_from(head)
-    if (group << 16 | elem) != PIXEL_DATA:
-        return None
-    length = _UL.unpack_from(head, 8)[0]
-    value_at = pixel_at + 12
-    if length == _UNDEFINED:
-        stop = encapsulated_end(data, value_at, "<")
-    else:
-        stop = value_at + length
-    if stop != len(data):
-        return None
-    return HeaderScan(meta, elements, syntax, pixel_at, value_at)
-
-
-class _Fragment:
-    """What de-identification made of one top-level element (shared: never mutate)."""
-
-    __slots__ = ("kept", "noted", "originals", "out", "removed_text", "replaced", "row")
-
-    def __init__(
-        self,
-        out: bytes,
-        row: dict[str, Any],
-        kept: set[str] | frozenset[str],
-        changes: Changes | None = None,
-    ) -> None:
-        self.out = out
-        """The element as written (empty when removed)."""
-        self.row = row
-        """Its cells of the ``cleaned`` table."""
-        self.kept = frozenset(kept)
-        """Values it leaves in the output (see :func:`~sendit_helpers.deid.cleaned.describe`)."""
-        changes = changes or Changes()
-        self.originals = tuple(changes.originals)
-        self.removed_text = tuple(changes.removed_text)
-        self.replaced = tuple(changes.replaced.items())
-        self.noted = bool(self.originals or self.removed_text or self.replaced)
-        """Whether the recipe removed or replaced anything here."""
-
-
 @dataclass(slots=True)
 class _Context:
     """Everything remembered for one context (see the module docstring)."""
@@ -304,12 +110,12 @@ class _Context:
     codec: str | None
     """Python codec of the text values (:func:`~sendit_helpers.deid.dicomwrite.text_codec`)."""
     tokens: Any
-    adds: list[tuple[int, _Fragment]]
-    memo: dict[bytes, _Fragment]
+    adds: list[tuple[int, Fragment]]
+    memo: dict[bytes, Fragment]
     misses: dict[int, int]
     scratch: Dataset | None = None
     """The data set :meth:`ElementCache._kept_public` reuses (the character set alone at rest)."""
-    shortcuts: dict[int, _UidShortcut | None] = dataclasses.field(default_factory=dict)
+    shortcuts: dict[int, UidShortcut | None] = dataclasses.field(default_factory=dict)
     """Per UID tag: how a remapped UID's fragment is made without the engine (None: never)."""
 
 
@@ -356,7 +162,7 @@ def _tiny(context: _Context, tag: int, raw: bytes) -> Dataset:
     vr = raw[4:6]
     if tag == _CHARSET or (tag >> 16) & 1 or vr in (b"SQ", b"UN") or len(raw) < 8:
         return _dataset(raw if tag == _CHARSET else context.charset + raw)
-    head = 12 if vr in _LONG_VRS else 8
+    head = 12 if vr in LONG_VRS else 8
     length = len(raw) - head
     btag = BaseTag(tag)
     elem = RawDataElement(
@@ -375,7 +181,7 @@ def _encoded(ds: Dataset, tag: int, raw: bytes, before: Any, charset: bytes) -> 
         elem is before
         and type(elem) is RawDataElement
         and elem.VR not in ("UN", None)
-        and elem.length != _UNDEFINED
+        and elem.length != UNDEFINED
         and (tag & 0xFFFF or tag >> 16 <= 6)
         and tag != _CHARSET
     ):
@@ -399,21 +205,13 @@ def _written(ds: Dataset, tag: int) -> bytes:
     fp.is_implicit_VR, fp.is_little_endian = False, True
     write_elements(fp, ds, False, True)
     data = fp.getvalue()
-    found = _elements(data, 0, len(data), 1 << 32)
+    found = top_elements(data, 0, len(data), 1 << 32)
     if found is None:
         raise RuntimeError("element cache: could not re-read a written element")
     for each, start, end in found[0]:
         if each == tag:
             return data[start:end]
     return b""
-
-
-def _uid_value(out: bytes) -> str | None:
-    """The single UID an element written as ``out`` holds."""
-    if len(out) < 8 or out[4:6] != b"UI":
-        return None
-    value = out[8:].rstrip(b"\x00 ")
-    return None if b"\\" in value else value.decode("ascii", "replace")
 
 
 class ElementCache:
@@ -469,7 +267,7 @@ class ElementCache:
             if tag in self._adds or tag in (_SOP_CLASS, _SOP_INSTANCE):
                 present.add(tag)
                 if tag == _SOP_CLASS:  # REMOVE/BLANK follow the Types of the object's IOD
-                    head = 12 if data[start + 4 : start + 6] in _LONG_VRS else 8  # UN too
+                    head = 12 if data[start + 4 : start + 6] in LONG_VRS else 8  # UN too
                     sop_class = data[start + head : end].rstrip(b"\x00 ").decode("ascii", "replace")
         if present & self._adds or not {_SOP_CLASS, _SOP_INSTANCE} <= present:
             return None
@@ -520,12 +318,12 @@ class ElementCache:
         context.adds = self._add_fragments(context)
         return context
 
-    def _add_fragments(self, context: _Context) -> list[tuple[int, _Fragment]]:
+    def _add_fragments(self, context: _Context) -> list[tuple[int, Fragment]]:
         ds = _dataset(context.charset)
         changes = Changes()
         self._recipe.apply_adds(ds, context.ctx, changes)
         row, kept = cleaned.describe(ds)
-        out: list[tuple[int, _Fragment]] = []
+        out: list[tuple[int, Fragment]] = []
         for tag in sorted(self._adds):
             if tag not in ds:
                 continue
@@ -535,7 +333,7 @@ class ElementCache:
             out.append(
                 (
                     tag,
-                    _Fragment(
+                    Fragment(
                         _written(ds, tag),
                         cells,
                         kept if first else frozenset(),
@@ -546,7 +344,7 @@ class ElementCache:
         return out
 
     # ------------------------------------------------------------------ elements
-    def _fragment(self, context: _Context, tag: int, raw: bytes) -> _Fragment | None:
+    def _fragment(self, context: _Context, tag: int, raw: bytes) -> Fragment | None:
         """The remembered fragment of ``raw`` (computed and remembered when new)."""
         shortcut = context.shortcuts.get(tag)
         fragment = None if shortcut is None else shortcut.make(context.ctx, tag, raw)
@@ -555,12 +353,12 @@ class ElementCache:
             if computed is None:
                 return None
             if shortcut is not None and fragment is not None:
-                if _same(fragment, computed):
+                if same_fragment(fragment, computed):
                     shortcut.checked += 1
                 else:  # the recipe does more than remap this UID: always ask the engine
                     context.shortcuts[tag] = None
             elif tag not in context.shortcuts and raw[4:6] == b"UI" and not (tag >> 16) & 1:
-                context.shortcuts[tag] = _UidShortcut.learn(context.ctx, tag, raw, computed)
+                context.shortcuts[tag] = UidShortcut.learn(context.ctx, tag, raw, computed)
             fragment = computed
         self.stats.computed += 1
         seen = context.misses.get(tag, 0) + 1
@@ -569,7 +367,7 @@ class ElementCache:
             context.memo[raw] = fragment
         return fragment
 
-    def _compute(self, context: _Context, tag: int, raw: bytes) -> _Fragment | None:
+    def _compute(self, context: _Context, tag: int, raw: bytes) -> Fragment | None:
         """What the recipe engine makes of one element (``raw``: creator + element if private)."""
         if tag in STRUCTURED_TAGS:
             return None  # SR / GSPS content: the engine also lists the options applied
@@ -599,13 +397,13 @@ class ElementCache:
         if not self._recipe.apply_element(ds, tag, context.ctx, changes, context.tokens):
             return None
         if tag not in ds:
-            return _Fragment(b"", {}, frozenset(), changes)
+            return Fragment(b"", {}, frozenset(), changes)
         row, kept = cleaned.describe(ds)
         if tag != _CHARSET:
             row.pop("SpecificCharacterSet", None)
-        return _Fragment(_encoded(ds, tag, raw, before, context.charset), row, kept, changes)
+        return Fragment(_encoded(ds, tag, raw, before, context.charset), row, kept, changes)
 
-    def _kept_public(self, context: _Context, tag: int, raw: bytes) -> _Fragment:
+    def _kept_public(self, context: _Context, tag: int, raw: bytes) -> Fragment:
         """:meth:`_kept` for a public element, in the context's one scratch data set.
 
         The element is what :func:`_tiny` would hold (a raw element beside the
@@ -617,7 +415,7 @@ class ElementCache:
             ds = context.scratch = _tiny(context, tag, raw)
             del ds._dict[BaseTag(tag)]
         vr = raw[4:6]
-        head = 12 if vr in _LONG_VRS else 8
+        head = 12 if vr in LONG_VRS else 8
         length = len(raw) - head
         btag = BaseTag(tag)
         elem = RawDataElement(
@@ -634,7 +432,7 @@ class ElementCache:
     @staticmethod
     def _kept(
         context: _Context, ds: Dataset, tag: int, elem: RawDataElement, raw: bytes
-    ) -> _Fragment:
+    ) -> Fragment:
         """A public element the recipe keeps: written as read, described from its bytes."""
         row: dict[str, Any] = {}
         kept: set[str] = set()
@@ -643,7 +441,7 @@ class ElementCache:
         if vr not in cleaned.TABLE_SKIP_VRS:
             prefix = "" if group != 0x7FE0 else None
             cleaned.describe_element(ds, tag, elem, vr, context.codec, prefix, row, kept)
-        return _Fragment(raw, row, kept)
+        return Fragment(raw, row, kept)
 
     # ------------------------------------------------------------------ output
     def _fold(self, data: bytes, found: HeaderScan, context: _Context) -> CachedResult | None:
@@ -653,8 +451,8 @@ class ElementCache:
         body: list[bytes] = [data[:128], b"DICM", b""]  # [2]: the file meta, made last
         row: dict[str, Any] = {}
         kept: set[str] = set()
-        noted: list[_Fragment] = []
-        creators: list[_Fragment] = []  # decided after their blocks: noted after the rest
+        noted: list[Fragment] = []
+        creators: list[Fragment] = []  # decided after their blocks: noted after the rest
         blocks: dict[int, bytes] = {}
         special: dict[int, bytes] = {}
         append, row_update, kept_update, memo_get = body.append, row.update, kept.update, memo.get
@@ -697,8 +495,8 @@ class ElementCache:
             changes.originals.extend(fragment.originals)
             changes.removed_text.extend(fragment.removed_text)
             changes.replaced.update(fragment.replaced)
-        sop_class = _uid_value(special.get(_SOP_CLASS, b""))
-        sop = _uid_value(special.get(_SOP_INSTANCE, b""))
+        sop_class = uid_value(special.get(_SOP_CLASS, b""))
+        sop = uid_value(special.get(_SOP_INSTANCE, b""))
         if not sop_class or not sop:
             return None
         body[2] = self._file_meta(data, found.meta, sop_class, sop)
@@ -709,7 +507,7 @@ class ElementCache:
                     kept.add(uid.strip().casefold())
         header = b"".join(body)
         native16 = special.get(_BITS_ALLOCATED, b"")[8:] == b"\x10\x00" and not (
-            _compressed(found.syntax)
+            is_compressed(found.syntax)
         )
         return CachedResult(
             header,
@@ -737,111 +535,8 @@ class ElementCache:
         if template is None:
             return _meta_bytes(data, meta, sop_class, sop)
         head, before, after = template
-        elem = _uid_element(0x00020003, sop)
-        return b"".join([head, _UL.pack(len(before) + len(elem) + len(after)), before, elem, after])
-
-
-#: Engine results a UID shortcut must reproduce (per tag and context) before it is trusted.
-SHORTCUT_CHECKS = 4
-_PLAIN_UID = re.compile(rb"[0-9][0-9.]{0,63}")
-
-
-def _plain_uid(raw: bytes) -> str | None:
-    """The value of a UI element ``raw`` when it is one plain UID (digits and dots), else None."""
-    if len(raw) < 10 or _HEAD.unpack_from(raw)[3] != len(raw) - 8:
-        return None
-    value = raw[8:-1] if raw[-1] == 0 else raw[8:]
-    if _PLAIN_UID.fullmatch(value) is None:
-        return None
-    return value.decode("ascii")
-
-
-class _UidShortcut:
-    """A UID element the recipe only remaps: its fragment made from the new UID alone.
-
-    Learned from one engine result (:meth:`learn`): the element written with
-    the mapped UID, its table cells holding the new UID, the new UID kept (with
-    values that do not depend on the UID), the old one reported and the pair
-    in the lookup, nothing else.  :meth:`make` builds the same fragment for
-    another plain UID of the tag with one call of the job's UID mapper; the
-    first :data:`SHORTCUT_CHECKS` are compared with the engine's result (a
-    difference retires the shortcut).
-    """
-
-    __slots__ = ("category", "checked", "extra", "keep", "key", "keys")
-
-    def __init__(
-        self,
-        keys: tuple[str, ...],
-        keep: bool,
-        extra: frozenset[str],
-        category: str | None,
-        key: str,
-    ) -> None:
-        self.keys = keys
-        self.keep = keep
-        self.extra = extra
-        self.category = category
-        self.key = key
-        self.checked = 0
-
-    @classmethod
-    def learn(
-        cls, ctx: DeidContext, tag: int, raw: bytes, fragment: _Fragment
-    ) -> _UidShortcut | None:
-        """The shortcut ``fragment`` (the engine's result for ``raw``) follows, if any."""
-        old = _plain_uid(raw)
-        if old is None or old in UID_dictionary or fragment.removed_text:
-            return None
-        new = _uid_value(fragment.out)
-        if not new or new == old or fragment.out != _uid_element(tag, new):
-            return None
-        if ctx.uid_map(old) != new:
-            return None
-        if len(fragment.replaced) != 1 or fragment.replaced[0][1] != (old, new):
-            return None
-        if any(value != new for value in fragment.row.values()):
-            return None
-        category = None
-        if fragment.originals:
-            if len(fragment.originals) != 1:
-                return None
-            vr, category, values = fragment.originals[0]
-            if vr != "UI" or list(values) != [old]:
-                return None
-        folded = new.casefold()
-        extra = fragment.kept - {folded}  # the character set's words, say
-        key = fragment.replaced[0][0]
-        return cls(tuple(fragment.row), folded in fragment.kept, extra, category, key)
-
-    def make(self, ctx: DeidContext, tag: int, raw: bytes) -> _Fragment | None:
-        """The fragment of ``raw`` (None when it is not one plain UID the mapper replaces)."""
-        old = _plain_uid(raw)
-        if old is None or old in UID_dictionary:
-            return None
-        new = ctx.uid_map(old)
-        changes = Changes()
-        if self.category is not None:
-            changes.originals.append(("UI", self.category, [old]))
-        changes.replaced[self.key] = (old, new)
-        return _Fragment(
-            _uid_element(tag, new),
-            dict.fromkeys(self.keys, new),
-            self.extra | {new.casefold()} if self.keep else self.extra,
-            changes,
-        )
-
-
-def _same(a: _Fragment, b: _Fragment) -> bool:
-    return (
-        a.out == b.out
-        and a.row == b.row
-        and list(a.row) == list(b.row)
-        and a.kept == b.kept
-        and a.originals == b.originals
-        and a.removed_text == b.removed_text
-        and a.replaced == b.replaced
-    )
+        elem = uid_element(0x00020003, sop)
+        return b"".join([head, UL.pack(len(before) + len(elem) + len(after)), before, elem, after])
 
 
 _SOURCE_SET = frozenset(CLEAN_SOURCE_TAGS)
@@ -849,13 +544,6 @@ _SOURCE_SET = frozenset(CLEAN_SOURCE_TAGS)
 
 def _noted(changes: Changes) -> bool:
     return bool(changes.originals or changes.removed_text or changes.replaced)
-
-
-def _uid_element(tag: int, uid: str) -> bytes:
-    value = uid.encode("ascii")
-    if len(value) % 2:
-        value += b"\x00"
-    return _HEAD.pack(tag >> 16, tag & 0xFFFF, b"UI", len(value)) + value
 
 
 def _meta_bytes(data: bytes, meta: list[tuple[int, int, int]], sop_class: str, sop: str) -> bytes:
@@ -871,7 +559,7 @@ def _meta_bytes(data: bytes, meta: list[tuple[int, int, int]], sop_class: str, s
 
 def _template(written: bytes, sop: str) -> tuple[bytes, bytes, bytes] | None:
     """Split written file meta around its MediaStorageSOPInstanceUID element."""
-    elem = _uid_element(0x00020003, sop)
+    elem = uid_element(0x00020003, sop)
     at = written.find(elem, 12)
     if written[:8] != _META_GL_HEAD or at < 0 or written.find(elem, at + 1) >= 0:
         return None

@@ -39,7 +39,7 @@ from pydicom.uid import (
 from sendit_helpers.core.dicomio import PARSE_ERRORS, READ_ERRORS, file_reason, read_full
 from sendit_helpers.core.errors import RecipeError, one_line
 from sendit_helpers.core.settings import typed
-from sendit_helpers.deid import leakgate
+from sendit_helpers.deid import gatewritten
 from sendit_helpers.deid.cleaned import KEPT_VRS, TECHNICAL_KEYWORDS, WORDS, describe
 from sendit_helpers.deid.dicomwrite import encode_header, split_file
 from sendit_helpers.deid.elementcache import ElementCache
@@ -98,9 +98,9 @@ class Outcome:
     pixel_span: tuple[int, int, int, bool] | None = None
     """``(value start, value end, file size, 16-bit native)`` of the written pixel
     data, for the leak gate (:func:`leakgate.save_spans`); None when unknown."""
-    written: leakgate.Written | None = None
+    written: gatewritten.Written | None = None
     """What the leak gate needs of a released file, taken from its bytes as they were
-    written (:func:`leakgate.written`); None for the other files."""
+    written (:func:`gatewritten.written`); None for the other files."""
     implementation: str = ""
     """The output's file meta ImplementationClassUID (a technical value: see :func:`meta_kept`)."""
     part: str = ""
@@ -383,18 +383,18 @@ def _cached_path(job: Job, config: WorkerConfig, data: bytes, outcome: Outcome) 
 
 def _written(
     job: Job, header: bytes, tail: memoryview, start: int, native16: bool
-) -> leakgate.Written | None:
+) -> gatewritten.Written | None:
     """What the leak gate needs of a released file just written (None for a held one)."""
     if job.quarantined:
         return None
-    return leakgate.written(
+    return gatewritten.written(
         f"{job.entity_id}/{job.name}", job.output, header, tail, start, native16
     )
 
 
 def _fast_path(
     job: Job, config: WorkerConfig, recipe: Recipe, data: bytes
-) -> tuple[Dataset, Changes, tuple[int, int, int, bool], leakgate.Written | None] | None:
+) -> tuple[Dataset, Changes, tuple[int, int, int, bool], gatewritten.Written | None] | None:
     """Parse the header from memory, write header bytes + original pixel bytes.
 
     None when the file needs the general path (see :func:`dicomwrite.split_file`).

@@ -41,7 +41,7 @@ from sendit_helpers.core.disposition import Disposition, Row
 from sendit_helpers.core.errors import ReviewError, SenditError
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.core.settings import typed
-from sendit_helpers.deid import cleaned, leakgate
+from sendit_helpers.deid import cleaned, gatepolicy, leakgate
 from sendit_helpers.deid.scrub import Box, scrub_pixels
 from sendit_helpers.stages import release
 from sendit_helpers.stages.review_decisions import Decision, DecisionLog, pending_count
@@ -255,7 +255,7 @@ def apply_decisions(
         layout,
         leakgate.load_values(layout),
         workers=cfg.run.workers or 1,
-        policy=leakgate.load_policy(layout),
+        policy=gatepolicy.load_policy(layout),
         hold=functools.partial(
             release.hold_for_gate, layout, settings, originals=originals_dir(layout)
         ),

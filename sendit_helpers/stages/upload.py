@@ -51,7 +51,7 @@ from sendit_helpers.core import retry
 from sendit_helpers.core.errors import SenditError, UploadError, UploadWarning
 from sendit_helpers.core.layout import ENTITIES_FILE, BatchLayout
 from sendit_helpers.core.settings import typed
-from sendit_helpers.deid import leakgate
+from sendit_helpers.deid import gaterecord
 from sendit_helpers.targets import (
     ConflictError,
     Entity,
@@ -202,12 +202,12 @@ def summary(manifest: pd.DataFrame) -> pd.DataFrame:
 def load_release(
     layout: BatchLayout,
     settings: Mapping[str, Any],
-    scanned: Mapping[str, leakgate.FileEntry] | None = None,
+    scanned: Mapping[str, gaterecord.FileEntry] | None = None,
     checked_ns: int | None = None,
 ) -> tuple[list[Item], list[Entity]]:
     """Read ``release/cleaned.parquet`` and ``entities.parquet`` into items and entities.
 
-    ``scanned`` is the leak gate's index of ``release/`` (:func:`leakgate.passed_index`):
+    ``scanned`` is the leak gate's index of ``release/`` (:func:`gaterecord.passed_index`):
     each item gets the SHA-256 the gate computed, so the upload does not hash it again.
     ``checked_ns`` is ``time.time_ns()`` taken just before that gate check: an item
     whose file was last changed at least :data:`~sendit_helpers.targets.base.RACY_NS`
@@ -236,7 +236,7 @@ def load_release(
     return items, _entities(release, items, settings)
 
 
-def _gated(item: Item, entry: leakgate.FileEntry, trusted: int) -> Item:
+def _gated(item: Item, entry: gaterecord.FileEntry, trusted: int) -> Item:
     """``item`` with the gate's SHA-256, and its stat signature if changed before ``trusted``."""
     sha, size, mtime, ctime, inode = entry
     signature = (size, mtime, ctime, inode) if ctime < trusted else None
@@ -595,7 +595,7 @@ def upload_batch(
         The message says, per target, how many did not go and the first cause.
     """
     checked = time.time_ns()
-    scanned = leakgate.passed_index(layout)
+    scanned = gaterecord.passed_index(layout)
     items, entities = load_release(layout, settings, scanned, checked)
     manifest = Manifest(layout.upload_dir / MANIFEST_NAME)
     targets = make_targets(settings, layout.work)
@@ -640,7 +640,7 @@ def still_uploaded(layout: BatchLayout, settings: Mapping[str, Any]) -> bool:
     """
     targets: list[Target] = []
     try:  # any error (gate, tables, settings, a target) is the stage's to report: run it
-        items, _ = load_release(layout, settings, leakgate.passed_index(layout))
+        items, _ = load_release(layout, settings, gaterecord.passed_index(layout))
         manifest = Manifest(layout.upload_dir / MANIFEST_NAME)
         targets = make_targets(settings, layout.work)
         for target in targets:

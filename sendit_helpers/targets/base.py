@@ -118,7 +118,7 @@ class Item:
 
     sha256 : str
         Hex SHA-256 of the file as the leak gate scanned it (from its record,
-        :func:`sendit_helpers.deid.leakgate.passed_index`); empty: computed on first use.
+        :func:`sendit_helpers.deid.gaterecord.passed_index`); empty: computed on first use.
     signature : tuple of int, optional
         ``(size, mtime_ns, ctime_ns, inode)`` of the file as the gate recorded it, set
         (by :func:`sendit_helpers.stages.upload.load_release`) only for a file last
@@ -131,7 +131,7 @@ class Item:
     :meth:`sent_file`, a private copy of them for clients that need a path), never the
     file under ``release/`` again.  The bytes read are the gate's when the open file's
     ``fstat`` before and after the read both give :attr:`signature` (the check the gate
-    itself makes, :func:`~sendit_helpers.deid.leakgate.passed_index`: any write to a
+    itself makes, :func:`~sendit_helpers.deid.gaterecord.passed_index`: any write to a
     file, or replacing it, gives it a new change time, which no program can set back;
     and a write after the gate check falls in a later timestamp tick than a change at
     least :data:`RACY_NS` older).  Otherwise (no signature, a fresh file, or the

@@ -170,7 +170,7 @@ def _execute(
     pool = _WARM
     warm = pool.lease(layout, output) if pool is not None else None
     engine: dict[str, Any] = (
-        {"km": warm.km, "cwd_in_kernel": str(layout.phi)}
+        {"warm": warm, "cwd_in_kernel": str(layout.phi)}
         if warm is not None
         else {
             "cwd": str(layout.phi),
@@ -326,16 +326,17 @@ def _logging_kernel_manager(log_path: Path) -> type[Any]:
 
 
 # ------------------------------------------------------------------ warm kernels
-#: Run silently in a warm kernel before each notebook: a clean namespace, cell numbers
-#: from 1, no figure of the last notebook, and the batch's phi/ as working folder.
+#: Run silently in a warm kernel right after each notebook (while the runner writes the
+#: executed notebook and its HTML copy): a clean namespace and no figure of that notebook.
 _RESET = (
     "get_ipython().run_line_magic('reset', '-f')\n"
-    "get_ipython().execution_count = 1\n"
-    "__import__('os').chdir({cwd!r})\n"
     "_plt = __import__('sys').modules.get('matplotlib.pyplot')\n"
     "_plt is not None and _plt.close('all')\n"
     "del _plt\n"
 )
+#: Run silently in a warm kernel before each notebook (after the reset of the one before
+#: has been confirmed): cell numbers from 1 and the batch's phi/ as working folder.
+_PREPARE = "get_ipython().execution_count = 1\n__import__('os').chdir({cwd!r})\n"
 
 
 @dataclass
@@ -352,12 +353,21 @@ class WarmKernel:
         Notebooks run so far.
     broken : bool
         Set when a notebook ended with the kernel dead or timed out: it is replaced.
+    kc : jupyter_client AsyncKernelClient or None
+        The one client session of this kernel, started by its first notebook and kept
+        (a new client waits about 0.2 s for the kernel to be ready: per notebook, that
+        was a large part of a small batch's time).
+    pending : str
+        The message id of the reset sent after the last notebook (:data:`_RESET`),
+        whose reply the next notebook waits for before its first cell; empty when none.
     """
 
     km: Any
     log: Path
     uses: int = 0
     broken: bool = False
+    kc: Any = None
+    pending: str = ""
 
 
 class WarmKernels:
@@ -455,6 +465,9 @@ def warm_kernels(work: str | os.PathLike[str], enabled: bool = True) -> Iterator
 
 def _stop(kernel: WarmKernel) -> None:
     """Kill a warm kernel's process (it holds nothing that needs a clean shutdown)."""
+    if kernel.kc is not None:
+        kernel.kc.stop_channels()
+        kernel.kc = None
     km = kernel.km
     process = getattr(getattr(km, "provisioner", None), "process", None)
     if process is not None and process.poll() is None:
@@ -472,8 +485,12 @@ def _register_engine() -> None:
     (also when the kernel dies) and during long cells at most every
     :data:`SAVE_EVERY` seconds, not before and after every cell: papermill's
     per-cell writes (each one validated) cost more than a small batch's work.
-    And given ``km`` (a :class:`WarmKernel`'s manager), it runs the notebook in
-    that kept kernel after resetting it, and leaves the kernel running.
+    And given ``warm`` (a :class:`WarmKernel`), it runs the notebook in that kept
+    kernel through the kernel's one client session (no new client, no wait for the
+    kernel to be ready), leaves the kernel running and sends it :data:`_RESET` at once,
+    so the kernel clears its namespace while the notebook is written and exported; the
+    next notebook confirms that reset, then sets the cell counter and working folder
+    (:data:`_PREPARE`) before its first cell.
     """
     from papermill.clientwrap import PapermillNotebookClient
     from papermill.engines import NBClientEngine, NotebookExecutionManager, papermill_engines
@@ -498,15 +515,35 @@ def _register_engine() -> None:
 
     class WarmClient(PapermillNotebookClient):  # type: ignore[misc]
         cwd_in_kernel = ""
+        warm: WarmKernel | None = None
+
+        def execute(self, **kwargs: Any) -> Any:
+            # papermill's own, minus a new client: the warm kernel's session is kept
+            self.reset_execution_trackers()
+            with self.setup_kernel(**kwargs):
+                self.kc.allow_stdin = False
+                self.papermill_execute_cells()
+                info = self.wait_for_reply(self.kc.kernel_info())
+                self.nb.metadata["language_info"] = info["content"]["language_info"]
+                self.set_widgets_metadata()
+            return self.nb
 
         def papermill_execute_cells(self) -> None:
-            msg_id = self.kc.execute(
-                _RESET.format(cwd=self.cwd_in_kernel), silent=True, store_history=False
+            warm = self.warm
+            if warm is not None and warm.pending:
+                self._ok(warm.pending)  # the reset sent after the last notebook
+                warm.pending = ""
+            self._ok(
+                self.kc.execute(
+                    _PREPARE.format(cwd=self.cwd_in_kernel), silent=True, store_history=False
+                )
             )
+            super().papermill_execute_cells()
+
+        def _ok(self, msg_id: str) -> None:
             reply = self.wait_for_reply(msg_id)
             if reply is None or reply["content"].get("status") != "ok":
                 raise RuntimeError("the warm kernel could not be reset")
-            super().papermill_execute_cells()
 
     class Engine(NBClientEngine):  # type: ignore[misc]
         @classmethod
@@ -547,9 +584,9 @@ def _register_engine() -> None:
             execution_timeout: int | None = None,
             **kwargs: Any,
         ) -> Any:
-            km = kwargs.pop("km", None)
+            warm: WarmKernel | None = kwargs.pop("warm", None)
             cwd = kwargs.pop("cwd_in_kernel", "")
-            if km is None:
+            if warm is None:
                 return super().execute_managed_notebook(
                     nb_man,
                     kernel_name,
@@ -562,7 +599,7 @@ def _register_engine() -> None:
                 )
             client = WarmClient(
                 nb_man,
-                km=km,
+                km=warm.km,
                 timeout=execution_timeout,
                 startup_timeout=start_timeout,
                 kernel_name=kernel_name,
@@ -572,10 +609,15 @@ def _register_engine() -> None:
                 stderr_file=stderr_file,
             )
             client.cwd_in_kernel = cwd
+            client.warm = warm
+            client.kc = warm.kc  # None for a new kernel: its first notebook starts the session
             try:
-                return client.execute(cwd=cwd)
+                result = client.execute(cwd=cwd)
             finally:
-                if client.kc is not None:
-                    client.kc.stop_channels()  # the kernel stays; this notebook's client goes
+                warm.kc = client.kc  # also when it failed: the kernel's replacement stops it
+            # the kernel resets itself while this notebook is written and exported; the next
+            # notebook confirms it before its first cell
+            warm.pending = warm.kc.execute(_RESET, silent=True, store_history=False)
+            return result
 
     papermill_engines.register(_ENGINE, Engine)

@@ -87,6 +87,8 @@ class DicomWebTarget(Target):
                 "to the server's DICOMweb root (e.g. http://127.0.0.1:8042/dicom-web)"
             )
         self.url = url
+        self.public = public_url(url)
+        """``url`` as messages and the manifest may name it (no credentials)."""
         self.put_batch = max(1, cfg.targets.dicomweb.batch)
         self.threads = max(1, cfg.upload.threads)
         self._pool = urllib3.PoolManager(
@@ -99,28 +101,35 @@ class DicomWebTarget(Target):
     @property
     def destination_id(self) -> str:
         """``dicomweb <DICOMweb root URL>`` (no credentials)."""
-        return f"dicomweb {public_url(self.url)}"
+        return f"dicomweb {self.public}"
 
     def _request(
-        self, method: str, path: str, what: str, body: bytes | None = None, **headers: str
+        self,
+        method: str,
+        path: str,
+        what: str,
+        body: bytes | Sequence[bytes] | None = None,
+        **headers: str,
     ) -> urllib3.BaseHTTPResponse:
+        """One request; a list ``body`` is written part after part (its ``Content-Length``
+        given in ``headers``), so the files' bytes are never joined into one copy."""
         try:
             resp = self._pool.request(
                 method, self.url + path, body=body, headers={**self._headers, **headers}
             )
         except urllib3.exceptions.HTTPError as exc:
             raise TransientError(
-                f"dicomweb target: cannot reach {public_url(self.url)} while sending {what} "
+                f"dicomweb target: cannot reach {self.public} while sending {what} "
                 f"({type(exc).__name__}); start the server or fix DICOMWEB_URL"
             ) from exc
         if resp.status == 429 or resp.status >= 500:
             raise TransientError(
-                f"dicomweb target: {public_url(self.url)} answered HTTP {resp.status} for {what}",
+                f"dicomweb target: {self.public} answered HTTP {resp.status} for {what}",
                 retry_after_seconds(resp.headers.get("Retry-After")),
             )
         if resp.status in (401, 403):
             raise UploadError(
-                f"dicomweb target: {public_url(self.url)} refused the credentials (HTTP "
+                f"dicomweb target: {self.public} refused the credentials (HTTP "
                 f"{resp.status}) for {what}; set DICOMWEB_USERNAME and DICOMWEB_PASSWORD "
                 "(or DICOMWEB_TOKEN) in the environment"
             )
@@ -134,7 +143,7 @@ class DicomWebTarget(Target):
             raise UploadError(str(exc)) from exc
         if resp.status not in (200, 204):
             raise UploadError(
-                f"dicomweb target: GET {public_url(self.url)}/studies answered HTTP "
+                f"dicomweb target: GET {self.public}/studies answered HTTP "
                 f"{resp.status}; check DICOMWEB_URL points at the DICOMweb root"
             )
 
@@ -171,7 +180,7 @@ class DicomWebTarget(Target):
                 return study, set()
             if resp.status != 200:
                 raise TransientError(
-                    f"dicomweb target: QIDO-RS {public_url(self.url)}/studies/.../instances "
+                    f"dicomweb target: QIDO-RS {self.public}/studies/.../instances "
                     f"answered HTTP {resp.status}"
                 )
             found = json.loads(resp.data or b"[]")
@@ -192,14 +201,14 @@ class DicomWebTarget(Target):
     def put_many(self, items: Sequence[Item]) -> list[Receipt | UploadError]:
         """STOW-RS the items in one ``multipart/related`` request; one outcome per item."""
         boundary = secrets.token_hex(16)
+        head = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
         parts: list[bytes] = []
         uids: list[str] = []
         for item in items:
             data = item.read(md5=False)
             uids.append(parse_file_meta(data, f"release/{item.key}").sop_instance)
-            parts += [f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode(),
-                      data, b"\r\n"]  # fmt: skip
-        parts.append(f"--{boundary}--\r\n".encode())
+            parts += [b"\r\n" + head if parts else head, data]
+        parts.append(f"\r\n--{boundary}--\r\n".encode())
         what = (
             f"release/{items[0].key}"
             if len(items) == 1
@@ -209,8 +218,9 @@ class DicomWebTarget(Target):
             "POST",
             "/studies",
             what,
-            b"".join(parts),
+            parts,
             **{
+                "Content-Length": str(sum(map(len, parts))),
                 "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
                 "Accept": "application/dicom+json",
             },
@@ -221,12 +231,12 @@ class DicomWebTarget(Target):
             return [result for item in items for result in self._alone(item)]
         if resp.status == 400:
             raise UploadError(
-                f"dicomweb target: {public_url(self.url)} refused {what} (HTTP 400): it could "
+                f"dicomweb target: {self.public} refused {what} (HTTP 400): it could "
                 "not read it as DICOM; re-run de-identification for this file"
             )
         if resp.status not in (200, 202, 409):
             raise UploadError(
-                f"dicomweb target: {public_url(self.url)} refused {what} (HTTP {resp.status}); "
+                f"dicomweb target: {self.public} refused {what} (HTTP {resp.status}); "
                 "check DICOMWEB_URL points at the DICOMweb root and the server accepts STOW-RS"
             )
         answer = json.loads(resp.data or b"{}")
@@ -243,7 +253,7 @@ class DicomWebTarget(Target):
             if _values(ref.get(SOP_UID))
         }
         if any(code & 0xFF00 == FAILURE_TRANSIENT for code in failed.values()):
-            raise TransientError(f"dicomweb target: {public_url(self.url)} is out of resources")
+            raise TransientError(f"dicomweb target: {self.public} is out of resources")
         results: list[Receipt | UploadError] = []
         for item, uid in zip(items, uids, strict=True):
             if uid in stored:
@@ -253,7 +263,7 @@ class DicomWebTarget(Target):
                 reason = f"failure reason 0x{code:04X}" if code is not None else "no answer for it"
                 results.append(
                     UploadError(
-                        f"dicomweb target: {public_url(self.url)} did not store "
+                        f"dicomweb target: {self.public} did not store "
                         f"release/{item.key} ({reason}); see the server's log for the cause"
                     )
                 )
@@ -281,7 +291,7 @@ class DicomWebTarget(Target):
             remote_id=uid,
             url=public_url(url)
             if url
-            else f"{public_url(self.url)}/studies/{self._study[item.key]}",
+            else f"{self.public}/studies/{self._study[item.key]}",
             fields={"size": item.size, "content_type": "application/dicom"},
         )
 

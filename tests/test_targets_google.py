@@ -302,27 +302,30 @@ def test_datastore_stopped_mid_upload_then_rerun(
     ],
 )
 def test_forbidden_names_key_file_and_role(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, service: str, role: str
+    tmp_path: Path, service: str, role: str
 ) -> None:
     from google.api_core.exceptions import Forbidden, PermissionDenied
 
     key = tmp_path / "key.json"
     key.write_text(json.dumps({"type": "service_account", "client_email": "up@p1.iam.example"}))
-    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key))
     for exc in (Forbidden("caller does not have storage.objects.create"), PermissionDenied("no")):
         err = google_target.translate_error(
-            exc, service=service, what="uploading release/IR1/x.dcm", bucket="b1", project="p1"
+            exc,
+            service=service,
+            what="uploading release/IR1/x.dcm",
+            bucket="b1",
+            project="p1",
+            credentials=str(key),
         )
         assert err is not None and not isinstance(err, TransientError)
         text = str(err)
         assert f"GOOGLE_APPLICATION_CREDENTIALS={key}" in text and "up@p1.iam.example" in text
         assert role in text and "release/IR1/x.dcm" in text and "permission denied" in text
     forbidden = google_target.translate_error(
-        Forbidden("x"), service=service, what="w", bucket="b1", project="p1"
+        Forbidden("x"), service=service, what="w", bucket="b1", project="p1", credentials=str(key)
     )
     assert "HTTP 403" in str(forbidden)
 
-    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS")
     err = google_target.translate_error(
         Forbidden("x"), service=service, what="w", bucket="b1", project="p1"
     )

@@ -109,6 +109,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("UPLOAD_RETRIES", int, minimum=0),
 )
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+#: The secret settings (credentials, tokens, the site secret): from the environment only.
+SECRETS: tuple[Setting, ...] = tuple(s for s in SETTINGS if s.secret)
 
 
 def _bound(name: str) -> Any:
@@ -348,7 +350,9 @@ def typed(settings: Mapping[str, Any]) -> Settings:
     A plain mapping (a caller's or a test's partial ``NAME -> value`` dict) is completed
     from ``params/default.yml`` (a ``None`` value counts as missing) and converted to the
     declared types, without the cross-setting validation of :func:`load_settings`;
-    undeclared names are ignored.
+    undeclared names are ignored.  A secret the mapping lacks comes from the environment,
+    as in :func:`load_settings` (secrets come from the environment only): this is where
+    credentials are read, the targets take them from the typed groups.
 
     Parameters
     ----------
@@ -367,6 +371,9 @@ def typed(settings: Mapping[str, Any]) -> Settings:
     if isinstance(settings, Settings):
         return settings
     values = dict(_defaults())
+    for secret in SECRETS:
+        if settings.get(secret.name) is None and secret.name in os.environ:
+            values[secret.name] = _convert(secret.kind, os.environ[secret.name])
     source = "settings given to the function"
     for name, raw in settings.items():
         setting = BY_NAME.get(str(name))

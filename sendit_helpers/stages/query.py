@@ -285,7 +285,8 @@ def _sqlite_entities(settings: Mapping[str, Any], work: Path, sex: str | None) -
 def _orthanc_client(settings: Mapping[str, Any]) -> Any:
     from sendit_helpers.targets.orthanc import OrthancRest
 
-    return OrthancRest(typed(settings).targets.orthanc.url, connections=4)
+    orthanc = typed(settings).targets.orthanc
+    return OrthancRest(orthanc.url, 4, orthanc.username, orthanc.password)
 
 
 def _orthanc_get(rest: Any, method: str, path: str, body: Any = None) -> Any:

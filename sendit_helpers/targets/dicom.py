@@ -94,7 +94,8 @@ class OrthancDicomTarget(Target):
         url = orthanc.url
         self.threads = max(1, cfg.upload.threads)
         self.associations = max(1, orthanc.associations)
-        self.rest = OrthancRest(url, self.threads) if url else None
+        auth = (orthanc.username, orthanc.password)
+        self.rest = OrthancRest(url, self.threads, *auth) if url else None
         self.where = f"{self.called}@{self.host}:{self.port}"
         self._contexts: set[tuple[str, str]] = set()
         self._uids: dict[str, str] = {}

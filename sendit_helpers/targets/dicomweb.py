@@ -2,7 +2,8 @@
 
 What cloud DICOM stores accept (Google Cloud Healthcare, dcm4chee) and Orthanc with its
 DICOMweb plugin.  Credentials come only from the environment (``DICOMWEB_USERNAME`` and
-``DICOMWEB_PASSWORD``, HTTP basic; or ``DICOMWEB_TOKEN``, a bearer token).  A server
+``DICOMWEB_PASSWORD``, HTTP basic; or ``DICOMWEB_TOKEN``, a bearer token), read with the
+settings (:func:`~sendit_helpers.core.settings.typed`).  A server
 keeps one copy of an instance it already holds (same SOPInstanceUID), so a request sent
 again after a transient failure stores nothing twice.
 """
@@ -10,7 +11,6 @@ again after a transient failure stores nothing twice.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +20,7 @@ import urllib3
 
 from sendit_helpers.core.errors import UploadError
 from sendit_helpers.core.retry import retry_after_seconds
-from sendit_helpers.core.settings import typed
+from sendit_helpers.core.settings import DicomwebSettings, typed
 from sendit_helpers.targets.base import (
     Item,
     Receipt,
@@ -44,14 +44,11 @@ REASON = "00081197"  # FailureReason
 ID_TAGS = ("StudyInstanceUID", "SOPInstanceUID")
 
 
-def _headers() -> dict[str, str]:
-    token = os.environ.get("DICOMWEB_TOKEN", "")
-    if token:
-        return {"Authorization": f"Bearer {token}"}
-    user = os.environ.get("DICOMWEB_USERNAME", "")
-    if user:
-        auth = f"{user}:{os.environ.get('DICOMWEB_PASSWORD', '')}"
-        return dict(urllib3.make_headers(basic_auth=auth))
+def _headers(cfg: DicomwebSettings) -> dict[str, str]:
+    if cfg.token:
+        return {"Authorization": f"Bearer {cfg.token}"}
+    if cfg.username:
+        return dict(urllib3.make_headers(basic_auth=f"{cfg.username}:{cfg.password}"))
     return {}
 
 
@@ -94,7 +91,7 @@ class DicomWebTarget(Target):
         self._pool = urllib3.PoolManager(
             num_pools=2, maxsize=self.threads + 2, retries=False, timeout=TIMEOUT
         )
-        self._headers = _headers()
+        self._headers = _headers(cfg.targets.dicomweb)
         self._study: dict[str, str] = {}
         """Item key -> StudyInstanceUID (for QIDO-RS)."""
 

@@ -25,9 +25,11 @@ stage retries (``UPLOAD_RETRIES``), so a dead server fails in seconds.
 A 401/403 names the credentials file (``GOOGLE_APPLICATION_CREDENTIALS`` and
 its service account) and the IAM role to check (:func:`translate_error`).
 
-Credentials come from ``GOOGLE_APPLICATION_CREDENTIALS``; with
-``STORAGE_EMULATOR_HOST`` / ``DATASTORE_EMULATOR_HOST`` set, anonymous
-credentials and the explicit project are used instead.
+Credentials come from ``GOOGLE_APPLICATION_CREDENTIALS``, read with the settings
+(:func:`~sendit_helpers.core.settings.typed`): the key file it names is loaded and
+handed to the clients (unset: Application Default Credentials); with
+``STORAGE_EMULATOR_HOST`` / ``DATASTORE_EMULATOR_HOST`` set (read by Google's clients
+themselves), anonymous credentials and the explicit project are used instead.
 """
 
 from __future__ import annotations
@@ -96,14 +98,21 @@ def _modules() -> tuple[Any, Any, Any]:
     return storage, datastore, exceptions
 
 
-def _credentials_file() -> str:
-    path = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS", "")
-    if path and not os.path.isfile(path):
+def _credentials(path: str) -> Any:
+    """The credentials of the key file ``path`` (``GOOGLE_APPLICATION_CREDENTIALS``).
+
+    None when ``path`` is empty: the clients then use Application Default Credentials.
+    """
+    if not path:
+        return None
+    if not os.path.isfile(path):
         raise UploadError(
             f"google target: GOOGLE_APPLICATION_CREDENTIALS names {path}, which does not exist; "
             "point it at the service-account JSON key file"
         )
-    return path
+    auth = importlib.import_module("google.auth")
+    credentials, _project = auth.load_credentials_from_file(path)
+    return credentials
 
 
 def _key_account(path: str) -> str:
@@ -116,7 +125,7 @@ def _key_account(path: str) -> str:
     return str(data.get("client_email", "")) if isinstance(data, dict) else ""
 
 
-def permission_fix(service: str, bucket: str, project: str) -> str:
+def permission_fix(service: str, bucket: str, project: str, credentials: str = "") -> str:
     """What to check after a 401/403: the credentials file and the IAM role it needs.
 
     Parameters
@@ -125,6 +134,8 @@ def permission_fix(service: str, bucket: str, project: str) -> str:
         ``"storage"`` or ``"datastore"``.
     bucket, project : str
         ``GOOGLE_CLOUD_STORAGE`` and ``GOOGLE_PROJECT_NAME``.
+    credentials : str
+        ``GOOGLE_APPLICATION_CREDENTIALS`` from the settings (empty: not set).
 
     Returns
     -------
@@ -133,7 +144,7 @@ def permission_fix(service: str, bucket: str, project: str) -> str:
         set) and the role: ``roles/storage.objectAdmin`` on the bucket or
         ``roles/datastore.user`` in the project.
     """
-    path = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS", "")
+    path = credentials
     role = (
         f"IAM role roles/storage.objectAdmin on bucket {bucket}"
         if service == "storage"
@@ -155,7 +166,13 @@ def permission_fix(service: str, bucket: str, project: str) -> str:
 
 
 def translate_error(
-    exc: BaseException, *, service: str, what: str, bucket: str, project: str
+    exc: BaseException,
+    *,
+    service: str,
+    what: str,
+    bucket: str,
+    project: str,
+    credentials: str = "",
 ) -> UploadError | None:
     """Map a Google client exception to the error the upload stage raises.
 
@@ -169,6 +186,8 @@ def translate_error(
         What was being done, e.g. ``"uploading release/IR1/IR1_5_1.dcm"``.
     bucket, project : str
         ``GOOGLE_CLOUD_STORAGE`` and ``GOOGLE_PROJECT_NAME``, named in the message.
+    credentials : str
+        ``GOOGLE_APPLICATION_CREDENTIALS`` from the settings, named after a 401/403.
 
     Returns
     -------
@@ -194,7 +213,7 @@ def translate_error(
         status = f"HTTP {int(code)}" if isinstance(code, int) else type(exc).__name__
         return UploadError(
             f"{where}: permission denied ({status}) while {what}; "
-            + permission_fix(service, bucket, project)
+            + permission_fix(service, bucket, project, credentials)
         )
     if isinstance(exc, exc_mod.NotFound):
         return UploadError(
@@ -216,7 +235,8 @@ class GoogleTarget(Target):
     ----------
     settings : Mapping[str, Any]
         Uses ``GOOGLE_CLOUD_STORAGE``, ``GOOGLE_PROJECT_NAME``,
-        ``GOOGLE_STORAGE_COLLECTION`` and ``UPLOAD_THREADS``.
+        ``GOOGLE_STORAGE_COLLECTION``, ``GOOGLE_APPLICATION_CREDENTIALS`` and
+        ``UPLOAD_THREADS``.
     """
 
     kind = TargetKind.GOOGLE
@@ -234,6 +254,9 @@ class GoogleTarget(Target):
                 )
         self.collection = collection_name(cfg)
         self.threads = max(1, cfg.upload.threads)
+        self._key_file = cfg.targets.google.credentials
+        self._credentials: Any = None
+        """Loaded from :attr:`_key_file` on first use (None: Application Default Credentials)."""
         self._storage_mod, self._datastore_mod, self._exc = _modules()
         self._no_retry = importlib.import_module("google.api_core.retry").Retry(predicate=_never)
         """Datastore calls are not retried by the client: :func:`upload.with_retries` does."""
@@ -289,20 +312,32 @@ class GoogleTarget(Target):
                         project=self.project, credentials=creds.AnonymousCredentials()
                     )
                 else:
-                    _credentials_file()
-                    client = self._storage_mod.Client(project=self.project)
+                    client = self._storage_mod.Client(
+                        project=self.project, credentials=self._loaded_credentials()
+                    )
             self._local.storage = client
             with self._lock:
                 self._clients.append(client)
         return client
 
+    def _loaded_credentials(self) -> Any:
+        """The key file's credentials, loaded once (None without a key file)."""
+        with self._lock:
+            if self._credentials is None and self._key_file:
+                self._credentials = _credentials(self._key_file)
+            return self._credentials
+
     def datastore_client(self) -> Any:
-        """The Datastore client (emulator-aware, credentials from the environment)."""
+        """The Datastore client (emulator-aware, credentials from the settings)."""
         if self._ds is None:
             with self._errors("datastore", "creating the Datastore client"):
-                if not os.environ.get("DATASTORE_EMULATOR_HOST"):
-                    _credentials_file()
-                self._ds = self._datastore_mod.Client(project=self.project)
+                if os.environ.get("DATASTORE_EMULATOR_HOST"):
+                    self._ds = self._datastore_mod.Client(project=self.project)
+                else:
+                    credentials = self._loaded_credentials()
+                    self._ds = self._datastore_mod.Client(
+                        project=self.project, credentials=credentials
+                    )
         return self._ds
 
     @contextmanager
@@ -314,7 +349,12 @@ class GoogleTarget(Target):
             raise
         except Exception as exc:
             mapped = translate_error(
-                exc, service=service, what=what, bucket=self.bucket_name, project=self.project
+                exc,
+                service=service,
+                what=what,
+                bucket=self.bucket_name,
+                project=self.project,
+                credentials=self._key_file,
             )
             if mapped is None:
                 raise

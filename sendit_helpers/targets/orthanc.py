@@ -1,7 +1,8 @@
 """Orthanc's REST target (``POST /instances``) and the REST client both Orthanc targets use.
 
 Credentials come only from the environment (``ORTHANC_USERNAME``,
-``ORTHANC_PASSWORD``).  Orthanc answers a second upload of the same instance
+``ORTHANC_PASSWORD``), read with the settings (:func:`~sendit_helpers.core.settings.typed`)
+and handed to :class:`OrthancRest`.  Orthanc answers a second upload of the same instance
 with ``AlreadyStored``, so the target is create-once.  The DICOM (C-STORE)
 target is :mod:`sendit_helpers.targets.dicom`.
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -41,11 +41,6 @@ ID_TAGS = ["PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID
 """The identifiers of Orthanc's instance ID (:func:`orthanc_id`)."""
 
 
-def _auth() -> tuple[str, str] | None:
-    user = os.environ.get("ORTHANC_USERNAME", "")
-    return (user, os.environ.get("ORTHANC_PASSWORD", "")) if user else None
-
-
 @dataclass(frozen=True)
 class Answer:
     """One HTTP answer from Orthanc, read completely."""
@@ -72,7 +67,7 @@ def _retry_after(answer: Answer) -> float | None:
 
 
 class OrthancRest:
-    """Thread-safe REST client over one urllib3 connection pool, basic auth from env.
+    """Thread-safe REST client over one urllib3 connection pool, with HTTP basic auth.
 
     urllib3 directly, not requests: about a third of the client CPU per request,
     which is what limits an upload of many small files.
@@ -83,12 +78,17 @@ class OrthancRest:
         Orthanc's REST root, e.g. ``http://127.0.0.1:8042``.
     connections : int
         Kept-alive connections (one per upload thread).
+    username, password : str
+        ``ORTHANC_USERNAME`` and ``ORTHANC_PASSWORD`` (from the settings); no
+        authentication when the user name is empty.  Kept only in the request headers.
     """
 
-    def __init__(self, url: str, connections: int = 8) -> None:
+    def __init__(
+        self, url: str, connections: int = 8, username: str = "", password: str = ""
+    ) -> None:
         self.url = url.rstrip("/")
-        auth = _auth()
-        self._headers = urllib3.make_headers(basic_auth=":".join(auth)) if auth else {}
+        auth = f"{username}:{password}"
+        self._headers = urllib3.make_headers(basic_auth=auth) if username else {}
         self._pool = urllib3.PoolManager(
             num_pools=4, maxsize=max(1, connections) + 2, retries=False, timeout=TIMEOUT
         )
@@ -179,7 +179,8 @@ class OrthancRestTarget(Target):
                 "ORTHANC_URL (e.g. http://127.0.0.1:8042) or use ORTHANC_PROTOCOL=dicom"
             )
         self.threads = max(1, cfg.upload.threads)
-        self.rest = OrthancRest(url, self.threads)
+        orthanc = cfg.targets.orthanc
+        self.rest = OrthancRest(url, self.threads, orthanc.username, orthanc.password)
         self._sent: dict[str, tuple[Path, str]] = {}
         """Item key -> (file, SHA-256 of the bytes sent), for the MD5 checks of :meth:`verify`."""
 

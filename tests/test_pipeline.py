@@ -14,7 +14,7 @@ import pytest
 
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.core.settings import Settings, load_settings
-from sendit_helpers.run import upstream
+from sendit_helpers.run import cli, upstream
 from sendit_helpers.run.pipeline import (
     PIPELINE,
     BatchStatus,
@@ -23,6 +23,7 @@ from sendit_helpers.run.pipeline import (
     clear_stamps,
     fingerprint,
     is_current,
+    read_stamp,
     run_batch,
     split_workers,
     stale_stages,
@@ -163,6 +164,62 @@ def test_a_new_orthanc_url_or_store_reruns_upload_only(
     assert sorted(p.name for p in other.rglob("*.dcm")) == sorted(
         p.name for p in (tmp_path / "store").rglob("*.dcm")
     )
+
+
+def test_upstream_decides_by_stamps(tmp_path: Path) -> None:
+    """run.upstream makes inspect current by its stamp, as sendit run does (#13): it
+    writes the stamp, skips a current inspect, and re-runs it when an input or a setting
+    inspect reads changed; the de-identify stage itself only needs inspect's outputs."""
+    folder = tmp_path / "in" / "b1"
+    synthetic.make_batch(folder, TINY)
+    layout = BatchLayout.for_batch(folder, tmp_path / "work").ensure()
+    settings = load_settings([], {"PROGRESS": False}, environ={})
+    assert upstream.ensure_inspected(layout, settings) is True
+    stamp = read_stamp(layout, Stage.INSPECT)
+    assert stamp is not None and stamp["notebook"] == ""
+    assert is_current(Stage.INSPECT, layout, settings, notebook=False)
+    assert not is_current(Stage.INSPECT, layout, settings)  # sendit run wants its notebook
+    assert upstream.ensure_inspected(layout, settings) is False
+    # a changed input: same size and contents, a new modification time
+    first = sorted(p for p in folder.rglob("*") if p.is_file())[0]
+    st = first.stat()
+    os.utime(first, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    write_stamp(layout, Stage.DEIDENTIFY, settings, 1.0)
+    assert upstream.ensure_inspected(layout, settings) is True
+    assert not stamp_path(layout, Stage.DEIDENTIFY).exists(), "inspect ran: later stamps go"
+    assert read_stamp(layout, Stage.INSPECT)["run_id"] != stamp["run_id"]  # type: ignore[index]
+    assert upstream.ensure_inspected(layout, settings) is False
+    smaller = load_settings([], {"PROGRESS": False, "THUMBNAIL_SIZE": 64}, environ={})
+    assert upstream.ensure_inspected(layout, smaller) is True
+
+
+@pytest.mark.slow
+def test_sendit_inspect_then_run_does_not_inspect_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stage command writes its stamp: `sendit inspect` then `sendit run` skips inspect
+    (and runs the rest); after an input changes, the run inspects again."""
+    monkeypatch.setenv("SENDIT_SITE_SECRET", SECRET_HEX)
+    folder = tmp_path / "in" / "b1"
+    synthetic.make_batch(folder, TINY)
+    work = tmp_path / "work"
+    layout = BatchLayout.for_batch(folder, work)
+    store = {"PROGRESS": False, "WORKERS": 1, "LOCAL_STORAGE_DIR": str(tmp_path / "store")}
+    sets = [f"--set={k}={v}" for k, v in store.items()]
+    assert cli.main(["inspect", str(folder), "--work", str(work), *sets]) == 0
+    stamp = read_stamp(layout, Stage.INSPECT)
+    assert stamp is not None and stamp["notebook"] == str(notebook_path(Stage.INSPECT, layout))
+    with warm_kernels(work):
+        run = run_batch(layout, PIPELINE, [], store)
+        assert run.status == "done", run.detail
+        assert (run.skipped, run.ran) == (["inspect"], ["deidentify", "review", "upload"])
+        assert read_stamp(layout, Stage.INSPECT) == stamp
+        first = sorted(p for p in folder.rglob("*") if p.is_file())[0]
+        st = first.stat()
+        os.utime(first, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        again = run_batch(layout, PIPELINE, [], store)
+        assert again.status == "done", again.detail
+        assert again.ran == [str(s) for s in PIPELINE]
 
 
 def test_batch_lock_excludes_a_second_run(tmp_path: Path) -> None:

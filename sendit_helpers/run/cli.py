@@ -15,6 +15,7 @@ import argparse
 import logging
 import sys
 import textwrap
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -339,9 +340,7 @@ def run_stage_outcome(
     try:
         layout = BatchLayout.for_batch(batch, work)
         layout.check_source()
-        # run_stage holds the batch lock, as `sendit run` does: no stage can rewrite
-        # release/ while another uploads it
-        output = run_stage(stage, layout, params_files=params, overrides=overrides)
+        output = _run_stamped(stage, layout, params, overrides)
     except SenditError as exc:
         return StageOutcome(error=str(exc))
     except OSError as exc:
@@ -360,6 +359,30 @@ def run_stage_outcome(
         note=f"{note}; see {layout.disposition_csv}" if note else "",
         waiting=waiting,
     )
+
+
+def _run_stamped(
+    stage: Stage, layout: BatchLayout, params: Sequence[Path], overrides: dict[str, Any]
+) -> Path:
+    """Run one stage's notebook on one batch and stamp it as ``sendit run`` does.
+
+    Under the batch lock (as ``sendit run``: no stage can rewrite release/ while another
+    uploads it), the stamps of the stage and every later one are removed, the notebook
+    runs, and the stage's stamp is written after it succeeded
+    (:func:`~sendit_helpers.run.pipeline.write_stamp`), so a later ``sendit run`` skips
+    what is current.  A stage outside the pipeline (query) has no stamp.
+    """
+    from sendit_helpers.run import pipeline
+
+    if stage not in PIPELINE:
+        return run_stage(stage, layout, params_files=params, overrides=overrides)
+    settings = load_settings(params, overrides)
+    with pipeline.batch_lock(layout):
+        pipeline.clear_stamps(layout, stage)
+        began = time.perf_counter()
+        output = run_stage(stage, layout, params_files=params, overrides=overrides, lock=False)
+        pipeline.write_stamp(layout, stage, settings, time.perf_counter() - began)
+    return output
 
 
 def _waiting(layout: BatchLayout) -> str:

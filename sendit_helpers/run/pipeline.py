@@ -364,17 +364,23 @@ def is_current(
     stages: Sequence[Stage] = PIPELINE,
     *,
     outputs: bool = True,
+    notebook: bool = True,
 ) -> bool:
     """True when ``stage`` succeeded before on exactly what it would run on now.
 
-    And when the stage declares a ``still_current`` check, when that check passes
+    The one test of whether a stage is current: ``sendit run``, the stage commands
+    and :mod:`~sendit_helpers.run.upstream` all ask it.  And when the stage declares
+    a ``still_current`` check, when that check passes
     (upload: when every destination still holds what the manifest
     calls verified there (:func:`~sendit_helpers.stages.upload.still_uploaded`, one listing
     per target, so an emptied destination is refilled by the next run).  With
-    ``outputs=False`` the stamps alone decide.
+    ``outputs=False`` the stamps alone decide.  With ``notebook=False`` the stage's
+    executed notebook need not exist (:mod:`~sendit_helpers.run.upstream` ran it
+    inside another stage's notebook); ``sendit run`` requires it, so a stage run that
+    way is run again there, with its own notebook.
     """
     stamp = read_stamp(layout, stage)
-    if stamp is None or not notebook_path(stage, layout).exists():
+    if stamp is None or (notebook and not notebook_path(stage, layout).exists()):
         return False
     key = fingerprint(stage, layout, settings, stages)
     if key is None or stamp.get("key") != key:
@@ -419,8 +425,14 @@ def write_stamp(
     settings: Settings,
     seconds: float,
     stages: Sequence[Stage] = PIPELINE,
+    *,
+    notebook: bool = True,
 ) -> dict[str, Any]:
-    """Record ``stage``'s success (atomically, flushed to disk) and return the record."""
+    """Record ``stage``'s success (atomically, flushed to disk) and return the record.
+
+    ``notebook=False``: the stage ran without its own notebook
+    (:mod:`~sendit_helpers.run.upstream`); the record names none.
+    """
     key = fingerprint(stage, layout, settings, stages)
     record = {
         "stage": str(stage),
@@ -428,7 +440,7 @@ def write_stamp(
         "run_id": uuid.uuid4().hex,
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "seconds": round(seconds, 3),
-        "notebook": str(notebook_path(stage, layout)),
+        "notebook": str(notebook_path(stage, layout)) if notebook else "",
         "version": __version__,
     }
     path = stamp_path(layout, stage)

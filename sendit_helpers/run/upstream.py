@@ -2,15 +2,22 @@
 
 A stage function (``inspect.inspect_batch``, ``deidentify.deidentify_batch``, ...)
 does its own work only; what it needs from the stages before it is made current
-here, by the pipeline and the notebooks that may be opened on their own.
+here, by the pipeline and the notebooks that may be opened on their own.  Whether
+a stage is current is decided by its stamp, as for ``sendit run``
+(:func:`sendit_helpers.run.pipeline.is_current`), and a stage run here writes its
+stamp (:func:`sendit_helpers.run.pipeline.write_stamp`).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from sendit_helpers.core.layout import BatchLayout
+from sendit_helpers.core.settings import typed
+from sendit_helpers.run import pipeline
+from sendit_helpers.run.stages import Stage
 from sendit_helpers.stages import deidentify as deidentify_stage
 from sendit_helpers.stages import inspect
 from sendit_helpers.stages.deidentify import DeidResult
@@ -19,7 +26,13 @@ __all__ = ["deidentify", "ensure_deidentified", "ensure_inspected"]
 
 
 def ensure_inspected(layout: BatchLayout, settings: Mapping[str, Any]) -> bool:
-    """Inspect the batch when its inspect outputs are missing or older than its inputs.
+    """Inspect the batch unless its inspect stamp is current.
+
+    Current means what :func:`sendit_helpers.run.pipeline.is_current` means for
+    ``sendit run`` (same inputs, settings, notebook), without requiring inspect's own
+    executed notebook: ``sendit inspect`` or ``sendit run`` ran it, or this function
+    did before.  When inspect runs here, the stamps of inspect and every later stage
+    are removed first and inspect's stamp is written after it succeeded.
 
     Parameters
     ----------
@@ -33,9 +46,15 @@ def ensure_inspected(layout: BatchLayout, settings: Mapping[str, Any]) -> bool:
     bool
         True when inspect ran now.
     """
-    if inspect.is_current(layout):
+    resolved = typed(settings)
+    if pipeline.is_current(Stage.INSPECT, layout, resolved, outputs=False, notebook=False):
         return False
+    pipeline.clear_stamps(layout, Stage.INSPECT)
+    began = time.perf_counter()
     inspect.inspect_batch(layout, settings)
+    pipeline.write_stamp(
+        layout, Stage.INSPECT, resolved, time.perf_counter() - began, notebook=False
+    )
     return True
 
 

@@ -193,15 +193,15 @@ def deidentify_batch(layout: BatchLayout, settings: Mapping[str, Any]) -> DeidRe
     Raises
     ------
     BatchError
-        When the batch's inspect outputs are missing or older than its inputs.
+        When the batch's inspect outputs are missing.
     LeakError
         When the leak gate finds a value it cannot hold (in no image's file or
         row); the report (``phi/deidentify/leak_report.csv``) names file and field.
     """
-    if not inspect.is_current(layout):
+    if not inspect.has_outputs(layout):
         raise BatchError(
-            f"batch {layout.name} is not inspected (or changed since): its inspect outputs "
-            f"({layout.inspect_dir}) are missing or older than its files; run `sendit inspect` "
+            f"batch {layout.name} is not inspected yet: its inspect outputs "
+            f"({layout.inspect_dir}) are missing; run `sendit inspect` "
             "first, or sendit_helpers.run.upstream.deidentify, which does"
         )
     files = inspect.load(layout, PLAN_COLUMNS)

@@ -775,13 +775,13 @@ def load(layout: BatchLayout, columns: Sequence[str] | None = None) -> pd.DataFr
     return pd.read_parquet(path, columns=[c for c in dict.fromkeys(columns) if c in present])
 
 
-def is_current(layout: BatchLayout) -> bool:
-    """True when inspect outputs exist and are newer than every input file."""
-    marker = layout.inspect_dir / "summary.json"
-    if not marker.exists() or not layout.disposition_csv.exists():
-        return False
-    stamp = marker.stat().st_mtime
-    return all(os.stat(name).st_mtime <= stamp for name in discover_inputs(layout).files)
+def has_outputs(layout: BatchLayout) -> bool:
+    """True when the batch's inspect outputs exist.
+
+    Whether they are current (same inputs and settings) is the run layer's question,
+    answered by the stage's stamp (:func:`sendit_helpers.run.pipeline.is_current`).
+    """
+    return (layout.inspect_dir / "summary.json").exists() and layout.disposition_csv.exists()
 
 
 def montages(result: InspectResult, settings: Mapping[str, Any]) -> list[Path]:

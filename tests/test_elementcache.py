@@ -256,3 +256,58 @@ def test_uid_shortcut_only_for_plain_remapped_uids() -> None:
     kept = fragments.Fragment(head + b"1.2.3\x00", {"SOPInstanceUID": "1.2.3"}, set())
     ctx = engine.job_context(_job(Path("a"), Path("b")), CONFIG)
     assert fragments.UidShortcut.learn(ctx, 0x00080018, head + b"1.2.3\x00", kept) is None
+
+
+def _fields(outcome: engine.Outcome) -> tuple[object, ...]:
+    written = outcome.written
+    return (
+        outcome.error,
+        list(outcome.cleaned.items()),
+        list(outcome.removed.items()),
+        outcome.lookup,
+        outcome.pixel_span,
+        None
+        if written is None
+        else (written.path, written.entry[:2], written.header, written.kind),
+        None if written is None else written.tail,
+    )
+
+
+def test_writer_thread_gives_what_the_synchronous_write_gives(tmp_path: Path) -> None:
+    """Files written on the Writer's thread: same bytes, rows, gate values and Written."""
+    files = _series(tmp_path, 6)
+    sync, queued = [], []
+    with engine.Writer() as writer:
+        for i, path in enumerate(files):
+            sync.append(engine.deidentify_file(_job(path, tmp_path / "a" / f"{i}.dcm"), CONFIG))
+            queued.append(
+                engine.deidentify_file(_job(path, tmp_path / "b" / f"{i}.dcm"), CONFIG, writer)
+            )
+    for i, (a, b) in enumerate(zip(sync, queued, strict=True)):
+        assert not a.error and a.written is not None
+        assert _fields(a)[:5] == _fields(b)[:5]
+        assert b.written is not None and b.written.path == a.written.path
+        assert (b.written.entry[:2], b.written.header, b.written.tail, b.written.kind) == (
+            a.written.entry[:2],
+            a.written.header,
+            a.written.tail,
+            a.written.kind,
+        )
+        assert (tmp_path / "a" / f"{i}.dcm").read_bytes() == (
+            tmp_path / "b" / f"{i}.dcm"
+        ).read_bytes()
+
+
+def test_writer_thread_reports_a_failed_write_as_the_synchronous_write_does(
+    tmp_path: Path,
+) -> None:
+    source = _series(tmp_path, 1)[0]
+    out = tmp_path / "out"
+    for name in ("a", "b"):  # the temporary file's name is taken by a folder: the write fails
+        (out / f".{name}.dcm.tmp").mkdir(parents=True)
+    a = engine.deidentify_file(_job(source, out / "a.dcm"), CONFIG)
+    with engine.Writer() as writer:
+        b = engine.deidentify_file(_job(source, out / "b.dcm"), CONFIG, writer)
+    assert a.error.startswith("could not de-identify: ")
+    assert _fields(a) == _fields(b)
+    assert b.written is None and b.pixel_span is None and not b.cleaned and not b.lookup

@@ -69,6 +69,7 @@ from sendit_helpers.stages.engine import (
     Job,
     Outcome,
     WorkerConfig,
+    Writer,
     deidentify_file,
     load_recipe,
     worker_config,
@@ -76,13 +77,18 @@ from sendit_helpers.stages.engine import (
 
 
 def run_chunk(jobs: list[Job], config: WorkerConfig) -> list[Outcome]:
-    """De-identify a chunk of files in this process (a worker's task), in order."""
-    return [deidentify_file(job, config) for job in jobs]
+    """De-identify a chunk of files in this process (a worker's task), in order.
+
+    Files are written on a :class:`~.engine.Writer`'s thread while the next one is
+    de-identified; every outcome is complete when this returns.
+    """
+    with Writer() as writer:
+        return [deidentify_file(job, config, writer) for job in jobs]
 
 
 def run_chunk_spooled(jobs: list[Job], config: WorkerConfig, spool: str) -> list[Outcome]:
     """:func:`run_chunk`, then its rows spooled to ``spool`` (:func:`spool_chunk`)."""
-    return spool_chunk([deidentify_file(job, config) for job in jobs], Path(spool))
+    return spool_chunk(run_chunk(jobs, config), Path(spool))
 
 
 def run_jobs(

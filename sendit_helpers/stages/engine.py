@@ -19,7 +19,9 @@ sits with the stages.
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -316,6 +318,84 @@ def write_parts(output: str, header: bytes, tail: memoryview) -> None:
     os.replace(tmp, output)
 
 
+#: Files a :class:`Writer` may have queued (and their bytes in memory) before it waits.
+WRITE_AHEAD = 8
+#: ... and bytes.
+WRITE_AHEAD_BYTES = 64 << 20
+
+
+def _write_released(
+    job: Job, header: bytes, tail: memoryview, start: int, native16: bool
+) -> gatewritten.Written | None:
+    """:func:`write_parts`, then what the leak gate needs of the file (see :func:`_written`)."""
+    write_parts(job.output, header, tail)
+    return _written(job, header, tail, start, native16)
+
+
+class Writer:
+    """Writes de-identified files on one background thread, hashing them there.
+
+    The element cache path hands each file's header and original pixel bytes
+    here and goes on with the next file: writing (a new file, its bytes, the
+    rename) and the SHA-256 and text runs the leak gate keeps
+    (:func:`gatewritten.written`) release the GIL, so one worker process uses a
+    second core for them.  The outputs are the same bytes as a synchronous
+    write; a file that cannot be written becomes an error outcome exactly as it
+    would be on the synchronous path (its output removed, its rows dropped).
+    At most :data:`WRITE_AHEAD` files (:data:`WRITE_AHEAD_BYTES`) wait at a time;
+    :meth:`settle` (and leaving the ``with`` block) waits for all of them.
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sendit-writer")
+        self._pending: deque[tuple[Outcome, int, Future[gatewritten.Written | None]]] = deque()
+        self._bytes = 0
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if exc[0] is None:
+                self.settle()
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def write(
+        self, outcome: Outcome, header: bytes, tail: memoryview, start: int, native16: bool
+    ) -> None:
+        """Queue ``header + tail`` for ``outcome.job.output``; :attr:`Outcome.written` is set
+        once it is written (by :meth:`settle` at the latest)."""
+        size = len(header) + len(tail)
+        future = self._pool.submit(_write_released, outcome.job, header, tail, start, native16)
+        self._pending.append((outcome, size, future))
+        self._bytes += size
+        while len(self._pending) > WRITE_AHEAD or (
+            self._bytes > WRITE_AHEAD_BYTES and len(self._pending) > 1
+        ):
+            self._finish_oldest()
+
+    def settle(self) -> None:
+        """Wait until every queued file is written; record each outcome."""
+        while self._pending:
+            self._finish_oldest()
+
+    def _finish_oldest(self) -> None:
+        outcome, size, future = self._pending.popleft()
+        self._bytes -= size
+        try:
+            outcome.written = future.result()
+        except _FILE_ERRORS as exc:  # as deidentify_file reports a failed write
+            job = outcome.job
+            Path(job.output).unlink(missing_ok=True)
+            outcome.error = f"could not de-identify: {file_reason(exc, job.source_path)}"
+            outcome.pixel_span = None
+            outcome.written = None
+            outcome.cleaned = {}
+            outcome.removed = {}
+            outcome.lookup = []
+
+
 def job_context(job: Job, config: WorkerConfig) -> DeidContext:
     """The recipe context of one file: its pseudonyms, date shift and the site's UID mapper.
 
@@ -356,7 +436,9 @@ def element_cache(files: tuple[str, ...], include_default: bool) -> ElementCache
     return ElementCache(load_recipe(files, include_default))
 
 
-def _cached_path(job: Job, config: WorkerConfig, data: bytes, outcome: Outcome) -> Changes | None:
+def _cached_path(
+    job: Job, config: WorkerConfig, data: bytes, outcome: Outcome, writer: Writer | None = None
+) -> Changes | None:
     """De-identify from remembered elements (:mod:`.elementcache`); None: another path must.
 
     A file the cache cannot handle, or one whose values raise, goes to the
@@ -370,11 +452,14 @@ def _cached_path(job: Job, config: WorkerConfig, data: bytes, outcome: Outcome) 
     if done is None:
         return None
     tail = memoryview(data)[done.pixel_at :]
-    write_parts(job.output, done.header, tail)
     size = len(done.header) + len(tail)
     start = len(done.header) + done.pixel_value_offset
+    if writer is None:
+        write_parts(job.output, done.header, tail)
+        outcome.written = _written(job, done.header, tail, start, done.native16)
+    else:
+        writer.write(outcome, done.header, tail, start, done.native16)
     outcome.pixel_span = (start, size, size, done.native16)
-    outcome.written = _written(job, done.header, tail, start, done.native16)
     outcome.cleaned = done.cleaned
     outcome.removed = removed_from(done.changes, done.kept)
     outcome.lookup = [(k, old, new) for k, (old, new) in done.changes.replaced.items()]
@@ -468,20 +553,22 @@ def worker_config(settings: Mapping[str, Any], secret: bytes) -> WorkerConfig:
     return WorkerConfig(recipes, cfg.use_default_recipe, secret, cfg.safe_private_tags)
 
 
-def deidentify_file(job: Job, config: WorkerConfig) -> Outcome:
+def deidentify_file(job: Job, config: WorkerConfig, writer: Writer | None = None) -> Outcome:
     """De-identify one file and write it; never raises for a bad input file.
 
     Most files are served by the element cache (:func:`_cached_path`), the
     other well-formed ones by :func:`_fast_path`; files with elements after
     the pixel data, deflated or unusual ones are read whole, de-identified and
-    written by pydicom.
+    written by pydicom.  With a ``writer`` (:class:`Writer`), the element
+    cache's files are written on its thread: the outcome is complete once the
+    writer has settled.
     """
     outcome = Outcome(job)
     recipe = load_recipe(config.recipe_files, config.include_default)
     try:
         with open(job.source_path, "rb") as fh:  # no Path: its parts would be interned
             data = fh.read()
-        if config.element_cache and _cached_path(job, config, data, outcome) is not None:
+        if config.element_cache and _cached_path(job, config, data, outcome, writer) is not None:
             return outcome
         done = _fast_path(job, config, recipe, data)
         if done is None:

@@ -13,8 +13,9 @@ import pandas as pd
 import pydicom
 import pytest
 
+from sendit_helpers.core.errors import SenditError
 from sendit_helpers.core.layout import BatchLayout
-from sendit_helpers.deid import ocr
+from sendit_helpers.deid import ocr, tesseract
 from sendit_helpers.run import upstream
 from sendit_helpers.run.runner import open_batch
 from sendit_helpers.samples import batchspec, synthetic, textimages
@@ -97,20 +98,39 @@ def test_plain_ct_is_not_flagged(screened: tuple[Path, pd.DataFrame]) -> None:
     assert (plain["ocr_boxes"] == "[]").all() and (plain["ocr_text"] == "").all()
 
 
-def test_one_tesseract_run_reads_as_one_run_per_image(tmp_path: Path) -> None:
+def test_library_and_program_read_alike(tmp_path: Path) -> None:
     text = textimages.make_text_images(tmp_path / "t", 2, with_text=True, seed=11, size=256)
     plain = textimages.make_text_images(tmp_path / "p", 1, with_text=False, seed=11, size=256)
-    twin = tmp_path / "p" / "twin.dcm"
-    twin.write_bytes(plain[0].read_bytes())  # identical pixels: read once
-    broken = tmp_path / "broken.dcm"
+    keys = ["text", "conf", "left", "top", "width", "height", "block_num", "line_num"]
+    library, program = tesseract.engine(), tesseract.engine(library=False)
+    assert type(library) is not type(program), "libtesseract is loaded on this machine"
+    for path in [*text, *plain]:
+        image, _ = ocr.prepare(pydicom.dcmread(path))
+        a, b = library(image), program(image)
+        words = [i for i, w in enumerate(a["text"]) if str(w).strip()]
+        assert words == [i for i, w in enumerate(b["text"]) if str(w).strip()]
+        for key in keys:  # pytesseract truncates confidences to whole numbers
+            same = int if key == "conf" else str
+            assert [same(a[key][i]) for i in words] == [same(b[key][i]) for i in words]
+
+
+def test_unreadable_pixels_are_one_row_with_the_error_type(tmp_path: Path) -> None:
+    text = textimages.make_text_images(tmp_path / "t", 1, with_text=True, seed=11, size=256)
+    broken = tmp_path / "t" / "broken.dcm"
     broken.write_bytes(b"DICM")
-    paths = [str(p) for p in [*text, plain[0], twin, broken]]
-    one_by_one = [ocr._screen_one(p, ocr.MIN_CONFIDENCE) for p in paths]
-    together = ocr._screen_chunk(paths, ocr.MIN_CONFIDENCE)
-    keys = ["source_path", "ocr_flagged", "ocr_boxes", "ocr_text", "ocr_error"]
-    assert [[r[k] for k in keys] for r in together] == [[r[k] for k in keys] for r in one_by_one]
-    assert [r["ocr_flagged"] for r in together] == [True, True, False, False, False]
-    assert together[-1]["ocr_error"].startswith("cannot read the pixels")
+    files = pd.DataFrame(
+        {
+            "source_path": [str(text[0]), str(broken)],
+            "SeriesInstanceUID": ["1", "2"],
+            "InstanceNumber": [1, 1],
+            "has_pixels": [True, True],
+        }
+    )
+    table = ocr.screen_files(files, progress=False).set_index("source_path")
+    assert table.loc[str(text[0]), "ocr_flagged"] and table.loc[str(text[0]), "ocr_error"] == ""
+    row = table.loc[str(broken)]
+    assert not row["ocr_flagged"] and row["ocr_boxes"] == "[]"
+    assert row["ocr_error"].startswith("cannot read the pixels: ")
 
 
 def test_find_text_maps_boxes_to_the_original_pixels(tmp_path: Path) -> None:
@@ -123,47 +143,32 @@ def test_find_text_maps_boxes_to_the_original_pixels(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ sampling
-def test_sampling_flags_the_rest_of_a_series(monkeypatch: pytest.MonkeyPatch) -> None:
-    files = pd.DataFrame(
-        {
-            "source_path": [f"s{s}_{i}.dcm" for s in (1, 2) for i in range(7)] + ["nopix.dcm"],
-            "SeriesInstanceUID": ["1"] * 7 + ["2"] * 7 + ["3"],
-            "InstanceNumber": [7, 1, 2, 3, 4, 5, 6] * 2 + [1],
-            "has_pixels": [True] * 14 + [False],
-        }
+def test_sampling_flags_the_rest_of_a_series(tmp_path: Path) -> None:
+    text = textimages.make_text_images(
+        tmp_path / "t", 7, with_text=True, seed=11, images_per_series=7, size=256
     )
-    read: list[str] = []
-
-    def fake(path: str, min_confidence: float) -> dict[str, Any]:
-        read.append(path)
-        boxes = [[10, 10, 50, 20]] if path == "s1_0.dcm" else []  # instance 7: the last
-        if path == "s1_3.dcm":
-            boxes = [[40, 15, 90, 30]]
-        return {
-            "source_path": path,
-            "ocr_sampled": True,
-            "ocr_flagged": bool(boxes),
-            "ocr_boxes": json.dumps(boxes),
-            "ocr_text": "X" if boxes else "",
-            "ocr_seconds": 0.1,
-            "ocr_error": "",
-        }
-
-    monkeypatch.setattr(ocr, "_screen_chunk", lambda paths, low: [fake(p, low) for p in paths])
+    plain = textimages.make_text_images(tmp_path / "p", 7, with_text=False, images_per_series=7)
+    files = pd.concat(
+        [files_of(text, tmp_path / "t"), files_of(plain, tmp_path / "p")], ignore_index=True
+    )
+    files = pd.concat(
+        [files, files.iloc[:1].assign(source_path="nopix.dcm", has_pixels=False)],
+        ignore_index=True,
+    )
     table = ocr.screen_files(files, sample_per_series=3, progress=False).set_index("source_path")
-    # evenly spaced in instance order: instances 1, 4, 7 of each series
-    assert sorted(read) == sorted(
-        ["s1_1.dcm", "s1_4.dcm", "s1_0.dcm"] + ["s2_1.dcm", "s2_4.dcm", "s2_0.dcm"]
-    )
     assert "nopix.dcm" not in table.index and len(table) == 14
-    assert table.loc["s1_3.dcm", "ocr_sampled"] == False  # noqa: E712  (numpy bool)
-    series1 = table[table.index.str.startswith("s1_")]
-    unsampled = series1[~series1["ocr_sampled"]]
-    assert unsampled["ocr_flagged"].all(), "a series with text: unread images count as flagged"
-    assert not series1.loc[["s1_1.dcm", "s1_4.dcm"], "ocr_flagged"].any(), "read: own result"
-    assert (unsampled["ocr_text"] == "").all()
-    assert {json.dumps(json.loads(b)) for b in unsampled["ocr_boxes"]} == {"[[10, 10, 50, 20]]"}
-    assert not table.loc[table.index.str.startswith("s2_"), "ocr_flagged"].any()
+    number = files.set_index("source_path")["InstanceNumber"].astype(int)
+    for group in (text, plain):
+        rows = table.loc[[str(p) for p in group]]
+        read = sorted(int(number[p]) for p in rows.index[rows["ocr_sampled"]])
+        assert read == [1, 4, 7], "evenly spaced in instance order"
+    series1 = table.loc[[str(p) for p in text]]
+    sampled, unsampled = series1[series1["ocr_sampled"]], series1[~series1["ocr_sampled"]]
+    assert sampled["ocr_flagged"].all() and unsampled["ocr_flagged"].all()
+    assert (unsampled["ocr_text"] == "").all() and (unsampled["ocr_seconds"] == 0).all()
+    union = ocr.merge_boxes([b for s in sampled["ocr_boxes"] for b in json.loads(s)])
+    assert {json.dumps(json.loads(b)) for b in unsampled["ocr_boxes"]} == {json.dumps(union)}
+    assert not table.loc[[str(p) for p in plain], "ocr_flagged"].any()
     assert ocr.merge_boxes([[0, 0, 10, 10], [5, 5, 20, 20], [30, 0, 40, 5]]) == [
         [0, 0, 20, 20],
         [30, 0, 40, 5],
@@ -183,7 +188,7 @@ def test_missing_tesseract_says_what_to_install(
     with pytest.raises(ocr.OcrUnavailableError, match=r"apt-get install tesseract-ocr") as info:
         ocr.screen_files(files, progress=False)
     assert "pip install 'sendit-notebooks[ocr]'" in str(info.value)
-    assert isinstance(info.value, ocr.SenditError)
+    assert isinstance(info.value, SenditError)
     with pytest.raises(ocr.OcrUnavailableError, match="no-tesseract"):
         ocr.find_text(pydicom.Dataset())
 

@@ -16,10 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 #: ``(file, module alias, private name)`` still used; remove an entry when it is fixed.
-KNOWN: set[tuple[str, str, str]] = {
-    ("tests/test_ocr.py", "ocr", "_screen_chunk"),
-    ("tests/test_ocr.py", "ocr", "_screen_one"),
-}
+KNOWN: set[tuple[str, str, str]] = set()
 
 
 def _private_uses(path: Path, root: Path = ROOT) -> Iterator[tuple[str, str, str]]:

@@ -21,19 +21,14 @@ and ``apt-get install tesseract-ocr`` (the program).  Without them
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -43,11 +38,19 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from sendit_helpers.core.dicomio import READ_ERRORS
-from sendit_helpers.core.errors import SenditError
 from sendit_helpers.core.layout import BatchLayout
+from sendit_helpers.deid.tesseract import (
+    INSTALL_HINT,
+    OcrUnavailableError,
+    Reader,
+    engine,
+    require_tesseract,
+)
+from sendit_helpers.deid.textregions import TILE, candidate_regions
 
 __all__ = [
     "COLUMNS",
+    "INSTALL_HINT",
     "LABEL",
     "MIN_CONFIDENCE",
     "OcrUnavailableError",
@@ -76,8 +79,10 @@ SCALE_RANGE = (0.5, 4.0)
 NEIGHBOUR_LINES = 2.0
 #: Confidence a word needs, near a line of text, to be scrubbed with it.
 NEIGHBOUR_CONFIDENCE = 20.0
-#: Tesseract options: LSTM engine, sparse text (overlays are scattered lines, not a page).
-TESSERACT_CONFIG = "--oem 1 --psm 11"
+#: Tiles (:data:`textregions.TILE` pixels) of margin read around a candidate region.
+CROP_MARGIN = 2
+#: Share of the picture above which the candidate regions' crops give way to the whole picture.
+WHOLE_SHARE = 0.5
 #: Label of the screen, for the ``flagged`` reason in inspect's table.
 LABEL = "OCR: text found in pixels"
 #: Columns of :func:`screen_files`' table (``phi/inspect/ocr.parquet``).
@@ -90,15 +95,7 @@ COLUMNS = [
     "ocr_seconds",
     "ocr_error",
 ]
-INSTALL_HINT = (
-    "install pytesseract with `pip install 'sendit-notebooks[ocr]'` and the tesseract program "
-    "with `apt-get install tesseract-ocr` (or your system's package), or set OCR_SCREEN to off"
-)
 _TABLE_NAME = "ocr.parquet"
-
-
-class OcrUnavailableError(SenditError):
-    """The OCR screen was asked for but pytesseract or the tesseract program is missing."""
 
 
 @dataclass(frozen=True)
@@ -135,50 +132,6 @@ class TextBox:
         return [self.x, self.y, self.x + self.width, self.y + self.height]
 
 
-# ------------------------------------------------------------------ tesseract
-def require_tesseract() -> ModuleType:
-    """Import pytesseract and check that the tesseract program can be found.
-
-    Returns
-    -------
-    module
-        :mod:`pytesseract`.
-
-    Raises
-    ------
-    OcrUnavailableError
-        With the install hint, when either is missing.
-    """
-    try:
-        import pytesseract
-    except ImportError:
-        raise OcrUnavailableError(
-            f"the OCR screen (OCR_SCREEN) needs pytesseract, which is not installed; {INSTALL_HINT}"
-        ) from None
-    command = str(pytesseract.pytesseract.tesseract_cmd)
-    if shutil.which(command) is None:
-        raise OcrUnavailableError(
-            f"the OCR screen (OCR_SCREEN) needs the tesseract program, but {command!r} was not "
-            f"found; {INSTALL_HINT}"
-        )
-    module: ModuleType = pytesseract
-    return module
-
-
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run tesseract single-threaded (its OpenMP threads only slow small images down)."""
-    old = os.environ.get("OMP_THREAD_LIMIT")
-    os.environ["OMP_THREAD_LIMIT"] = "1"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("OMP_THREAD_LIMIT", None)
-        else:
-            os.environ["OMP_THREAD_LIMIT"] = old
-
-
 # ------------------------------------------------------------------ one image
 def _grey(image: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
     if image.ndim == 3:
@@ -186,6 +139,40 @@ def _grey(image: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
         grey: npt.NDArray[np.float32] = image[..., :3].astype(np.float32) @ weights
         return grey
     return image.astype(np.float32)
+
+
+def _inverted(ds: Dataset, frame: int) -> npt.NDArray[np.uint8]:
+    """Frame ``frame`` as shown, grey, inverted (dark text on light), at its own size."""
+    from sendit_helpers.deid.plots import render
+
+    grey = _grey(render(ds, frame))
+    inverted: npt.NDArray[np.uint8] = (255.0 - np.clip(grey, 0.0, 1.0) * 255.0 + 0.5).astype(
+        np.uint8
+    )
+    return inverted
+
+
+def _scale(rows: int, cols: int) -> tuple[float, tuple[int, int]]:
+    """Resize factor bringing the longer edge to about :data:`TARGET_EDGE`; the new size."""
+    scale = min(max(TARGET_EDGE / max(rows, cols, 1), SCALE_RANGE[0]), SCALE_RANGE[1])
+    return scale, (max(1, round(cols * scale)), max(1, round(rows * scale)))
+
+
+def _resize(picture: npt.NDArray[np.uint8], size: tuple[int, int]) -> npt.NDArray[np.uint8]:
+    from PIL import Image
+
+    rows, cols = picture.shape
+    if size == (cols, rows):
+        return picture
+    method = Image.Resampling.BILINEAR if size[0] > cols else Image.Resampling.BOX
+    return np.asarray(Image.fromarray(picture).resize(size, method), dtype=np.uint8)
+
+
+def _resized(inverted: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.uint8], float]:
+    """``inverted`` resized so that its longer edge is about :data:`TARGET_EDGE`; the factor."""
+    rows, cols = inverted.shape
+    size = _scale(rows, cols)[1]
+    return _resize(inverted, size), size[0] / cols
 
 
 def prepare(ds: Dataset, frame: int = 0) -> tuple[npt.NDArray[np.uint8], float]:
@@ -205,20 +192,7 @@ def prepare(ds: Dataset, frame: int = 0) -> tuple[npt.NDArray[np.uint8], float]:
     scale : float
         Its size over the original size (``x_original = x_image / scale``).
     """
-    from PIL import Image
-
-    from sendit_helpers.deid.plots import render
-
-    grey = _grey(render(ds, frame))
-    inverted = (255.0 - np.clip(grey, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    rows, cols = inverted.shape
-    scale = min(max(TARGET_EDGE / max(rows, cols, 1), SCALE_RANGE[0]), SCALE_RANGE[1])
-    size = (max(1, round(cols * scale)), max(1, round(rows * scale)))
-    if size == (cols, rows):
-        return inverted, 1.0
-    method = Image.Resampling.BILINEAR if scale > 1 else Image.Resampling.BOX
-    resized = np.asarray(Image.fromarray(inverted).resize(size, method), dtype=np.uint8)
-    return resized, size[0] / cols
+    return _resized(_inverted(ds, frame))
 
 
 def _is_text(word: str, confidence: float, min_confidence: float) -> bool:
@@ -228,50 +202,14 @@ def _is_text(word: str, confidence: float, min_confidence: float) -> bool:
 _Word = tuple[str, float, int, int, int, int]  # text, confidence, left, top, width, height
 
 
-def _read_words(tess: ModuleType, image: npt.NDArray[np.uint8], top: int = 0) -> list[list[_Word]]:
-    """Tesseract's words of ``image``, grouped by line (``top`` is added to every row)."""
-    with _one_thread():
-        data = tess.image_to_data(image, config=TESSERACT_CONFIG, output_type=tess.Output.DICT)
-    return _lines(data, range(len(data["text"])), top)
-
-
-def _read_words_many(
-    tess: ModuleType, images: Sequence[npt.NDArray[np.uint8]]
-) -> list[list[list[_Word]]]:
-    """:func:`_read_words` of each image, with one tesseract run for them all.
-
-    Tesseract reads a list of image files as the pages of one document, each
-    page on its own with the same settings (the words are those of one run
-    per image), and loads its model once: under load that start costs more
-    than reading a 1024-pixel image.  The pictures (PHI) are written to an
-    owner-only temporary folder, removed on return.
-    """
-    from PIL import Image
-
-    with tempfile.TemporaryDirectory(prefix="sendit-ocr-") as folder:
-        names = []
-        for index, image in enumerate(images):
-            name = os.path.join(folder, f"{index:05d}.png")
-            Image.fromarray(image).save(name, compress_level=1)
-            names.append(name)
-        listing = os.path.join(folder, "images.txt")
-        Path(listing).write_text("\n".join(names) + "\n", encoding="utf-8")
-        with _one_thread():
-            data = tess.image_to_data(
-                listing, config=TESSERACT_CONFIG, output_type=tess.Output.DICT
-            )
-    pages: list[list[int]] = [[] for _ in images]
-    for i, page in enumerate(data["page_num"]):
-        if 1 <= int(page) <= len(pages):
-            pages[int(page) - 1].append(i)
-    return [_lines(data, indices, 0) for indices in pages]
-
-
-def _lines(data: dict[str, list[Any]], indices: Iterable[int], top: int) -> list[list[_Word]]:
-    """The words at ``indices`` of tesseract's ``image_to_data`` answer, grouped by line."""
+def _read_words(
+    read: Reader, image: npt.NDArray[np.uint8], left: int = 0, top: int = 0
+) -> list[list[_Word]]:
+    """Tesseract's words of ``image``, grouped by line (``left``, ``top`` added to every box)."""
+    data = read(image)
     lines: dict[tuple[int, int, int], list[_Word]] = {}
-    for i in indices:
-        word = str(data["text"][i]).strip()
+    for i, text in enumerate(data["text"]):
+        word = str(text).strip()
         if not word:
             continue
         key = (int(data["block_num"][i]), int(data["par_num"][i]), int(data["line_num"][i]))
@@ -279,13 +217,96 @@ def _lines(data: dict[str, list[Any]], indices: Iterable[int], top: int) -> list
             (
                 word,
                 float(data["conf"][i]),
-                int(data["left"][i]),
+                int(data["left"][i]) + left,
                 int(data["top"][i]) + top,
                 int(data["width"][i]),
                 int(data["height"][i]),
             )
         )
     return list(lines.values())
+
+
+def _crops(
+    regions: Sequence[tuple[int, int, int, int]], rows: int, cols: int
+) -> list[list[int]] | None:
+    """Boxes (original pixels) to read around ``regions``; None: read the whole picture.
+
+    Each region is widened by :data:`CROP_MARGIN` tiles (Tesseract needs some
+    background around a line, and more around large letters); boxes that
+    overlap by half of the smaller one are merged (the pieces of one line),
+    others are read on their own.  When the boxes cover more than
+    :data:`WHOLE_SHARE` of the picture the whole is read.
+    """
+    margin = CROP_MARGIN * TILE
+    boxes = [
+        [max(0, x0 - margin), max(0, y0 - margin), min(cols, x1 + margin), min(rows, y1 + margin)]
+        for x0, y0, x1, y1 in regions
+    ]
+    merged = True
+    while merged:
+        merged = False
+        out: list[list[int]] = []
+        for box in boxes:
+            for other in out:
+                w = min(box[2], other[2]) - max(box[0], other[0])
+                h = min(box[3], other[3]) - max(box[1], other[1])
+                smaller = min(_area(box), _area(other))
+                if w > 0 and h > 0 and 2 * w * h >= smaller:
+                    other[:] = [
+                        min(box[0], other[0]),
+                        min(box[1], other[1]),
+                        max(box[2], other[2]),
+                        max(box[3], other[3]),
+                    ]
+                    merged = True
+                    break
+            else:
+                out.append(box)
+        boxes = out
+    for box in boxes:  # large letters need a wider margin: half the inked height more
+        extra = min(max(0, box[3] - box[1] - 2 * margin - 2 * TILE) // 2, margin)
+        box[:] = [
+            max(0, box[0] - extra),
+            max(0, box[1] - extra),
+            min(cols, box[2] + extra),
+            min(rows, box[3] + extra),
+        ]
+    area = sum(_area(b) for b in boxes)
+    return None if area > WHOLE_SHARE * rows * cols else boxes
+
+
+def _area(box: Sequence[int]) -> int:
+    return (box[2] - box[0]) * (box[3] - box[1])
+
+
+def _first_reading(
+    read: Reader, inverted: npt.NDArray[np.uint8], prescreen: bool
+) -> tuple[float, list[list[_Word]]]:
+    """The prepared picture's scale, and the lines Tesseract reads in it.
+
+    With ``prescreen``, only around :func:`textregions.candidate_regions`
+    (nothing at all when there is none; each crop is resized on its own, at
+    the picture's scale); else the whole prepared picture (:func:`prepare`).
+    """
+    rows, cols = inverted.shape
+    crops: list[list[int]] | None = None
+    if prescreen:
+        crops = _crops(candidate_regions(255 - inverted), rows, cols)
+    if crops is None:
+        image, scale = _resized(inverted)
+        return scale, _read_words(read, image)
+    scale = _resized_scale(rows, cols)
+    lines: list[list[_Word]] = []
+    for x0, y0, x1, y1 in crops:
+        size = (max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale)))
+        crop = _resize(np.ascontiguousarray(inverted[y0:y1, x0:x1]), size)
+        lines.extend(_read_words(read, crop, round(x0 * scale), round(y0 * scale)))
+    return scale, lines
+
+
+def _resized_scale(rows: int, cols: int) -> float:
+    """The factor :func:`_resized` applies to a ``rows`` x ``cols`` picture."""
+    return _scale(rows, cols)[1][0] / cols
 
 
 def _bands(lines: Sequence[Sequence[_Word]], rows: int) -> list[tuple[int, int]]:
@@ -306,17 +327,24 @@ def _bands(lines: Sequence[Sequence[_Word]], rows: int) -> list[tuple[int, int]]
 
 
 def find_text(
-    ds: Dataset, *, min_confidence: float = MIN_CONFIDENCE, frame: int = 0
+    ds: Dataset,
+    *,
+    min_confidence: float = MIN_CONFIDENCE,
+    frame: int = 0,
+    prescreen: bool = True,
 ) -> list[TextBox]:
     """Find lines of text burned into an image's pixels.
 
-    A first reading of the whole picture decides whether there is text (a
-    word of :data:`MIN_ALNUM` letters or digits at ``min_confidence``).  When
-    there is, the bands of rows around each such line (widened by
-    :data:`NEIGHBOUR_LINES` line heights) are read again on their own and every
-    word read there with a confidence of at least :data:`NEIGHBOUR_CONFIDENCE`
-    joins the boxes: a name rarely comes alone, and its less legible words and
-    neighbouring lines must be scrubbed too.
+    With ``prescreen`` (the default), :func:`textregions.candidate_regions`
+    first finds the patches of thin high-contrast strokes; a picture without
+    any is not read at all, and otherwise only those patches (with a margin)
+    are read, unless they cover most of the picture.  A first reading decides
+    whether there is text (a word of :data:`MIN_ALNUM` letters or digits at
+    ``min_confidence``).  When there is, the bands of rows around each such line
+    (widened by :data:`NEIGHBOUR_LINES` line heights, across the whole picture)
+    are read again on their own and every word read there with a confidence of
+    at least :data:`NEIGHBOUR_CONFIDENCE` joins the boxes: a name rarely comes
+    alone, and its less legible words and neighbouring lines must be scrubbed too.
 
     Parameters
     ----------
@@ -326,6 +354,8 @@ def find_text(
         Confidence a word needs to count (default :data:`MIN_CONFIDENCE`).
     frame : int
         Frame to read (0, the first, by default).
+    prescreen : bool
+        Read only where the pre-screen finds strokes (default); False: the whole picture.
 
     Returns
     -------
@@ -338,27 +368,27 @@ def find_text(
     OcrUnavailableError
         When pytesseract or tesseract is missing.
     """
-    tess = require_tesseract()
-    image, scale = prepare(ds, frame)
-    return _boxes(tess, ds, image, scale, _read_words(tess, image), min_confidence)
-
-
-def _boxes(
-    tess: ModuleType,
-    ds: Dataset,
-    image: npt.NDArray[np.uint8],
-    scale: float,
-    first: Sequence[Sequence[_Word]],
-    min_confidence: float,
-) -> list[TextBox]:
-    """:func:`find_text` after the first reading ``first`` of the prepared ``image``."""
+    read = engine()
+    inverted = _inverted(ds, frame)
+    scale, first = _first_reading(read, inverted, prescreen)
     counted = [words for words in first if any(_is_text(w[0], w[1], min_confidence) for w in words)]
     if not counted:
         return []
+    return _boxes(read, ds, _resized(inverted)[0], scale, counted)
+
+
+def _boxes(
+    read: Reader,
+    ds: Dataset,
+    image: npt.NDArray[np.uint8],
+    scale: float,
+    counted: Sequence[Sequence[_Word]],
+) -> list[TextBox]:
+    """:func:`find_text` after the first reading of the prepared ``image`` found ``counted``."""
     lines: list[Sequence[_Word]] = list(counted)
     for b0, b1 in _bands(counted, image.shape[0]):
         band = np.ascontiguousarray(image[b0:b1])
-        for near in _read_words(tess, band, b0):
+        for near in _read_words(read, band, 0, b0):
             kept = [w for w in near if w[1] >= NEIGHBOUR_CONFIDENCE and any(map(str.isalnum, w[0]))]
             if kept:
                 lines.append(kept)
@@ -409,7 +439,6 @@ def _merge_lines(boxes: Sequence[TextBox]) -> list[TextBox]:
 def _screen_one(path: str, min_confidence: float) -> dict[str, Any]:
     """OCR one file; a plain dict (cheap to send between processes)."""
     start = time.perf_counter()
-    row: dict[str, Any] = {"source_path": path, "ocr_sampled": True, "ocr_error": ""}
     try:
         ds = pydicom.dcmread(path, force=True)
         boxes = find_text(ds, min_confidence=min_confidence)
@@ -417,12 +446,9 @@ def _screen_one(path: str, min_confidence: float) -> dict[str, Any]:
         raise
     except (*READ_ERRORS, RuntimeError) as exc:
         # The type only: a message could quote pixel or header content.
-        boxes, row["ocr_error"] = [], f"cannot read the pixels: {type(exc).__name__}"
-    row["ocr_flagged"] = bool(boxes)
-    row["ocr_boxes"] = json.dumps([b.corners() for b in boxes])
-    row["ocr_text"] = "\n".join(b.text for b in boxes)
-    row["ocr_seconds"] = time.perf_counter() - start
-    return row
+        error = f"cannot read the pixels: {type(exc).__name__}"
+        return _row(path, [], time.perf_counter() - start, error)
+    return _row(path, boxes, time.perf_counter() - start)
 
 
 def _row(path: str, boxes: Sequence[TextBox], seconds: float, error: str = "") -> dict[str, Any]:
@@ -438,47 +464,8 @@ def _row(path: str, boxes: Sequence[TextBox], seconds: float, error: str = "") -
 
 
 def _screen_chunk(paths: list[str], min_confidence: float) -> list[dict[str, Any]]:
-    """:func:`_screen_one` of each path, with one tesseract run for all first readings.
-
-    Images whose prepared pixels are identical are read once.  When the shared
-    run fails, every image is screened on its own (:func:`_screen_one`).
-    """
-    if len(paths) < 2:
-        return [_screen_one(p, min_confidence) for p in paths]
-    tess = require_tesseract()
-    start = time.perf_counter()
-    rows: dict[str, dict[str, Any]] = {}
-    prepared: list[tuple[str, Dataset, npt.NDArray[np.uint8], float, str, float]] = []
-    for path in paths:
-        began = time.perf_counter()
-        try:
-            dataset: Dataset = pydicom.dcmread(path, force=True)
-            image, scale = prepare(dataset)
-        except (*READ_ERRORS, RuntimeError) as exc:  # the type only, as in _screen_one
-            error = f"cannot read the pixels: {type(exc).__name__}"
-            rows[path] = _row(path, [], time.perf_counter() - began, error)
-            continue
-        digest = hashlib.sha256(image.tobytes() + repr(image.shape).encode()).hexdigest()
-        prepared.append((path, dataset, image, scale, digest, time.perf_counter() - began))
-    distinct: dict[str, npt.NDArray[np.uint8]] = {}
-    for _, _, image, _, digest, _ in prepared:
-        distinct.setdefault(digest, image)
-    try:
-        read = _read_words_many(tess, list(distinct.values())) if distinct else []
-    except RuntimeError:  # pytesseract's TesseractError: each image on its own
-        return [_screen_one(p, min_confidence) for p in paths]
-    words = dict(zip(distinct, read, strict=True))
-    shared = (time.perf_counter() - start) / max(1, len(prepared))
-    for path, ds, image, scale, digest, seconds in prepared:
-        began = time.perf_counter()
-        try:
-            boxes = _boxes(tess, ds, image, scale, words[digest], min_confidence)
-        except (*READ_ERRORS, RuntimeError) as exc:
-            error = f"cannot read the pixels: {type(exc).__name__}"
-            rows[path] = _row(path, [], seconds, error)
-            continue
-        rows[path] = _row(path, boxes, seconds + shared + time.perf_counter() - began)
-    return [rows[p] for p in paths]
+    """:func:`_screen_one` of each path (one task of the process pool)."""
+    return [_screen_one(p, min_confidence) for p in paths]
 
 
 def merge_boxes(boxes: Sequence[Sequence[int]]) -> list[list[int]]:
@@ -519,10 +506,6 @@ def merge_boxes(boxes: Sequence[Sequence[int]]) -> list[list[int]]:
                 out.append(box)
         merged = out
     return sorted(merged, key=lambda b: (b[1], b[0]))
-
-
-_CHUNK = 16
-"""Images one tesseract run reads (:func:`_screen_chunk`)."""
 
 
 def _sampled(images: pd.DataFrame, k: int) -> pd.DataFrame:
@@ -586,10 +569,9 @@ def screen_files(
     results: dict[str, dict[str, Any]] = {}
     bar = tqdm(total=len(paths), desc="OCR", unit="image", disable=not progress)
     if workers <= 1 or len(paths) < 2:
-        for i in range(0, len(paths), _CHUNK):
-            part = _screen_chunk(paths[i : i + _CHUNK], min_confidence)
-            results.update((r["source_path"], r) for r in part)
-            bar.update(len(part))
+        for path in paths:
+            results[path] = _screen_one(path, min_confidence)
+            bar.update(1)
     else:
         size = max(1, min(16, len(paths) // (workers * 4)))
         chunks = [paths[i : i + size] for i in range(0, len(paths), size)]

@@ -50,7 +50,13 @@ def _monochrome1(source: Path, target: Path) -> None:
     top = (1 << int(ds.BitsStored)) - 1
     ds.PixelData = (top - pixels.astype(np.int64)).astype(pixels.dtype).tobytes()
     ds.PhotometricInterpretation = "MONOCHROME1"
-    for keyword in ("WindowCenter", "WindowWidth", "RescaleIntercept", "RescaleSlope", "RescaleType"):
+    for keyword in (
+        "WindowCenter",
+        "WindowWidth",
+        "RescaleIntercept",
+        "RescaleSlope",
+        "RescaleType",
+    ):
         if keyword in ds:
             delattr(ds, keyword)
     ds.save_as(target)
@@ -73,7 +79,9 @@ def generated(folder: Path) -> list[Item]:
         for seed in (0, 1):
             synthetic.make_batch(
                 folder / f"batch{seed}",
-                batchspec.BatchSpec(n_series=1, images_per_series=2, rows=128, columns=128, seed=seed),
+                batchspec.BatchSpec(
+                    n_series=1, images_per_series=2, rows=128, columns=128, seed=seed
+                ),
             )
         marker.write_text("ok\n")
     items = []
@@ -166,7 +174,7 @@ def _covered(boxes: Sequence[Sequence[int]], by: Sequence[Sequence[int]]) -> flo
 def compare(
     before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]], min_cover: float = 0.9
 ) -> dict[str, list[str]]:
-    """Labels missed (flagged before, not after), under-covered, newly flagged, errors that differ."""
+    """Labels missed (flagged before, not after), under-covered, newly flagged, other errors."""
     result: dict[str, list[str]] = {"missed": [], "uncovered": [], "new": [], "errors": []}
     for label, old in before.items():
         new = after.get(label, {"error": "absent"})

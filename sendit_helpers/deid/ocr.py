@@ -63,6 +63,7 @@ __all__ = [
     "require_tesseract",
     "save",
     "screen_files",
+    "shown",
     "table_path",
 ]
 
@@ -139,6 +140,24 @@ def _grey(image: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
         grey: npt.NDArray[np.float32] = image[..., :3].astype(np.float32) @ weights
         return grey
     return image.astype(np.float32)
+
+
+def shown(ds: Dataset, frame: int = 0) -> npt.NDArray[np.uint8]:
+    """Frame ``frame`` as a person sees it: grey ``uint8``, own size (what the pre-screen reads).
+
+    Parameters
+    ----------
+    ds : pydicom.Dataset
+        An image with pixel data.
+    frame : int
+        Frame of a multi-frame image.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``uint8`` (rows, columns): windowed, MONOCHROME1 inverted, colour made grey.
+    """
+    return 255 - _inverted(ds, frame)
 
 
 def _inverted(ds: Dataset, frame: int) -> npt.NDArray[np.uint8]:

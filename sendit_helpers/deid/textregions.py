@@ -138,7 +138,7 @@ def ink(grey: npt.NDArray[np.uint8], stroke: int = STROKE) -> npt.NDArray[np.boo
         mask |= np.minimum(high_before, high_after) - g >= threshold
     # A stroke is a line of ink pixels; noise above the threshold is a lone speck.
     m = np.pad(mask, 1).astype(np.uint8)
-    rows, cols = mask.shape
+    rows, cols = grey.shape[0], grey.shape[1]
     near = sum(
         m[1 + dr : 1 + dr + rows, 1 + dc : 1 + dc + cols] for dr in (-1, 0, 1) for dc in (-1, 0, 1)
     )
@@ -148,7 +148,7 @@ def ink(grey: npt.NDArray[np.uint8], stroke: int = STROKE) -> npt.NDArray[np.boo
 
 def _tiles(mask: npt.NDArray[np.bool_], tile: int) -> npt.NDArray[np.bool_]:
     """Tiles of ``tile`` pixels holding at least :data:`MIN_INK` ink pixels."""
-    rows, cols = mask.shape
+    rows, cols = grey.shape[0], grey.shape[1]
     r, c = -(-rows // tile), -(-cols // tile)
     padded = np.zeros((r * tile, c * tile), dtype=np.uint16)
     padded[:rows, :cols] = mask

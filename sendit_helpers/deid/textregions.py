@@ -148,7 +148,7 @@ def ink(grey: npt.NDArray[np.uint8], stroke: int = STROKE) -> npt.NDArray[np.boo
 
 def _tiles(mask: npt.NDArray[np.bool_], tile: int) -> npt.NDArray[np.bool_]:
     """Tiles of ``tile`` pixels holding at least :data:`MIN_INK` ink pixels."""
-    rows, cols = grey.shape[0], grey.shape[1]
+    rows, cols = mask.shape[0], mask.shape[1]
     r, c = -(-rows // tile), -(-cols // tile)
     padded = np.zeros((r * tile, c * tile), dtype=np.uint16)
     padded[:rows, :cols] = mask

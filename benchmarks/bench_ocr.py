@@ -9,9 +9,17 @@ On generated images (``textimages.make_text_images``, cached under ``benchmarks/
 * ``plain``: ``--n`` plain CT slices: false-positive rate;
 * ``study``: the ``--files`` CT corpus of 4 series (1,000 images by default)
   with ``sample_per_series=1``: what leaving ``OCR_SCREEN`` on costs a CT study;
-* ``plain, W workers``: the plain set again on a process pool.
+* ``plain, W workers``: the plain set again on a process pool;
+* ``before / after``: the screen as inspect runs it (``OCR_SAMPLE_PER_SERIES`` 2)
+  on the CT study corpus (``--study`` a folder of studies, such as the
+  40 x 25 one of ``bench_run.py``; else the ``--files`` corpus), with the
+  screen of :data:`ocr_recall.BEFORE_REV` (whole pictures, the tesseract
+  program per 16 images) and with this one: CPU ms per image read;
+* ``--recall``: the recall set of ``ocr_recall.py`` (every image with burned-in
+  text we have, generated and real, and text-free ones) read by both: images
+  flagged before and missed now (must be none), flagged now only, ms per image.
 
-Run: ``.venv/bin/python benchmarks/bench_ocr.py [--n N --files F --rows R --workers W]``
+Run: ``.venv/bin/python benchmarks/bench_ocr.py [--n N --files F --rows R --workers W --study DIR --recall]``
 """
 
 # ruff: noqa: E501  (report lines are long f-strings; wrapping them would not help reading)
@@ -19,11 +27,16 @@ Run: ``.venv/bin/python benchmarks/bench_ocr.py [--n N --files F --rows R --work
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import _common as c
 import numpy as np
+import ocr_recall
 import pandas as pd
 
 from sendit_helpers.deid import ocr
@@ -66,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     p = c.parser(__doc__.splitlines()[0], files=1000, rows=512, repeats=1)
     p.add_argument("--n", type=int, default=100, help="images with text, and plain CT slices (default 100 each)")
     p.add_argument("--workers", type=int, default=2, help="processes for the pool run (default 2)")
+    p.add_argument("--study", type=Path, default=None, help="folder of studies for the before/after line (default: the --files corpus)")
+    p.add_argument("--recall", action="store_true", help="also read the recall set before and after")
     args = p.parse_args(argv)
     ocr.require_tesseract()
     text_dir, plain_dir = text_set(args.out, args.n, True), text_set(args.out, args.n, False)
@@ -89,7 +104,53 @@ def main(argv: list[str] | None = None) -> int:
     seconds, pooled = run(plain_files, workers=args.workers)
     rows.append((f"plain CT, {args.workers} workers", len(pooled), f"{pooled['ocr_flagged'].mean():.1%}", "", f"{1000 * seconds / len(pooled):.0f}", f"{seconds:.1f}"))
     c.say(c.table(["run", "images", "flagged", "lines covered", "ms/image", "total s"], rows, "lrrrrr"))
+    before_after(args.study or study_dir, args.out, args.recall)
     return 0
+
+
+def cpu(func: Callable[[], Any]) -> tuple[float, Any]:
+    """CPU seconds of this process and its children (the tesseract program, pool workers)."""
+    start = os.times()
+    result = func()
+    end = os.times()
+    used = (end.user - start.user) + (end.system - start.system)
+    used += (end.children_user - start.children_user) + (end.children_system - start.children_system)
+    return used, result
+
+
+def before_after(study: Path, out: Path, recall: bool) -> None:
+    """The screen of ``ocr_recall.BEFORE_REV`` against this one: CPU per image, and the recall."""
+    try:
+        before = ocr_recall.before_module()
+    except (OSError, subprocess.CalledProcessError) as exc:
+        c.say(f"before/after skipped: the screen of {ocr_recall.BEFORE_REV} cannot be read from git ({type(exc).__name__})")
+        return
+    files = files_of(study)
+    c.say(f"before ({ocr_recall.BEFORE_REV}: whole pictures, tesseract program) / after (libtesseract in process, pre-screen) on {study.name}: {len(files)} images, {files['SeriesInstanceUID'].nunique()} series, OCR_SAMPLE_PER_SERIES 2; load {os.getloadavg()[0]:.2f}")
+    rows = []
+    for label, module in (("before", before), ("after", ocr)):
+        module.screen_files(files.iloc[:2], progress=False)  # warm: imports, the library's model
+        seconds, table = cpu(lambda m=module: m.screen_files(files, sample_per_series=2, progress=False))
+        read = int(table["ocr_sampled"].sum())
+        rows.append((label, read, int(table["ocr_flagged"].sum()), f"{1000 * seconds / max(1, read):.1f}", f"{seconds:.2f}"))
+    c.say(c.table(["screen", "images read", "flagged", "CPU ms/image", "CPU s"], rows, "lrrrr"))
+    if not recall:
+        return
+    items = ocr_recall.generated(out / "ocr_recall" / "generated") + ocr_recall.real(study)
+    results = {}
+    for label, module in (("before", before), ("after", ocr)):
+        seconds, (found, _) = cpu(lambda m=module: ocr_recall.reference(items, m.find_text))
+        results[label] = (found, seconds)
+    old, new = results["before"][0], results["after"][0]
+    diff = ocr_recall.compare(old, new)
+    flagged = [k for k, v in old.items() if v.get("flagged")]
+    kept = len(flagged) - len(diff["missed"])
+    c.say(f"recall set: {len(items)} images ({sum('error' not in v for v in old.values())} readable); flagged before {len(flagged)}, still flagged after {kept} ({kept / max(1, len(flagged)):.1%}), boxes covering < 90 % of before's: {len(diff['uncovered'])}, flagged after only: {len(diff['new'])}")
+    for key in ("missed", "uncovered", "new", "errors"):
+        if diff[key]:
+            c.say(f"  {key}: {', '.join(diff[key])}")
+    rows = [(label, f"{1000 * s / max(1, len(items)):.1f}", f"{s:.1f}") for label, (_, s) in results.items()]
+    c.say(c.table(["recall set, find_text", "CPU ms/image", "CPU s"], rows, "lrr"))
 
 
 if __name__ == "__main__":

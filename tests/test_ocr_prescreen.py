@@ -103,11 +103,15 @@ def test_plain_ct_has_few_candidates_and_no_text(tmp_path: Path) -> None:
     for path in plain:
         ds = pydicom.dcmread(path)
         grey = ocr.shown(ds)
-        area = sum((r[2] - r[0]) * (r[3] - r[1]) for r in textregions.candidate_regions(grey))
-        assert area < 0.2 * grey.size, "a CT slice is not read whole"
+        regions = textregions.candidate_regions(grey)
+        assert sum((r[2] - r[0]) * (r[3] - r[1]) for r in regions) < 0.2 * grey.size
+        crops = textregions.crop_boxes(regions, *grey.shape)
+        assert crops is not None, "a CT slice is not read whole"
         assert ocr.find_text(ds) == []
     flat = np.full((64, 64), 100, dtype=np.uint8)
     assert textregions.candidate_regions(flat) == [], "nothing to read: Tesseract is not run"
+    assert textregions.crop_boxes([], 64, 64) == []
+    assert textregions.crop_boxes([(0, 0, 64, 64)], 64, 64) is None, "all of it: read whole"
     assert not textregions.ink(flat).any()
 
 

@@ -1,22 +1,35 @@
-"""OCR screen: find burned-in text the header does not admit (issue 7).
+"""OCR screen: find burned-in text the header does not admit (issues 7, 15).
 
 The deid ``%filter`` rules only read the header.  This screen reads the
 *pixels* with Tesseract: frame 0 of each image is rendered (windowed, as a
-person would see it; :func:`sendit_helpers.deid.plots.render`), turned grey,
-inverted (Tesseract reads dark text on a light page best), resized so that its
-longer edge is about :data:`TARGET_EDGE` pixels (small text is enlarged, huge
-images shrink, so the cost per image is bounded), and read in sparse-text mode.
-Words of at least :data:`MIN_ALNUM` letters or digits read with a confidence
-of at least :data:`MIN_CONFIDENCE` count as text; each line holding one gives
-a :class:`TextBox` in the original pixel coordinates, padded a little, ready
-to be suggested to the reviewer as a rectangle to scrub.
+person would see it; :func:`sendit_helpers.deid.plots.render`), turned grey
+(:func:`shown`) and inverted (Tesseract reads dark text on a light page best).
+
+A numpy pre-screen (:func:`sendit_helpers.deid.textregions.candidate_regions`)
+first finds the tiles holding thin strokes much brighter or darker than what
+lies on both sides of them, as overlay text is.  A picture without any is not
+read at all (most CT slices); otherwise Tesseract reads crops around them
+(:func:`~sendit_helpers.deid.textregions.crop_boxes`: a margin, more around
+large letters), or the whole picture when the crops would cover more than half.  What
+Tesseract reads is resized so that the picture's longer edge is about
+:data:`TARGET_EDGE` pixels (small text is enlarged, huge images shrink), in
+sparse-text mode.  Words of at least :data:`MIN_ALNUM` letters or digits read
+with a confidence of at least :data:`MIN_CONFIDENCE` count as text; the bands
+of rows around such a line are read again across the whole picture for its
+neighbours, and each line gives a :class:`TextBox` in the original pixel
+coordinates, padded a little, ready to be suggested to the reviewer as a
+rectangle to scrub.  ``find_text(..., prescreen=False)`` reads whole pictures.
+
+Tesseract runs in process (:mod:`sendit_helpers.deid.tesseract`: libtesseract
+through ctypes, one engine per process, its model loaded once), or as the
+program through pytesseract where the library cannot be loaded.
 
 Found text is PHI: it is returned (``TextBox.text``, the ``ocr_text`` column)
 so that it can be kept under ``phi/``, and is never logged or put in a message.
 
 Tesseract is optional: ``pip install 'sendit-notebooks[ocr]'`` (pytesseract)
-and ``apt-get install tesseract-ocr`` (the program).  Without them
-:class:`OcrUnavailableError` says what to install.
+and ``apt-get install tesseract-ocr`` (the program and its library).  Without
+them :class:`OcrUnavailableError` says what to install.
 """
 
 from __future__ import annotations
@@ -46,7 +59,7 @@ from sendit_helpers.deid.tesseract import (
     engine,
     require_tesseract,
 )
-from sendit_helpers.deid.textregions import TILE, candidate_regions
+from sendit_helpers.deid.textregions import candidate_regions, crop_boxes
 
 __all__ = [
     "COLUMNS",
@@ -80,10 +93,6 @@ SCALE_RANGE = (0.5, 4.0)
 NEIGHBOUR_LINES = 2.0
 #: Confidence a word needs, near a line of text, to be scrubbed with it.
 NEIGHBOUR_CONFIDENCE = 20.0
-#: Tiles (:data:`textregions.TILE` pixels) of margin read around a candidate region.
-CROP_MARGIN = 2
-#: Share of the picture above which the candidate regions' crops give way to the whole picture.
-WHOLE_SHARE = 0.5
 #: Label of the screen, for the ``flagged`` reason in inspect's table.
 LABEL = "OCR: text found in pixels"
 #: Columns of :func:`screen_files`' table (``phi/inspect/ocr.parquet``).
@@ -245,59 +254,6 @@ def _read_words(
     return list(lines.values())
 
 
-def _crops(
-    regions: Sequence[tuple[int, int, int, int]], rows: int, cols: int
-) -> list[list[int]] | None:
-    """Boxes (original pixels) to read around ``regions``; None: read the whole picture.
-
-    Each region is widened by :data:`CROP_MARGIN` tiles (Tesseract needs some
-    background around a line, and more around large letters); boxes that
-    overlap by half of the smaller one are merged (the pieces of one line),
-    others are read on their own.  When the boxes cover more than
-    :data:`WHOLE_SHARE` of the picture the whole is read.
-    """
-    margin = CROP_MARGIN * TILE
-    boxes = [
-        [max(0, x0 - margin), max(0, y0 - margin), min(cols, x1 + margin), min(rows, y1 + margin)]
-        for x0, y0, x1, y1 in regions
-    ]
-    merged = True
-    while merged:
-        merged = False
-        out: list[list[int]] = []
-        for box in boxes:
-            for other in out:
-                w = min(box[2], other[2]) - max(box[0], other[0])
-                h = min(box[3], other[3]) - max(box[1], other[1])
-                smaller = min(_area(box), _area(other))
-                if w > 0 and h > 0 and 2 * w * h >= smaller:
-                    other[:] = [
-                        min(box[0], other[0]),
-                        min(box[1], other[1]),
-                        max(box[2], other[2]),
-                        max(box[3], other[3]),
-                    ]
-                    merged = True
-                    break
-            else:
-                out.append(box)
-        boxes = out
-    for box in boxes:  # large letters need a wider margin: half the inked height more
-        extra = min(max(0, box[3] - box[1] - 2 * margin - 2 * TILE) // 2, margin)
-        box[:] = [
-            max(0, box[0] - extra),
-            max(0, box[1] - extra),
-            min(cols, box[2] + extra),
-            min(rows, box[3] + extra),
-        ]
-    area = sum(_area(b) for b in boxes)
-    return None if area > WHOLE_SHARE * rows * cols else boxes
-
-
-def _area(box: Sequence[int]) -> int:
-    return (box[2] - box[0]) * (box[3] - box[1])
-
-
 def _first_reading(
     read: Reader, inverted: npt.NDArray[np.uint8], prescreen: bool
 ) -> tuple[float, list[list[_Word]]]:
@@ -310,7 +266,7 @@ def _first_reading(
     rows, cols = inverted.shape
     crops: list[list[int]] | None = None
     if prescreen:
-        crops = _crops(candidate_regions(255 - inverted), rows, cols)
+        crops = crop_boxes(candidate_regions(255 - inverted), rows, cols)
     if crops is None:
         image, scale = _resized(inverted)
         return scale, _read_words(read, image)

@@ -26,6 +26,7 @@ __all__ = [
     "coordinate_boxes",
 ]
 
+
 def _contenders(ds: Dataset, cond: _Cond) -> tuple[bool, list[str]]:
     """(present, string values) of the filter field; top level only, as deid."""
     if cond.tag is None:

@@ -19,13 +19,18 @@ Tesseract has nothing to read.  Most of a CT slice has none.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "CROP_MARGIN",
     "STROKE",
     "TILE",
+    "WHOLE_SHARE",
     "candidate_regions",
+    "crop_boxes",
     "ink",
     "ink_threshold",
 ]
@@ -38,6 +43,10 @@ TILE = 16
 MIN_INK = 6
 #: Ink neighbours (of 8) an ink pixel needs: a stroke is a line, noise a lone speck.
 MIN_NEIGHBOURS = 2
+#: Tiles of margin read around a candidate region (Tesseract needs background around a line).
+CROP_MARGIN = 2
+#: Share of the picture above which the crops give way to the whole picture.
+WHOLE_SHARE = 0.5
 #: Bounds of the ink threshold (0-255 grey levels), see :func:`ink_threshold`.
 THRESHOLD_RANGE = (12.0, 40.0)
 
@@ -192,3 +201,68 @@ def candidate_regions(grey: npt.NDArray[np.uint8]) -> list[tuple[int, int, int, 
         x1 = min(grey.shape[1], c1 * TILE)
         out.append((c0 * TILE, r * TILE, x1, min(grey.shape[0], (r + 1) * TILE)))
     return out
+
+
+def crop_boxes(
+    regions: Sequence[tuple[int, int, int, int]], rows: int, cols: int
+) -> list[list[int]] | None:
+    """Boxes to read around ``regions`` (pixels); None: read the whole picture.
+
+    Each region is widened by :data:`CROP_MARGIN` tiles (Tesseract needs some
+    background around a line, and more around large letters); boxes that
+    overlap by half of the smaller one are merged (the pieces of one line),
+    others are read on their own.  When the boxes cover more than
+    :data:`WHOLE_SHARE` of the picture the whole is read.
+
+    Parameters
+    ----------
+    regions : sequence of (x0, y0, x1, y1)
+        :func:`candidate_regions`' answer.
+    rows, cols : int
+        The picture's size.
+
+    Returns
+    -------
+    list of [x0, y0, x1, y1] or None
+        End-exclusive boxes inside the picture; None when the whole picture is to be read.
+    """
+    margin = CROP_MARGIN * TILE
+    boxes = [
+        [max(0, x0 - margin), max(0, y0 - margin), min(cols, x1 + margin), min(rows, y1 + margin)]
+        for x0, y0, x1, y1 in regions
+    ]
+    merged = True
+    while merged:
+        merged = False
+        out: list[list[int]] = []
+        for box in boxes:
+            for other in out:
+                w = min(box[2], other[2]) - max(box[0], other[0])
+                h = min(box[3], other[3]) - max(box[1], other[1])
+                smaller = min(_area(box), _area(other))
+                if w > 0 and h > 0 and 2 * w * h >= smaller:
+                    other[:] = [
+                        min(box[0], other[0]),
+                        min(box[1], other[1]),
+                        max(box[2], other[2]),
+                        max(box[3], other[3]),
+                    ]
+                    merged = True
+                    break
+            else:
+                out.append(box)
+        boxes = out
+    for box in boxes:  # large letters need a wider margin: half the inked height more
+        extra = min(max(0, box[3] - box[1] - 2 * margin - 2 * TILE) // 2, margin)
+        box[:] = [
+            max(0, box[0] - extra),
+            max(0, box[1] - extra),
+            min(cols, box[2] + extra),
+            min(rows, box[3] + extra),
+        ]
+    area = sum(_area(b) for b in boxes)
+    return None if area > WHOLE_SHARE * rows * cols else boxes
+
+
+def _area(box: Sequence[int]) -> int:
+    return (box[2] - box[0]) * (box[3] - box[1])

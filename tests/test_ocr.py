@@ -114,6 +114,18 @@ def test_library_and_program_read_alike(tmp_path: Path) -> None:
             assert [same(a[key][i]) for i in words] == [same(b[key][i]) for i in words]
 
 
+def test_a_pool_reads_as_this_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = textimages.make_text_images(tmp_path / "t", 2, with_text=True, seed=11, size=256)
+    plain = textimages.make_text_images(tmp_path / "p", 2, with_text=False, seed=11, size=256)
+    files = files_of([*text, *plain], tmp_path)
+    keys = ["source_path", "ocr_flagged", "ocr_boxes", "ocr_text", "ocr_error"]
+    here = ocr.screen_files(files, progress=False, workers=2)  # 4 images: read here
+    monkeypatch.setattr(ocr, "POOL_MIN_IMAGES", 1)
+    pooled = ocr.screen_files(files, progress=False, workers=2)
+    assert here[keys].equals(pooled[keys])
+    assert here["ocr_flagged"].tolist() == [True, True, False, False]
+
+
 def test_unreadable_pixels_are_one_row_with_the_error_type(tmp_path: Path) -> None:
     text = textimages.make_text_images(tmp_path / "t", 1, with_text=True, seed=11, size=256)
     broken = tmp_path / "t" / "broken.dcm"

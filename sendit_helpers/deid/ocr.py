@@ -93,6 +93,8 @@ SCALE_RANGE = (0.5, 4.0)
 NEIGHBOUR_LINES = 2.0
 #: Confidence a word needs, near a line of text, to be scrubbed with it.
 NEIGHBOUR_CONFIDENCE = 20.0
+#: Images per worker below which the screen reads in this process (a pool costs more).
+POOL_MIN_IMAGES = 16
 #: Label of the screen, for the ``flagged`` reason in inspect's table.
 LABEL = "OCR: text found in pixels"
 #: Columns of :func:`screen_files`' table (``phi/inspect/ocr.parquet``).
@@ -512,7 +514,8 @@ def screen_files(
         instance order; an image left out of a series where a sampled image had
         text counts as flagged too, with the union of the sampled boxes.
     workers : int
-        Processes (0 = one per core); above 1 a process pool reads the images.
+        Processes (0 = one per core); above 1, and with at least
+        :data:`POOL_MIN_IMAGES` images per worker, a process pool reads the images.
     progress : bool
         Show a tqdm progress bar.
     min_confidence : float
@@ -534,7 +537,7 @@ def screen_files(
     """
     from tqdm.auto import tqdm
 
-    require_tesseract()
+    engine()  # loaded here, before a pool forks: its workers inherit it
     images = files[files["has_pixels"].fillna(False).astype(bool)] if len(files) else files
     if images.empty:
         return pd.DataFrame(columns=COLUMNS)
@@ -543,7 +546,7 @@ def screen_files(
     workers = workers or os.cpu_count() or 1
     results: dict[str, dict[str, Any]] = {}
     bar = tqdm(total=len(paths), desc="OCR", unit="image", disable=not progress)
-    if workers <= 1 or len(paths) < 2:
+    if workers <= 1 or len(paths) < POOL_MIN_IMAGES * workers:
         for path in paths:
             results[path] = _screen_one(path, min_confidence)
             bar.update(1)

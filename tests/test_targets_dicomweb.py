@@ -6,6 +6,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+import requests
 
 from sendit_helpers.core.errors import UploadError
 from sendit_helpers.stages.upload import load_release, upload_batch
@@ -88,3 +89,32 @@ def test_stow_bad_credentials_and_url_name_the_fix(
         DicomWebTarget(stow).check()
     with pytest.raises(UploadError, match="DICOMWEB_URL is empty"):
         DicomWebTarget({**stow, "DICOMWEB_URL": ""})
+
+
+def test_stow_verify_trusts_series_counts_and_looks_up_short_series(
+    orthanc: OrthancServer, make_release: ReleaseFactory, stow: dict[str, Any]
+) -> None:
+    """Verification reads the series' instance counts; a short series is listed per instance."""
+    layout = make_release(entities=2, images=3)
+    items, _ = load_release(layout, stow)
+    target = DicomWebTarget(stow)
+    try:
+        target.check()
+        target.prepare(items)
+        receipts = [
+            r
+            for r in target.put_many([replace(i, data=i.path.read_bytes()) for i in items])
+            if not isinstance(r, UploadError)
+        ]
+        assert len(receipts) == 6
+        assert target.verify(receipts) == {r.key for r in receipts}
+        gone = receipts[0]  # deleted behind our back: its series is one instance short
+        found = requests.post(f"{orthanc.url}/tools/lookup", data=gone.remote_id,
+                              auth=orthanc.auth, timeout=10).json()  # fmt: skip
+        (instance,) = [f["ID"] for f in found if f["Type"] == "Instance"]
+        assert requests.delete(f"{orthanc.url}/instances/{instance}", auth=orthanc.auth,
+                               timeout=10).status_code == 200  # fmt: skip
+        assert target.verify(receipts) == {r.key for r in receipts[1:]}
+        assert target.verify([]) == set()
+    finally:
+        target.close()

@@ -163,3 +163,19 @@ def test_real_pydicom_text_is_found_as_before(name: str) -> None:
 @pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm"])
 def test_real_text_free_images_are_not_flagged(name: str) -> None:
     assert ocr.find_text(pydicom.dcmread(pydicom_test_dir() / name)) == []
+
+
+def test_a_shape_read_as_letters_in_a_crop_only_is_not_text(tmp_path: Path) -> None:
+    """A coronal CT slice whose mediastinum, cropped, reads as a word at confidence 65.
+
+    The band across the whole picture does not read it, nor does the whole
+    picture: not flagged (as without the pre-screen).
+    """
+    from sendit_helpers.samples import synthetic
+
+    synthetic.make_ct_corpus(tmp_path / "study", 25, seed=1002)  # bench_run's study_003
+    slices = sorted((tmp_path / "study").rglob("*_S003_*/*030003.dcm"))
+    assert len(slices) == 1
+    ds = pydicom.dcmread(slices[0])
+    assert textregions.crop_boxes(textregions.candidate_regions(ocr.shown(ds)), 512, 512)
+    assert ocr.find_text(ds) == [] and ocr.find_text(ds, prescreen=False) == []

@@ -16,7 +16,10 @@ Tesseract reads is resized so that the picture's longer edge is about
 sparse-text mode.  Words of at least :data:`MIN_ALNUM` letters or digits read
 with a confidence of at least :data:`MIN_CONFIDENCE` count as text; the bands
 of rows around such a line are read again across the whole picture for its
-neighbours, and each line gives a :class:`TextBox` in the original pixel
+neighbours (a line read in a crop counts only when its band reads it too;
+else the whole picture is read and decides, as without the pre-screen: a
+cropped shape can pass for letters), and each line gives a :class:`TextBox` in
+the original pixel
 coordinates, padded a little, ready to be suggested to the reviewer as a
 rectangle to scrub.  ``find_text(..., prescreen=False)`` reads whole pictures.
 
@@ -258,8 +261,8 @@ def _read_words(
 
 def _first_reading(
     read: Reader, inverted: npt.NDArray[np.uint8], prescreen: bool
-) -> tuple[float, list[list[_Word]]]:
-    """The prepared picture's scale, and the lines Tesseract reads in it.
+) -> tuple[float, list[list[_Word]], bool]:
+    """The prepared picture's scale, the lines Tesseract reads in it, and whether of crops.
 
     With ``prescreen``, only around :func:`textregions.candidate_regions`
     (nothing at all when there is none; each crop is resized on its own, at
@@ -271,14 +274,14 @@ def _first_reading(
         crops = crop_boxes(candidate_regions(255 - inverted), rows, cols)
     if crops is None:
         image, scale = _resized(inverted)
-        return scale, _read_words(read, image)
+        return scale, _read_words(read, image), False
     scale = _resized_scale(rows, cols)
     lines: list[list[_Word]] = []
     for x0, y0, x1, y1 in crops:
         size = (max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale)))
         crop = _resize(np.ascontiguousarray(inverted[y0:y1, x0:x1]), size)
         lines.extend(_read_words(read, crop, round(x0 * scale), round(y0 * scale)))
-    return scale, lines
+    return scale, lines, True
 
 
 def _resized_scale(rows: int, cols: int) -> float:
@@ -347,28 +350,70 @@ def find_text(
     """
     read = engine()
     inverted = _inverted(ds, frame)
-    scale, first = _first_reading(read, inverted, prescreen)
+    scale, first, cropped = _first_reading(read, inverted, prescreen)
     counted = [words for words in first if any(_is_text(w[0], w[1], min_confidence) for w in words)]
     if not counted:
         return []
-    return _boxes(read, ds, _resized(inverted)[0], scale, counted)
+    image = _resized(inverted)[0]
+    lines, doubtful = _confirmed(read, image, counted, min_confidence, cropped)
+    if doubtful:  # read in a crop only: the whole picture decides, as without the pre-screen
+        whole = [
+            words
+            for words in _read_words(read, image)
+            if any(_is_text(w[0], w[1], min_confidence) for w in words)
+        ]
+        sure = [words for words in counted if words not in doubtful]
+        lines = (
+            _confirmed(read, image, sure + whole, min_confidence, False)[0] if sure + whole else []
+        )
+    return _boxes(ds, scale, lines)
 
 
-def _boxes(
+def _overlap(a: _Word, b: _Word) -> bool:
+    return a[2] < b[2] + b[4] and b[2] < a[2] + a[4] and a[3] < b[3] + b[5] and b[3] < a[3] + a[5]
+
+
+def _confirmed(
     read: Reader,
-    ds: Dataset,
     image: npt.NDArray[np.uint8],
-    scale: float,
     counted: Sequence[Sequence[_Word]],
-) -> list[TextBox]:
-    """:func:`find_text` after the first reading of the prepared ``image`` found ``counted``."""
-    lines: list[Sequence[_Word]] = list(counted)
-    for b0, b1 in _bands(counted, image.shape[0]):
-        band = np.ascontiguousarray(image[b0:b1])
-        for near in _read_words(read, band, 0, b0):
-            kept = [w for w in near if w[1] >= NEIGHBOUR_CONFIDENCE and any(map(str.isalnum, w[0]))]
+    min_confidence: float,
+    cropped: bool,
+) -> tuple[list[Sequence[_Word]], list[Sequence[_Word]]]:
+    """The lines of text and their neighbours, read again in bands across the prepared ``image``.
+
+    When the first reading was of crops (``cropped``), a line is sure only if
+    its band's reading holds a word of text overlapping it too (a crop can make
+    a lone shape look like letters, which a wider view does not); the others
+    are returned apart, as doubtful, and left out.
+    """
+    bands = _bands(counted, image.shape[0])
+    near = [_read_words(read, np.ascontiguousarray(image[b0:b1]), 0, b0) for b0, b1 in bands]
+    doubtful: list[Sequence[_Word]] = []
+    if cropped:
+        again = [
+            w for lines in near for words in lines for w in words
+            if _is_text(w[0], w[1], min_confidence)
+        ]  # fmt: skip
+        doubtful = [
+            words for words in counted if not any(_overlap(w, v) for w in words for v in again)
+        ]
+        counted = [words for words in counted if words not in doubtful]
+        held = [any(b0 <= min(w[3] for w in words) < b1 for words in counted) for b0, b1 in bands]
+        near = [lines for lines, keep in zip(near, held, strict=True) if keep]
+    out: list[Sequence[_Word]] = list(counted)
+    for lines in near:
+        for words in lines:
+            kept = [
+                w for w in words if w[1] >= NEIGHBOUR_CONFIDENCE and any(map(str.isalnum, w[0]))
+            ]
             if kept:
-                lines.append(kept)
+                out.append(kept)
+    return (out if counted else []), doubtful
+
+
+def _boxes(ds: Dataset, scale: float, lines: Sequence[Sequence[_Word]]) -> list[TextBox]:
+    """One :class:`TextBox` per line (prepared pixels ``/ scale``), padded, clipped, merged."""
     rows, cols = int(ds.Rows), int(ds.Columns)
     found: list[TextBox] = []
     for words in lines:

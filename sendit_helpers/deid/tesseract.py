@@ -46,6 +46,7 @@ PAGE_SEGMENTATION = 11
 #: Recognition model (``eng``, the LSTM engine: ``--oem 1``).
 LANGUAGE = "eng"
 _OEM_LSTM = 1
+_LEPTONICA_SILENT = 6  # L_SEVERITY_NONE
 INSTALL_HINT = (
     "install pytesseract with `pip install 'sendit-notebooks[ocr]'` and the tesseract program "
     "with `apt-get install tesseract-ocr` (or your system's package), or set OCR_SCREEN to off"
@@ -153,8 +154,13 @@ class _Library:
                 "install it with `apt-get install tesseract-ocr-eng`, or set OCR_SCREEN to off"
             )
         lib.TessBaseAPISetPageSegMode(self._api, PAGE_SEGMENTATION)
-        # Its notes ("Estimating resolution as ...") go nowhere, as the program's to pytesseract.
+        # Its notes ("Estimating resolution as ...") and Leptonica's go nowhere, as the
+        # program's went to pytesseract.
         lib.TessBaseAPISetVariable(self._api, b"debug_file", os.devnull.encode())
+        quiet = getattr(lib, "setMsgSeverity", None)  # Leptonica, found through libtesseract
+        if quiet is not None:
+            quiet.argtypes, quiet.restype = [i], i
+            quiet(_LEPTONICA_SILENT)
         atexit.register(self.close)
 
     def close(self) -> None:
@@ -170,6 +176,8 @@ class _Library:
         rows, cols = pixels.shape
         with self._lock:
             lib, api = self._lib, self._api
+            if not api:
+                raise RuntimeError("the tesseract engine was closed")
             lib.TessBaseAPISetImage(api, pixels.ctypes.data, cols, rows, 1, cols)
             if lib.TessBaseAPIRecognize(api, None) != 0:
                 lib.TessBaseAPIClear(api)

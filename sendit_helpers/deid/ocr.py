@@ -19,9 +19,8 @@ of rows around such a line are read again across the whole picture for its
 neighbours (a line read in a crop counts only when its band reads it too;
 else the whole picture is read and decides, as without the pre-screen: a
 cropped shape can pass for letters), and each line gives a :class:`TextBox` in
-the original pixel
-coordinates, padded a little, ready to be suggested to the reviewer as a
-rectangle to scrub.  ``find_text(..., prescreen=False)`` reads whole pictures.
+the original pixel coordinates, padded a little, ready to be suggested to the
+reviewer as a rectangle to scrub.  ``find_text(..., prescreen=False)`` reads whole pictures.
 
 Tesseract runs in process (:mod:`sendit_helpers.deid.tesseract`: libtesseract
 through ctypes, one engine per process, its model loaded once), or as the

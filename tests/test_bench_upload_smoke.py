@@ -45,7 +45,8 @@ def test_bench_upload_orthanc_runs(out: Path, capsys: pytest.CaptureFixture[str]
     text = capsys.readouterr().out
     assert "tool" in text and "files/s" in text and "ratio" in text
     rows = _rows(text)
-    assert set(rows) == {"storescu", "plain rest", "sendit rest", "sendit dicom", "sendit stow"}
+    assert set(rows) == {"storescu", "plain rest", "sendit rest", "sendit dicom", "sendit stow",
+                         "sendit stow b10"}  # fmt: skip
     assert rows["storescu"][-1] == "1.00x" and 5 <= int(rows["storescu"][0]) <= 20
     assert "Orthanc 'default'" in text and "Orthanc 'tuned'" in text
     assert text.count("goal (issue 5") == 2 and text.count("goal (issue 15") == 2

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
+import threading
 import time
 from pathlib import Path
 
+import nbformat
 import psutil
 import pytest
 
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.core.settings import Settings, load_settings
-from sendit_helpers.run import cli, upstream
+from sendit_helpers.run import cli, runner, upstream
 from sendit_helpers.run.pipeline import (
     PIPELINE,
     BatchStatus,
@@ -86,6 +89,11 @@ def test_fingerprints_follow_inputs_settings_and_chain(tmp_path: Path) -> None:
     write_stamp(layout, Stage.INSPECT, base, 1.0)
     assert is_current(Stage.INSPECT, layout, base)
     assert not is_current(Stage.INSPECT, layout, other)
+    # sendit run wants the executed notebook; upstream does not
+    notebook_path(Stage.INSPECT, layout).rename(tmp_path / "moved.ipynb")
+    assert not is_current(Stage.INSPECT, layout, base)
+    assert is_current(Stage.INSPECT, layout, base, notebook=False)
+    (tmp_path / "moved.ipynb").rename(notebook_path(Stage.INSPECT, layout))
     deid = fingerprint(Stage.DEIDENTIFY, layout, base)
     assert deid is not None
     write_stamp(layout, Stage.INSPECT, base, 1.0)  # inspect ran again: deidentify must too
@@ -220,6 +228,64 @@ def test_sendit_inspect_then_run_does_not_inspect_again(
         again = run_batch(layout, PIPELINE, [], store)
         assert again.status == "done", again.detail
         assert again.ran == [str(s) for s in PIPELINE]
+
+
+def _trivial_notebook(path: Path) -> Path:
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell(
+        'batch_dir = ""\nwork_dir = ""\nparams_files: list = []\noverrides: dict = {}'
+    )
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell("x = 1")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Py", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.mark.slow
+def test_html_copies_written_in_the_background_and_their_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sendit run writes a notebook's HTML copy while the next stage runs; a copy that
+    fails fails the batch at its stage (one line naming the batch), and the rerun writes
+    the missing copy of the (complete, current) notebook without running it again."""
+    folder = tmp_path / "in" / "b1"
+    synthetic.make_batch(folder, TINY)
+    layout = BatchLayout.for_batch(folder, tmp_path / "work")
+    trivial = _trivial_notebook(tmp_path / "trivial.ipynb")
+    monkeypatch.setattr(Stage, "source", lambda self: trivial)
+    real = runner.export_html
+    threads: set[str] = set()
+
+    def failing_for_deidentify(notebook: Path) -> Path:
+        threads.add(threading.current_thread().name)
+        if notebook.name == notebook_path(Stage.DEIDENTIFY, layout).name:
+            raise RuntimeError("exporter down")
+        return real(notebook)
+
+    monkeypatch.setattr(runner, "export_html", failing_for_deidentify)
+    overrides = {"PROGRESS": False}
+    with warm_kernels(tmp_path / "work"):
+        first = run_batch(layout, PIPELINE, [], overrides)
+        assert (first.status, first.stage) == ("failed", "deidentify")
+        assert re.fullmatch(
+            rf"stage deidentify ran for batch {layout.name} but its HTML copy could not be "
+            r"written \(RuntimeError\); the executed notebook \S+ is complete: open it "
+            r"instead, or rerun to retry the copy",
+            first.detail,
+        ), first.detail
+        assert first.ran == [str(s) for s in PIPELINE]
+        assert all(name.startswith("sendit-html") for name in threads)
+        for stage in (Stage.INSPECT, Stage.REVIEW, Stage.UPLOAD):
+            assert notebook_path(stage, layout).with_suffix(".html").exists()
+        monkeypatch.setattr(runner, "export_html", real)
+        again = run_batch(layout, PIPELINE, [], overrides)
+    assert again.status == "done", again.detail
+    # deidentify's notebook is not run again (upload is: the trivial notebook stored nothing)
+    assert again.skipped[:3] == ["inspect", "deidentify", "review"], again
+    for stage in PIPELINE:
+        html = notebook_path(stage, layout).with_suffix(".html")
+        assert html.stat().st_mode & 0o777 == 0o600
 
 
 def test_batch_lock_excludes_a_second_run(tmp_path: Path) -> None:

@@ -68,7 +68,7 @@ from sendit_helpers.core.errors import BatchError, SenditError, os_error_line
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.core.settings import BY_NAME, Settings, load_settings
 from sendit_helpers.deid.siterules import site_filters_path
-from sendit_helpers.run.runner import notebook_path, run_stage, warm_kernels
+from sendit_helpers.run.runner import HtmlCopies, notebook_path, run_stage, warm_kernels
 from sendit_helpers.run.stages import EXECUTION_SETTINGS as EXECUTION_SETTINGS
 from sendit_helpers.run.stages import FILE_SETTINGS as FILE_SETTINGS
 from sendit_helpers.run.stages import PIPELINE as PIPELINE
@@ -374,10 +374,11 @@ def is_current(
     (upload: when every destination still holds what the manifest
     calls verified there (:func:`~sendit_helpers.stages.upload.still_uploaded`, one listing
     per target, so an emptied destination is refilled by the next run).  With
-    ``outputs=False`` the stamps alone decide.  With ``notebook=False`` the stage's
-    executed notebook need not exist (:mod:`~sendit_helpers.run.upstream` ran it
-    inside another stage's notebook); ``sendit run`` requires it, so a stage run that
-    way is run again there, with its own notebook.
+    ``outputs=False`` the stamps alone decide.  The stage's executed notebook must
+    exist; with ``notebook=False`` it need not (:mod:`~sendit_helpers.run.upstream`
+    ran the stage inside another stage's notebook); ``sendit run`` requires it, so a
+    stage run that way is run again there, with its own notebook.  (Its HTML copy may
+    be missing: ``sendit run`` writes it when it skips the stage.)
     """
     stamp = read_stamp(layout, stage)
     if stamp is None or (notebook and not notebook_path(stage, layout).exists()):
@@ -574,26 +575,41 @@ def run_batch(
         layout.check_source()
         layout.ensure()
         settings = load_settings(params, overrides)
+        copies = HtmlCopies()
         with batch_lock(layout):
-            for stage in stages:
-                if not force and is_current(stage, layout, settings, stages):
-                    status.skipped.append(str(stage))
-                    tell("skip")
-                    continue
-                tell("start")
-                status.ran.append(str(stage))
-                clear_stamps(layout, stage, stages)
-                began = time.perf_counter()
-                run_stage(
-                    stage,
-                    layout,
-                    lock=False,  # held above for the whole batch
-                    params_files=params,
-                    overrides=overrides,
-                    extra=STAGES[stage].run_extra,
-                )
-                write_stamp(layout, stage, settings, time.perf_counter() - began, stages)
-                tell("done")
+            try:
+                for stage in stages:
+                    if not force and is_current(stage, layout, settings, stages):
+                        status.skipped.append(str(stage))
+                        output = notebook_path(stage, layout)
+                        if not output.with_suffix(".html").exists():
+                            # killed (or its copy failed) after the stamp: the executed
+                            # notebook is complete, only its HTML copy is missing
+                            copies.add(stage, layout, output)
+                        tell("skip")
+                        continue
+                    tell("start")
+                    status.ran.append(str(stage))
+                    clear_stamps(layout, stage, stages)
+                    began = time.perf_counter()
+                    run_stage(
+                        stage,
+                        layout,
+                        lock=False,  # held above for the whole batch
+                        params_files=params,
+                        overrides=overrides,
+                        extra=STAGES[stage].run_extra,
+                        copies=copies,  # the HTML copy is written while the next stage runs
+                    )
+                    # the next stage's notebook reads this stamp; a run killed before the
+                    # HTML copy was written writes the copy when it skips this stage
+                    write_stamp(layout, stage, settings, time.perf_counter() - began, stages)
+                    tell("done")
+            finally:
+                failed_copy = copies.wait()  # before the lock goes
+            if failed_copy is not None:
+                stage, error = failed_copy
+                raise error
     except (SenditError, OSError) as exc:
         tell("failed")
         status.status = "failed"

@@ -7,11 +7,13 @@ layout and settings the same way.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import importlib
 import itertools
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -66,6 +68,7 @@ def open_batch(
         work_dir = synthetic.demo_root() / "work"
     settings = load_settings(params_files, overrides)
     _whole_cells()
+    _figures_drawn_once()
     layout = BatchLayout.for_batch(batch_dir, work_dir)
     layout.check_source()
     layout.ensure().secure_phi()  # also when the notebook runs outside `sendit`
@@ -79,6 +82,20 @@ def _whole_cells() -> None:
     pd.set_option("display.max_colwidth", None)
 
 
+def _figures_drawn_once() -> None:
+    """In a notebook, figures are drawn once, not twice: no tight bounding box.
+
+    The inline backend's default (``bbox_inches="tight"``) draws every figure a
+    second time to measure it; the notebooks' figures already fit
+    (``tight_layout``), and the second draw was about half of each figure cell's
+    time.  Nothing changes outside IPython.
+    """
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    if shell is not None:
+        shell.run_line_magic("config", "InlineBackend.print_figure_kwargs = {'bbox_inches': None}")
+
+
 def run_stage(
     stage: Stage,
     layout: BatchLayout,
@@ -88,6 +105,7 @@ def run_stage(
     extra: Mapping[str, Any] | None = None,
     html: bool = True,
     lock: bool = True,
+    copies: HtmlCopies | None = None,
 ) -> Path:
     """Execute one stage notebook for one batch with papermill, holding the batch lock.
 
@@ -113,6 +131,9 @@ def run_stage(
         Hold the batch lock (``phi/stages/.lock``, :func:`~sendit_helpers.run.pipeline.batch_lock`)
         while the notebook runs, so that no two stages run on one batch at once.  Only a
         caller already holding it (``sendit run``) passes ``False``.
+    copies : HtmlCopies, optional
+        Write the HTML copy of a notebook that succeeded in the background
+        (:class:`HtmlCopies`; the caller waits for it); without it, before returning.
 
     Returns
     -------
@@ -135,10 +156,10 @@ def run_stage(
 
     layout.ensure()
     if not lock:
-        return _execute(stage, layout, params_files, overrides, extra, html)
+        return _execute(stage, layout, params_files, overrides, extra, html, copies)
     # no stage may rewrite release/ while another reads or uploads it
     with pipeline.batch_lock(layout, timeout=pipeline.LOCK_TIMEOUT):
-        return _execute(stage, layout, params_files, overrides, extra, html)
+        return _execute(stage, layout, params_files, overrides, extra, html, copies)
 
 
 def _execute(
@@ -148,6 +169,7 @@ def _execute(
     overrides: Mapping[str, Any] | None,
     extra: Mapping[str, Any] | None,
     html: bool,
+    copies: HtmlCopies | None = None,
 ) -> Path:
     """:func:`run_stage` once the batch lock is held."""
     import papermill as pm
@@ -211,28 +233,99 @@ def _execute(
         )
     try:
         if html and output.exists():
+            if failure is None and copies is not None:
+                copies.add(stage, layout, output)  # written while the next notebook runs
+                return output
             try:
                 export_html(output)
             except Exception as exc:  # noqa: BLE001 - nbconvert/jinja raise anything; reported below
-                why = (
-                    os_error_line(exc, near=layout.notebooks_dir)
-                    if isinstance(exc, OSError)
-                    else type(exc).__name__
-                )
                 if failure is None:
-                    raise StageError(
-                        f"stage {stage} ran for batch {layout.name} but its HTML copy could not "
-                        f"be written ({why}); the executed notebook {output} is complete: open "
-                        "it instead, or rerun to retry the copy"
-                    ) from None
+                    raise _copy_failed(stage, layout, output, exc) from None
                 failure = StageError(
-                    f"{failure} (its HTML copy could not be written either: {why})"
+                    f"{failure} (its HTML copy could not be written either: "
+                    f"{_why(exc, layout)})"
                 )
     finally:
         layout.secure_phi()
     if failure is not None:
         raise failure
     return output
+
+
+def _why(exc: Exception, layout: BatchLayout) -> str:
+    """Why an HTML copy failed, in a few words (never a value)."""
+    if isinstance(exc, OSError):
+        return os_error_line(exc, near=layout.notebooks_dir)
+    return type(exc).__name__
+
+
+def _copy_failed(stage: Stage, layout: BatchLayout, output: Path, exc: Exception) -> StageError:
+    return StageError(
+        f"stage {stage} ran for batch {layout.name} but its HTML copy could not "
+        f"be written ({_why(exc, layout)}); the executed notebook {output} is complete: open "
+        "it instead, or rerun to retry the copy"
+    )
+
+
+def _html_copy(stage: Stage, layout: BatchLayout, output: Path) -> None:
+    """:func:`export_html` of ``output`` for :class:`HtmlCopies` (in its thread)."""
+    try:
+        export_html(output)
+    except Exception as exc:  # noqa: BLE001 - nbconvert/jinja raise anything; reported by wait()
+        raise _copy_failed(stage, layout, output, exc) from None
+    finally:
+        layout.secure_phi()
+
+
+_COPIER: list[concurrent.futures.ThreadPoolExecutor] = []
+_COPIER_LOCK = threading.Lock()
+
+
+def _copier() -> concurrent.futures.ThreadPoolExecutor:
+    """The one thread of this process that writes deferred HTML copies (its exporter,
+    with its templates, is built once)."""
+    with _COPIER_LOCK:
+        if not _COPIER:
+            _COPIER.append(
+                concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sendit-html")
+            )
+        return _COPIER[0]
+
+
+class HtmlCopies:
+    """The HTML copies of one batch's notebooks, written while its next notebook runs.
+
+    ``sendit run`` passes one to :func:`run_stage` for each batch: a notebook that
+    succeeded is handed to a background thread for its HTML copy
+    (:func:`export_html`) and the next stage starts at once; a failed notebook's
+    copy is still written before :func:`run_stage` returns.  :meth:`wait` before
+    the batch lock is let go.  The stage's stamp is written when its notebook
+    succeeded (the next stage's notebook reads it); a run killed before the copy
+    was written leaves a complete executed notebook, and the next run writes the
+    missing copy when it skips the stage
+    (:func:`~sendit_helpers.run.pipeline.run_batch`).
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[Stage, concurrent.futures.Future[None]]] = []
+
+    def add(self, stage: Stage, layout: BatchLayout, output: Path) -> None:
+        """Write the HTML copy of ``output`` (``stage``'s executed notebook) in the background."""
+        self._pending.append((stage, _copier().submit(_html_copy, stage, layout, output)))
+
+    def wait(self) -> tuple[Stage, StageError] | None:
+        """Wait for every copy; the first failure's stage and error (None when all were written).
+
+        Never raises: the caller decides whether a failed copy fails the batch.
+        """
+        pending, self._pending = self._pending, []
+        first: tuple[Stage, StageError] | None = None
+        for stage, future in pending:
+            try:
+                future.result()
+            except StageError as exc:
+                first = first or (stage, exc)
+        return first
 
 
 def _names_input(exc: OSError, layout: BatchLayout) -> bool:

@@ -377,7 +377,7 @@ def _run_stamped(
     if stage not in PIPELINE:
         return run_stage(stage, layout, params_files=params, overrides=overrides)
     settings = load_settings(params, overrides)
-    with pipeline.batch_lock(layout):
+    with pipeline.batch_lock(layout, timeout=pipeline.LOCK_TIMEOUT):
         pipeline.clear_stamps(layout, stage)
         began = time.perf_counter()
         output = run_stage(stage, layout, params_files=params, overrides=overrides, lock=False)

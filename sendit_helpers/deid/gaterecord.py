@@ -48,24 +48,27 @@ def release_entries(layout: BatchLayout) -> tuple[list[Path], list[str], list[tu
         (sorted), and ``(relative name, what it is)`` of the odd entries.
     """
     root = layout.release
-    files: list[Path] = []
+    found: list[tuple[str, str]] = []  # (relative name, path) of the regular files
     folders: list[str] = []
     odd: list[tuple[str, str]] = []
     if not root.is_dir():
-        return files, folders, odd
-
-    def failed(exc: OSError) -> None:
-        name = os.path.relpath(exc.filename, root) if exc.filename else "."
-        odd.append((Path(name).as_posix(), f"a folder that cannot be listed ({exc.strerror})"))
-
-    for folder, dirs, names in os.walk(root, onerror=failed):
-        base = Path(folder)
-        depth = len(base.relative_to(root).parts)
-        for name in [*dirs, *names]:
-            path = base / name
-            rel = path.relative_to(root).as_posix()
+        return [], folders, odd
+    # One lstat per entry (DirEntry.stat, no pathlib per file); every folder is listed,
+    # links are not followed (as os.walk).
+    pending: list[tuple[str, str, int]] = [(os.fspath(root), "", 0)]
+    while pending:
+        folder, prefix, depth = pending.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = list(listing)
+        except OSError as exc:
+            name = os.path.relpath(exc.filename, root) if exc.filename else "."
+            odd.append((Path(name).as_posix(), f"a folder that cannot be listed ({exc.strerror})"))
+            continue
+        for entry in entries:
+            rel = prefix + entry.name
             try:
-                mode = path.lstat().st_mode
+                mode = entry.stat(follow_symlinks=False).st_mode
             except OSError as exc:
                 odd.append((rel, f"an entry that cannot be read ({exc.strerror})"))
                 continue
@@ -73,12 +76,23 @@ def release_entries(layout: BatchLayout) -> tuple[list[Path], list[str], list[tu
                 folders.append(rel)
                 if depth >= 1:
                     odd.append((rel, "a folder inside an entity folder"))
+                pending.append((entry.path, rel + "/", depth + 1))
             elif stat.S_ISREG(mode):
-                files.append(path)
+                found.append((rel, entry.path))
             else:
                 odd.append((rel, _entry_kind(mode)))
-    files.sort(key=lambda p: p.relative_to(root).as_posix())
-    return files, sorted(folders), sorted(odd)
+    found.sort()
+    return [Path(path) for _rel, path in found], sorted(folders), sorted(odd)
+
+
+def release_name(layout: BatchLayout, path: Path) -> str:
+    """``path``'s name relative to ``release/`` (``<entity>/<name>``), for a path
+    :func:`release_entries` gave (no pathlib parsing: the gate names every file)."""
+    root = os.fspath(layout.release)
+    text = os.fspath(path)
+    if text.startswith(root + "/"):
+        return text[len(root) + 1 :]
+    return path.relative_to(layout.release).as_posix()
 
 
 def _entry_kind(mode: int) -> str:
@@ -149,7 +163,7 @@ def release_index(
     """``relative name -> entry`` of every file in ``release/`` (see :func:`release_digest`)."""
     index: dict[str, FileEntry] = {}
     for path in release_files(layout):
-        rel = path.relative_to(layout.release).as_posix()
+        rel = release_name(layout, path)
         entry = None if known is None else known.get(rel)
         if entry is not None and tuple(entry[1:]) == signature(path.stat()):
             index[rel] = entry

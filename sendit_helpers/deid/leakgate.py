@@ -41,6 +41,7 @@ from sendit_helpers.deid.gaterecord import (
     FileEntry,
     release_entries,
     release_index,
+    release_name,
     signature,
     write_record,
 )
@@ -214,19 +215,20 @@ def _scan_written(
 
     The entries of the files found clean go into ``index``.
     """
-    pending = {p.relative_to(layout.release).as_posix(): p for p in todo}
+    names = [release_name(layout, p) for p in todo]
+    pending = dict(zip(names, todo, strict=True))
     for item in written:
         path = pending.get(item.path)
         if path is None:
             continue
         try:
-            unchanged = signature(path.stat()) == tuple(item.entry[1:])
+            unchanged = signature(os.stat(path)) == tuple(item.entry[1:])
         except OSError:
             continue
         if unchanged and clean_written(item, scanner):
             index[item.path] = item.entry
             del pending[item.path]
-    return [p for p in todo if p.relative_to(layout.release).as_posix() in pending]
+    return [p for p, rel in zip(todo, names, strict=True) if rel in pending]
 
 
 def table_rows_hit(path: Path, scanner: Scanner) -> list[tuple[str, str, str]]:
@@ -347,7 +349,7 @@ def run_gate(
     for _round in range(_MAX_ROUNDS):
         items: list[tuple[str, str, Span | None]] = []
         for p in todo:
-            rel = p.relative_to(layout.release).as_posix()
+            rel = release_name(layout, p)
             items.append((str(p), rel, spans.get(rel)))
         hits, scanned = _scan_items(items, scanner, workers)
         index.update(scanned)

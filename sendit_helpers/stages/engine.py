@@ -10,7 +10,10 @@ runs :func:`deidentify_file` on each; tests and benchmarks call the same functio
   that give the same bytes: the element cache (:mod:`sendit_helpers.deid.elementcache`:
   the header scanned as bytes, each distinct element de-identified once), the header
   parsed from memory and written by :mod:`sendit_helpers.deid.dicomwrite` with the
-  original pixel bytes, or pydicom's read/save_as path; it never raises for a bad file.
+  original pixel bytes, or pydicom's read/save_as path; it never raises for a bad file;
+- :class:`Writer` writes the element cache's files (and takes their SHA-256 and what
+  the leak gate keeps of them) on one background thread while the next file is
+  de-identified.
 
 It stands on the ``deid`` machinery and the site's UID mapper (``pseudonyms``), so it
 sits with the stages.

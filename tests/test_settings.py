@@ -226,3 +226,18 @@ def test_url_with_credentials_refused(tmp_path: Path, name: str, fix: str) -> No
         assert "pw-distinct" not in str(info.value) and "alice" not in str(info.value)
     plain = load_settings([], {name: "http://pacs.example:8042/"}, environ={})
     assert plain[name] == "http://pacs.example:8042/"
+
+
+def test_changed_params_file_is_read_again(tmp_path: Path) -> None:
+    """Parsed params are reused across calls (a warm kernel), but a new content at the same path wins."""
+    params = tmp_path / "site.yml"
+    params.write_text("WORKERS: 3\nSAFE_PRIVATE_TAGS: ['(0019,0010)']\n")
+    first = load_settings([params], environ={})
+    assert first["WORKERS"] == 3
+    again = load_settings([params], environ={})
+    assert again["WORKERS"] == 3 and again["SAFE_PRIVATE_TAGS"] == ["(0019,0010)"]
+    params.write_text("WORKERS: 4\n")
+    assert load_settings([params], environ={})["WORKERS"] == 4
+    params.write_text("WORKERS: [\n")
+    with pytest.raises(SettingsError, match=r"site\.yml is not valid YAML at line"):
+        load_settings([params], environ={})

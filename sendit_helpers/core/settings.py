@@ -13,8 +13,10 @@ came from, what was found and how to fix it.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import functools
+import hashlib
 import os
 import typing
 from collections.abc import Iterator, Mapping, Sequence
@@ -456,8 +458,20 @@ def _convert(kind: type, value: Any) -> Any:
 MAX_YAML_NODES = 10_000
 
 
+#: Parsed params files by the SHA-256 of their bytes (what the parse depends on), process-wide:
+#: a warm kernel reads ``params/default.yml`` once per notebook, parsing it only once.
+_PARSED: dict[bytes, dict[str, Any]] = {}
+
+#: At most this many parsed files are kept (a run uses a handful).
+_PARSED_MAX = 64
+
+
 def _read_params(path: Path) -> dict[str, Any]:
-    """Read one params file; every failure is a :class:`SettingsError` naming file and line."""
+    """Read one params file; every failure is a :class:`SettingsError` naming file and line.
+
+    The parse is cached by the file's content (a changed file is parsed again);
+    each call returns its own copy.
+    """
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -475,6 +489,18 @@ def _read_params(path: Path) -> dict[str, Any]:
             f"params file {path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at line {line}); "
             "save it as UTF-8"
         ) from None
+    key = hashlib.sha256(raw).digest()
+    cached = _PARSED.get(key)
+    if cached is None:
+        cached = _parse_params(path, text)
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        _PARSED[key] = cached
+    return copy.deepcopy(cached)
+
+
+def _parse_params(path: Path, text: str) -> dict[str, Any]:
+    """Parse one params file's text; every failure is a :class:`SettingsError`."""
     loader: yaml.SafeLoader | None = None
     try:
         loader = yaml.SafeLoader(text)

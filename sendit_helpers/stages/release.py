@@ -18,6 +18,7 @@ Stages call these; no stage imports another for them.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -59,8 +60,29 @@ def write_cleaned(parts: Sequence[Path], out: Path) -> None:
         pd.DataFrame(columns=CLEANED_KEYS).astype("string").to_parquet(out, index=False)
         return
     names = dict.fromkeys(name for path in parts for name in pq.read_schema(path).names)
-    like = pd.DataFrame([dict.fromkeys(names, "x")]).astype("string")
-    combine_parts(parts, out, pa.Schema.from_pandas(like, preserve_index=False))
+    combine_parts(parts, out, string_schema(tuple(names)))
+
+
+@functools.lru_cache(maxsize=64)
+def string_schema(names: tuple[str, ...]) -> pa.Schema:
+    """The Arrow schema (with pandas metadata) of an all-string pandas table with ``names``.
+
+    What ``pa.Schema.from_pandas`` gives for a table of these columns, every one
+    of pandas' ``string`` dtype, without an index. It depends on the names only,
+    so it is built once per process for each set of columns (most batches share
+    one) and shared: a schema is immutable.
+
+    Parameters
+    ----------
+    names : tuple of str
+        The columns, in order (repeated names count once).
+
+    Returns
+    -------
+    pyarrow.Schema
+    """
+    like = pd.DataFrame({name: pd.array(["x"], dtype="string") for name in names})
+    return pa.Schema.from_pandas(like, preserve_index=False)
 
 
 def combine_parts(parts: Sequence[Path], out: Path, schema: pa.Schema) -> None:
@@ -190,8 +212,7 @@ def _write_gate_held(layout: BatchLayout, table: pd.DataFrame) -> None:
 
 def _string_columns(table: pa.Table) -> pa.Table:
     """``table`` with every column a string, and the pandas metadata of an all-string frame."""
-    like = pd.DataFrame([dict.fromkeys(table.column_names, "x")]).astype("string")
-    schema = pa.Schema.from_pandas(like, preserve_index=False)
+    schema = string_schema(tuple(table.column_names))
     columns = [table.column(n).cast(pa.string()) for n in table.column_names]
     return pa.Table.from_arrays(columns, schema=schema)
 
@@ -410,7 +431,7 @@ def write_sorted_strings(base: pa.Table, extra: pd.DataFrame, path: Path) -> pd.
             writer.write_table(table.slice(start, _WRITE_ROWS).cast(schema))
     os.replace(tmp, path)
     wanted = [c for c in _ENTITY_SOURCE_COLUMNS if c in table.column_names]
-    narrow = pa.Schema.from_pandas(like[wanted], preserve_index=False)
+    narrow = string_schema(tuple(wanted))
     columns: pd.DataFrame = table.select(wanted).cast(narrow).to_pandas()
     return columns
 

@@ -229,7 +229,7 @@ def test_url_with_credentials_refused(tmp_path: Path, name: str, fix: str) -> No
 
 
 def test_changed_params_file_is_read_again(tmp_path: Path) -> None:
-    """Parsed params are reused across calls (a warm kernel), but a new content at the same path wins."""
+    """Parsed params are reused across calls, but new content at the same path wins."""
     params = tmp_path / "site.yml"
     params.write_text("WORKERS: 3\nSAFE_PRIVATE_TAGS: ['(0019,0010)']\n")
     first = load_settings([params], environ={})

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
@@ -179,3 +180,52 @@ def test_a_shape_read_as_letters_in_a_crop_only_is_not_text(tmp_path: Path) -> N
     ds = pydicom.dcmread(slices[0])
     assert textregions.crop_boxes(textregions.candidate_regions(ocr.shown(ds)), 512, 512)
     assert ocr.find_text(ds) == [] and ocr.find_text(ds, prescreen=False) == []
+
+
+# ------------------------------------------------------------------ large text, large pictures
+def _radiograph(n: int, text_height: int) -> tuple[npt.NDArray[np.uint16], npt.NDArray[np.bool_]]:
+    """A smooth ``n`` x ``n`` 12-bit picture with a name burned in; the text's pixels."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:n, 0:n]
+    blob = 800 * np.exp(-((xx - n / 2) ** 2 + (yy - n / 2) ** 2) / (2 * (n / 4) ** 2))
+    base = (1000 + blob + rng.normal(0, 20, (n, n))).clip(0, 4095).astype(np.uint16)
+    burned = burn.burn_text(base, "DOE JOHN 1234", n // 20, n // 20, text_height, 4095)
+    return burned.astype(np.uint16), burned != base
+
+
+def test_wide_strokes_on_a_large_picture_are_candidates() -> None:
+    """A label 160 px high on a 3,000-pixel radiograph (strokes ~20 px).
+
+    The widest stroke kept grows with the picture.
+    """
+    assert textregions.stroke_for(512, 512) == textregions.STROKE
+    assert textregions.stroke_for(3000, 2000) == 24
+    pixels, text = _radiograph(3000, 160)
+    grey = (pixels >> 4).astype(np.uint8)
+    ys, xs = np.nonzero(text)
+    box = [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
+    regions = textregions.candidate_regions(grey)
+    assert regions, "strokes of ~20 px count on a 3,000-pixel picture"
+    crops = textregions.crop_boxes(regions, *grey.shape)
+    assert covered([box], crops if crops is not None else [[0, 0, 3000, 3000]]) >= 0.9
+
+
+def test_ocr_prescreen_off_reads_whole_pictures(tmp_path: Path) -> None:
+    """Text 120 px high on 512 px is beyond the pre-screen; OCR_PRESCREEN false reads it."""
+    import pandas as pd
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    pixels, _ = _radiograph(512, 120)
+    ds.Rows = ds.Columns = 512
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.RescaleIntercept, ds.RescaleSlope, ds.WindowCenter, ds.WindowWidth = 0, 1, 2048, 4096
+    ds.PixelData = pixels.tobytes()
+    path = tmp_path / "big_text.dcm"
+    ds.save_as(path)
+    files = pd.DataFrame(
+        {"source_path": [str(path)], "SeriesInstanceUID": ["1.2.3"], "InstanceNumber": [1],
+         "has_pixels": [True]}
+    )  # fmt: skip
+    whole = ocr.screen_files(files, progress=False, prescreen=False)
+    assert bool(whole["ocr_flagged"].iloc[0])

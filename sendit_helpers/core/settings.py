@@ -64,6 +64,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MONTAGE_MAX_IMAGES", int, minimum=1),
     Setting("OCR_SCREEN", str, choices=("auto", "on", "off")),
     Setting("OCR_SAMPLE_PER_SERIES", int, minimum=0),
+    Setting("OCR_PRESCREEN", bool),
     # deidentify
     Setting("USE_DEFAULT_RECIPE", bool),
     Setting("DEID_RECIPES", list),
@@ -178,6 +179,7 @@ class ReviewSettings:
     auto_scrub_ocr: bool = _bound("AUTO_SCRUB_OCR")
     ocr_screen: str = _bound("OCR_SCREEN")
     ocr_sample_per_series: int = _bound("OCR_SAMPLE_PER_SERIES")
+    ocr_prescreen: bool = _bound("OCR_PRESCREEN")
 
 
 @dataclass(frozen=True)

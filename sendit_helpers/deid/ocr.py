@@ -457,12 +457,12 @@ def _merge_lines(boxes: Sequence[TextBox]) -> list[TextBox]:
 
 
 # ------------------------------------------------------------------ many images
-def _screen_one(path: str, min_confidence: float) -> dict[str, Any]:
+def _screen_one(path: str, min_confidence: float, prescreen: bool = True) -> dict[str, Any]:
     """OCR one file; a plain dict (cheap to send between processes)."""
     start = time.perf_counter()
     try:
         ds = pydicom.dcmread(path, force=True)
-        boxes = find_text(ds, min_confidence=min_confidence)
+        boxes = find_text(ds, min_confidence=min_confidence, prescreen=prescreen)
     except OcrUnavailableError:
         raise
     except (*READ_ERRORS, RuntimeError) as exc:
@@ -484,9 +484,11 @@ def _row(path: str, boxes: Sequence[TextBox], seconds: float, error: str = "") -
     }
 
 
-def _screen_chunk(paths: list[str], min_confidence: float) -> list[dict[str, Any]]:
+def _screen_chunk(
+    paths: list[str], min_confidence: float, prescreen: bool = True
+) -> list[dict[str, Any]]:
     """:func:`_screen_one` of each path (one task of the process pool)."""
-    return [_screen_one(p, min_confidence) for p in paths]
+    return [_screen_one(p, min_confidence, prescreen) for p in paths]
 
 
 def merge_boxes(boxes: Sequence[Sequence[int]]) -> list[list[int]]:
@@ -545,6 +547,7 @@ def screen_files(
     workers: int = 1,
     progress: bool = True,
     min_confidence: float = MIN_CONFIDENCE,
+    prescreen: bool = True,
 ) -> pd.DataFrame:
     """OCR the images of inspect's files table.
 
@@ -564,6 +567,10 @@ def screen_files(
         Show a tqdm progress bar.
     min_confidence : float
         Confidence a word needs to count (default :data:`MIN_CONFIDENCE`).
+    prescreen : bool
+        Read only around candidate strokes (:mod:`~sendit_helpers.deid.textregions`;
+        the default) or, when False, every sampled picture whole (slower; setting
+        ``OCR_PRESCREEN``).
 
     Returns
     -------
@@ -592,13 +599,15 @@ def screen_files(
     bar = tqdm(total=len(paths), desc="OCR", unit="image", disable=not progress)
     if workers <= 1 or len(paths) < POOL_MIN_IMAGES * workers:
         for path in paths:
-            results[path] = _screen_one(path, min_confidence)
+            results[path] = _screen_one(path, min_confidence, prescreen)
             bar.update(1)
     else:
         size = max(1, min(16, len(paths) // (workers * 4)))
         chunks = [paths[i : i + size] for i in range(0, len(paths), size)]
         with ProcessPoolExecutor(max_workers=min(workers, len(chunks))) as pool:
-            futures = [pool.submit(_screen_chunk, chunk, min_confidence) for chunk in chunks]
+            futures = [
+                pool.submit(_screen_chunk, chunk, min_confidence, prescreen) for chunk in chunks
+            ]
             for future in futures:
                 part = future.result()
                 results.update((r["source_path"], r) for r in part)

@@ -3,6 +3,7 @@
 Burned-in text is an overlay: strokes a few pixels wide, much brighter (or
 darker) than what lies on *both* sides of them.  Along the rows and along the
 columns, a pixel is *ink* when the darkest pixel within :data:`STROKE` pixels
+(more on a large picture: :func:`stroke_for`)
 before it and the darkest within :data:`STROKE` pixels after it are both darker
 than it by :func:`ink_threshold` (or both brighter, for dark text): a ridge or
 a valley at most :data:`STROKE` pixels wide.  An edge between two regions is no
@@ -19,6 +20,7 @@ Tesseract has nothing to read.  Most of a CT slice has none.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -27,16 +29,21 @@ import numpy.typing as npt
 __all__ = [
     "CROP_MARGIN",
     "STROKE",
+    "STROKE_SHARE",
     "TILE",
     "WHOLE_SHARE",
     "candidate_regions",
     "crop_boxes",
     "ink",
     "ink_threshold",
+    "stroke_for",
 ]
 
 #: Widest stroke (pixels) that counts: bold capitals about 45 pixels high.
 STROKE = 8
+#: On a larger picture a stroke up to this share of its longer edge counts (:func:`stroke_for`):
+#: a label 160 pixels high on a 3,000-pixel radiograph has strokes of about 20 pixels.
+STROKE_SHARE = 1 / 128
 #: Tile edge (pixels) in which ink is counted.
 TILE = 16
 #: Ink pixels a tile needs to count (a speck of noise is not a glyph).
@@ -181,6 +188,26 @@ def _runs(cells: npt.NDArray[np.bool_]) -> list[tuple[int, int, int]]:
     return out
 
 
+def stroke_for(rows: int, cols: int) -> int:
+    """Widest stroke kept in a ``rows`` x ``cols`` picture.
+
+    :data:`STROKE`, or :data:`STROKE_SHARE` of the longer edge when that is
+    more: text is drawn in proportion to its picture.  A wider window only
+    adds ink (the darkest pixel within more pixels is no brighter), so a large
+    picture keeps every candidate :data:`STROKE` would give.
+
+    Parameters
+    ----------
+    rows, cols : int
+        The picture's size.
+
+    Returns
+    -------
+    int
+    """
+    return max(STROKE, math.ceil(max(rows, cols) * STROKE_SHARE))
+
+
 def candidate_regions(grey: npt.NDArray[np.uint8]) -> list[tuple[int, int, int, int]]:
     """Boxes ``(x0, y0, x1, y1)`` (end-exclusive, pixels of ``grey``) that may hold text.
 
@@ -197,7 +224,7 @@ def candidate_regions(grey: npt.NDArray[np.uint8]) -> list[tuple[int, int, int, 
         stroke anywhere.
     """
     out = []
-    for r, c0, c1 in _runs(_tiles(ink(grey), TILE)):
+    for r, c0, c1 in _runs(_tiles(ink(grey, stroke_for(*grey.shape[:2])), TILE)):
         x1 = min(grey.shape[1], c1 * TILE)
         out.append((c0 * TILE, r * TILE, x1, min(grey.shape[0], (r + 1) * TILE)))
     return out

@@ -252,6 +252,7 @@ STAGES: Mapping[Stage, StageSpec] = MappingProxyType(
                 "MONTAGE_MAX_IMAGES",
                 "OCR_SCREEN",
                 "OCR_SAMPLE_PER_SERIES",
+                "OCR_PRESCREEN",
             ),
             summary="inventory a batch: tables, QA summary, pixel-PHI screen, montages",
         ),

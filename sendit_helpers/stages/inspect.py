@@ -649,6 +649,7 @@ def ocr_screen(layout: BatchLayout, files: pd.DataFrame, settings: Mapping[str, 
         sample_per_series=cfg.review.ocr_sample_per_series,
         workers=cfg.run.workers,
         progress=cfg.run.progress,
+        prescreen=cfg.review.ocr_prescreen,
     )
     ocr.save(layout, found)
     hit = files["source_path"].isin(found.loc[found["ocr_flagged"], "source_path"])

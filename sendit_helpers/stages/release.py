@@ -90,10 +90,12 @@ def combine_parts(parts: Sequence[Path], out: Path, schema: pa.Schema) -> None:
     tmp = out.with_name(f".{out.name}.tmp")
     with pq.ParquetWriter(tmp, schema) as writer:
         for path in parts:
-            table = pq.read_table(path)
+            with pq.ParquetFile(path) as part:  # not read_table: its dataset set-up costs more
+                table = part.read()
+            at = {name: i for i, name in enumerate(table.column_names)}  # one lookup per column
             columns = [
-                table.column(f.name).cast(f.type)
-                if f.name in table.column_names
+                table.column(at[f.name]).cast(f.type)
+                if f.name in at
                 else pa.nulls(table.num_rows, f.type)
                 for f in schema
             ]
@@ -213,7 +215,7 @@ def _write_gate_held(layout: BatchLayout, table: pd.DataFrame) -> None:
 def _string_columns(table: pa.Table) -> pa.Table:
     """``table`` with every column a string, and the pandas metadata of an all-string frame."""
     schema = string_schema(tuple(table.column_names))
-    columns = [table.column(n).cast(pa.string()) for n in table.column_names]
+    columns = [column.cast(pa.string()) for column in table.columns]
     return pa.Table.from_arrays(columns, schema=schema)
 
 
@@ -423,8 +425,7 @@ def write_sorted_strings(base: pa.Table, extra: pd.DataFrame, path: Path) -> pd.
         parts.append(_coded(pa.Table.from_pandas(extra.astype("string"), preserve_index=False)))
     table = pa.concat_tables(parts, promote_options="default")
     table = table.take(pc.sort_indices(table, sort_keys=[("path", "ascending")]))
-    like = pd.DataFrame([dict.fromkeys(table.column_names, "x")]).astype("string")
-    schema = pa.Schema.from_pandas(like, preserve_index=False)
+    schema = string_schema(tuple(table.column_names))
     tmp = path.with_name(f".{path.name}.tmp")
     with pq.ParquetWriter(tmp, schema) as writer:
         for start in range(0, table.num_rows, _WRITE_ROWS):

@@ -311,3 +311,17 @@ def test_writer_thread_reports_a_failed_write_as_the_synchronous_write_does(
     assert a.error.startswith("could not de-identify: ")
     assert _fields(a) == _fields(b)
     assert b.written is None and b.pixel_span is None and not b.cleaned and not b.lookup
+
+
+@pytest.mark.parametrize("config", [CONFIG, ENGINE], ids=["cache", "engine"])
+def test_an_output_folder_that_is_a_file_fails_that_file_only(
+    tmp_path: Path, config: engine.WorkerConfig
+) -> None:
+    """The output's parent is a regular file: one error outcome, nothing raised, nothing left."""
+    source = Path(get_testdata_file("CT_small.dcm"))
+    blocker = tmp_path / "ENT"
+    blocker.write_bytes(b"not a folder")
+    outcome = engine.deidentify_file(_job(source, blocker / "out.dcm"), config)
+    assert outcome.error.startswith("could not de-identify: ")
+    assert outcome.written is None
+    assert blocker.read_bytes() == b"not a folder"

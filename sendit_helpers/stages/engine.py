@@ -21,6 +21,7 @@ sits with the stages.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
@@ -390,7 +391,7 @@ class Writer:
             outcome.written = future.result()
         except _FILE_ERRORS as exc:  # as deidentify_file reports a failed write
             job = outcome.job
-            Path(job.output).unlink(missing_ok=True)
+            discard_partial(job.output)
             outcome.error = f"could not de-identify: {file_reason(exc, job.source_path)}"
             outcome.pixel_span = None
             outcome.written = None
@@ -590,7 +591,7 @@ def deidentify_file(job: Job, config: WorkerConfig, writer: Writer | None = None
         outcome.error = f"recipe could not be applied: {one_line(exc)}"
         return outcome
     except _FILE_ERRORS as exc:
-        Path(job.output).unlink(missing_ok=True)
+        discard_partial(job.output)
         outcome.error = f"could not de-identify: {file_reason(exc, job.source_path)}"
         outcome.pixel_span = None
         outcome.written = None
@@ -598,3 +599,13 @@ def deidentify_file(job: Job, config: WorkerConfig, writer: Writer | None = None
     outcome.removed = removed_from(changes, kept)
     outcome.lookup = [(k, old, new) for k, (old, new) in changes.replaced.items()]
     return outcome
+
+
+def discard_partial(path: str | os.PathLike[str]) -> None:
+    """Remove what a failed write left at ``path``, if anything.
+
+    A missing file, or a parent that is no folder (``NotADirectoryError``:
+    the write could not have created anything there), both mean nothing to remove.
+    """
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        Path(path).unlink()

@@ -275,3 +275,30 @@ def test_ocr_auto_without_tesseract_warns(
     assert any(
         w.startswith("OCR screen skipped:") and "tesseract" in w for w in result.summary["warnings"]
     )
+
+
+def test_edited_filter_file_is_seen_by_the_next_batch(
+    batch: tuple[Path, object], tmp_path: Path
+) -> None:
+    """The compiled screen is cached per process (a warm kernel), keyed by content, not path."""
+    rules = tmp_path / "site.deid"
+    overrides = {
+        **QUIET,
+        "USE_DEID_FILTERS": False,
+        "USE_SENDIT_FILTERS": False,
+        "OCR_SCREEN": "off",
+        "PIXEL_FILTER_RECIPES": [str(rules)],
+    }
+    labels = []
+    for label in ("first rule", "second rule"):
+        rules.write_text(
+            f"FORMAT dicom\n\n%filter graylist\n\nLABEL {label}\n  contains SOPInstanceUID .\n"
+        )
+        layout, settings = open_batch(batch[0], tmp_path / f"work-{label[0]}", [], overrides)
+        files = inspect.inspect_batch(layout, settings).files
+        labels.append(set(files.loc[files["flagged"].astype(bool), "label"]))
+    assert labels == [{"first rule"}, {"second rule"}]
+    path = str(get_testdata_file("CT_small.dcm"))
+    assert inspect.read_one(path, (str(rules),), False)["label"] == "second rule"
+    rules.write_text(rules.read_text().replace("second rule", "third rule"))
+    assert inspect.read_one(path, (str(rules),), False)["label"] == "third rule"

@@ -6,6 +6,9 @@ wheel bundles them under ``sendit_helpers/_bundled/``.
 
 from __future__ import annotations
 
+import hashlib
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
 _PACKAGE = Path(__file__).resolve().parents[1]  # sendit_helpers/
@@ -35,3 +38,30 @@ def shipped(relative: str) -> Path:
 def repo_root() -> Path:
     """The folder holding ``params/`` and ``notebooks/``."""
     return shipped("params").parent
+
+
+def content_digests(paths: Sequence[str | os.PathLike[str]]) -> tuple[str, ...]:
+    """The SHA-256 (hex) of each file's bytes, in order: a cache key that sees an edited file.
+
+    A process-wide cache of what is loaded from files (recipes, filters) keyed
+    by these digests as well as the paths loads a file again once its content
+    changed, even at the same path.
+
+    Parameters
+    ----------
+    paths : sequence of path-like
+        The files.
+
+    Returns
+    -------
+    tuple of str
+        One digest per path; ``""`` for a file that cannot be read (loading it
+        then fails with its own message).
+    """
+    found = []
+    for path in paths:
+        try:
+            found.append(hashlib.sha256(Path(path).read_bytes()).hexdigest())
+        except OSError:
+            found.append("")
+    return tuple(found)

@@ -36,7 +36,7 @@ from sendit_helpers.core import discovery, disposition, executors
 from sendit_helpers.core.dicomio import probe
 from sendit_helpers.core.disposition import Disposition, Row
 from sendit_helpers.core.layout import BatchLayout
-from sendit_helpers.core.resources import shipped
+from sendit_helpers.core.resources import content_digests, shipped
 from sendit_helpers.core.settings import typed
 from sendit_helpers.deid.screening import FieldError, FieldReader, Screener
 
@@ -154,8 +154,14 @@ _IMAGE_TYPE = 0x00080008
 
 
 @lru_cache(maxsize=4)
-def screen_recipe(filter_recipes: tuple[str, ...], use_deid: bool) -> Recipe:
-    """The loaded filter recipes (the reference screen, :meth:`Recipe.screen`)."""
+def screen_recipe(
+    filter_recipes: tuple[str, ...], use_deid: bool, digests: tuple[str, ...] = ()
+) -> Recipe:
+    """The loaded filter recipes (the reference screen, :meth:`Recipe.screen`).
+
+    ``digests`` (:func:`~sendit_helpers.core.resources.content_digests` of the
+    files) only key the cache: a file edited at the same path is loaded again.
+    """
     from sendit_helpers.deid.recipes import Recipe
 
     return Recipe.load(filter_recipes, include_default=False, include_deid_filters=use_deid)
@@ -168,10 +174,14 @@ class ReadPlan(NamedTuple):
 
 
 @lru_cache(maxsize=4)
-def read_plan(filter_recipes: tuple[str, ...], use_deid: bool) -> ReadPlan:
-    """Per-process compiled work for :func:`read_one` (one per recipe set)."""
+def read_plan(
+    filter_recipes: tuple[str, ...], use_deid: bool, digests: tuple[str, ...] = ()
+) -> ReadPlan:
+    """Per-process compiled work for :func:`read_one` (one per recipe set and content)."""
     screener = (
-        Screener(screen_recipe(filter_recipes, use_deid)) if filter_recipes or use_deid else None
+        Screener(screen_recipe(filter_recipes, use_deid, digests))
+        if filter_recipes or use_deid
+        else None
     )
     tags = [*FIELD_TAGS, *(screener.tags if screener is not None else ())]
     return ReadPlan(FieldReader(tags, cell=table_cell), screener)
@@ -229,13 +239,17 @@ def _coordinates_json(boxes: tuple[tuple[int, int, int, int], ...]) -> str:
 
 
 def read_one(
-    path: str, filter_recipes: tuple[str, ...] = (), use_deid: bool = True
+    path: str,
+    filter_recipes: tuple[str, ...] = (),
+    use_deid: bool = True,
+    digests: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """Probe one file and, if DICOM, extract its row and screen it.
 
     Returns a plain dict (cheap to send between processes) with ``kind`` and
     ``reason`` always set.  A header value pydicom cannot decode makes the
     file an ``error`` (the reason names the field, never its value).
+    ``digests`` are the filter files' :func:`content_digests` (read now when None).
     """
     found = probe(path)
     row: dict[str, Any] = {
@@ -247,7 +261,9 @@ def read_one(
     ds = found.dataset
     if found.kind != "dicom" or ds is None:
         return row
-    plan = read_plan(filter_recipes, use_deid)
+    if digests is None:
+        digests = content_digests(filter_recipes)
+    plan = read_plan(filter_recipes, use_deid, digests)
     try:
         fields = plan.reader.read(ds)
         screen = plan.screener.screen(ds, fields) if plan.screener is not None else None
@@ -269,9 +285,9 @@ def read_one(
 
 
 def _read_chunk(
-    paths: list[str], filter_recipes: tuple[str, ...], use_deid: bool
+    paths: list[str], filter_recipes: tuple[str, ...], use_deid: bool, digests: tuple[str, ...]
 ) -> list[dict[str, Any]]:
-    return [read_one(p, filter_recipes, use_deid) for p in paths]
+    return [read_one(p, filter_recipes, use_deid, digests) for p in paths]
 
 
 def read_all(
@@ -288,9 +304,10 @@ def read_all(
     ``workers`` > 1 (see :func:`sendit_helpers.core.executors.map_chunks`)."""
     names = [os.fspath(p) for p in paths]
     recipes = tuple(os.fspath(r) for r in filter_recipes)
-    read_plan(recipes, use_deid)  # compiled before the pool starts: forked workers inherit it
+    digests = content_digests(recipes)  # once per batch: an edited filter file is seen
+    read_plan(recipes, use_deid, digests)  # compiled before the pool starts: workers inherit it
     return executors.map_chunks(
-        partial(_read_chunk, filter_recipes=recipes, use_deid=use_deid),
+        partial(_read_chunk, filter_recipes=recipes, use_deid=use_deid, digests=digests),
         names,
         workers=workers,
         executor=executor,
@@ -363,7 +380,12 @@ def rows_table(rows: Sequence[Mapping[str, Any]], source: str) -> pa.Table:
 
 
 def spool_chunk(
-    paths: list[str], filter_recipes: tuple[str, ...], use_deid: bool, spool: str, source: str
+    paths: list[str],
+    filter_recipes: tuple[str, ...],
+    use_deid: bool,
+    spool: str,
+    source: str,
+    digests: tuple[str, ...] | None = None,
 ) -> list[str]:
     """Read a chunk of files (:func:`read_one`) and write their rows to one spool part.
 
@@ -378,6 +400,8 @@ def spool_chunk(
         twice (a retried Dask task) leaves an unused part, never a mixed one.
     source : str
         The batch folder (``relative_path`` is relative to it).
+    digests : tuple of str, optional
+        As :func:`read_one`.
 
     Returns
     -------
@@ -385,7 +409,9 @@ def spool_chunk(
         The part's file name, once per path (:func:`executors.map_chunks`
         wants one result per item).
     """
-    table = rows_table([read_one(p, filter_recipes, use_deid) for p in paths], source)
+    if digests is None:
+        digests = content_digests(filter_recipes)
+    table = rows_table([read_one(p, filter_recipes, use_deid, digests) for p in paths], source)
     name = f"{uuid.uuid4().hex}.rows.parquet"
     tmp = Path(spool) / f".{name}.tmp"
     pq.write_table(table, tmp)
@@ -413,12 +439,14 @@ def spool_all(
         The parts, in file order (:func:`combine_parts` reads them).
     """
     recipes = tuple(os.fspath(r) for r in filter_recipes)
-    read_plan(recipes, use_deid)  # compiled before the pool starts: forked workers inherit it
+    digests = content_digests(recipes)  # once per batch: an edited filter file is seen
+    read_plan(recipes, use_deid, digests)  # compiled before the pool starts: workers inherit it
     names = executors.map_chunks(
         partial(
             spool_chunk,
             filter_recipes=recipes,
             use_deid=use_deid,
+            digests=digests,
             spool=os.fspath(spool),
             source=os.fspath(source),
         ),

@@ -279,3 +279,25 @@ def test_keep_or_func_uid_on_identity_uids_gives_no_warning(tmp_path: Path) -> N
     )
     recipe = load(path)
     assert recipe.warnings == ()
+
+
+def test_edited_recipe_file_is_seen_by_the_next_batch(tmp_path: Path) -> None:
+    """Loaded recipes are cached per process (a warm kernel) but an edited file is read again."""
+    folder = tmp_path / "input" / "B1"
+    synthetic.make_batch(
+        folder, batchspec.BatchSpec(n_series=1, images_per_series=2, rows=16, columns=16)
+    )
+    recipe = tmp_path / "site.deid"
+    found = []
+    for value in ("first", "second"):
+        recipe.write_text(f"FORMAT dicom\n\n%header\n\nREPLACE SeriesDescription {value}\n")
+        layout, settings = open_batch(
+            folder,
+            tmp_path / f"work-{value}",
+            [],
+            {"PROGRESS": False, "WORKERS": 1, "DEID_RECIPES": [str(recipe)]},
+        )
+        upstream.deidentify(layout, settings)
+        released = layout.release.rglob("*.dcm")
+        found.append({str(pydicom.dcmread(p).SeriesDescription) for p in released})
+    assert found == [{"first"}, {"second"}]

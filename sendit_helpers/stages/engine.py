@@ -44,6 +44,7 @@ from pydicom.uid import (
 
 from sendit_helpers.core.dicomio import PARSE_ERRORS, READ_ERRORS, file_reason, read_full
 from sendit_helpers.core.errors import RecipeError, one_line
+from sendit_helpers.core.resources import content_digests
 from sendit_helpers.core.settings import typed
 from sendit_helpers.deid import gatewritten
 from sendit_helpers.deid.cleaned import KEPT_VRS, TECHNICAL_KEYWORDS, WORDS, describe
@@ -554,7 +555,30 @@ def worker_config(settings: Mapping[str, Any], secret: bytes) -> WorkerConfig:
     """
     cfg = typed(settings).deid
     recipes = tuple(str(Path(p).resolve()) for p in cfg.recipes)
+    _forget_edited_recipes(recipes, cfg.use_default_recipe)
     return WorkerConfig(recipes, cfg.use_default_recipe, secret, cfg.safe_private_tags)
+
+
+#: The recipe files' contents (:func:`content_digests`) when :func:`worker_config` last saw them.
+_RECIPE_DIGESTS: dict[tuple[tuple[str, ...], bool], tuple[str, ...]] = {}
+
+
+def _forget_edited_recipes(files: tuple[str, ...], include_default: bool) -> None:
+    """Drop the process's loaded recipes when a recipe file changed since the last batch.
+
+    :func:`load_recipe` and :func:`element_cache` are cached by path: a warm kernel
+    (or a notebook run again after editing a ``DEID_RECIPES`` file) must not keep
+    the old rules.  Called once per batch before any worker starts (forked workers
+    inherit the fresh caches); the first batch with recipe files reloads them once.
+    """
+    if not files:
+        return  # only the shipped default recipe
+    key = (files, include_default)
+    digests = content_digests(files)
+    if _RECIPE_DIGESTS.get(key) != digests:
+        load_recipe.cache_clear()
+        element_cache.cache_clear()
+        _RECIPE_DIGESTS[key] = digests
 
 
 def deidentify_file(job: Job, config: WorkerConfig, writer: Writer | None = None) -> Outcome:

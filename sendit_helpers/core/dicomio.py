@@ -17,6 +17,7 @@ import stat
 import struct
 import warnings
 import zlib
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -28,6 +29,7 @@ from pydicom.dataset import Dataset, FileDataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
+from sendit_helpers.core import headselect
 from sendit_helpers.core.errors import one_line, tag_label
 
 # Odd values are read and written as they are: validation warnings would quote
@@ -159,13 +161,19 @@ def _first_bad(ds: Dataset) -> tuple[int, str] | None:
     return None
 
 
-def probe(path: str | os.PathLike[str]) -> Probe:
+def probe(path: str | os.PathLike[str], tags: Collection[int] | None = None) -> Probe:
     """Read a file's header (no pixel data) and classify it.
 
     Parameters
     ----------
     path : path-like
         Any file.
+    tags : collection of int, optional
+        The elements the caller reads.  When the header is the common case
+        :func:`~sendit_helpers.core.headselect.select` handles, only these (and
+        elements pydicom must parse anyway) are parsed; the data set then lacks
+        the others.  Kind, reason and pixel offset are those of a full read.
+        None parses every element.
 
     Returns
     -------
@@ -196,7 +204,7 @@ def probe(path: str | os.PathLike[str]) -> Probe:
         if size == 0:
             return Probe(path, size, "non_dicom", "empty file (0 bytes)")
         head = fh.read(HEAD_BYTES)
-        found = _probe_head(path, size, head, fh)
+        found = _probe_head(path, size, head, fh, tags)
         if found is not None:
             return found
         fh.seek(0)
@@ -210,7 +218,9 @@ def probe(path: str | os.PathLike[str]) -> Probe:
         return _check_pixels(Probe(path, size, "dicom", "", ds), fh, offset, fh.read(12))
 
 
-def _probe_head(path: Path, size: int, head: bytes, fh: BinaryIO) -> Probe | None:
+def _probe_head(
+    path: Path, size: int, head: bytes, fh: BinaryIO, tags: Collection[int] | None = None
+) -> Probe | None:
     """Parse the header from the file's first bytes, already in memory.
 
     pydicom parses an in-memory buffer markedly faster than a file object.  The
@@ -220,7 +230,14 @@ def _probe_head(path: Path, size: int, head: bytes, fh: BinaryIO) -> Probe | Non
     header longer than :data:`HEAD_BYTES`, no pixel data, any error or warning
     on a partial buffer) this returns None and :func:`probe` reads the file
     itself, so reasons and warnings are those of the plain read.
+
+    With ``tags``, the cut-down header of :func:`headselect.select` is parsed
+    first (when it applies and parses without a warning or error).
     """
+    if tags is not None:
+        found = _probe_selected(path, size, head, fh, tags)
+        if found is not None:
+            return found
     buffer = io.BytesIO(head)
     whole = len(head) >= size
     try:
@@ -240,6 +257,26 @@ def _probe_head(path: Path, size: int, head: bytes, fh: BinaryIO) -> Probe | Non
     if not whole and (len(tail) < 12 or not _at_pixels(tail, ds)):
         return None
     return _check_pixels(Probe(path, size, "dicom", "", ds), fh, offset, tail)
+
+
+def _probe_selected(
+    path: Path, size: int, head: bytes, fh: BinaryIO, tags: Collection[int]
+) -> Probe | None:
+    """:func:`_probe_head` on the elements ``tags`` only; None: parse the whole header."""
+    selected = headselect.select(head, tags)
+    if selected is None:
+        return None
+    buffer = io.BytesIO(selected.data)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = pydicom.dcmread(buffer, stop_before_pixels=True)
+    except _HEAD_ERRORS:
+        return None
+    if caught or buffer.tell() != len(selected.data) - 12:
+        return None
+    at = selected.pixel_at
+    return _check_pixels(Probe(path, size, "dicom", "", ds), fh, at, head[at : at + 12])
 
 
 def _probe_raw(path: Path, size: int, fh: BinaryIO) -> Probe:

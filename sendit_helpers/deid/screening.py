@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterable, Mapping, MutableSequence
 from typing import Any, NamedTuple
 
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -40,7 +40,7 @@ from sendit_helpers.deid.recipefilters import coordinate_boxes
 from sendit_helpers.deid.recipemodel import ScreenResult
 from sendit_helpers.deid.recipes import Recipe
 
-__all__ = ["ABSENT", "Field", "FieldError", "FieldReader", "Screener", "field_of"]
+__all__ = ["ABSENT", "Field", "FieldError", "FieldReader", "Screener", "field_of", "parse_tags"]
 
 #: Errors a value conversion may raise (pydicom's plus a wrong-length binary value).
 CONVERT_ERRORS = PARSE_ERRORS
@@ -183,6 +183,32 @@ def _memoizable(tag: int) -> bool:
     except KeyError:
         return True  # decoded by its own VR, or as UN
     return " or " not in vr
+
+
+def parse_tags(tags: Iterable[int]) -> tuple[int, ...] | None:
+    """The elements to parse so that :class:`FieldReader` reads ``tags`` as from a full parse.
+
+    Every field in ``tags`` decodes from its own raw element when it is public
+    with an unambiguous VR (:func:`_memoizable`), so a data set holding only
+    those elements (pydicom's ``specific_tags``; Specific Character Set is
+    always kept) gives the same fields.  A private tag (its VR may come from
+    the private creator) or an ambiguous VR (corrected from Pixel
+    Representation ...) needs other elements: then None, parse them all.
+
+    Parameters
+    ----------
+    tags : iterable of int
+        The fields read.
+
+    Returns
+    -------
+    tuple of int or None
+        ``tags`` without repeats, or None.
+    """
+    wanted = tuple(dict.fromkeys(int(t) for t in tags))
+    if all(_memoizable(t) or t == 0x00080005 for t in wanted):
+        return wanted
+    return None
 
 
 class FieldReader:
@@ -366,6 +392,19 @@ def _static_boxes(specs: tuple[str, ...]) -> tuple[_Box, ...] | None:
     return tuple(boxes)
 
 
+def _box_tags(specs: Iterable[tuple[str, ...]]) -> tuple[int, ...]:
+    """Tags :func:`_boxes` reads for these coordinate specs (Rows/Columns for ``all``)."""
+    tags: dict[int, None] = {}
+    for spec in (one for label in specs for one in label):
+        if spec == "all":
+            tags.update({0x00280010: None, 0x00280011: None})
+        elif spec.startswith("from:"):
+            tag = tag_for_keyword(spec[5:])
+            if tag is not None:
+                tags[int(tag)] = None
+    return tuple(tags)
+
+
 def _boxes(specs: tuple[str, ...], ds: Dataset) -> tuple[_Box, ...]:
     """Scrub boxes of a label on ``ds`` (as ``Recipe.screen``)."""
     return coordinate_boxes(specs, ds)
@@ -418,6 +457,8 @@ class Screener:
         self._labels = tuple(compiled)
         self.tags: tuple[int, ...] = tuple(tags)
         """Every field a label condition names (what :meth:`screen` needs read)."""
+        self.box_tags: tuple[int, ...] = _box_tags(c.specs for c in compiled)
+        """The elements a matching label's boxes are read from (``all``, ``from:Keyword``)."""
         self._reader = FieldReader(self.tags, max_entries=max_entries)
         self._memo: dict[tuple[Field, ...], int] = {}
         self._max = max_entries

@@ -38,7 +38,7 @@ from sendit_helpers.core.disposition import Disposition, Row
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.core.resources import content_digests, shipped
 from sendit_helpers.core.settings import typed
-from sendit_helpers.deid.screening import FieldError, FieldReader, Screener
+from sendit_helpers.deid.screening import FieldError, FieldReader, Screener, parse_tags
 
 if TYPE_CHECKING:
     from sendit_helpers.deid.recipes import Recipe
@@ -171,6 +171,8 @@ class ReadPlan(NamedTuple):
     reader: FieldReader
     """Reads the table columns and every screened field once per file."""
     screener: Screener | None
+    tags: frozenset[int] | None
+    """The elements to parse (:func:`~sendit_helpers.deid.screening.parse_tags`); None: all."""
 
 
 @lru_cache(maxsize=4)
@@ -184,7 +186,11 @@ def read_plan(
         else None
     )
     tags = [*FIELD_TAGS, *(screener.tags if screener is not None else ())]
-    return ReadPlan(FieldReader(tags, cell=table_cell), screener)
+    boxes = screener.box_tags if screener is not None else ()
+    parse = parse_tags([*tags, *boxes])
+    return ReadPlan(
+        FieldReader(tags, cell=table_cell), screener, None if parse is None else frozenset(parse)
+    )
 
 
 def table_cell(tag: int, value: Any) -> Hashable:
@@ -251,7 +257,10 @@ def read_one(
     file an ``error`` (the reason names the field, never its value).
     ``digests`` are the filter files' :func:`content_digests` (read now when None).
     """
-    found = probe(path)
+    if digests is None:
+        digests = content_digests(filter_recipes)
+    plan = read_plan(filter_recipes, use_deid, digests)
+    found = probe(path, plan.tags)
     row: dict[str, Any] = {
         "source_path": path,
         "size_bytes": found.size,
@@ -261,9 +270,6 @@ def read_one(
     ds = found.dataset
     if found.kind != "dicom" or ds is None:
         return row
-    if digests is None:
-        digests = content_digests(filter_recipes)
-    plan = read_plan(filter_recipes, use_deid, digests)
     try:
         fields = plan.reader.read(ds)
         screen = plan.screener.screen(ds, fields) if plan.screener is not None else None

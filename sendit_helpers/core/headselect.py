@@ -173,10 +173,10 @@ def select(head: bytes, tags: Collection[int]) -> Selected | None:
             if length != _UNDEFINED:
                 end = pos + 12 + length
             elif vr == b"SQ":
-                found = _sequence_end(head, pos + 12, limit)
-                if found is None:
+                seq_end = _sequence_end(head, pos + 12, limit)
+                if seq_end is None:
                     return None
-                end, keep = found, True
+                end, keep = seq_end, True
             else:
                 return None  # undefined-length UN/OB: read it whole
         else:

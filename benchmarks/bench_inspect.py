@@ -5,7 +5,7 @@ On a generated CT corpus (default 1,000 images 512x512, cached under
 
 * ``pydicom loop``: ``pydicom.dcmread(path, stop_before_pixels=True)`` per file;
 * ``read_all``: the stage's per-file work (probe + table row + deid ``%filter``
-  screen), ``sendit_helpers.stages.inspect.read_all(paths, workers=W, use_deid=True)``,
+  screen), ``sendit_helpers.stages.inspectread.read_all(paths, workers=W, use_deid=True)``,
   for 1 and 2 workers;
 * ``reference``: the same per-file work done the plain way (probe, one
   ``Dataset.get`` per table column, ``Recipe.screen``), i.e. what the compiled
@@ -35,7 +35,7 @@ import pydicom
 
 from sendit_helpers.core.dicomio import probe
 from sendit_helpers.core.layout import BatchLayout
-from sendit_helpers.stages import inspect
+from sendit_helpers.stages import inspect, inspectread
 
 
 def pydicom_loop(paths: list[Path]) -> int:
@@ -49,12 +49,12 @@ def pydicom_loop(paths: list[Path]) -> int:
 
 def reference_read(paths: list[Path]) -> int:
     """The per-file work without ``sendit_helpers.deid.screening``: ``Dataset.get`` + ``Recipe.screen``."""
-    recipe = inspect.screen_recipe((), True)
+    recipe = inspectread.screen_recipe((), True)
     n = 0
     for path in paths:
         found = probe(path)
         if found.dataset is not None and found.kind == "dicom":
-            row = {k: inspect.reference_value(found.dataset, k) for k in inspect.FIELDS}
+            row = {k: inspectread.reference_value(found.dataset, k) for k in inspectread.FIELDS}
             row["screen"] = recipe.screen(found.dataset)
             n += 1
     return n
@@ -83,8 +83,8 @@ def stage_split(paths: list[Path], repeats: int) -> tuple[float, float, float]:
     clock = time.process_time
     best = [float("inf")] * 3
     for _ in range(max(1, repeats)):
-        inspect.read_plan.cache_clear()
-        plan = inspect.read_plan((), True)
+        inspectread.read_plan.cache_clear()
+        plan = inspectread.read_plan((), True)
         assert plan.screener is not None
         spent = [0.0, 0.0, 0.0]
         gc.collect()
@@ -119,11 +119,11 @@ def main(argv: list[str] | None = None) -> int:
 
     # One-time costs, reported, not counted: loading and compiling the deid %filter recipes.
     start = time.perf_counter()
-    inspect.read_plan((), True)
+    inspectread.read_plan((), True)
     compile_s = time.perf_counter() - start
 
     def read(workers: int) -> Callable[[], Any]:
-        return lambda: inspect.read_all(paths, workers=workers, use_deid=True, progress=False)
+        return lambda: inspectread.read_all(paths, workers=workers, use_deid=True, progress=False)
 
     def batch(workers: int) -> Callable[[Path, Any], Any]:
         conf = c.settings(WORKERS=workers, OCR_SCREEN="off")  # OCR: benchmarks/bench_ocr.py
@@ -142,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def fresh(_work: Path) -> None:
         """Untimed: recompile the filters, so no run profits from values memoized by the last."""
-        inspect.read_plan.cache_clear()
-        inspect.read_plan((), True)
+        inspectread.read_plan.cache_clear()
+        inspectread.read_plan((), True)
 
     best = dict.fromkeys(runs, float("inf"))
     for _ in range(max(1, args.repeats)):

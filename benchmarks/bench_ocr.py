@@ -41,7 +41,7 @@ import pandas as pd
 
 from sendit_helpers.deid import ocr
 from sendit_helpers.samples import textimages
-from sendit_helpers.stages import inspect
+from sendit_helpers.stages import inspect, inspectread
 
 
 def text_set(out: Path, n: int, with_text: bool) -> Path:
@@ -58,7 +58,7 @@ def text_set(out: Path, n: int, with_text: bool) -> Path:
 def files_of(folder: Path) -> pd.DataFrame:
     """Inspect's files table of a folder (header only, no %filter screen)."""
     paths = c.corpus_files(folder)
-    return inspect.files_table(inspect.read_all(paths, use_deid=False, progress=False), folder)
+    return inspect.files_table(inspectread.read_all(paths, use_deid=False, progress=False), folder)
 
 
 def coverage(folder: Path, table: pd.DataFrame) -> float:

@@ -16,7 +16,7 @@ import sendit_helpers
 from sendit_helpers.core import errors
 from sendit_helpers.core.errors import RecipeError, SenditError, one_line, reduce_message
 from sendit_helpers.core.executors import ExecutorError, map_chunks
-from sendit_helpers.stages import engine, inspect
+from sendit_helpers.stages import engine, inspectread
 
 NAME = "DOE^JOHN"  # stands in for a value that must never reach a message
 CONFIG = engine.WorkerConfig((), True, b"test-secret")
@@ -156,7 +156,7 @@ def test_inspect_reason_names_the_element_once(tmp_path: Path) -> None:
     data = path.read_bytes()
     at = data.find(b"\x28\x00\x10\x00US\x02\x00")
     path.write_bytes(data[:at] + b"\x28\x00\x10\x00US\x03\x00\x40\x00\x00" + data[at + 10 :])
-    row = inspect.read_one(str(path))
+    row = inspectread.read_one(str(path))
     assert row["kind"] == "error"
     assert row["reason"] == (
         "unreadable header value: cannot decode Rows (0028,0010) (BytesLengthException (VR US): "

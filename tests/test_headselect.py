@@ -9,14 +9,14 @@ from pydicom.data import get_testdata_file
 from sendit_helpers.core import headselect
 from sendit_helpers.core.dicomio import HEAD_BYTES, probe
 from sendit_helpers.samples import batchspec, synthetic
-from sendit_helpers.stages import inspect
+from sendit_helpers.stages import inspect, inspectread
 
 
-def _plan() -> inspect.ReadPlan:
-    return inspect.read_plan((str(inspect.SENDIT_FILTERS),), True, ())
+def _plan() -> inspectread.ReadPlan:
+    return inspectread.read_plan((str(inspect.SENDIT_FILTERS),), True, ())
 
 
-def _same_as_full(path: Path, plan: inspect.ReadPlan) -> None:
+def _same_as_full(path: Path, plan: inspectread.ReadPlan) -> None:
     assert plan.tags is not None
     full, cut = probe(path), probe(path, plan.tags)
     assert (cut.kind, cut.reason, cut.size, cut.pixel_offset) == (

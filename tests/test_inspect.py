@@ -15,7 +15,7 @@ from sendit_helpers.core.errors import BatchError
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.core.settings import Settings, load_settings
 from sendit_helpers.run.runner import open_batch
-from sendit_helpers.stages import inspect
+from sendit_helpers.stages import inspect, inspectread
 
 QUIET = {"PROGRESS": False}
 
@@ -75,8 +75,8 @@ def test_montage_written(opened: tuple[BatchLayout, Settings]) -> None:
 def test_workers_give_same_table(opened: tuple[BatchLayout, Settings]) -> None:
     layout, settings = opened
     paths = inspect.discover(layout.source) * 5
-    one = inspect.read_all(paths, workers=1, progress=False)
-    two = inspect.read_all(paths, workers=2, progress=False)
+    one = inspectread.read_all(paths, workers=1, progress=False)
+    two = inspectread.read_all(paths, workers=2, progress=False)
     assert one == two
 
 
@@ -152,7 +152,7 @@ def test_probe_unopenable_file_is_an_error(tmp_path: Path) -> None:
     found = probe(link)
     assert found.kind == "error" and found.reason.startswith("cannot open the file")
     assert "PATIENT_NAME" not in found.reason
-    row = inspect.read_one(str(link))
+    row = inspectread.read_one(str(link))
     assert row["kind"] == "error"
 
 
@@ -176,8 +176,8 @@ def _reference_row(path: str, filters: tuple[str, ...]) -> dict[str, object]:
         str(tsyntax.name) if tsyntax else "(none: implicit VR little endian assumed)"
     )
     row["has_pixels"] = found.pixel_offset is not None
-    row.update({k: inspect.reference_value(ds, k) for k in inspect.FIELDS})
-    screen = inspect.screen_recipe(filters, True).screen(ds)
+    row.update({k: inspectread.reference_value(ds, k) for k in inspectread.FIELDS})
+    screen = inspectread.screen_recipe(filters, True).screen(ds)
     row.update(
         flagged=bool(screen.flagged),
         group=screen.group,
@@ -196,7 +196,7 @@ def test_read_one_matches_reference_rows(opened: tuple[BatchLayout, Settings]) -
     filters = (str(inspect.SENDIT_FILTERS),)
     for _ in range(2):  # cold, then memoized
         for path in paths:
-            assert inspect.read_one(path, filters) == _reference_row(path, filters), path
+            assert inspectread.read_one(path, filters) == _reference_row(path, filters), path
 
 
 def _probe_snapshot(path: Path) -> tuple[object, ...]:
@@ -299,6 +299,6 @@ def test_edited_filter_file_is_seen_by_the_next_batch(
         labels.append(set(files.loc[files["flagged"].astype(bool), "label"]))
     assert labels == [{"first rule"}, {"second rule"}]
     path = str(get_testdata_file("CT_small.dcm"))
-    assert inspect.read_one(path, (str(rules),), False)["label"] == "second rule"
+    assert inspectread.read_one(path, (str(rules),), False)["label"] == "second rule"
     rules.write_text(rules.read_text().replace("second rule", "third rule"))
-    assert inspect.read_one(path, (str(rules),), False)["label"] == "third rule"
+    assert inspectread.read_one(path, (str(rules),), False)["label"] == "third rule"

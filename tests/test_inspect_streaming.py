@@ -16,7 +16,7 @@ from sendit_helpers.core import disposition, executors
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.core.settings import Settings, load_settings
 from sendit_helpers.run.runner import open_batch
-from sendit_helpers.stages import inspect
+from sendit_helpers.stages import inspect, inspectread
 
 QUIET = {"PROGRESS": False}
 
@@ -56,7 +56,7 @@ def test_spooled_tables_equal_in_memory_tables(
 ) -> None:
     """Tables of the spooled parts equal files_table / disposition_rows of read_all."""
     folder = pydicom_batch
-    rows = inspect.read_all(inspect.discover(folder), use_deid=use_deid, progress=False)
+    rows = inspectread.read_all(inspect.discover(folder), use_deid=use_deid, progress=False)
     expected = inspect.files_table(rows, folder)
     parts, files, table = _spooled(folder, tmp_path / "spool", use_deid=use_deid)
     pd.testing.assert_frame_equal(files, expected)
@@ -78,7 +78,7 @@ def test_rows_written_per_chunk(tmp_path: Path, pydicom_batch: Path) -> None:
     assert len(parts) == -(-len(names) // 10)
     seen = [p for part in parts for p in pq.read_table(part, columns=["source_path"]).column(0)]
     assert [str(p) for p in seen] == names
-    rows = inspect.read_all([Path(n) for n in names], progress=False)
+    rows = inspectread.read_all([Path(n) for n in names], progress=False)
     pd.testing.assert_frame_equal(files, inspect.files_table(rows, folder))
 
 
@@ -89,7 +89,7 @@ def test_no_dicom_rows(tmp_path: Path) -> None:
     (folder / "a.txt").write_text("not dicom")
     (folder / "b.bin").write_bytes(b"")
     _, files, table = _spooled(folder, tmp_path / "spool")
-    rows = inspect.read_all(inspect.discover(folder), progress=False)
+    rows = inspectread.read_all(inspect.discover(folder), progress=False)
     pd.testing.assert_frame_equal(files, inspect.files_table(rows, folder))
     assert list(table["disposition"]) == ["non_dicom", "non_dicom"]
 
@@ -100,7 +100,7 @@ def test_inspect_batch_same_outputs_and_spool_removed(
     """The stage's files table and dispositions are the in-memory ones; the spool is gone."""
     layout, settings = opened
     result = inspect.inspect_batch(layout, {**settings, "OCR_SCREEN": "off"})
-    rows = inspect.read_all(
+    rows = inspectread.read_all(
         inspect.discover(layout.source),
         filter_recipes=[str(inspect.SENDIT_FILTERS)],
         progress=False,

@@ -19,7 +19,7 @@ from sendit_helpers.deid import ocr, tesseract
 from sendit_helpers.run import upstream
 from sendit_helpers.run.runner import open_batch
 from sendit_helpers.samples import batchspec, synthetic, textimages
-from sendit_helpers.stages import inspect, review, review_items
+from sendit_helpers.stages import inspect, inspectread, review, review_items
 from sendit_helpers.stages.review import Box
 from sendit_helpers.stages.review_decisions import Decision, DecisionLog
 
@@ -30,7 +30,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 def files_of(paths: list[Path], source: Path) -> pd.DataFrame:
     """Inspect's files table of some files (header only)."""
-    return inspect.files_table(inspect.read_all(paths, use_deid=False, progress=False), source)
+    return inspect.files_table(inspectread.read_all(paths, use_deid=False, progress=False), source)
 
 
 def covered(line: textimages.TextTruth, boxes: list[list[int]]) -> float:

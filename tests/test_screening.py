@@ -4,7 +4,7 @@
 must return identical :class:`ScreenResult` (flag, group, label, reason,
 coordinates) on generated batches, on every file bundled with pydicom and on
 many random data sets built from the labels' own terms.  The reader's table
-cells must equal what ``Dataset.get`` gives (``inspect.reference_value``).
+cells must equal what ``Dataset.get`` gives (``inspectread.reference_value``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from sendit_helpers.core.dicomio import probe
 from sendit_helpers.deid.recipes import Recipe
 from sendit_helpers.deid.screening import ABSENT, FieldReader, Screener
 from sendit_helpers.samples import batchspec, synthetic
-from sendit_helpers.stages import inspect
+from sendit_helpers.stages import inspect, inspectread
 
 #: A user filter recipe using every criterion, both operators, every kind of coordinates.
 USER_FILTERS = """FORMAT dicom
@@ -191,7 +191,7 @@ def test_same_as_recipe_on_random_datasets(recipes: list[Recipe]) -> None:
 
 
 def test_reader_cells_equal_dataset_get() -> None:
-    reader = FieldReader(inspect.FIELD_TAGS, cell=inspect.table_cell)
+    reader = FieldReader(inspectread.FIELD_TAGS, cell=inspectread.table_cell)
     checked = 0
     for _ in range(2):  # cold, then memoized
         for path in _pydicom_files():
@@ -199,8 +199,8 @@ def test_reader_cells_equal_dataset_get() -> None:
             if ds is None or reference is None:
                 continue
             fields = reader.read(ds)
-            expected = {k: inspect.reference_value(reference, k) for k in inspect.FIELDS}
-            pairs = zip(inspect.FIELDS, inspect.FIELD_TAGS, strict=True)
+            expected = {k: inspectread.reference_value(reference, k) for k in inspectread.FIELDS}
+            pairs = zip(inspectread.FIELDS, inspectread.FIELD_TAGS, strict=True)
             got = {k: fields[t].cell for k, t in pairs}
             assert got == expected, path
             checked += 1
@@ -228,7 +228,7 @@ def test_undecodable_value_is_an_error_without_the_value(tmp_path: Path) -> None
     data[at + 6 : at + 10] = b"\x01\x00\x07\x00"
     data[at + 10 : at + 11] = b""
     path.write_bytes(bytes(data))
-    row = inspect.read_one(str(path))
+    row = inspectread.read_one(str(path))
     assert row["kind"] == "error"
     assert "Rows (0028,0010)" in row["reason"] and "SECRET" not in row["reason"]
     assert "\\x07" not in row["reason"]
@@ -236,7 +236,7 @@ def test_undecodable_value_is_an_error_without_the_value(tmp_path: Path) -> None
 
 def test_reader_memo_respects_character_set() -> None:
     """The same raw bytes decode differently under another Specific Character Set."""
-    reader = FieldReader(inspect.FIELD_TAGS, cell=inspect.table_cell)
+    reader = FieldReader(inspectread.FIELD_TAGS, cell=inspectread.table_cell)
     for charset in ("ISO_IR 192", "ISO_IR 100", "ISO_IR 192", "ISO_IR 144"):
         ds = Dataset()
         ds.SpecificCharacterSet = charset
@@ -247,4 +247,5 @@ def test_reader_memo_respects_character_set() -> None:
         ds.save_as(buffer, enforce_file_format=False)
         ours = pydicom.dcmread(io.BytesIO(buffer.getvalue()), force=True)
         theirs = pydicom.dcmread(io.BytesIO(buffer.getvalue()), force=True)
-        assert reader.read(ours)[0x00080070].cell == inspect.reference_value(theirs, "Manufacturer")
+        expected = inspectread.reference_value(theirs, "Manufacturer")
+        assert reader.read(ours)[0x00080070].cell == expected

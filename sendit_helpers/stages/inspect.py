@@ -17,72 +17,27 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache, partial
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pydicom.datadict import tag_for_keyword
-from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset
-from pydicom.uid import UID
 
 from sendit_helpers.core import discovery, disposition, executors
-from sendit_helpers.core.dicomio import probe
 from sendit_helpers.core.disposition import Disposition, Row
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.core.resources import content_digests, shipped
 from sendit_helpers.core.settings import typed
-from sendit_helpers.deid.screening import FieldError, FieldReader, Screener, parse_tags
+from sendit_helpers.stages.inspectread import FIELDS, INT_FIELDS, read_one, read_plan
 
 if TYPE_CHECKING:
-    from sendit_helpers.deid.recipes import Recipe
+    pass
 
-#: Header fields kept in ``files.parquet``: (column, keyword).
-FIELDS: tuple[str, ...] = (
-    "PatientID",
-    "PatientName",
-    "AccessionNumber",
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
-    "SOPInstanceUID",
-    "SOPClassUID",
-    "StudyDate",
-    "StudyTime",
-    "PatientBirthDate",
-    "StudyDescription",
-    "SeriesNumber",
-    "SeriesDescription",
-    "InstanceNumber",
-    "Modality",
-    "BodyPartExamined",
-    "PatientSex",
-    "PatientAge",
-    "Rows",
-    "Columns",
-    "NumberOfFrames",
-    "SamplesPerPixel",
-    "BitsAllocated",
-    "PhotometricInterpretation",
-    "BurnedInAnnotation",
-    "ImageType",
-    "Manufacturer",
-    "ManufacturerModelName",
-)
-_INTS = (
-    "SeriesNumber",
-    "InstanceNumber",
-    "Rows",
-    "Columns",
-    "NumberOfFrames",
-    "SamplesPerPixel",
-    "BitsAllocated",
-)
 #: sendit's own %filter rules (modalities that usually carry burned-in text).
 SENDIT_FILTERS = shipped("params/recipes/sendit-filters.deid")
 #: The files-table columns :func:`ocr.screen_files` reads.
@@ -147,183 +102,6 @@ def discover_inputs(layout: BatchLayout) -> discovery.Found:
     return discovery.scan(layout.source, include=include, exclude=layout.work)
 
 
-# ------------------------------------------------------------------ per file
-FIELD_TAGS: tuple[int, ...] = tuple(int(tag_for_keyword(k) or 0) for k in FIELDS)
-_INT_TAGS = frozenset(int(tag_for_keyword(k) or 0) for k in _INTS)
-_IMAGE_TYPE = 0x00080008
-
-
-@lru_cache(maxsize=4)
-def screen_recipe(
-    filter_recipes: tuple[str, ...], use_deid: bool, digests: tuple[str, ...] = ()
-) -> Recipe:
-    """The loaded filter recipes (the reference screen, :meth:`Recipe.screen`).
-
-    ``digests`` (:func:`~sendit_helpers.core.resources.content_digests` of the
-    files) only key the cache: a file edited at the same path is loaded again.
-    """
-    from sendit_helpers.deid.recipes import Recipe
-
-    return Recipe.load(filter_recipes, include_default=False, include_deid_filters=use_deid)
-
-
-class ReadPlan(NamedTuple):
-    reader: FieldReader
-    """Reads the table columns and every screened field once per file."""
-    screener: Screener | None
-    tags: frozenset[int] | None
-    """The elements to parse (:func:`~sendit_helpers.deid.screening.parse_tags`); None: all."""
-
-
-@lru_cache(maxsize=4)
-def read_plan(
-    filter_recipes: tuple[str, ...], use_deid: bool, digests: tuple[str, ...] = ()
-) -> ReadPlan:
-    """Per-process compiled work for :func:`read_one` (one per recipe set and content)."""
-    screener = (
-        Screener(screen_recipe(filter_recipes, use_deid, digests))
-        if filter_recipes or use_deid
-        else None
-    )
-    tags = [*FIELD_TAGS, *(screener.tags if screener is not None else ())]
-    boxes = screener.box_tags if screener is not None else ()
-    parse = parse_tags([*tags, *boxes])
-    return ReadPlan(
-        FieldReader(tags, cell=table_cell), screener, None if parse is None else frozenset(parse)
-    )
-
-
-def table_cell(tag: int, value: Any) -> Hashable:
-    """A header value as a table cell: None, int (for :data:`_INTS`) or str."""
-    if value is None or value == "":
-        return None
-    if tag in _INT_TAGS:
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            return None
-    if tag == _IMAGE_TYPE:
-        return "\\".join(str(v) for v in value) if not isinstance(value, str) else value
-    return str(value)
-
-
-def reference_value(ds: Dataset, keyword: str) -> Any:
-    """One table cell read with ``Dataset.get``: the reference :func:`table_cell` agrees with."""
-    elem = ds.get(keyword)
-    if elem is None or elem == "":
-        return None
-    if keyword in _INTS:
-        try:
-            return int(elem)
-        except (TypeError, ValueError):
-            return None
-    if keyword == "ImageType":
-        return "\\".join(str(v) for v in elem) if not isinstance(elem, str) else elem
-    return str(elem)
-
-
-@lru_cache(maxsize=64)
-def _syntax_name(uid: str) -> str:
-    return str(UID(uid).name)
-
-
-def _transfer_syntax(ds: Dataset) -> str:
-    """The name of the file's transfer syntax (from its file meta)."""
-    meta = getattr(ds, "file_meta", None)
-    if meta is None:
-        tsyntax = None
-    else:
-        # dcmread has already decoded it (to choose the encoding): skip the keyword look-up.
-        elem = meta._dict.get(0x00020010)
-        tsyntax = elem.value if isinstance(elem, DataElement) else meta.get("TransferSyntaxUID")
-    return _syntax_name(str(tsyntax)) if tsyntax else "(none: implicit VR little endian assumed)"
-
-
-@lru_cache(maxsize=1024)
-def _coordinates_json(boxes: tuple[tuple[int, int, int, int], ...]) -> str:
-    return json.dumps([list(c) for c in boxes])
-
-
-def read_one(
-    path: str,
-    filter_recipes: tuple[str, ...] = (),
-    use_deid: bool = True,
-    digests: tuple[str, ...] | None = None,
-) -> dict[str, Any]:
-    """Probe one file and, if DICOM, extract its row and screen it.
-
-    Returns a plain dict (cheap to send between processes) with ``kind`` and
-    ``reason`` always set.  A header value pydicom cannot decode makes the
-    file an ``error`` (the reason names the field, never its value).
-    ``digests`` are the filter files' :func:`content_digests` (read now when None).
-    """
-    if digests is None:
-        digests = content_digests(filter_recipes)
-    plan = read_plan(filter_recipes, use_deid, digests)
-    found = probe(path, plan.tags)
-    row: dict[str, Any] = {
-        "source_path": path,
-        "size_bytes": found.size,
-        "kind": found.kind,
-        "reason": found.reason,
-    }
-    ds = found.dataset
-    if found.kind != "dicom" or ds is None:
-        return row
-    try:
-        fields = plan.reader.read(ds)
-        screen = plan.screener.screen(ds, fields) if plan.screener is not None else None
-    except FieldError as exc:
-        row.update(kind="error", reason=f"unreadable header value: {exc}")
-        return row
-    row["transfer_syntax"] = _transfer_syntax(ds)
-    row["has_pixels"] = found.pixel_offset is not None
-    row.update(zip(FIELDS, [fields[tag].cell for tag in FIELD_TAGS], strict=True))
-    if screen is not None:
-        row.update(
-            flagged=bool(screen.flagged),
-            group=screen.group,
-            label=screen.label,
-            reason_screen=screen.reason,
-            coordinates=_coordinates_json(screen.coordinates),
-        )
-    return row
-
-
-def _read_chunk(
-    paths: list[str], filter_recipes: tuple[str, ...], use_deid: bool, digests: tuple[str, ...]
-) -> list[dict[str, Any]]:
-    return [read_one(p, filter_recipes, use_deid, digests) for p in paths]
-
-
-def read_all(
-    paths: Sequence[Path],
-    *,
-    workers: int = 1,
-    filter_recipes: Sequence[str] = (),
-    use_deid: bool = True,
-    progress: bool = True,
-    executor: str = "local",
-    scheduler: str = "",
-) -> list[dict[str, Any]]:
-    """Run :func:`read_one` over many files, in order, on a process pool or Dask when
-    ``workers`` > 1 (see :func:`sendit_helpers.core.executors.map_chunks`)."""
-    names = [os.fspath(p) for p in paths]
-    recipes = tuple(os.fspath(r) for r in filter_recipes)
-    digests = content_digests(recipes)  # once per batch: an edited filter file is seen
-    read_plan(recipes, use_deid, digests)  # compiled before the pool starts: workers inherit it
-    return executors.map_chunks(
-        partial(_read_chunk, filter_recipes=recipes, use_deid=use_deid, digests=digests),
-        names,
-        workers=workers,
-        executor=executor,
-        scheduler=scheduler,
-        progress=progress,
-        desc="inspect",
-        serial_below=64,
-    )
-
-
 # ------------------------------------------------------------------ spooled rows
 #: Columns of the files table (:func:`files_table`, ``files.parquet``), in order.
 FILES_COLUMNS: tuple[str, ...] = (
@@ -340,8 +118,8 @@ FILES_COLUMNS: tuple[str, ...] = (
     "coordinates",
     "reason",
 )
-#: Columns of a spool part (:func:`spool_chunk`): the files table's and :func:`read_one`'s
-#: ``kind``; ``relative_path`` is set for DICOM rows only.
+#: Columns of a spool part (:func:`spool_chunk`): the files table's and
+#: :func:`inspectread.read_one`'s ``kind``; ``relative_path`` is set for DICOM rows only.
 SPOOL_COLUMNS: tuple[str, ...] = ("kind", *FILES_COLUMNS)
 #: Arrow types of the spool columns that are not strings (``large_string``: the type
 #: pandas' own string columns use, so :func:`files_frame` shares their buffers).
@@ -349,7 +127,7 @@ _SPOOL_TYPES: dict[str, pa.DataType] = {
     "size_bytes": pa.int64(),
     "has_pixels": pa.bool_(),
     "flagged": pa.bool_(),
-    **{name: pa.int64() for name in _INTS},
+    **{name: pa.int64() for name in INT_FIELDS},
 }
 #: Always in a spool part; the others only when a DICOM row of the chunk has them.
 _BASE_COLUMNS = ("source_path", "relative_path", "size_bytes", "kind", "reason")
@@ -362,7 +140,7 @@ def _spool_type(column: str) -> pa.DataType:
 
 
 def rows_table(rows: Sequence[Mapping[str, Any]], source: str) -> pa.Table:
-    """:func:`read_one` rows as one Arrow table of :data:`SPOOL_COLUMNS`.
+    """:func:`inspectread.read_one` rows as one Arrow table of :data:`SPOOL_COLUMNS`.
 
     A column that no DICOM row has (the screening columns when nothing
     screens) is left out, as :func:`files_table` would find it missing.
@@ -393,21 +171,21 @@ def spool_chunk(
     source: str,
     digests: tuple[str, ...] | None = None,
 ) -> list[str]:
-    """Read a chunk of files (:func:`read_one`) and write their rows to one spool part.
+    """Read a chunk of files (:func:`inspectread.read_one`) and write their rows to one spool part.
 
     Parameters
     ----------
     paths : list of str
         Consecutive files of the batch.
     filter_recipes, use_deid
-        As :func:`read_one`.
+        As :func:`inspectread.read_one`.
     spool : str
         The spool folder (exists).  The part gets a fresh name, so a chunk run
         twice (a retried Dask task) leaves an unused part, never a mixed one.
     source : str
         The batch folder (``relative_path`` is relative to it).
     digests : tuple of str, optional
-        As :func:`read_one`.
+        As :func:`inspectread.read_one`.
 
     Returns
     -------
@@ -437,7 +215,7 @@ def spool_all(
     executor: str = "local",
     scheduler: str = "",
 ) -> list[Path]:
-    """:func:`read_all`, writing rows to spool parts instead of returning them.
+    """:func:`inspectread.read_all`, writing rows to spool parts instead of returning them.
 
     Returns
     -------
@@ -497,7 +275,7 @@ def _conformed(table: pa.Table, schema: pa.Schema) -> pa.Table:
 
 
 def _like_row(dicom: pa.Table, source: Path) -> dict[str, Any]:
-    """One :func:`read_one`-like row whose columns are null/absent where ``dicom``'s all are.
+    """One :func:`inspectread.read_one`-like row, null/absent where ``dicom``'s columns all are.
 
     :func:`files_table` of it has the column types that :func:`files_table` of
     every row would have (pandas infers them from which values are there).
@@ -535,11 +313,11 @@ def files_frame(rows: pa.Table, source: Path) -> pd.DataFrame:
 
 # ------------------------------------------------------------------ tables
 def files_table(rows: Iterable[Mapping[str, Any]], source: Path) -> pd.DataFrame:
-    """The per-DICOM-file table from :func:`read_all` rows."""
+    """The per-DICOM-file table from :func:`inspectread.read_all` rows."""
     dicom = [dict(r) for r in rows if r["kind"] == "dicom"]
     table = pd.DataFrame(dicom).reindex(columns=list(FILES_COLUMNS))
     table["relative_path"] = [Path(p).relative_to(source).as_posix() for p in table["source_path"]]
-    for col in _INTS:
+    for col in INT_FIELDS:
         table[col] = table[col].astype("Int64")
     table["flagged"] = table["flagged"].eq(True)
     table["has_pixels"] = table["has_pixels"].eq(True)

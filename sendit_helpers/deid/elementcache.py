@@ -51,6 +51,7 @@ from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
+from sendit_helpers.core.explicitvr import LONG_VRS, UL, UNDEFINED
 from sendit_helpers.deid import cleaned
 from sendit_helpers.deid.dicomwrite import (
     encode_meta,
@@ -66,9 +67,6 @@ from sendit_helpers.deid.fragments import (
     uid_value,
 )
 from sendit_helpers.deid.headerscan import (
-    LONG_VRS,
-    UL,
-    UNDEFINED,
     HeaderScan,
     is_compressed,
     scan_header,

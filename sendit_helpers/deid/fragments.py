@@ -14,7 +14,7 @@ from typing import Any
 
 from pydicom._uid_dict import UID_dictionary
 
-from sendit_helpers.deid.headerscan import HEAD
+from sendit_helpers.core.explicitvr import HEAD
 from sendit_helpers.deid.recipemodel import Changes, DeidContext
 
 #: Engine results a UID shortcut must reproduce (per tag and context) before it is trusted.

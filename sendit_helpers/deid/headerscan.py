@@ -8,33 +8,24 @@ takes those files).
 
 from __future__ import annotations
 
-import struct
 from functools import lru_cache
 from typing import NamedTuple
 
 from pydicom.uid import UID
 
+from sendit_helpers.core.explicitvr import (
+    HEAD,
+    LONG_VRS,
+    SHORT_VRS,
+    UL,
+    UNDEFINED,
+    explicit_little,
+    sequence_end,
+)
 from sendit_helpers.deid.dicomwrite import (
     PIXEL_DATA,
     encapsulated_end,
 )
-
-#: An explicit VR element's head: group, element, VR and a 2-byte length.
-HEAD = struct.Struct("<HH2sH")
-UL = struct.Struct("<L")
-_ITEM = struct.Struct("<HHL")
-#: The undefined length (a sequence or item ended by a delimiter).
-UNDEFINED = 0xFFFFFFFF
-#: VRs with a 4-byte length in explicit VR encoding (PS3.5 7.1.2).
-LONG_VRS = frozenset(
-    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
-)
-_SHORT_VRS = frozenset(
-    {
-        b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT",
-        b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US",
-    }
-)  # fmt: skip
 
 
 class HeaderScan(NamedTuple):
@@ -49,55 +40,6 @@ class HeaderScan(NamedTuple):
     pixel_value_at: int
 
 
-def _element_end(data: bytes, pos: int, limit: int) -> tuple[int, int] | None:
-    """``(tag, end)`` of the explicit VR little endian element at ``pos``; None if odd."""
-    if pos + 8 > limit:
-        return None
-    group, elem, vr, length = HEAD.unpack_from(data, pos)
-    if vr in LONG_VRS:
-        if pos + 12 > limit:
-            return None
-        length = UL.unpack_from(data, pos + 8)[0]
-        value_at = pos + 12
-        if length == UNDEFINED:
-            if vr != b"SQ":
-                return None  # undefined-length UN is implicit VR inside: general path
-            end = _sequence_end(data, value_at, limit)
-            return None if end is None else (group << 16 | elem, end)
-    elif vr in _SHORT_VRS:
-        value_at = pos + 8
-    else:
-        return None
-    end = value_at + length
-    return None if end > limit else (group << 16 | elem, end)
-
-
-def _sequence_end(data: bytes, pos: int, limit: int) -> int | None:
-    """End of an undefined-length sequence value, past its delimiter."""
-    while pos + 8 <= limit:
-        group, elem, length = _ITEM.unpack_from(data, pos)
-        if (group, elem) == (0xFFFE, 0xE0DD):
-            return pos + 8
-        if (group, elem) != (0xFFFE, 0xE000):
-            return None
-        pos += 8
-        if length != UNDEFINED:
-            pos += length
-            continue
-        while True:  # an undefined-length item: elements up to its delimiter
-            if pos + 8 > limit:
-                return None
-            group, elem, length = _ITEM.unpack_from(data, pos)
-            if (group, elem) == (0xFFFE, 0xE00D):
-                pos += 8
-                break
-            found = _element_end(data, pos, limit)
-            if found is None:
-                return None
-            pos = found[1]
-    return None
-
-
 def top_elements(
     data: bytes, pos: int, limit: int, below: int
 ) -> tuple[list[tuple[int, int, int]], int] | None:
@@ -108,7 +50,7 @@ def top_elements(
     """
     out: list[tuple[int, int, int]] = []
     append = out.append
-    head, ul, long_vrs, short_vrs = HEAD.unpack_from, UL.unpack_from, LONG_VRS, _SHORT_VRS
+    head, ul, long_vrs, short_vrs = HEAD.unpack_from, UL.unpack_from, LONG_VRS, SHORT_VRS
     last = -1
     while pos < limit:
         if pos + 8 > limit:
@@ -126,7 +68,7 @@ def top_elements(
             if length != UNDEFINED:
                 end = pos + 12 + length
             elif vr == b"SQ":
-                found = _sequence_end(data, pos + 12, limit)
+                found = sequence_end(data, pos + 12, limit)
                 if found is None:
                     return None
                 end = found
@@ -139,18 +81,6 @@ def top_elements(
         append((tag, pos, end))
         last, pos = tag, end
     return out, pos
-
-
-@lru_cache(maxsize=64)
-def _explicit_little(syntax: str) -> bool:
-    uid = UID(syntax)
-    return (
-        uid.is_transfer_syntax
-        and not uid.is_private
-        and uid.is_little_endian
-        and not uid.is_implicit_VR
-        and not uid.is_deflated
-    )
 
 
 @lru_cache(maxsize=64)
@@ -175,7 +105,7 @@ def scan_header(data: bytes) -> HeaderScan | None:
     for tag, start, end in meta:
         if tag == 0x00020010:
             syntax = data[start + 8 : end].rstrip(b"\x00 ").decode("ascii", "replace")
-    if not meta or meta[0][0] != 0x00020000 or not syntax or not _explicit_little(syntax):
+    if not meta or meta[0][0] != 0x00020000 or not syntax or not explicit_little(syntax):
         return None
     found = top_elements(data, pos, len(data), PIXEL_DATA)
     if found is None:

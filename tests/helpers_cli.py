@@ -1,10 +1,16 @@
-"""What the tests of ``sendit run`` share: a tiny batch, the command line and its environment."""
+"""What the tests of ``sendit run`` share: a tiny batch, its command line and environment, trees."""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+
+import psutil
 
 from sendit_helpers.samples import batchspec
 
@@ -49,3 +55,63 @@ def run_cmd(root: Path, work: Path, *extra: str) -> list[str]:
     """
     cli = [sys.executable, "-m", "sendit_helpers.run.cli", "run", str(root), "--work", str(work)]
     return [*cli, *extra]
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    """Return every file under ``folder`` by its relative POSIX path, with its bytes."""
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    """Return the processes below ``pid`` (none once it has ended)."""
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def kill_when(
+    cmd: list[str],
+    env: dict[str, str],
+    log: Path,
+    appeared: Callable[[], bool],
+    *,
+    timeout: float,
+    poll: float,
+) -> list[psutil.Process]:
+    """Start ``cmd``, SIGKILL it once ``appeared()`` is true; return the processes it had started.
+
+    Parameters
+    ----------
+    cmd, env : list of str, dict
+        The command and its environment.
+    log : Path
+        Where its stdout and stderr go.
+    appeared : callable
+        Polled every ``poll`` seconds, for at most ``timeout`` seconds.
+    timeout, poll : float
+        Seconds.
+
+    Returns
+    -------
+    list of psutil.Process
+        Its descendants as last seen alive (kernels, workers): the caller checks they end.
+    """
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=out)
+        deadline = time.monotonic() + timeout
+        children: list[psutil.Process] = []
+        while time.monotonic() < deadline and proc.poll() is None:
+            children = descendants(proc.pid) or children
+            if appeared():
+                break
+            time.sleep(poll)
+        children = descendants(proc.pid) or children
+        assert proc.poll() is None, "the run ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(30) == -signal.SIGKILL
+    return children

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import sqlite3
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import nbformat
@@ -37,17 +35,9 @@ from sendit_helpers.run.pipeline import (
 from sendit_helpers.run.runner import Stage, notebook_path, open_batch, warm_kernels
 from sendit_helpers.samples import synthetic
 from sendit_helpers.stages import inspect, review
-from tests.helpers_cli import TINY, cli_env, run_cmd
+from tests.helpers_cli import TINY, cli_env, kill_when, run_cmd, tree
 
 SECRET_HEX = "706970656c696e652d746573742d736563726574"  # "pipeline-test-secret"
-
-
-def _tree(folder: Path) -> dict[str, bytes]:
-    return {
-        p.relative_to(folder).as_posix(): p.read_bytes()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 # ------------------------------------------------------------------ units
@@ -339,13 +329,6 @@ def _reference(batches: list[Path], work: Path, monkeypatch: pytest.MonkeyPatch)
         review.apply_decisions(layout, settings)
 
 
-def _descendants(pid: int) -> list[psutil.Process]:
-    try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
-
-
 def _table(stdout: str) -> dict[str, list[str]]:
     """The status table's rows by batch: batch, status, stage, seconds, ran, skipped[, notebook]."""
     return {line.split()[0]: line.split() for line in stdout.splitlines()[1:] if line.strip()}
@@ -373,21 +356,14 @@ def test_killed_run_resumes_and_failing_batch_is_isolated(
     (work / bad.name / "phi" / "deidentify").write_text("not a folder")
 
     # 1. killed midway
-    with (tmp_path / "run1.out").open("w") as out:
-        proc = subprocess.Popen(
-            run_cmd(root, work, "--workers", "2"), env=cli_env(SECRET_HEX), stdout=out, stderr=out
-        )
-        deadline = time.monotonic() + 120
-        children: list[psutil.Process] = []
-        while time.monotonic() < deadline and proc.poll() is None:
-            children = _descendants(proc.pid) or children
-            if list(work.glob("*/phi/notebooks/02_deidentify.ipynb")):
-                break
-            time.sleep(0.05)
-        children = _descendants(proc.pid) or children
-        assert proc.poll() is None, "the run ended before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(30) == -signal.SIGKILL
+    children = kill_when(
+        run_cmd(root, work, "--workers", "2"),
+        cli_env(SECRET_HEX),
+        tmp_path / "run1.out",
+        lambda: bool(list(work.glob("*/phi/notebooks/02_deidentify.ipynb"))),
+        timeout=120,
+        poll=0.05,
+    )
     _gone, alive = psutil.wait_procs(children, timeout=20)
     assert not alive, "notebook kernels outlived the killed run"
     assert not any(stamp_path(BatchLayout.for_batch(b, work), Stage.UPLOAD).exists() for b in made)
@@ -417,7 +393,7 @@ def test_killed_run_resumes_and_failing_batch_is_isolated(
     released = 0
     for folder in good:
         layout = BatchLayout.for_batch(folder, work)
-        assert _tree(layout.release) == _tree(reference / folder.name / "release")
+        assert tree(layout.release) == tree(reference / folder.name / "release")
         released += len(list(layout.release.rglob("*.dcm")))
         for stage in PIPELINE:
             nb = notebook_path(stage, layout)

@@ -9,10 +9,8 @@ run again.
 from __future__ import annotations
 
 import json
-import signal
 import sqlite3
 import subprocess
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -25,17 +23,9 @@ from sendit_helpers.run.pipeline import PIPELINE, stamp_path
 from sendit_helpers.run.runner import KERNELS_DIR, Stage, notebook_path, open_batch
 from sendit_helpers.samples import synthetic
 from sendit_helpers.stages import inspect, review, upload
-from tests.helpers_cli import TINY, cli_env, run_cmd
+from tests.helpers_cli import TINY, cli_env, kill_when, run_cmd, tree
 
 SECRET_HEX = "7761726d2d6b65726e656c2d74657374"  # "warm-kernel-test"
-
-
-def _tree(folder: Path) -> dict[str, bytes]:
-    return {
-        p.relative_to(folder).as_posix(): p.read_bytes()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 def _one_by_one(batches: list[Path], work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -59,7 +49,7 @@ def _manifest(layout: BatchLayout) -> list[tuple[str, ...]]:
 
 
 def _same_outputs(warm: BatchLayout, cold: BatchLayout) -> None:
-    assert _tree(warm.release) == _tree(cold.release)
+    assert tree(warm.release) == tree(cold.release)
     assert warm.disposition_csv.read_bytes() == cold.disposition_csv.read_bytes()
     for table in ("files", "series", "dates"):
         left = pd.read_parquet(warm.inspect_dir / f"{table}.parquet")
@@ -116,13 +106,6 @@ def test_warm_run_equals_one_by_one_and_a_failing_batch_spares_the_next(
     assert failed.exists() and failed.with_suffix(".html").exists()
 
 
-def _descendants(pid: int) -> list[psutil.Process]:
-    try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "marker",
@@ -142,20 +125,14 @@ def test_killed_warm_run_completes_everything_once(
     root = tmp_path / "root"
     made = list(synthetic.make_batches(root, n=2, spec=TINY))
     work = tmp_path / "work"
-    with (tmp_path / "run1.out").open("w") as out:
-        cmd = run_cmd(root, work)
-        proc = subprocess.Popen(cmd, env=cli_env(SECRET_HEX), stdout=out, stderr=out)
-        deadline = time.monotonic() + 240
-        children: list[psutil.Process] = []
-        while time.monotonic() < deadline and proc.poll() is None:
-            children = _descendants(proc.pid) or children
-            if (work / marker).exists():
-                break
-            time.sleep(0.02)
-        children = _descendants(proc.pid) or children
-        assert proc.poll() is None, "the run ended before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(30) == -signal.SIGKILL
+    children = kill_when(
+        run_cmd(root, work),
+        cli_env(SECRET_HEX),
+        tmp_path / "run1.out",
+        (work / marker).exists,
+        timeout=240,
+        poll=0.02,
+    )
     _gone, alive = psutil.wait_procs(children, timeout=20)
     assert not alive, "the warm kernel outlived the killed run"
     assert not stamp_path(BatchLayout.for_batch(made[1], work), Stage.UPLOAD).exists()

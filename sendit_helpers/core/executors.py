@@ -288,7 +288,9 @@ def map_chunks(
     desc : str
         Names the work on the bar and in errors (e.g. ``"deidentify"``).
     size : int, optional
-        Items per chunk; default :func:`chunk_size`.
+        Items per chunk; default :func:`chunk_size`, or as many as :data:`MAX_CHUNK`
+        allows when the chunks run in this process (one worker, or fewer items
+        than ``serial_below``): there a chunk buys nothing but costs its set-up.
     serial_below : int
         Fewer items than this run in this process whatever the executor
         (starting a pool costs more than it saves on a handful of files).
@@ -314,7 +316,8 @@ def map_chunks(
     n_workers = 1 if serial else resolve_workers(workers)
     client = dask_client(n_workers, scheduler) if executor == "dask" and not serial else None
     slots = dask_slots(client) if client is not None else n_workers
-    step = size or chunk_size(len(items), slots)
+    # In this process, chunks only cost (a spool part, a writer thread each): as few as MAX_CHUNK allows.
+    step = size or (min(MAX_CHUNK, len(items)) if slots <= 1 else chunk_size(len(items), slots))
     chunks = chunked(items, step)
     bar = tqdm(total=len(items), desc=desc or None, unit=unit, disable=not progress)
     try:

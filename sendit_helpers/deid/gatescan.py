@@ -293,13 +293,14 @@ def _scan_parquet(
     try:
         source = pq.ParquetFile(pa.BufferReader(data))
         schema = source.schema_arrow
+        table = source.read()  # once, not a read per column (a table has ~100)
     except (pa.ArrowException, OSError, ValueError):
         return None
     hits: list[tuple[str, str, str]] = []
-    for name in schema.names:
+    for index, name in enumerate(schema.names):
         hits += [(relative, "column name", c) for _o, c in scanner.find(name.encode("utf-8"))]
         try:
-            column = source.read(columns=[name]).column(0).cast(pa.string())
+            column = table.column(index).cast(pa.string())
         except (pa.ArrowException, OSError, ValueError):
             return None
         values = [v for v in pc.unique(column).to_pylist() if v]

@@ -63,7 +63,7 @@ def test_spooled_tables_equal_in_memory_tables(
     pd.testing.assert_frame_equal(
         table.astype(str), disposition.to_frame(inspect.disposition_rows(rows)).astype(str)
     )
-    assert len(parts) == executors.CHUNKS_PER_WORKER, "read in chunks, one part each"
+    assert len(parts) == 1, "read in this process: one chunk, one part"
     out, old = tmp_path / "new.parquet", tmp_path / "old.parquet"
     files.to_parquet(out, index=False)
     expected.to_parquet(old, index=False)

@@ -316,7 +316,7 @@ def map_chunks(
     n_workers = 1 if serial else resolve_workers(workers)
     client = dask_client(n_workers, scheduler) if executor == "dask" and not serial else None
     slots = dask_slots(client) if client is not None else n_workers
-    # In this process a chunk only costs (a spool part, a writer thread): as few as MAX_CHUNK allows.
+    # In this process a chunk only costs (a spool part, a writer thread): few, up to MAX_CHUNK.
     step = size or (min(MAX_CHUNK, len(items)) if slots <= 1 else chunk_size(len(items), slots))
     chunks = chunked(items, step)
     bar = tqdm(total=len(items), desc=desc or None, unit=unit, disable=not progress)

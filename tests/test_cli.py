@@ -9,6 +9,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+import nbformat
 import pandas as pd
 import pytest
 from pydicom.data import get_testdata_file
@@ -107,6 +108,25 @@ def test_run_deidentify_and_upload_local(tmp_path: Path) -> None:
         "04_upload.ipynb",
     }
     assert list((work / "storage").rglob("*.dcm"))
+    figures = {name: _figures(phi / name) for name in ("01_inspect.ipynb", "02_deidentify.ipynb")}
+    montages = sorted((work / "batch_001" / "phi" / "inspect").glob("montage_*.png"))
+    assert montages and figures["01_inspect.ipynb"] == ["svg"] + ["png"] * len(montages)
+    assert figures["02_deidentify.ipynb"] == ["svg"]
+    copy = (phi / "01_inspect.html").read_text()
+    assert "data:image/svg+xml;base64," in copy and "data:image/png;base64," in copy
+
+
+def _figures(notebook: Path) -> list[str]:
+    """The pictures among an executed notebook's outputs, in order: ``svg`` or ``png``."""
+    found = []
+    for cell in nbformat.read(notebook, as_version=4).cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if "image/png" in data:
+                found.append("png")
+            elif "data:image/svg+xml;base64," in str(data.get("text/html", "")):
+                found.append("svg")
+    return found
 
 
 def test_help_is_plain_text_and_says_how_to_review(capsys: pytest.CaptureFixture[str]) -> None:

@@ -102,23 +102,3 @@ def test_unusable_rescale_values_count_as_identity_parts(
     values = plots.modality_values(ds, ds.pixel_array)
     assert np.allclose(values, stored * wanted_slope + wanted_intercept)
     assert plots.render(ds).shape == stored.shape
-
-
-def test_disposition_bar_drawn_again_is_the_same_picture() -> None:
-    """The layout is measured once per content; the next bar is pixel for pixel the same."""
-    import io
-
-    import matplotlib.pyplot as plt
-    import pandas as pd
-
-    counts = pd.Series({"released": 13, "quarantined": 12, "failed": 1})
-    pictures, engines = [], []
-    for title in ("first title", "first title", "a much longer second title"):
-        fig = plots.disposition_bar(counts, title)
-        out = io.BytesIO()
-        fig.savefig(out, format="png")
-        pictures.append(out.getvalue())
-        engines.append(type(fig.get_layout_engine()))
-        plt.close(fig)
-    assert pictures[0] == pictures[1] != pictures[2]
-    assert engines[0] is engines[1]

@@ -1,0 +1,132 @@
+"""The notebooks' per-batch figures: an SVG bar chart and Pillow montages, no matplotlib.
+
+The disposition bar is a small SVG shown as an ``<img>`` (JupyterLab shows it in an
+untrusted notebook, the HTML copies carry it inline); it draws dispositions and counts
+only.  Montages are one PNG per series composed with numpy and Pillow.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from pydicom.data import get_testdata_file
+
+from sendit_helpers.core import disposition
+from sendit_helpers.deid import plots
+
+_SVG = "{http://www.w3.org/2000/svg}"
+
+
+def _counts_of_a_batch_with_phi() -> tuple[pd.Series, str]:
+    """Counts of a disposition table whose paths and reasons carry a patient's name."""
+    name = "DOE^JANE"
+    table = pd.DataFrame(
+        {
+            "source_path": [f"/in/{name}/{i}.dcm" for i in range(5)],
+            "disposition": ["released", "released", "quarantined", "error", "non_dicom"],
+            "reason": ["", "", f"PatientName {name} burned in", "truncated", "text"],
+        }
+    )
+    return disposition.counts(table), name
+
+
+def test_disposition_bar_is_an_svg_of_the_counts_and_nothing_else() -> None:
+    counts, name = _counts_of_a_batch_with_phi()
+    chart = plots.disposition_bar(counts, "Files <by> disposition")
+    svg = chart.svg()
+    root = ET.fromstring(svg)  # well-formed XML: the title is escaped
+    texts = [t.text for t in root.iter(f"{_SVG}text")]
+    assert texts[0] == "Files <by> disposition"
+    shown = dict(zip(texts[1::2], texts[2::2], strict=True))
+    assert shown == {str(k): str(v) for k, v in counts.items()}
+    assert list(shown) == [str(d) for d in disposition.Disposition]
+    bars = [r for r in root.iter(f"{_SVG}rect") if r.get("fill") == plots.BAR_COLOUR]
+    widths = [float(r.get("width", "nan")) for r in bars]
+    assert len(bars) == len(counts) and widths[list(shown).index("released")] == max(widths)
+    assert widths[list(shown).index("pending")] == 0
+    assert root.find(f"{_SVG}title") is not None and "released 2" in root.get("aria-label", "")
+    html = chart._repr_html_()  # what the notebook stores (text/html)
+    assert name not in svg and name not in html and "DOE" not in svg + html
+    assert "http" not in svg.replace('xmlns="http://www.w3.org/2000/svg"', "")  # self-contained
+    src = re.fullmatch(r'<img src="data:image/svg\+xml;base64,([^"]+)" alt="([^"]*)" .*>', html)
+    assert src is not None and base64.b64decode(src.group(1)).decode() == svg
+    assert src.group(2).startswith("Files &lt;by&gt; disposition: pending 0, error 1")
+
+
+def test_disposition_bar_same_counts_same_bytes() -> None:
+    counts = pd.Series({"released": 13, "quarantined": 12, "failed": 1})
+    first = plots.disposition_bar(counts, "t")._repr_html_()
+    assert plots.disposition_bar(counts.copy(), "t")._repr_html_() == first
+    assert plots.disposition_bar(counts + 1, "t")._repr_html_() != first
+    empty = plots.disposition_bar(pd.Series([], dtype=int), "nothing")
+    assert ET.fromstring(empty.svg()).find(f"{_SVG}title") is not None
+
+
+def test_montage_png_is_one_picture_of_the_expected_size_with_its_labels(tmp_path: Path) -> None:
+    ct = str(get_testdata_file("CT_small.dcm"))  # 128 x 128
+    paths, size = [ct] * 10, 64
+    captions = [f"#{i}" for i in range(10)]
+    png = plots.montage_png(paths, captions, size, "series 1 — CT (10 images)")
+    picture = Image.open(io.BytesIO(png))
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and picture.format == "PNG"
+    assert picture.width == 8 * (size + 6) + 6  # 8 thumbnails a row, 6 px apart
+    unlabelled = Image.open(io.BytesIO(plots.montage_png(paths, [""] * 10, size, "")))
+    assert picture.height > unlabelled.height  # the title's line
+    grey = np.asarray(picture.convert("L"))
+    bare = np.asarray(unlabelled.convert("L"))
+    band = slice(grey.shape[0] - bare.shape[0], None)  # the same rows below the title
+    captions_of_row_1, thumbnails_of_row_1 = slice(6, 20), slice(20, 20 + size)
+    assert (grey[band][captions_of_row_1] < 128).any()
+    assert not (bare[captions_of_row_1] < 128).any()
+    assert np.array_equal(grey[band][thumbnails_of_row_1], bare[thumbnails_of_row_1])
+    assert grey[band][thumbnails_of_row_1, 6 : 6 + size].std() > 10  # a picture, not a blank
+    assert plots.montage_png(paths, captions, size, "s") == plots.montage_png(
+        paths, captions, size, "s"
+    )
+
+
+def test_series_montages_one_png_per_series(tmp_path: Path) -> None:
+    ct = str(get_testdata_file("CT_small.dcm"))
+    files = pd.DataFrame(
+        {
+            "has_pixels": [True, True, True, False],
+            "SeriesInstanceUID": ["1.2", "1.2", "1.3", "1.4"],
+            "InstanceNumber": [2, 1, 1, 1],
+            "flagged": [False, True, False, False],
+            "SeriesNumber": [1, 1, 2, 3],
+            "SeriesDescription": ["AX", "AX", "COR", "SR"],
+            "Modality": ["CT", "CT", "CT", "SR"],
+            "source_path": [ct, ct, ct, "x"],
+        }
+    )
+    saved = plots.series_montages(files, tmp_path / "m", size=32)
+    assert [p.name for p in saved] == ["montage_000.png", "montage_001.png"]
+    sizes = [Image.open(p).size for p in saved]
+    assert sizes[0][0] == 2 * (32 + 6) + 6 and sizes[1][0] == 32 + 6 + 6
+
+
+def test_figures_do_not_import_matplotlib() -> None:
+    """The stage notebooks' figures cost a fresh kernel no matplotlib import."""
+    ct = get_testdata_file("CT_small.dcm")
+    code = (
+        "import sys\n"
+        "import pandas as pd\n"
+        "from sendit_helpers.deid import plots\n"
+        "from sendit_helpers.stages import inspect, deidentify\n"
+        "plots.disposition_bar(pd.Series({'released': 1}))._repr_html_()\n"
+        f"plots.montage_png([{str(ct)!r}], ['#1'], 64, 'series 1')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib'))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "[]", out.stdout

@@ -111,3 +111,43 @@ def test_montage_png_draws_thumbnails_and_reasons(tmp_path: Path) -> None:
     assert long.height > Image.open(io.BytesIO(plots.montage_png([ct], ["#1"], 64, "s"))).height
     grey = np.asarray(short.convert("L"))
     assert grey[:, : 64 + 6].std() > 10  # the CT thumbnail is drawn, not a blank cell
+
+
+def test_html_copy_is_what_nbconvert_writes(tmp_path: Path) -> None:
+    """The copy's exporter (markdown rendered once per thread, the notebook checked once)
+    writes what a plain nbconvert HTML exporter does, also from its cache."""
+    import re
+
+    import nbconvert
+
+    from sendit_helpers.run.report import prepare
+
+    path = _executed(tmp_path)
+    nb = nbformat.read(path, as_version=4)
+    png = (
+        "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+    )
+    pictured = nbformat.v4.new_markdown_cell("## Figure\n\n![dot](attachment:dot.png)")
+    pictured.attachments = {"dot.png": {"image/png": png}}
+    nb.cells += [pictured, nbformat.v4.new_markdown_cell("# 01 · Inspect a batch")]
+    nbformat.write(nb, path)
+    copies = [export_html(path).read_text() for _ in range(2)]
+    plain = nbconvert.HTMLExporter(
+        exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True
+    )
+    for url in (
+        "widget_renderer_url",
+        "require_js_url",
+        "mathjax_url",
+        "mermaid_js_url",
+        "mermaid_layout_elk_js_url",
+    ):
+        if plain.has_trait(url):
+            setattr(plain, url, "")
+    expected, _ = plain.from_notebook_node(prepare(nbformat.read(path, as_version=4), path))
+
+    def same_header_id(text: str) -> str:  # the header cell is new (a random id) each time
+        return re.sub(r'id="cell-id=[0-9a-f]{8}"', 'id="cell-id=header"', text, count=1)
+
+    assert "data:image/png;base64," + png in expected
+    assert [same_header_id(c) for c in copies] == [same_header_id(expected)] * 2

@@ -181,7 +181,11 @@ def auto_scrub_ocr(layout: BatchLayout, items: pd.DataFrame | None = None) -> li
 
 
 def apply_decisions(
-    layout: BatchLayout, settings: Mapping[str, Any], *, auto_ocr: bool | None = None
+    layout: BatchLayout,
+    settings: Mapping[str, Any],
+    *,
+    auto_ocr: bool | None = None,
+    items: pd.DataFrame | None = None,
 ) -> ApplyResult:
     """Carry out the decisions in force and re-run the leak gate.
 
@@ -202,6 +206,10 @@ def apply_decisions(
         OCR screen found text (:func:`auto_scrub_ocr`, reviewer
         :data:`AUTO_OCR_REVIEWER`).  Default: the ``AUTO_SCRUB_OCR`` setting;
         the interactive reviewer passes False.
+    items : pandas.DataFrame, optional
+        :func:`load_items` of the batch as it is now (read when not given), e.g.
+        the items a :class:`~sendit_helpers.stages.review_notebook.ReviewSession`
+        has just read.
 
     Returns
     -------
@@ -219,7 +227,7 @@ def apply_decisions(
     LeakError
         When the leak gate finds a value it cannot hold.
     """
-    items = load_items(layout)
+    items = load_items(layout) if items is None else items
     cfg = typed(settings)
     if cfg.review.auto_scrub_ocr if auto_ocr is None else auto_ocr:
         auto_scrub_ocr(layout, items)

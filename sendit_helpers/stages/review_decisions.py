@@ -448,18 +448,24 @@ def _parse_box(path: Path, number: int, cell: Mapping[str, str]) -> Box | None:
         ) from None
 
 
-def replay_decisions(layout: BatchLayout, path: str | os.PathLike[str], reviewer: str = "") -> int:
+def replay_decisions(
+    layout: BatchLayout,
+    path: str | os.PathLike[str],
+    reviewer: str = "",
+    items: pd.DataFrame | None = None,
+) -> int:
     """Check a decisions file and append its decisions to the log.
 
     Decisions equal to the ones already in force are not appended again, so
-    replaying the same file twice changes nothing.
+    replaying the same file twice changes nothing.  ``items``:
+    :func:`load_items` of the batch as it is now (read when not given).
 
     Returns
     -------
     int
         How many decisions were appended.
     """
-    wanted = read_decisions_csv(path, load_items(layout))
+    wanted = read_decisions_csv(path, load_items(layout) if items is None else items)
     log = DecisionLog(layout, reviewer)
     now = log.decisions()
     new = [

@@ -75,13 +75,18 @@ class ReviewSession:
         """Add the decisions file's decisions to the log (when there is one) and apply
         the log (then, or whenever nobody is at the screen); print what happened."""
         source = self.decisions_file or self.settings.review.decisions
+        if self.reviewer is not None:  # its "Apply decisions" may have changed the items
+            self.items = review_items.load_items(self.layout)
         if source:
             name = review_decisions.reviewer_name(self.settings)
-            added = review_decisions.replay_decisions(self.layout, source, name)
+            added = review_decisions.replay_decisions(self.layout, source, name, self.items)
             print(f"{added} new decision(s) from {source}")
         if source or not self.interactive:
-            applied = review.apply_decisions(self.layout, self.settings)
+            applied = review.apply_decisions(self.layout, self.settings, items=self.items)
             print("applied:", applied.summary())
+            if applied.released or applied.scrubbed or applied.held:
+                # Items released, passed or held again by the gate: their rows changed.
+                self.items = review_items.load_items(self.layout)
 
     def show_reviewer(self) -> None:
         """Show the reviewer widgets (interactive only)."""

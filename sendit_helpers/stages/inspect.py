@@ -13,6 +13,7 @@ back as compact Arrow tables to make the files table and the dispositions.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -131,7 +132,7 @@ _SPOOL_TYPES: dict[str, pa.DataType] = {
 }
 #: Always in a spool part; the others only when a DICOM row of the chunk has them.
 _BASE_COLUMNS = ("source_path", "relative_path", "size_bytes", "kind", "reason")
-#: A non-null value of each spool type, for :func:`_like_row`.
+#: A non-null value of each spool type, for :func:`_frame_types`.
 _SAMPLES: dict[pa.DataType, Any] = {pa.int64(): 0, pa.bool_(): True, pa.large_string(): "x"}
 
 
@@ -274,19 +275,29 @@ def _conformed(table: pa.Table, schema: pa.Schema) -> pa.Table:
     )
 
 
-def _like_row(dicom: pa.Table, source: Path) -> dict[str, Any]:
-    """One :func:`inspectread.read_one`-like row, null/absent where ``dicom``'s columns all are.
+def _samples(dicom: pa.Table) -> tuple[tuple[str, Any], ...]:
+    """Each read column of ``dicom`` with a value of its type, or None where it is all null."""
+    n = dicom.num_rows
+    return tuple(
+        (column, _SAMPLES[data.type] if data.null_count < n else None)
+        for column, data in zip(dicom.column_names, dicom.columns, strict=True)
+        if column not in ("kind", "source_path", "relative_path")
+    )
 
-    :func:`files_table` of it has the column types that :func:`files_table` of
-    every row would have (pandas infers them from which values are there).
+
+@functools.lru_cache(maxsize=32)
+def _frame_types(samples: tuple[tuple[str, Any], ...]) -> tuple[tuple[str, Any], ...]:
+    """The columns and dtypes of :func:`files_table` of one row holding ``samples``.
+
+    :func:`files_table` of that row has the column types that :func:`files_table`
+    of every row would have (pandas infers them from which values are there).
+    They depend on which columns hold values only, so they are worked out
+    once per process for each such set (most batches share one), not per batch.
     """
-    row: dict[str, Any] = {"kind": "dicom", "source_path": os.fspath(source / "x")}
-    for column in dicom.column_names:
-        if column in ("kind", "source_path", "relative_path"):
-            continue
-        data = dicom.column(column)
-        row[column] = _SAMPLES[data.type] if data.null_count < len(data) else None
-    return row
+    row: dict[str, Any] = {"kind": "dicom", "source_path": os.fspath(Path("/like") / "x")}
+    row.update(samples)
+    like = files_table([row], Path("/like"))
+    return tuple((str(column), dtype) for column, dtype in like.dtypes.items())
 
 
 def files_frame(rows: pa.Table, source: Path) -> pd.DataFrame:
@@ -298,16 +309,15 @@ def files_frame(rows: pa.Table, source: Path) -> pd.DataFrame:
     dicom = rows if pc.all(is_dicom).as_py() else rows.filter(is_dicom)
     if dicom.num_rows == 0:
         return files_table([], source)
-    like = files_table([_like_row(dicom, source)], source)
     n = dicom.num_rows
     columns: dict[str, pd.Series] = {}
-    for column, dtype in like.dtypes.items():
-        name = "reason" if column == "note" else str(column)
+    for column, dtype in _frame_types(_samples(dicom)):
+        name = "reason" if column == "note" else column
         data = dicom.column(name) if name in dicom.column_names else pa.chunked_array([pa.nulls(n)])
         if pa.types.is_boolean(data.type):
             data = pc.fill_null(data, False)  # files_table: .eq(True)
         mapper = {pa.int64(): pd.Int64Dtype()}.get if isinstance(dtype, pd.Int64Dtype) else None
-        columns[str(column)] = data.to_pandas(types_mapper=mapper).astype(dtype)
+        columns[column] = data.to_pandas(types_mapper=mapper).astype(dtype)
     return pd.DataFrame(columns)
 
 

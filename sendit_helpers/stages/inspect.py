@@ -354,14 +354,19 @@ def series_table(files: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(
             columns=["SeriesNumber", "SeriesDescription", "Modality", "images", "flagged", "bytes"]
         )
-    grouped = files.groupby(["SeriesInstanceUID"], dropna=False)
-    table = grouped.agg(
-        SeriesNumber=("SeriesNumber", "first"),
-        SeriesDescription=("SeriesDescription", "first"),
-        Modality=("Modality", "first"),
-        images=("source_path", "size"),
-        flagged=("flagged", "sum"),
-        bytes=("size_bytes", "sum"),
+    # One first() and one sum() over several columns: named aggregations cost a pass each.
+    grouped = files.groupby("SeriesInstanceUID", dropna=False)
+    first = grouped[["SeriesNumber", "SeriesDescription", "Modality"]].first()
+    sums = grouped[["flagged", "size_bytes"]].sum()
+    table = pd.DataFrame(
+        {
+            "SeriesNumber": first["SeriesNumber"],
+            "SeriesDescription": first["SeriesDescription"],
+            "Modality": first["Modality"],
+            "images": grouped.size(),
+            "flagged": sums["flagged"],
+            "bytes": sums["size_bytes"],
+        }
     )
     return table.sort_values(["SeriesNumber"], na_position="last").reset_index(drop=True)
 
@@ -485,8 +490,9 @@ def ocr_screen(layout: BatchLayout, files: pd.DataFrame, settings: Mapping[str, 
     new = hit & ~files["flagged"]
     for column in ("group", "label", "reason_screen"):
         files[column] = files[column].astype("string")
-    files.loc[new, ["group", "label", "reason_screen"]] = ["graylist", ocr.LABEL, ocr.LABEL]
-    files.loc[hit, "flagged"] = True
+    if hit.any():  # setting through an all-False mask costs as much as a real one
+        files.loc[new, ["group", "label", "reason_screen"]] = ["graylist", ocr.LABEL, ocr.LABEL]
+        files.loc[hit, "flagged"] = True
     return ""
 
 

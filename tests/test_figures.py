@@ -2,7 +2,9 @@
 
 The disposition bar is a small SVG shown as an ``<img>`` (JupyterLab shows it in an
 untrusted notebook, the HTML copies carry it inline); it draws dispositions and counts
-only.  Montages are one PNG per series composed with numpy and Pillow.
+only.  Montages are one PNG per series composed with numpy and Pillow, from thumbnails
+whose stored values and window are pydicom's to the bit (read and computed directly for
+native grey images and linear windows, the usual CT and MR).
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pydicom
+import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 from sendit_helpers.core import disposition
 from sendit_helpers.deid import plots
@@ -78,6 +83,7 @@ def test_montage_png_is_one_picture_of_the_expected_size_with_its_labels(tmp_pat
     png = plots.montage_png(paths, captions, size, "series 1 — CT (10 images)")
     picture = Image.open(io.BytesIO(png))
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and picture.format == "PNG"
+    assert picture.mode == "L"  # grey thumbnails: an 8-bit grey PNG
     assert picture.width == 8 * (size + 6) + 6  # 8 thumbnails a row, 6 px apart
     unlabelled = Image.open(io.BytesIO(plots.montage_png(paths, [""] * 10, size, "")))
     assert picture.height > unlabelled.height  # the title's line
@@ -130,3 +136,79 @@ def test_figures_do_not_import_matplotlib() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert out.stdout.strip() == "[]", out.stdout
+
+
+_NATIVE_GREY = [
+    "CT_small.dcm",  # 16 bits, signed
+    "MR_small.dcm",
+    "MR_small_implicit.dcm",
+    "MR2_UNCR.dcm",  # 12 of 16 bits, rescale slope 3.77
+    "RG3_UNCR.dcm",  # 10 of 16 bits
+    "693_UNCR.dcm",  # 14 of 16 bits, signed
+    "emri_small.dcm",  # 10 frames
+    "vlut_04.dcm",  # 8 bits, VOI LUT Sequence
+    "mlut_18.dcm",  # Modality LUT Sequence
+]
+
+
+@pytest.mark.parametrize("name", _NATIVE_GREY)
+def test_stored_pixels_are_pydicoms_pixel_array(name: str) -> None:
+    ds = pydicom.dcmread(get_testdata_file(name))
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    every = ds.pixel_array if frames > 1 else ds.pixel_array[None]
+    for frame in {0, frames - 1, frames + 3}:
+        for step in (1, 3):
+            mine = plots.stored_pixels(ds, frame, step)
+            theirs = every[min(frame, frames - 1)][::step, ::step]
+            assert mine.dtype == theirs.dtype and np.array_equal(mine, theirs), (frame, step)
+
+
+@pytest.mark.parametrize("signed", [0, 1])
+def test_stored_pixels_clear_or_extend_the_bits_above_bits_stored(signed: int) -> None:
+    ds = pydicom.dcmread(get_testdata_file("MR2_UNCR.dcm"))  # 12 of 16 bits
+    ds.PixelRepresentation = signed
+    raw = np.frombuffer(ds.PixelData, dtype="<u2").copy()
+    raw[:4] = [0xF123, 0x0F00, 0x8800, 0x0FFF]  # garbage above bit 12; a 12-bit sign bit
+    ds.PixelData = raw.tobytes()
+    mine = plots.stored_pixels(ds)
+    assert np.array_equal(mine, ds.pixel_array) and mine.dtype == ds.pixel_array.dtype
+    assert list(mine.ravel()[:4]) == ([291, -256, -2048, -1] if signed else [291, 3840, 2048, 4095])
+
+
+def _pydicoms_rendering(ds: pydicom.Dataset) -> np.ndarray:
+    """The file's window applied by pydicom's own functions, its output range scaled to 0..1."""
+    values = apply_modality_lut(ds.pixel_array, ds)
+    shown = apply_voi_lut(values, ds).astype(np.float32)
+    lo, hi = sorted(float(v) for v in apply_voi_lut(np.array([-1e15, 1e15]), ds))
+    image = np.clip((shown - lo) / (hi - lo), 0, 1)
+    return 1 - image if ds.PhotometricInterpretation == "MONOCHROME1" else image
+
+
+@pytest.mark.parametrize(
+    ("center", "width", "function", "rescale"),
+    [
+        ("40", "400", "", ("1", "-1024")),
+        ("40", "400", "LINEAR_EXACT", ("1", "-1024")),
+        ("-300.5", "1", "LINEAR", ("0.5", "-100")),
+        ("1000", "3000", "", None),
+        ("100", "50", "", ("-1", "0")),  # a negative slope turns the output range over
+    ],
+)
+def test_render_of_a_linear_window_is_pydicoms_to_the_bit(
+    center: str, width: str, function: str, rescale: tuple[str, str] | None
+) -> None:
+    for name in ("CT_small.dcm", "MR2_UNCR.dcm"):
+        ds = pydicom.dcmread(get_testdata_file(name))
+        ds.WindowCenter, ds.WindowWidth = center, width
+        if function:
+            ds.VOILUTFunction = function
+        for keyword in ("RescaleSlope", "RescaleIntercept"):
+            if keyword in ds:
+                del ds[keyword]
+        if rescale is not None:
+            ds.RescaleSlope, ds.RescaleIntercept = rescale
+        for photometric in ("MONOCHROME2", "MONOCHROME1"):
+            ds.PhotometricInterpretation = photometric
+            expected = _pydicoms_rendering(ds)
+            assert np.array_equal(plots.render(ds), expected), (name, photometric)
+            assert np.array_equal(plots.render(ds, step=4), expected[::4, ::4])

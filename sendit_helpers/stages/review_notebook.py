@@ -65,11 +65,26 @@ class ReviewSession:
 
     def flagged(self) -> pd.DataFrame:
         """One row per rule and series: group, label, images held back, the condition."""
-        return (
-            self.items.groupby(["series", "modality", "group", "label"], sort=False)
-            .agg(images=("item", "size"), condition=("reason", "first"))
-            .reset_index()
-        )
+        # What ``groupby(keys, sort=False).agg(images=size, condition=first)`` gives, without
+        # pandas' group-by machinery for a dozen rows (the items' columns are never missing).
+        keys = ["series", "modality", "group", "label"]
+        if self.items.empty:
+            return (
+                self.items.groupby(keys, sort=False)
+                .agg(images=("item", "size"), condition=("reason", "first"))
+                .reset_index()
+            )
+        groups: dict[tuple[Any, ...], list[Any]] = {}
+        for *key, reason in zip(*(self.items[k] for k in [*keys, "reason"]), strict=True):
+            found = groups.get(tuple(key))
+            if found is None:
+                groups[tuple(key)] = [1, reason]
+            else:
+                found[0] += 1
+        columns: dict[str, Any] = {k: [key[i] for key in groups] for i, k in enumerate(keys)}
+        columns["images"] = pd.Series([n for n, _ in groups.values()], dtype="int64")
+        columns["condition"] = [reason for _, reason in groups.values()]
+        return pd.DataFrame(columns)
 
     def apply_file(self) -> None:
         """Add the decisions file's decisions to the log (when there is one) and apply

@@ -10,7 +10,6 @@ so a batch's rows are never all in memory together.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sendit_helpers.core import spoolfiles
 from sendit_helpers.deid import gaterecord, gatewritten
 from sendit_helpers.stages import release
 from sendit_helpers.stages.engine import (
@@ -109,7 +109,7 @@ def spool_chunk(outcomes: Sequence[Outcome], spool: Path) -> list[Outcome]:
         (:attr:`Outcome.part` set) pass through unchanged.
     spool : Path
         The spool folder; created if missing.  Each call writes up to three
-        files ``<part>.<kind>.parquet`` (:data:`SPOOL_KINDS`) under a fresh
+        Arrow files ``<part>.<kind>.arrow`` (:data:`SPOOL_KINDS`, :mod:`.spoolfiles`) under a fresh
         part name, so a chunk run twice (a retried Dask task) leaves an
         unused part rather than a mixed one.
 
@@ -137,9 +137,7 @@ def spool_chunk(outcomes: Sequence[Outcome], spool: Path) -> list[Outcome]:
         if not rows:
             continue
         table = _string_table(rows) if kind != "lookup" else _lookup_arrow(rows)
-        tmp = spool / f".{part}.{kind}.tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, spool / f"{part}.{kind}.parquet")
+        spoolfiles.write_part(table, spool / f"{part}.{kind}{spoolfiles.SUFFIX}")
     if removed:
         table = pa.table(
             {
@@ -147,12 +145,10 @@ def spool_chunk(outcomes: Sequence[Outcome], spool: Path) -> list[Outcome]:
                 "category": pa.array(list(removed.values()), pa.string()),
             }
         )
-        pq.write_table(table, spool / f".{part}.removed.tmp")
-        os.replace(spool / f".{part}.removed.tmp", spool / f"{part}.removed.parquet")
+        spoolfiles.write_part(table, spool / f"{part}.removed{spoolfiles.SUFFIX}")
     kept = [o.written for o in fresh if o.written is not None]
     if kept:
-        pq.write_table(_written_arrow(kept), spool / f".{part}.written.tmp")
-        os.replace(spool / f".{part}.written.tmp", spool / f"{part}.written.parquet")
+        spoolfiles.write_part(_written_arrow(kept), spool / f"{part}.written{spoolfiles.SUFFIX}")
     return [
         o
         if o.part
@@ -184,8 +180,7 @@ def _written_arrow(items: Sequence[gatewritten.Written]) -> pa.Table:
 def spooled_written(outcomes: Sequence[Outcome], spool: Path) -> Iterator[gatewritten.Written]:
     """The :class:`gatewritten.Written` of spooled outcomes, read part by part from the spool."""
     for path in _spooled(outcomes, spool, "written"):
-        with pq.ParquetFile(path) as part:  # not read_table: its dataset set-up costs more
-            table = part.read().to_pydict()
+        table = spoolfiles.read_part(path).to_pydict()
         for i, rel in enumerate(table["path"]):
             entry: gaterecord.FileEntry = (
                 table["sha256"][i],
@@ -222,8 +217,7 @@ def spooled_gate_values(
     """
     values: dict[str, str] = {}
     for path in _spooled(outcomes, spool, "removed"):
-        with pq.ParquetFile(path) as part:
-            table = part.read()
+        table = spoolfiles.read_part(path)
         for value, category in zip(
             table.column("value").to_pylist(), table.column("category").to_pylist(), strict=True
         ):
@@ -245,7 +239,7 @@ def _lookup_arrow(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
 def _spooled(outcomes: Sequence[Outcome], spool: Path, kind: str) -> list[Path]:
     """The spool files of one kind that belong to ``outcomes``, in outcome order."""
     names = dict.fromkeys(o.part for o in outcomes if o.part)
-    paths = (spool / f"{name}.{kind}.parquet" for name in names)
+    paths = (spool / f"{name}.{kind}{spoolfiles.SUFFIX}" for name in names)
     return [path for path in paths if path.exists()]
 
 

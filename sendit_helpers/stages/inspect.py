@@ -6,7 +6,7 @@ dates, modalities, bytes), screens each image with the deid ``%filter`` rules,
 and writes ``phi/disposition.csv`` with ``error``/``non_dicom``/``pending``.
 
 The stage streams: each chunk of files is read by a worker that writes its
-rows to one Parquet part in ``phi/inspect/spool/`` (:func:`spool_chunk`), so
+rows to one Arrow part in ``phi/inspect/spool/`` (:func:`spool_chunk`), so
 no process holds one Python dict per file of the batch; the parts are read
 back as compact Arrow tables to make the files table and the dispositions.
 """
@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sendit_helpers.core import discovery, disposition, executors
+from sendit_helpers.core import discovery, disposition, executors, spoolfiles
 from sendit_helpers.core.disposition import Disposition, Row
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.core.resources import content_digests, shipped
@@ -197,10 +197,8 @@ def spool_chunk(
     if digests is None:
         digests = content_digests(filter_recipes)
     table = rows_table([read_one(p, filter_recipes, use_deid, digests) for p in paths], source)
-    name = f"{uuid.uuid4().hex}.rows.parquet"
-    tmp = Path(spool) / f".{name}.tmp"
-    pq.write_table(table, tmp)
-    os.replace(tmp, Path(spool) / name)
+    name = f"{uuid.uuid4().hex}.rows{spoolfiles.SUFFIX}"
+    spoolfiles.write_part(table, Path(spool) / name)
     return [name] * len(paths)
 
 
@@ -248,19 +246,13 @@ def spool_all(
 
 def combine_parts(parts: Sequence[Path]) -> pa.Table:
     """The spool parts as one Arrow table (columns missing from a part are null there)."""
-    tables = [_read_part(path) for path in parts]
+    tables = [spoolfiles.read_part(path) for path in parts]
     present = {name for table in tables for name in table.column_names}
     columns = [c for c in SPOOL_COLUMNS if c in present]
     schema = pa.schema([(c, _spool_type(c)) for c in columns])
     if not tables:
         return schema.empty_table()
     return pa.concat_tables([_conformed(table, schema) for table in tables])
-
-
-def _read_part(path: Path) -> pa.Table:
-    """One spool part (``ParquetFile.read``: less set-up than ``pq.read_table``)."""
-    with pq.ParquetFile(path) as part:
-        return part.read()
 
 
 def _conformed(table: pa.Table, schema: pa.Schema) -> pa.Table:

@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sendit_helpers.core import disposition
+from sendit_helpers.core import disposition, spoolfiles
 from sendit_helpers.core.disposition import Disposition, Row
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.core.settings import typed
@@ -51,7 +51,8 @@ def write_cleaned(parts: Sequence[Path], out: Path) -> None:
     Parameters
     ----------
     parts : sequence of Path
-        Parquet files of cleaned rows, in order (string columns).
+        Spool parts of cleaned rows (:mod:`~sendit_helpers.core.spoolfiles`; Arrow
+        or Parquet files), in order (string columns).
     out : Path
         The Parquet file to write (:attr:`BatchLayout.cleaned_table` or
         :attr:`BatchLayout.held_table`).
@@ -59,7 +60,7 @@ def write_cleaned(parts: Sequence[Path], out: Path) -> None:
     if not parts:
         pd.DataFrame(columns=CLEANED_KEYS).astype("string").to_parquet(out, index=False)
         return
-    names = dict.fromkeys(name for path in parts for name in pq.read_schema(path).names)
+    names = dict.fromkeys(name for path in parts for name in spoolfiles.part_names(path))
     combine_parts(parts, out, string_schema(tuple(names)))
 
 
@@ -90,8 +91,7 @@ def combine_parts(parts: Sequence[Path], out: Path, schema: pa.Schema) -> None:
     tmp = out.with_name(f".{out.name}.tmp")
     with pq.ParquetWriter(tmp, schema) as writer:
         for path in parts:
-            with pq.ParquetFile(path) as part:  # not read_table: its dataset set-up costs more
-                table = part.read()
+            table = spoolfiles.read_part(path)
             at = {name: i for i, name in enumerate(table.column_names)}  # one lookup per column
             columns = [
                 table.column(at[f.name]).cast(f.type)

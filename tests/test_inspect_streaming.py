@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from pydicom.datadict import tag_for_keyword
 
-from sendit_helpers.core import disposition, executors
+from sendit_helpers.core import disposition, executors, spoolfiles
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.core.settings import Settings, load_settings
 from sendit_helpers.run.runner import open_batch
@@ -76,7 +76,7 @@ def test_rows_written_per_chunk(tmp_path: Path, pydicom_batch: Path) -> None:
     names = inspect.discover_names(folder)
     parts, files, _ = _spooled(folder, tmp_path / "spool", workers=2, size=10)
     assert len(parts) == -(-len(names) // 10)
-    seen = [p for part in parts for p in pq.read_table(part, columns=["source_path"]).column(0)]
+    seen = [p for part in parts for p in spoolfiles.read_part(part).column("source_path")]
     assert [str(p) for p in seen] == names
     rows = inspectread.read_all([Path(n) for n in names], progress=False)
     pd.testing.assert_frame_equal(files, inspect.files_table(rows, folder))

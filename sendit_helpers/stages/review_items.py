@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sendit_helpers.core import disposition, memory
@@ -74,11 +76,6 @@ def table_rows(table: pd.DataFrame) -> list[Any]:
     return list(table.itertuples(index=False))
 
 
-def _records(table: pd.DataFrame) -> list[dict[str, Any]]:
-    """Rows as dicts keyed by column name."""
-    return [{str(k): v for k, v in row.items()} for row in table.to_dict("records")]
-
-
 # ------------------------------------------------------------------ items
 def _text(value: Any) -> str:
     if value is None:
@@ -105,28 +102,26 @@ def _triggers(reason: str, header: Mapping[str, Any]) -> dict[str, str]:
     return {name: _text(header.get(name)) or "(absent)" for name in fields}
 
 
-def _quarantined_table(layout: BatchLayout, columns: Sequence[str] | None = None) -> pd.DataFrame:
-    """``quarantined.parquet``; only those of ``columns`` it has, when given."""
+def _quarantined_table(layout: BatchLayout, columns: Sequence[str] | None = None) -> pa.Table:
+    """``quarantined.parquet`` (Arrow); only those of ``columns`` it has, when given."""
     path = layout.held_table
     if not path.exists():
         raise ReviewError(
             f"{path} is missing; run `sendit deidentify` on batch {layout.name} first "
             "(or call sendit_helpers.run.upstream.ensure_deidentified)"
         )
-    return _read_parquet(path, columns)
+    return _read_arrow(path, columns)
 
 
-def _read_parquet(path: Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
-    """A small Parquet table (only those of ``columns`` it has, when given), read through one
-    :class:`pyarrow.parquet.ParquetFile`: the schema and rows from one open, no dataset machinery
-    (``pandas.read_parquet`` costs several milliseconds more per table; every value the items
-    take is read through :func:`_text`, whatever its missing-value marker)."""
+def _read_arrow(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
+    """A Parquet table (only those of ``columns`` it has, when given), read through one
+    :class:`pyarrow.parquet.ParquetFile`: schema and rows from one open, no dataset set-up,
+    and no pandas form (the items take every value through :func:`_text`)."""
     source = pq.ParquetFile(path)
     if columns is not None:
         present = set(source.schema_arrow.names)
         columns = [c for c in dict.fromkeys(columns) if c in present]
-    table: pd.DataFrame = source.read(columns=columns, use_pandas_metadata=True).to_pandas()
-    return table
+    return source.read(columns=columns)
 
 
 #: The quarantined-table columns :func:`_item_row` reads (besides the trigger fields).
@@ -210,21 +205,24 @@ def load_items(layout: BatchLayout) -> pd.DataFrame:
     """
     screens = _screen_table(layout)
     reasons: list[Any] = (
-        list(screens["reason_screen"].dropna().unique()) if "reason_screen" in screens else []
+        [r for r in pc.unique(screens.column("reason_screen")).to_pylist() if r is not None]
+        if "reason_screen" in screens.column_names
+        else []
     )
     triggers = [name for reason in reasons for name in _CONDITION_FIELD.findall(str(reason))]
     # Only the columns the items use: a row of every header column costs ~30 KB per item.
     held = _quarantined_table(layout, [*_ITEM_SOURCE_COLUMNS, *TRIGGER_FIELDS, *triggers])
-    if held.empty:
+    if held.num_rows == 0:
         return pd.DataFrame(columns=ITEM_COLUMNS)
-    source_of = _sources_by_name(layout, {_text(name) for name in held["name"]})
+    source_of = _sources_by_name(layout, {_text(name) for name in held.column("name").to_pylist()})
+    screen_of = _screens_of(screens, set(source_of.values()))
     ocr_boxes = ocr.boxes_by_source(ocr.load(layout))
     gate = {row.path: row for row in table_rows(release.gate_held(layout))}
     rows = []
-    for start in range(0, len(held), _RECORD_ROWS):  # a slice at a time: fewer dicts at once
-        for record in _records(held.iloc[start : start + _RECORD_ROWS]):
+    for batch in held.to_batches(max_chunksize=_RECORD_ROWS):  # fewer dicts at once
+        for record in batch.to_pylist():
             source = source_of.get(_text(record.get("name")), "")
-            screen = _screen_of(screens, source)
+            screen = screen_of.get(source, {}) if source else {}
             row = _item_row(record, source, screen, ocr_boxes.get(source, []))
             found = gate.get(row["path"])
             if found is not None:
@@ -237,7 +235,7 @@ def load_items(layout: BatchLayout) -> pd.DataFrame:
                 }
             rows.append(row)
     items = pd.DataFrame(rows, columns=ITEM_COLUMNS)
-    del rows, held, screens, source_of
+    del rows, held, screens, source_of, screen_of
     items = items.sort_values(
         ["series_number", "series_uid", "instance", "item"], kind="stable"
     ).reset_index(drop=True)
@@ -279,19 +277,24 @@ def item_names(layout: BatchLayout) -> list[str]:
     return [_text(name) for name in source.read(columns=["name"]).column(0).to_pylist()]
 
 
-def _screen_table(layout: BatchLayout) -> pd.DataFrame:
-    """The inspect stage's ``files.parquet`` indexed by ``source_path`` (empty when absent)."""
+def _screen_table(layout: BatchLayout) -> pa.Table:
+    """The inspect stage's ``files.parquet``, the columns the items read (empty when absent)."""
     path = layout.inspect_dir / "files.parquet"
     if not path.exists():
-        return pd.DataFrame()
-    return _read_parquet(path, _SCREEN_COLUMNS).set_index("source_path")
+        return pa.table({})
+    return _read_arrow(path, _SCREEN_COLUMNS)
 
 
-def _screen_of(screens: pd.DataFrame, source: str) -> Mapping[str, Any]:
-    """The pixel screen's row of one source file (rule, reason, coordinates), or ``{}``."""
-    if not source or source not in screens.index:
+def _screens_of(screens: pa.Table, sources: set[str]) -> dict[str, dict[str, Any]]:
+    """``source_path ->`` the pixel screen's row (rule, reason, coordinates) of ``sources``."""
+    if "source_path" not in screens.column_names or not sources:
         return {}
-    return {str(key): value for key, value in screens.loc[source].to_dict().items()}
+    paths = screens.column("source_path").cast(pa.string())
+    wanted = pc.is_in(paths, value_set=pa.array(sorted(sources), pa.string()))
+    found: dict[str, dict[str, Any]] = {}
+    for row in screens.filter(wanted).to_pylist():
+        found.setdefault(str(row.pop("source_path")), {str(k): v for k, v in row.items()})
+    return found
 
 
 def _coordinates(screen: Mapping[str, Any]) -> list[Any]:

@@ -5,7 +5,7 @@ Two measurements, each printed as a table:
 * **throughput**: the de-identify stage's per-file work
   (:func:`sendit_helpers.stages.engine.deidentify_file` jobs, chunked by
   :func:`sendit_helpers.core.executors.map_chunks` and their rows spooled to
-  Parquet per chunk, exactly as the stage runs them) over ``--batches`` batches of ``--files`` CT images each, with 1 and
+  Arrow spool parts per chunk, exactly as the stage runs them) over ``--batches`` batches of ``--files`` CT images each, with 1 and
   2 workers, on the local process pool and on a Dask LocalCluster; the
   speed-up is 2 workers over 1 worker of the same executor, from the same run.
   Pool start-up is timed (each run makes its pool); the Dask cluster is
@@ -100,7 +100,7 @@ def throughput(args: Any) -> list[list[Any]]:
     def once(executor: str, workers: int) -> float:
         with c.scratch(args.out, f"scale-{executor}{workers}") as dest:
             mine = retarget(jobs, placeholder, dest)
-            spool = dest / "spool"  # as the stage runs them: rows spooled to Parquet per chunk
+            spool = dest / "spool"  # as the stage runs them: rows spooled to Arrow parts per chunk
             spool.mkdir()
             func = partial(deidentify.run_chunk_spooled, config=config, spool=str(spool))
             start = time.perf_counter()

@@ -296,16 +296,23 @@ def _scan_parquet(
         table = source.read()  # once, not a read per column (a table has ~100)
     except (pa.ArrowException, OSError, ValueError):
         return None
-    hits: list[tuple[str, str, str]] = []
-    for index, name in enumerate(schema.names):
-        hits += [(relative, "column name", c) for _o, c in scanner.find(name.encode("utf-8"))]
+    blobs: list[bytes] = []
+    for column in table.columns:
         try:
-            column = table.column(index).cast(pa.string())
+            text = column if column.type == pa.string() else column.cast(pa.string())
         except (pa.ArrowException, OSError, ValueError):
             return None
-        values = [v for v in pc.unique(column).to_pylist() if v]
-        if values:  # NUL never occurs in a searched value: no match spans two values
-            blob = "\0".join(values).encode("utf-8")
+        values = [v for v in pc.unique(text).to_pylist() if v]
+        blobs.append("\0".join(values).encode("utf-8"))
+    # NUL never occurs in a searched value: no match spans two values, names or columns, so
+    # one look at all names (all values) tells whether any needs its own scan (most: none).
+    names_hit = scanner.found_any("\0".join(schema.names).encode("utf-8"))
+    values_hit = scanner.found_any(b"\0".join(blobs))
+    hits: list[tuple[str, str, str]] = []
+    for name, blob in zip(schema.names, blobs, strict=True):
+        if names_hit:
+            hits += [(relative, "column name", c) for _o, c in scanner.find(name.encode("utf-8"))]
+        if values_hit and blob:
             found = dict.fromkeys(c for _o, c in scanner.find(blob))
             hits += [(relative, f"column {name}", c) for c in found]
     for key, value in (schema.metadata or {}).items():

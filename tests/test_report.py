@@ -151,3 +151,17 @@ def test_html_copy_is_what_nbconvert_writes(tmp_path: Path) -> None:
 
     assert "data:image/png;base64," + png in expected
     assert [same_header_id(c) for c in copies] == [same_header_id(expected)] * 2
+
+
+def test_nbformat_loads_without_the_iri_grammars() -> None:
+    """jsonschema (under nbformat) would build rfc3987_syntax's lark grammars at import,
+    seconds before the first notebook: a process that runs notebooks declines them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from sendit_helpers.run import runner; import nbformat, nbconvert; "
+        "print(sys.modules.get('rfc3987_syntax') is None)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "True"

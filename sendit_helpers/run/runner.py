@@ -26,6 +26,14 @@ from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.core.settings import Settings, load_settings
 from sendit_helpers.run.stages import Stage as Stage  # declared in run.stages
 
+# nbformat (which papermill and nbconvert import) imports jsonschema, and jsonschema imports
+# rfc3987_syntax whenever it is installed (jupyter_server's jupyter-events brings it): that
+# module builds some forty lark grammars as it is imported, 1 to 5 s of CPU before this
+# process can start its first notebook.  sendit never checks the "iri" formats it serves
+# (nbformat validates without format checks), so it is not imported here: jsonschema then
+# leaves those two formats unchecked, as it does when the package is not installed.
+sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
+
 #: Seconds a notebook kernel may take to start: generous, since batches running in
 #: parallel on a small, busy machine start several kernels at once.
 KERNEL_START_TIMEOUT = 300

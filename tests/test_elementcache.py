@@ -325,3 +325,26 @@ def test_an_output_folder_that_is_a_file_fails_that_file_only(
     assert outcome.error.startswith("could not de-identify: ")
     assert outcome.written is None
     assert blocker.read_bytes() == b"not a folder"
+
+
+def test_read_file_gives_the_bytes_of_open_read(tmp_path: Path) -> None:
+    """Whole files, empty ones included, as ``open(path, "rb").read()`` gives them."""
+    for name, data in [("empty", b""), ("small", b"DICM"), ("big", bytes(range(256)) * 9000)]:
+        path = tmp_path / name
+        path.write_bytes(data)
+        assert engine.read_file(str(path)) == data
+    with pytest.raises(FileNotFoundError, match="missing"):
+        engine.read_file(str(tmp_path / "missing"))
+    with pytest.raises(IsADirectoryError):
+        engine.read_file(str(tmp_path))
+
+
+def test_write_parts_writes_header_then_tail_atomically(tmp_path: Path) -> None:
+    """The folder is made when missing; no temporary file is left; a second write replaces."""
+    out = tmp_path / "ENT" / "item.dcm"
+    tail = bytes(range(256)) * 3000
+    engine.write_parts(str(out), b"HEAD", memoryview(tail)[10:])
+    assert out.read_bytes() == b"HEAD" + tail[10:]
+    engine.write_parts(str(out), b"NEW", memoryview(b"tail"))
+    assert out.read_bytes() == b"NEWtail"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["item.dcm"]

@@ -224,6 +224,9 @@ class ElementCache:
     def __init__(self, recipe: Recipe) -> None:
         self._recipe = recipe
         self._adds = recipe.add_tags
+        sources = _SOURCE_SET if recipe.cleans_text else ()
+        self._context_last = max(_CHARSET, _SOP_CLASS, _SOP_INSTANCE, *self._adds, *sources)
+        """The highest tag :meth:`_context` looks at."""
         self.stats = CacheStats()
         self._contexts: OrderedDict[Hashable, _Context] = OrderedDict()
         self._meta: dict[tuple[bytes, str], tuple[bytes, bytes, bytes] | None] = {}
@@ -257,7 +260,10 @@ class ElementCache:
         sources: list[bytes] = []
         present: set[int] = set()
         clean = self._recipe.cleans_text
-        for tag, start, end in elements:
+        last = self._context_last
+        for tag, start, end in elements:  # ascending (scan_header): stop past the last one wanted
+            if tag > last:
+                break
             if tag == _CHARSET:
                 charset = data[start:end]
             elif clean and tag in _SOURCE_SET:

@@ -298,8 +298,63 @@ def write_dataset(ds: Dataset, output: Path) -> None:
     os.replace(tmp, output)
 
 
+def read_file(path: str) -> bytes:
+    """The whole file ``path``, read with plain system calls.
+
+    The same bytes as ``open(path, "rb").read()`` without a buffered file
+    object (its ``isatty`` and ``lseek`` calls): one ``open``, one ``fstat``,
+    reads until the end of the file (two, when its size did not change), one ``close``.
+
+    Parameters
+    ----------
+    path : str
+        The file.
+
+    Returns
+    -------
+    bytes
+        Its contents.
+
+    Raises
+    ------
+    OSError
+        As ``open`` and ``read`` raise it.
+    """
+    fd = os.open(path, _READ_FLAGS)
+    try:
+        first = os.read(fd, os.fstat(fd).st_size + 1)
+        if not first:
+            return first
+        chunks = [first]
+        while chunk := os.read(fd, _READ_MORE):  # the size is a hint: read until the end
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return first if len(chunks) == 1 else b"".join(chunks)
+
+
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+_WRITE_FLAGS = (
+    os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+)
+_READ_MORE = 1 << 20
+
+
+def _write_all(fd: int, header: bytes, tail: memoryview) -> None:
+    """Write ``header`` then ``tail`` to ``fd`` (one ``writev`` unless it writes less)."""
+    size = len(header) + len(tail)
+    done = os.writev(fd, [header, tail]) if hasattr(os, "writev") else 0
+    if done < size:  # a short write: the rest, in order
+        rest = memoryview(header + bytes(tail))[done:]
+        while rest:
+            rest = rest[os.write(fd, rest) :]
+
+
 def write_parts(output: str, header: bytes, tail: memoryview) -> None:
     """Write ``header`` then ``tail`` to ``output`` atomically, creating its folder if missing.
+
+    A temporary file beside it is written with plain system calls (one
+    ``open``, one ``writev``, one ``close``) and renamed to ``output``.
 
     Parameters
     ----------
@@ -313,13 +368,14 @@ def write_parts(output: str, header: bytes, tail: memoryview) -> None:
     parent = os.path.dirname(output)
     tmp = os.path.join(parent, f".{os.path.basename(output)}.tmp")
     try:
-        fh = open(tmp, "wb")  # noqa: SIM115 (closed below; the folder usually exists)
-    except FileNotFoundError:
+        fd = os.open(tmp, _WRITE_FLAGS, 0o666)
+    except FileNotFoundError:  # the folder usually exists
         os.makedirs(parent, exist_ok=True)
-        fh = open(tmp, "wb")  # noqa: SIM115
-    with fh:
-        fh.write(header)
-        fh.write(tail)
+        fd = os.open(tmp, _WRITE_FLAGS, 0o666)
+    try:
+        _write_all(fd, header, tail)
+    finally:
+        os.close(fd)
     os.replace(tmp, output)
 
 
@@ -594,8 +650,7 @@ def deidentify_file(job: Job, config: WorkerConfig, writer: Writer | None = None
     outcome = Outcome(job)
     recipe = load_recipe(config.recipe_files, config.include_default)
     try:
-        with open(job.source_path, "rb") as fh:  # no Path: its parts would be interned
-            data = fh.read()
+        data = read_file(job.source_path)  # no Path: its parts would be interned
         if config.element_cache and _cached_path(job, config, data, outcome, writer) is not None:
             return outcome
         done = _fast_path(job, config, recipe, data)

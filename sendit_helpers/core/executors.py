@@ -284,7 +284,8 @@ def map_chunks(
     scheduler : str
         Dask scheduler address; empty = a LocalCluster (only with ``"dask"``).
     progress : bool
-        Show a tqdm bar counting items.
+        Show a tqdm bar counting items (not for fewer than ``serial_below``:
+        they are done before a bar would tell anything).
     desc : str
         Names the work on the bar and in errors (e.g. ``"deidentify"``).
     size : int, optional
@@ -293,7 +294,7 @@ def map_chunks(
         than ``serial_below``): there a chunk buys nothing but costs its set-up.
     serial_below : int
         Fewer items than this run in this process whatever the executor
-        (starting a pool costs more than it saves on a handful of files).
+        (starting a pool costs more than it saves on a handful of files), without a bar.
     unit : str
         The bar's unit.
 
@@ -319,7 +320,8 @@ def map_chunks(
     # In this process a chunk only costs (a spool part, a writer thread): few, up to MAX_CHUNK.
     step = size or (min(MAX_CHUNK, len(items)) if slots <= 1 else chunk_size(len(items), slots))
     chunks = chunked(items, step)
-    bar = tqdm(total=len(items), desc=desc or None, unit=unit, disable=not progress)
+    # A bar costs more than a handful of items (in a notebook: a widget of about 10 KB).
+    bar = tqdm(total=len(items), desc=desc or None, unit=unit, disable=not progress or serial)
     try:
         if client is not None:
             parts = _map_dask(client, func, chunks, bar, desc, step)

@@ -564,7 +564,7 @@ def screen_files(
         Processes (0 = one per core); above 1, and with at least
         :data:`POOL_MIN_IMAGES` images per worker, a process pool reads the images.
     progress : bool
-        Show a tqdm progress bar.
+        Show a tqdm progress bar (not for fewer than :data:`POOL_MIN_IMAGES` images).
     min_confidence : float
         Confidence a word needs to count (default :data:`MIN_CONFIDENCE`).
     prescreen : bool
@@ -596,7 +596,9 @@ def screen_files(
     paths = [str(p) for p in chosen["source_path"]]
     workers = workers or os.cpu_count() or 1
     results: dict[str, dict[str, Any]] = {}
-    bar = tqdm(total=len(paths), desc="OCR", unit="image", disable=not progress)
+    # No bar for a few images: done before it would tell anything (in a notebook, a widget).
+    quiet = not progress or len(paths) < POOL_MIN_IMAGES
+    bar = tqdm(total=len(paths), desc="OCR", unit="image", disable=quiet)
     if workers <= 1 or len(paths) < POOL_MIN_IMAGES * workers:
         for path in paths:
             results[path] = _screen_one(path, min_confidence, prescreen)

@@ -28,13 +28,11 @@ the image's.
 from __future__ import annotations
 
 import html
-import io
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ipywidgets as widgets
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from jupyter_bbox_widget import BBoxWidget
@@ -43,7 +41,8 @@ from pydicom.dataset import Dataset
 from sendit_helpers.core.dicomio import READ_ERRORS
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.core.settings import typed
-from sendit_helpers.deid.plots import modality_values, montage
+from sendit_helpers.deid import plots
+from sendit_helpers.deid.plots import modality_values
 from sendit_helpers.deid.scrub import Box, check_box
 from sendit_helpers.stages.review_items import HELD_BY_GATE, item_file, table_rows
 from sendit_helpers.stages.reviewer_keys import KEYS, KeyCatcher
@@ -141,25 +140,21 @@ def _series_options(items: pd.DataFrame) -> list[tuple[str, str]]:
 
 
 def montage_png(layout: BatchLayout, group: pd.DataFrame, settings: Mapping[str, Any]) -> bytes:
-    """Thumbnails of at most ``MONTAGE_MAX_IMAGES`` images of one series, evenly spaced, as PNG."""
+    """Thumbnails of at most ``MONTAGE_MAX_IMAGES`` images of one series, evenly spaced, as PNG.
+
+    Drawn by :func:`~sendit_helpers.deid.plots.montage_png` (numpy and Pillow).
+    """
     cfg = typed(settings).inspect
     limit = cfg.montage_max_images or 16
     chosen = group.iloc[
         np.unique(np.linspace(0, len(group) - 1, min(limit, len(group))).round().astype(int))
     ]
     paths = [item_file(layout, p) for p in chosen["path"]]
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # a reader's warnings are not the reviewer's business
         warnings.simplefilter("ignore", UserWarning)
-        fig = montage(
-            paths,
-            [f"#{n}" for n in chosen["instance"]],
-            cfg.thumbnail_size or 128,
-            "",
+        return plots.montage_png(
+            paths, [f"#{n}" for n in chosen["instance"]], cfg.thumbnail_size or 128, ""
         )
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80)
-    plt.close(fig)
-    return buffer.getvalue()
 
 
 def window_bounds(ds: Dataset) -> tuple[float, float, float, float] | None:

@@ -322,39 +322,37 @@ def read_file(path: str) -> bytes:
     """
     fd = os.open(path, _READ_FLAGS)
     try:
-        first = os.read(fd, os.fstat(fd).st_size + 1)
-        if not first:
-            return first
-        chunks = [first]
-        while chunk := os.read(fd, _READ_MORE):  # the size is a hint: read until the end
+        chunks: list[bytes] = []
+        want = os.fstat(fd).st_size + 1  # the size is a hint: read until the end
+        while chunk := os.read(fd, want):
             chunks.append(chunk)
+            # Fewer bytes than asked: the end, which a 1-byte read confirms (a bigger
+            # buffer would be allocated, and for a large one mapped, for nothing).
+            want = 1 if len(chunk) < want else _READ_MORE
     finally:
         os.close(fd)
-    return first if len(chunks) == 1 else b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 _WRITE_FLAGS = (
     os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 )
-_READ_MORE = 1 << 20
+_READ_MORE = 1 << 16
 
 
-def _write_all(fd: int, header: bytes, tail: memoryview) -> None:
-    """Write ``header`` then ``tail`` to ``fd`` (one ``writev`` unless it writes less)."""
-    size = len(header) + len(tail)
-    done = os.writev(fd, [header, tail]) if hasattr(os, "writev") else 0
-    if done < size:  # a short write: the rest, in order
-        rest = memoryview(header + bytes(tail))[done:]
-        while rest:
-            rest = rest[os.write(fd, rest) :]
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    """Write all of ``data`` to ``fd`` (one ``write`` unless it writes less)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def write_parts(output: str, header: bytes, tail: memoryview) -> None:
     """Write ``header`` then ``tail`` to ``output`` atomically, creating its folder if missing.
 
     A temporary file beside it is written with plain system calls (one
-    ``open``, one ``writev``, one ``close``) and renamed to ``output``.
+    ``open``, a ``write`` per part, one ``close``) and renamed to ``output``.
 
     Parameters
     ----------
@@ -372,8 +370,9 @@ def write_parts(output: str, header: bytes, tail: memoryview) -> None:
     except FileNotFoundError:  # the folder usually exists
         os.makedirs(parent, exist_ok=True)
         fd = os.open(tmp, _WRITE_FLAGS, 0o666)
-    try:
-        _write_all(fd, header, tail)
+    try:  # two writes: one writev of both is slower on Linux (measured: ext4, 0.5 MB)
+        _write_all(fd, header)
+        _write_all(fd, tail)
     finally:
         os.close(fd)
     os.replace(tmp, output)

@@ -195,9 +195,23 @@ def summary(manifest: pd.DataFrame) -> pd.DataFrame:
     pandas.DataFrame
         Columns ``target``, ``destination``, ``status``, ``count``.
     """
-    latest = _latest(manifest)
-    counts = latest.groupby(["target", "destination", "status"]).size()
-    return counts.rename("count").reset_index()
+    keys = ["target", "destination", "status"]
+    if manifest.empty or manifest[["item", *keys]].isna().any(axis=None):
+        counts = _latest(manifest).groupby(keys).size()
+        return counts.rename("count").reset_index()
+    # What the group-by above gives, counted in Python: a batch's manifest is small and
+    # pandas' group-by machinery costs more than the count (the latest row per item and
+    # destination, as drop_duplicates(keep="last") keeps it; groups sorted by their keys).
+    latest: dict[tuple[Any, Any, Any], tuple[Any, Any, Any]] = {}
+    for item, target, destination, status in zip(
+        *(manifest[k] for k in ["item", *keys]), strict=True
+    ):
+        latest[(item, target, destination)] = (target, destination, status)
+    found = Counter(latest.values())
+    groups = sorted(found)
+    columns: dict[str, Any] = {k: [g[i] for g in groups] for i, k in enumerate(keys)}
+    columns["count"] = pd.Series([found[g] for g in groups], dtype="int64")
+    return pd.DataFrame(columns)
 
 
 # -- release -------------------------------------------------------------------------------

@@ -114,8 +114,9 @@ def test_montage_png_draws_thumbnails_and_reasons(tmp_path: Path) -> None:
 
 
 def test_html_copy_is_what_nbconvert_writes(tmp_path: Path) -> None:
-    """The copy's exporter (markdown rendered once per thread, the notebook checked once)
-    writes what a plain nbconvert HTML exporter does, also from its cache."""
+    """The copy's exporter (markdown rendered once per thread, the notebook checked once,
+    pieces of the page written once) writes what a plain nbconvert HTML exporter does,
+    from its caches too, also with a markdown cell that leaves an element open."""
     import re
 
     import nbconvert
@@ -129,9 +130,11 @@ def test_html_copy_is_what_nbconvert_writes(tmp_path: Path) -> None:
     )
     pictured = nbformat.v4.new_markdown_cell("## Figure\n\n![dot](attachment:dot.png)")
     pictured.attachments = {"dot.png": {"image/png": png}}
-    nb.cells += [pictured, nbformat.v4.new_markdown_cell("# 01 · Inspect a batch")]
+    unclosed = nbformat.v4.new_markdown_cell("<div class='note'>\n\nleft *open*")
+    nb.cells += [pictured, nbformat.v4.new_markdown_cell("# 01 · Inspect a batch"), unclosed]
     nbformat.write(nb, path)
-    copies = [export_html(path).read_text() for _ in range(2)]
+    # the 2nd copy checks the pieces seen twice (page head, narrative), the 3rd sets them aside
+    copies = [export_html(path).read_text() for _ in range(3)]
     plain = nbconvert.HTMLExporter(
         exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True
     )
@@ -150,7 +153,7 @@ def test_html_copy_is_what_nbconvert_writes(tmp_path: Path) -> None:
         return re.sub(r'id="cell-id=[0-9a-f]{8}"', 'id="cell-id=header"', text, count=1)
 
     assert "data:image/png;base64," + png in expected
-    assert [same_header_id(c) for c in copies] == [same_header_id(expected)] * 2
+    assert [same_header_id(c) for c in copies] == [same_header_id(expected)] * 3
 
 
 def test_nbformat_loads_without_the_iri_grammars() -> None:

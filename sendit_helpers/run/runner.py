@@ -348,9 +348,6 @@ def notebook_path(stage: Stage, layout: BatchLayout) -> Path:
     return layout.notebooks_dir / stage.notebook
 
 
-_EXPORTERS = threading.local()
-
-
 def export_html(notebook: Path) -> Path:
     """Write an offline-readable HTML copy beside an executed notebook.
 
@@ -375,36 +372,12 @@ def export_html(notebook: Path) -> Path:
         The ``.html`` file.
     """
     nbformat: Any = importlib.import_module("nbformat")
-    nbconvert: Any = importlib.import_module("nbconvert")
 
+    from sendit_helpers.run.htmlexport import exporter
     from sendit_helpers.run.report import prepare
 
     nb = prepare(nbformat.read(str(notebook), as_version=4), notebook)
-    exporter = getattr(_EXPORTERS, "html", None)
-    if exporter is None:  # one per thread: its templates load once, not per notebook
-        quiet = logging.getLogger("sendit.html")
-        quiet.setLevel(logging.ERROR)  # nbconvert warns about images without alt text
-        exporter = nbconvert.HTMLExporter(
-            log=quiet,
-            exclude_input=True,
-            exclude_input_prompt=True,
-            exclude_output_prompt=True,
-            # The notebook is checked once, after the preprocessors, not after each of
-            # them (none of those a copy runs changes it): the same HTML, a fifth less work.
-            optimistic_validation=True,
-        )
-        exporter.register_filter("markdown2html", _cached_markdown(exporter.markdown2html))
-        for url in (
-            "widget_renderer_url",
-            "require_js_url",
-            "mathjax_url",
-            "mermaid_js_url",
-            "mermaid_layout_elk_js_url",
-        ):
-            if exporter.has_trait(url):
-                setattr(exporter, url, "")
-        _EXPORTERS.html = exporter
-    body, _resources = exporter.from_notebook_node(nb)
+    body, _resources = exporter().from_notebook_node(nb)
     target = notebook.with_suffix(".html")
     tmp = target.with_name(f".{target.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -412,36 +385,6 @@ def export_html(notebook: Path) -> Path:
         fh.write(body)
     os.replace(tmp, target)
     return target
-
-
-#: Markdown cells rendered by :func:`_cached_markdown` kept per thread (then it starts afresh).
-_MARKDOWN_CACHE_SIZE = 512
-
-
-def _cached_markdown(render: Any) -> Any:
-    """``render`` (an HTML exporter's ``markdown2html`` filter) remembering its results.
-
-    The stage notebooks' narrative is the same for every batch: each markdown
-    cell is rendered once per thread, not once per copy.  A cell with
-    attachments is rendered each time (its images are part of it).
-    """
-    jinja2: Any = importlib.import_module("jinja2")
-    done: dict[tuple[str, str], Any] = {}
-
-    def markdown2html(context: Any, source: str) -> Any:
-        cell = context.get("cell", {})
-        if cell.get("attachments"):
-            return render(context, source)
-        path = context.get("resources", {}).get("metadata", {}).get("path", "")
-        key = (source, str(path))
-        html = done.get(key)
-        if html is None:
-            if len(done) >= _MARKDOWN_CACHE_SIZE:
-                done.clear()
-            html = done[key] = render(context, source)
-        return html
-
-    return jinja2.pass_context(markdown2html)  # the filter is given the template's context
 
 
 def _logging_kernel_manager(log_path: Path) -> type[Any]:

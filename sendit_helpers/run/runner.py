@@ -441,6 +441,9 @@ class WarmKernel:
     pending : str
         The message id of the reset sent after the last notebook (:data:`_RESET`),
         whose reply the next notebook waits for before its first cell; empty when none.
+    one_request : bool
+        Run each notebook's code cells with one execute request
+        (:mod:`~sendit_helpers.run.onerequest`) instead of one request per cell.
     """
 
     km: Any
@@ -449,6 +452,7 @@ class WarmKernel:
     broken: bool = False
     kc: Any = None
     pending: str = ""
+    one_request: bool = True
 
 
 class WarmKernels:
@@ -478,11 +482,22 @@ class WarmKernels:
         The work folder.
     max_uses : int
         Notebooks per kernel before it is replaced.
+    one_request : bool
+        Run all code cells of a notebook with one execute request to the kernel
+        (:mod:`~sendit_helpers.run.onerequest`, the same executed notebook without
+        a round trip per cell); ``False`` runs them one request per cell, as
+        papermill does.
     """
 
-    def __init__(self, work: str | os.PathLike[str], max_uses: int = WARM_KERNEL_USES) -> None:
+    def __init__(
+        self,
+        work: str | os.PathLike[str],
+        max_uses: int = WARM_KERNEL_USES,
+        one_request: bool = True,
+    ) -> None:
         self.folder = Path(work).expanduser().resolve() / KERNELS_DIR
         self.max_uses = max_uses
+        self.one_request = one_request
         self._local = threading.local()
         self._all: list[WarmKernel] = []
         self._lock = threading.Lock()
@@ -512,7 +527,7 @@ class WarmKernels:
             os.chmod(self.folder, 0o700)
             log = self.folder / f"kernel-{os.getpid()}-{next(self._count)}.log"
             manager = _logging_kernel_manager(log)
-            kernel = WarmKernel(manager(kernel_name="python3"), log)
+            kernel = WarmKernel(manager(kernel_name="python3"), log, one_request=self.one_request)
             self._local.kernel = kernel
             with self._lock:
                 self._all.append(kernel)
@@ -554,8 +569,20 @@ def _stop(kernel: WarmKernel) -> None:
     if process is not None and process.poll() is None:
         process.kill()
         process.wait()
+    # connection file, control socket and ZMQ context: a context left to the garbage
+    # collector with its socket still open can block the process when it exits
     with contextlib.suppress(OSError):
-        km.cleanup_connection_file()
+        _cleanup_resources(km)
+
+
+def _cleanup_resources(km: Any) -> None:
+    """``km.cleanup_resources()`` of a kernel manager, async or not."""
+    from nbclient.util import ensure_async, run_sync
+
+    async def cleanup() -> None:
+        await ensure_async(km.cleanup_resources())
+
+    run_sync(cleanup)()
 
 
 def _register_engine() -> None:
@@ -571,10 +598,13 @@ def _register_engine() -> None:
     kernel to be ready), leaves the kernel running and sends it :data:`_RESET` at once,
     so the kernel clears its namespace while the notebook is written and exported; the
     next notebook confirms that reset, then sets the cell counter and working folder
-    (:data:`_PREPARE`) before its first cell.
+    (:data:`_PREPARE`) before its first cell; then all its code cells run with one
+    execute request (:mod:`~sendit_helpers.run.onerequest`) unless the pool says otherwise.
     """
     from papermill.clientwrap import PapermillNotebookClient
     from papermill.engines import NBClientEngine, NotebookExecutionManager, papermill_engines
+
+    from sendit_helpers.run import onerequest
 
     class SparseSaves(NotebookExecutionManager):  # type: ignore[misc]
         _last = 0.0
@@ -619,7 +649,10 @@ def _register_engine() -> None:
                     _PREPARE.format(cwd=self.cwd_in_kernel), silent=True, store_history=False
                 )
             )
-            super().papermill_execute_cells()
+            if warm is not None and warm.one_request and onerequest.fits(self):
+                onerequest.execute(self)  # every code cell in one request
+            else:
+                super().papermill_execute_cells()
 
         def _ok(self, msg_id: str) -> None:
             reply = self.wait_for_reply(msg_id)

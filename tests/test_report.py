@@ -115,8 +115,8 @@ def test_montage_png_draws_thumbnails_and_reasons(tmp_path: Path) -> None:
 
 def test_html_copy_is_what_nbconvert_writes(tmp_path: Path) -> None:
     """The copy's exporter (markdown rendered once per thread, the notebook checked once,
-    pieces of the page written once) writes what a plain nbconvert HTML exporter does,
-    from its caches too, also with a markdown cell that leaves an element open."""
+    images' base64 data set aside from the BeautifulSoup step) writes what a plain nbconvert
+    HTML exporter does, from its caches too."""
     import re
 
     import nbconvert
@@ -130,10 +130,19 @@ def test_html_copy_is_what_nbconvert_writes(tmp_path: Path) -> None:
     )
     pictured = nbformat.v4.new_markdown_cell("## Figure\n\n![dot](attachment:dot.png)")
     pictured.attachments = {"dot.png": {"image/png": png}}
+    import base64
+    import io
+
+    from PIL import Image
+
+    noise = np.random.default_rng(7).integers(0, 255, (48, 48), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, format="PNG")
+    big = base64.b64encode(buffer.getvalue()).decode()  # set aside (long), png is not
+    nb.cells[1].outputs.append(nbformat.v4.new_output("display_data", data={"image/png": big}))
     unclosed = nbformat.v4.new_markdown_cell("<div class='note'>\n\nleft *open*")
     nb.cells += [pictured, nbformat.v4.new_markdown_cell("# 01 · Inspect a batch"), unclosed]
     nbformat.write(nb, path)
-    # the 2nd copy checks the pieces seen twice (page head, narrative), the 3rd sets them aside
     copies = [export_html(path).read_text() for _ in range(3)]
     plain = nbconvert.HTMLExporter(
         exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True
@@ -152,7 +161,8 @@ def test_html_copy_is_what_nbconvert_writes(tmp_path: Path) -> None:
     def same_header_id(text: str) -> str:  # the header cell is new (a random id) each time
         return re.sub(r'id="cell-id=[0-9a-f]{8}"', 'id="cell-id=header"', text, count=1)
 
-    assert "data:image/png;base64," + png in expected
+    assert "data:image/png;base64," + png in expected and len(big) > 2000
+    assert "data:image/png;base64," + big in expected
     assert [same_header_id(c) for c in copies] == [same_header_id(expected)] * 3
 
 

@@ -409,12 +409,7 @@ def _logging_kernel_manager(log_path: Path) -> type[Any]:
 # ------------------------------------------------------------------ warm kernels
 #: Run silently in a warm kernel right after each notebook (while the runner writes the
 #: executed notebook and its HTML copy): a clean namespace and no figure of that notebook.
-_RESET = (
-    "get_ipython().run_line_magic('reset', '-f')\n"
-    "_plt = __import__('sys').modules.get('matplotlib.pyplot')\n"
-    "_plt is not None and _plt.close('all')\n"
-    "del _plt\n"
-)
+_RESET = "__import__('sendit_helpers.run.cellrunner', fromlist=['reset_kernel']).reset_kernel()\n"
 #: Run silently in a warm kernel before each notebook (after the reset of the one before
 #: has been confirmed): cell numbers from 1 and the batch's phi/ as working folder.
 _PREPARE = "get_ipython().execution_count = 1\n__import__('os').chdir({cwd!r})\n"

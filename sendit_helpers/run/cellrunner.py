@@ -280,15 +280,18 @@ def reset_kernel() -> None:
     """Clear a warm kernel between two notebooks: namespace, open figures, and a frozen heap.
 
     ``%reset -f`` empties the namespace (what the next notebook must not see)
-    and closes any matplotlib figure left open.  The first reset of a kernel
-    then freezes what is left (:func:`gc.freeze`): the modules, classes and
-    caches that the kernel keeps for every later notebook, some 150,000
-    objects once pandas, pyarrow and pydicom are imported.  IPython's reset
-    runs two full garbage collections, and each went through all of them:
+    and closes any matplotlib figure left open.  What is left after it is what
+    the kernel keeps for every later notebook (modules, classes, the helpers'
+    caches: some 150,000 objects once pandas, pyarrow and pydicom are
+    imported), and it is then frozen (:func:`gc.freeze`).  IPython's reset runs
+    two full garbage collections, and each went through all of those objects:
     70-130 ms per notebook on a small machine, as much as a small batch's
     de-identification.  Frozen, a collection (IPython's, or Python's own during
-    the next notebook's work) goes through only what notebooks made since;
-    those objects are collected as before.
+    the next notebook's work) goes through only what the last notebook made.
+    Frozen objects are still freed when nothing refers to them; a reference
+    cycle among them that a later notebook lets go is not, until the kernel is
+    replaced (after :data:`~sendit_helpers.run.runner.WARM_KERNEL_USES`
+    notebooks), which bounds what that can hold.
     """
     import gc
 
@@ -300,5 +303,4 @@ def reset_kernel() -> None:
     pyplot = sys.modules.get("matplotlib.pyplot")
     if pyplot is not None:
         pyplot.close("all")
-    if not gc.get_freeze_count():
-        gc.freeze()
+    gc.freeze()  # after the reset's collections: everything left is in use

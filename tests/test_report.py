@@ -166,6 +166,35 @@ def test_html_copy_is_what_nbconvert_writes(tmp_path: Path) -> None:
     assert [same_header_id(c) for c in copies] == [same_header_id(expected)] * 3
 
 
+def test_html_copy_after_the_warm_up_is_the_same(tmp_path: Path) -> None:
+    """A thread's exporter made ahead with a throw-away page (``htmlexport.warm_up``)
+    writes the same copy as one made by the copy itself."""
+    import re
+    import threading
+
+    from sendit_helpers.run.htmlexport import warm_up
+
+    path = _executed(tmp_path)
+    pages: dict[bool, str] = {}
+
+    def copy(warm: bool) -> None:  # each in a new thread: a new exporter
+        if warm:
+            warm_up()
+        pages[warm] = export_html(path).read_text()
+
+    for warm in (False, True):
+        thread = threading.Thread(target=copy, args=(warm,))
+        thread.start()
+        thread.join()
+
+    def same_header_id(text: str) -> str:  # the header cell is new (a random id) each time
+        return re.sub(r'id="cell-id=[0-9a-f]{8}"', 'id="cell-id=header"', text, count=1)
+
+    assert set(pages) == {False, True}
+    assert same_header_id(pages[True]) == same_header_id(pages[False])
+    assert "Warm-up" not in pages[True] and "throw away" not in pages[True]
+
+
 def test_nbformat_loads_without_the_iri_grammars() -> None:
     """jsonschema (under nbformat) would build rfc3987_syntax's lark grammars at import,
     seconds before the first notebook: a process that runs notebooks declines them."""

@@ -245,7 +245,7 @@ def _execute(
                 copies.add(stage, layout, output)  # written while the next notebook runs
                 return output
             try:
-                export_html(output)
+                _copier().submit(export_html, output).result()  # the process's one exporter
             except Exception as exc:  # noqa: BLE001 - nbconvert/jinja raise anything; reported below
                 if failure is None:
                     raise _copy_failed(stage, layout, output, exc) from None
@@ -298,6 +298,31 @@ def _copier() -> concurrent.futures.ThreadPoolExecutor:
                 concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sendit-html")
             )
         return _COPIER[0]
+
+
+def warm_html() -> None:
+    """Have the thread that writes the HTML copies make its exporter now (in the background).
+
+    :func:`~sendit_helpers.run.htmlexport.warm_up` runs on that thread while the
+    caller goes on (:meth:`WarmKernels.warm_html_once` calls this as the first
+    notebook's cells are sent, so it overlaps the kernel's work); every copy of
+    this process is then written by that thread's exporter.  A warm-up that
+    fails is logged (its type only); the copies still try and report their own
+    failure.
+    """
+    from sendit_helpers.run.htmlexport import warm_up
+
+    _copier().submit(warm_up).add_done_callback(_warm_up_failed)
+
+
+def _warm_up_failed(future: concurrent.futures.Future[None]) -> None:
+    """Log a failed :func:`warm_html` (the exception's type: never a value)."""
+    exc = future.exception()
+    if exc is not None:
+        logging.getLogger(__name__).warning(
+            "HTML copies: making the exporter ahead failed (%s); each copy tries again",
+            type(exc).__name__,
+        )
 
 
 class HtmlCopies:
@@ -497,6 +522,7 @@ class WarmKernels:
         self._all: list[WarmKernel] = []
         self._lock = threading.Lock()
         self._count = itertools.count(1)
+        self._html_warmed = False
 
     def __enter__(self) -> WarmKernels:
         global _WARM
@@ -532,6 +558,16 @@ class WarmKernels:
         with os.fdopen(fd, "w") as fh:
             fh.write(f"ran in a warm kernel shared by batches; its log: {kernel.log}\n")
         return kernel
+
+    def warm_html_once(self) -> None:
+        """:func:`warm_html`, the first time only: called as the first notebook's cells are
+        sent, so the exporter is made while the kernel imports and works (the process
+        would otherwise only wait)."""
+        with self._lock:
+            if self._html_warmed:
+                return
+            self._html_warmed = True
+        warm_html()
 
     def shutdown(self) -> None:
         """Stop every kernel this pool started."""
@@ -644,6 +680,8 @@ def _register_engine() -> None:
                     _PREPARE.format(cwd=self.cwd_in_kernel), silent=True, store_history=False
                 )
             )
+            if _WARM is not None:
+                _WARM.warm_html_once()  # the HTML exporter is made while the kernel works
             if warm is not None and warm.one_request and onerequest.fits(self):
                 onerequest.execute(self)  # every code cell in one request
             else:

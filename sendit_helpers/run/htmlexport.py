@@ -25,10 +25,27 @@ import threading
 import uuid
 from typing import Any
 
-__all__ = ["MARKDOWN_CACHE_SIZE", "cached_markdown", "exporter", "soup_step", "warm_up"]
+__all__ = [
+    "MARKDOWN_CACHE_SIZE",
+    "NETWORK_URLS",
+    "cached_markdown",
+    "exporter",
+    "offline",
+    "soup_step",
+    "warm_up",
+]
 
 #: Markdown cells kept per thread; past that, the thread starts afresh.
 MARKDOWN_CACHE_SIZE = 512
+#: nbconvert's settings naming a script to load from the network (those of the installed
+#: version are emptied by :func:`offline`).
+NETWORK_URLS = (
+    "widget_renderer_url",
+    "require_js_url",
+    "mathjax_url",
+    "mermaid_js_url",
+    "mermaid_layout_elk_js_url",
+)
 #: Alternative text nbconvert gives an image without one.
 _NO_ALT = "No description has been provided for this image"
 
@@ -113,13 +130,13 @@ def _make() -> Any:
         optimistic_validation=True,
     )
     made.register_filter("markdown2html", cached_markdown(made.markdown2html))
-    for url in (
-        "widget_renderer_url",
-        "require_js_url",
-        "mathjax_url",
-        "mermaid_js_url",
-        "mermaid_layout_elk_js_url",
-    ):
+    return offline(made)
+
+
+def offline(made: Any) -> Any:
+    """``made`` (an nbconvert HTML exporter) with no script URL (:data:`NETWORK_URLS`):
+    a page it writes loads nothing from the network."""
+    for url in NETWORK_URLS:
         if made.has_trait(url):
             setattr(made, url, "")
     return made

@@ -20,7 +20,6 @@ import shutil
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,12 +28,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sendit_helpers.core import discovery, disposition, executors, spoolfiles
+from sendit_helpers.core import discovery, disposition, spoolfiles
 from sendit_helpers.core.disposition import Disposition, Row
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.core.resources import content_digests, shipped
 from sendit_helpers.core.settings import typed
-from sendit_helpers.stages.inspectread import FIELDS, INT_FIELDS, read_one, read_plan
+from sendit_helpers.stages.inspectread import FIELDS, INT_FIELDS, map_read, read_one
 
 if TYPE_CHECKING:
     pass
@@ -221,25 +220,17 @@ def spool_all(
     list of Path
         The parts, in file order (:func:`combine_parts` reads them).
     """
-    recipes = tuple(os.fspath(r) for r in filter_recipes)
-    digests = content_digests(recipes)  # once per batch: an edited filter file is seen
-    read_plan(recipes, use_deid, digests)  # compiled before the pool starts: workers inherit it
-    names = executors.map_chunks(
-        partial(
-            spool_chunk,
-            filter_recipes=recipes,
-            use_deid=use_deid,
-            digests=digests,
-            spool=os.fspath(spool),
-            source=os.fspath(source),
-        ),
+    names = map_read(
+        spool_chunk,
         paths,
         workers=workers,
+        filter_recipes=filter_recipes,
+        use_deid=use_deid,
+        progress=progress,
         executor=executor,
         scheduler=scheduler,
-        progress=progress,
-        desc="inspect",
-        serial_below=64,
+        spool=os.fspath(spool),
+        source=os.fspath(source),
     )
     return [spool / name for name in dict.fromkeys(names)]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -231,12 +231,44 @@ def read_all(
 ) -> list[dict[str, Any]]:
     """Run :func:`read_one` over many files, in order, on a process pool or Dask when
     ``workers`` > 1 (see :func:`sendit_helpers.core.executors.map_chunks`)."""
-    names = [os.fspath(p) for p in paths]
+    return map_read(
+        _read_chunk,
+        [os.fspath(p) for p in paths],
+        workers=workers,
+        filter_recipes=filter_recipes,
+        use_deid=use_deid,
+        progress=progress,
+        executor=executor,
+        scheduler=scheduler,
+    )
+
+
+def map_read(
+    chunk: Callable[..., list[Any]],
+    names: Sequence[str],
+    *,
+    workers: int,
+    filter_recipes: Sequence[str],
+    use_deid: bool,
+    progress: bool,
+    executor: str,
+    scheduler: str,
+    **fixed: Any,
+) -> list[Any]:
+    """``chunk`` over the files ``names``, in order, with inspect's read plan (the per-file
+    work of :func:`read_all` and of the inspect stage's spooled read).
+
+    ``chunk`` is called with a list of names and ``filter_recipes``, ``use_deid``,
+    ``digests`` and ``fixed`` as keywords, and returns one result per name, on a
+    process pool or Dask when ``workers`` > 1
+    (:func:`sendit_helpers.core.executors.map_chunks`).  The filter files'
+    digests are read once, and the read plan compiled, before the pool starts.
+    """
     recipes = tuple(os.fspath(r) for r in filter_recipes)
     digests = content_digests(recipes)  # once per batch: an edited filter file is seen
     read_plan(recipes, use_deid, digests)  # compiled before the pool starts: workers inherit it
     return executors.map_chunks(
-        partial(_read_chunk, filter_recipes=recipes, use_deid=use_deid, digests=digests),
+        partial(chunk, filter_recipes=recipes, use_deid=use_deid, digests=digests, **fixed),
         names,
         workers=workers,
         executor=executor,

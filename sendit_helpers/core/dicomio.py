@@ -244,11 +244,8 @@ def _probe_head(
         if whole:
             ds = pydicom.dcmread(buffer, stop_before_pixels=True)
         else:
-            # (catch_warnings is process-wide; the inspect stage reads files on one thread.)
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                ds = pydicom.dcmread(buffer, stop_before_pixels=True)
-            if caught:
+            ds, warned = _read_warned(buffer)
+            if warned:
                 return None
     except _HEAD_ERRORS:
         return None
@@ -268,15 +265,24 @@ def _probe_selected(
         return None
     buffer = io.BytesIO(selected.data)
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            ds = pydicom.dcmread(buffer, stop_before_pixels=True)
+        ds, warned = _read_warned(buffer)
     except _HEAD_ERRORS:
         return None
-    if caught or buffer.tell() != len(selected.data) - 12:
+    if warned or buffer.tell() != len(selected.data) - 12:
         return None
     at = selected.pixel_at
     return _check_pixels(Probe(path, size, "dicom", "", ds), fh, at, head[at : at + 12])
+
+
+def _read_warned(buffer: io.BytesIO) -> tuple[FileDataset, bool]:
+    """The header in ``buffer`` (up to the pixel data) and whether pydicom warned reading it.
+
+    (``catch_warnings`` is process-wide; the inspect stage reads files on one thread.)
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = pydicom.dcmread(buffer, stop_before_pixels=True)
+    return ds, bool(caught)
 
 
 def _probe_raw(path: Path, size: int, fh: BinaryIO) -> Probe:

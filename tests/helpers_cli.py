@@ -7,9 +7,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import nbformat
 import psutil
 
 from sendit_helpers.samples import batchspec
@@ -115,3 +116,17 @@ def kill_when(
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(30) == -signal.SIGKILL
     return children
+
+
+def stage_notebook(path: Path, cells: Sequence[nbformat.NotebookNode]) -> Path:
+    """Write a notebook that ``run_stage`` can run in place of a stage's: the stages'
+    ``parameters`` cell, then ``cells``, on the ``python3`` kernel."""
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell(
+        'batch_dir = ""\nwork_dir = ""\nparams_files: list = []\noverrides: dict = {}'
+    )
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, *cells]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Py", "language": "python"}
+    nbformat.write(nb, path)
+    return path

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import nbformat
 import pandas as pd
 import pytest
 
@@ -38,6 +39,7 @@ from sendit_helpers.run.pipeline import plan_batches
 from sendit_helpers.run.runner import Stage, notebook_path, open_batch
 from sendit_helpers.samples import batchspec, synthetic
 from sendit_helpers.stages import inspect, review, upload
+from tests.helpers_cli import stage_notebook
 
 TINY = batchspec.BatchSpec(n_series=1, images_per_series=2, rows=16, columns=16)
 QUIET = {"PROGRESS": False, "THUMBNAILS": False, "OCR_SCREEN": "off"}
@@ -420,20 +422,7 @@ def test_cli_reports_a_failing_batch_and_runs_the_others(tmp_path: Path) -> None
 
 
 def _notebook(path: Path, code: str) -> Path:
-    nbformat = pytest.importorskip("nbformat")
-    nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell(
-        'batch_dir = ""\nwork_dir = ""\nparams_files: list = []\noverrides: dict = {}'
-    )
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, nbformat.v4.new_code_cell(code)]
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    nbformat.write(nb, path)
-    return path
+    return stage_notebook(path, [nbformat.v4.new_code_cell(code)])
 
 
 @pytest.mark.slow

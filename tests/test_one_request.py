@@ -24,7 +24,7 @@ from sendit_helpers.run.cellrunner import CellOutputs
 from sendit_helpers.run.pipeline import PIPELINE, run_batch
 from sendit_helpers.run.runner import Stage, WarmKernels, notebook_path, run_stage
 from sendit_helpers.samples import synthetic
-from tests.helpers_cli import TINY
+from tests.helpers_cli import TINY, stage_notebook
 
 #: What differs between two runs of one notebook: times, widget model ids, and which
 #: released image an upload manifest's row names (uploads end in any order).
@@ -103,17 +103,9 @@ _CELLS = [
 
 
 def _notebook(path: Path, cells: list[str]) -> Path:
-    nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell(
-        'batch_dir = ""\nwork_dir = ""\nparams_files: list = []\noverrides: dict = {}'
-    )
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, nbformat.v4.new_markdown_cell("# A notebook")]
-    nb.cells += [nbformat.v4.new_code_cell(code) for code in cells]
-    nb.cells.append(nbformat.v4.new_markdown_cell("the end"))
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Py", "language": "python"}
-    nbformat.write(nb, path)
-    return path
+    code = [nbformat.v4.new_code_cell(source) for source in cells]
+    md = nbformat.v4.new_markdown_cell
+    return stage_notebook(path, [md("# A notebook"), *code, md("the end")])
 
 
 @pytest.mark.slow

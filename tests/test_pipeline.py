@@ -35,7 +35,7 @@ from sendit_helpers.run.pipeline import (
 from sendit_helpers.run.runner import Stage, notebook_path, open_batch, warm_kernels
 from sendit_helpers.samples import synthetic
 from sendit_helpers.stages import inspect, review
-from tests.helpers_cli import TINY, cli_env, kill_when, run_cmd, tree
+from tests.helpers_cli import TINY, cli_env, kill_when, run_cmd, stage_notebook, tree
 
 SECRET_HEX = "706970656c696e652d746573742d736563726574"  # "pipeline-test-secret"
 
@@ -220,18 +220,6 @@ def test_sendit_inspect_then_run_does_not_inspect_again(
         assert again.ran == [str(s) for s in PIPELINE]
 
 
-def _trivial_notebook(path: Path) -> Path:
-    nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell(
-        'batch_dir = ""\nwork_dir = ""\nparams_files: list = []\noverrides: dict = {}'
-    )
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, nbformat.v4.new_code_cell("x = 1")]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Py", "language": "python"}
-    nbformat.write(nb, path)
-    return path
-
-
 @pytest.mark.slow
 def test_html_copies_written_in_the_background_and_their_failure(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -242,7 +230,7 @@ def test_html_copies_written_in_the_background_and_their_failure(
     folder = tmp_path / "in" / "b1"
     synthetic.make_batch(folder, TINY)
     layout = BatchLayout.for_batch(folder, tmp_path / "work")
-    trivial = _trivial_notebook(tmp_path / "trivial.ipynb")
+    trivial = stage_notebook(tmp_path / "trivial.ipynb", [nbformat.v4.new_code_cell("x = 1")])
     monkeypatch.setattr(Stage, "source", lambda self: trivial)
     real = runner.export_html
     threads: set[str] = set()

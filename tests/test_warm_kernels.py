@@ -1,4 +1,5 @@
-"""Warm kernels (issue 15): one kernel per worker of ``sendit run``, reused by every notebook.
+"""Warm kernels (issue 15): one kernel per worker of ``sendit run``, reused by every notebook,
+started ahead and preloaded.
 
 A warm run must write what one batch at a time writes (release/ bytes, tables,
 disposition, manifests), a failing batch must not touch the next one run in the
@@ -8,22 +9,27 @@ run again.
 
 from __future__ import annotations
 
+import ast
+import importlib
+import importlib.util
 import json
+import re
 import sqlite3
 import subprocess
 from pathlib import Path
 
+import nbformat
 import pandas as pd
 import psutil
 import pytest
 
 from sendit_helpers.core.layout import BatchLayout
-from sendit_helpers.run import upstream
+from sendit_helpers.run import cellrunner, cli, kernels, upstream
 from sendit_helpers.run.pipeline import PIPELINE, stamp_path
-from sendit_helpers.run.runner import KERNELS_DIR, Stage, notebook_path, open_batch
+from sendit_helpers.run.runner import KERNELS_DIR, Stage, notebook_path, open_batch, run_stage
 from sendit_helpers.samples import synthetic
 from sendit_helpers.stages import inspect, review, upload
-from tests.helpers_cli import TINY, cli_env, kill_when, run_cmd, tree
+from tests.helpers_cli import TINY, cli_env, kill_when, run_cmd, stage_notebook, tree
 
 SECRET_HEX = "7761726d2d6b65726e656c2d74657374"  # "warm-kernel-test"
 
@@ -135,7 +141,8 @@ def test_killed_warm_run_completes_everything_once(
     )
     _gone, alive = psutil.wait_procs(children, timeout=20)
     assert not alive, "the warm kernel outlived the killed run"
-    assert not stamp_path(BatchLayout.for_batch(made[1], work), Stage.UPLOAD).exists()
+    uploaded = [stamp_path(BatchLayout.for_batch(f, work), Stage.UPLOAD).exists() for f in made]
+    assert not all(uploaded), "the run was killed before it finished"
 
     again = subprocess.run(run_cmd(root, work), env=cli_env(SECRET_HEX), capture_output=True,
                            text=True, timeout=300)  # fmt: skip
@@ -154,3 +161,112 @@ def test_killed_warm_run_completes_everything_once(
     with sqlite3.connect(work / "storage" / "index.sqlite") as conn:
         images = conn.execute("SELECT COUNT(*), COUNT(DISTINCT url) FROM image").fetchone()
     assert images == (released, released), "each released image stored exactly once"
+
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+#: A cell that shows, before importing anything, whether the kernel had the stages loaded.
+LOADED = nbformat.v4.new_code_cell(
+    "import sys\nprint('sendit_helpers.stages.inspect' in sys.modules, flush=True)"
+)
+
+
+def _kernel_processes() -> list[psutil.Process]:
+    return [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if p.is_running() and "ipykernel_launcher" in " ".join(p.cmdline())
+    ]
+
+
+def _stdout(notebook: Path) -> str:
+    nb = json.loads(notebook.read_text())
+    return "".join(
+        "".join(out.get("text", ""))
+        for cell in nb["cells"]
+        for out in cell.get("outputs", [])
+        if out.get("name") == "stdout"
+    )
+
+
+def _pointer(notebook: Path) -> str:
+    return notebook.with_suffix(".kernel.log").read_text()
+
+
+def _module_of(package: str, name: str) -> str:
+    """The module ``from package import name`` loads: ``package.name`` when it is one."""
+    if hasattr(importlib.import_module(package), "__path__"):
+        if importlib.util.find_spec(f"{package}.{name}") is not None:
+            return f"{package}.{name}"
+    return package
+
+
+def test_preload_lists_every_module_the_stage_notebooks_import() -> None:
+    """cellrunner.PRELOAD stays in step with the notebooks' import cells."""
+    imported: set[str] = set()
+    for path in sorted(NOTEBOOKS.glob("0[1-4]_*.ipynb")):
+        for cell in nbformat.read(path, as_version=4).cells:
+            if cell.cell_type != "code" or "import" not in cell.source:
+                continue
+            for node in ast.walk(ast.parse(cell.source)):
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    for alias in node.names:
+                        imported.add(_module_of(node.module, alias.name))
+    missing = {m for m in imported if m.startswith("sendit_helpers")} - set(cellrunner.PRELOAD)
+    assert not missing, f"add to cellrunner.PRELOAD: {sorted(missing)}"
+
+
+@pytest.mark.slow
+def test_a_kernel_started_ahead_is_preloaded_and_handed_to_the_first_notebook(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """prestart's kernel runs the first notebook, with the stages already imported; the
+    pool shuts it down; a prestart nobody used is stopped by discard_spares."""
+    folder = tmp_path / "in" / "b1"
+    synthetic.make_batch(folder, TINY)
+    work = tmp_path / "work"
+    probe = stage_notebook(tmp_path / "probe.ipynb", [LOADED])
+    monkeypatch.setattr(Stage, "source", lambda self: probe)
+    layout = BatchLayout.for_batch(folder, work)
+    kernels.prestart(work)
+    started = _kernel_processes()
+    assert len(started) == 1
+    with kernels.WarmKernels(work):
+        out = run_stage(Stage.INSPECT, layout, overrides={"PROGRESS": False}, html=False)
+        assert _stdout(out).strip() == "True"
+        assert started[0].is_running(), "the kernel started ahead ran the notebook"
+    assert not _kernel_processes(), "the pool stopped the kernel it was handed"
+    kernels.prestart(work, 2)
+    assert len(_kernel_processes()) == 2
+    kernels.prestart(work, 2)
+    assert len(_kernel_processes()) == 2, "prestart tops up, it does not start more"
+    kernels.discard_spares()
+    assert not _kernel_processes()
+
+
+@pytest.mark.slow
+def test_a_kernel_over_its_memory_bound_is_replaced(tmp_path: Path) -> None:
+    """With max_rss below any kernel's size, every notebook gets a fresh kernel; with
+    the default bound, the next notebook reuses the same one."""
+    folder = tmp_path / "in" / "b1"
+    synthetic.make_batch(folder, TINY)
+    layout = BatchLayout.for_batch(folder, tmp_path / "work")
+    done = {"PROGRESS": False}
+    for bound, same in ((1, False), (kernels.WARM_KERNEL_MAX_RSS, True)):
+        with kernels.WarmKernels(tmp_path / "work", max_rss=bound):
+            first = _pointer(run_stage(Stage.INSPECT, layout, overrides=done, html=False))
+            second = _pointer(run_stage(Stage.INSPECT, layout, overrides=done, html=False))
+        assert (first == second) is same, (bound, first, second)
+    assert not _kernel_processes()
+
+
+def test_a_command_whose_batch_fails_before_its_notebook_leaves_no_kernel(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`sendit deidentify` of a missing folder: its one line, exit 1, and the kernel
+    started ahead for it stopped."""
+    missing = tmp_path / "nowhere"
+    assert cli.main(["deidentify", str(missing), "--work", str(tmp_path / "work")]) == 1
+    line = rf"batch folder {re.escape(str(missing))} does not exist"
+    assert re.search(line, capsys.readouterr().err)
+    assert not _kernel_processes()

@@ -38,6 +38,7 @@ __all__ = [
     "PAGE_SEGMENTATION",
     "Reader",
     "engine",
+    "load_library",
     "require_tesseract",
 ]
 
@@ -226,6 +227,22 @@ def _library_reader() -> _Library | None:
     if lib is None or not hasattr(lib, "TessBaseAPIGetTsvText"):
         return None
     return _Library(lib)
+
+
+def load_library() -> bool:
+    """Load ``libtesseract`` and make this process's reader of it now, if it can be loaded.
+
+    What :func:`engine` does on first use (about 0.1 s: the library found and
+    loaded, its language data read), done ahead by a warm notebook kernel as it
+    starts (:func:`~sendit_helpers.run.cellrunner.preload`).  Nothing is checked
+    or raised here: :func:`engine` still checks the install when it is called.
+
+    Returns
+    -------
+    bool
+        True when the library reader is ready.
+    """
+    return _library_reader() is not None
 
 
 def engine(*, library: bool = True) -> Reader:

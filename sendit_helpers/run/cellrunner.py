@@ -34,6 +34,21 @@ from sendit_helpers.core.errors import SenditError
 #: The private type of the ``display_data`` that carries one cell's record to the client.
 MIMETYPE = "application/vnd.sendit.cell+json"
 
+#: The modules the stage notebooks import in their first code cell (and ``open_batch``'s):
+#: :func:`preload` imports them as a warm kernel starts (``tests/test_warm_kernels.py``
+#: keeps this list in step with the notebooks).
+PRELOAD = (
+    "sendit_helpers.core.disposition",
+    "sendit_helpers.deid.plots",
+    "sendit_helpers.run.runner",
+    "sendit_helpers.run.upstream",
+    "sendit_helpers.stages.deidentify",
+    "sendit_helpers.stages.inspect",
+    "sendit_helpers.stages.release",
+    "sendit_helpers.stages.review_notebook",
+    "sendit_helpers.stages.upload",
+)
+
 #: Messages that become (or change) a cell's outputs; everything else goes out as usual.
 CAPTURED = frozenset(
     {"stream", "display_data", "update_display_data", "execute_result", "error", "clear_output"}
@@ -290,8 +305,9 @@ def reset_kernel() -> None:
     the next notebook's work) goes through only what the last notebook made.
     Frozen objects are still freed when nothing refers to them; a reference
     cycle among them that a later notebook lets go is not, until the kernel is
-    replaced (after :data:`~sendit_helpers.run.runner.WARM_KERNEL_USES`
-    notebooks), which bounds what that can hold.
+    replaced (after :data:`~sendit_helpers.run.kernels.WARM_KERNEL_USES`
+    notebooks, or once it holds :data:`~sendit_helpers.run.kernels.WARM_KERNEL_MAX_RSS`),
+    which bounds what that can hold.
     """
     import gc
 
@@ -304,3 +320,25 @@ def reset_kernel() -> None:
     if pyplot is not None:
         pyplot.close("all")
     gc.freeze()  # after the reset's collections: everything left is in use
+
+
+def preload() -> None:
+    """Import :data:`PRELOAD` and freeze the heap: run by a warm kernel as it starts.
+
+    The kernel does the stage notebooks' imports (about 0.9 s of CPU) and loads
+    the OCR screen's Tesseract library
+    (:func:`~sendit_helpers.deid.tesseract.load_library`, about 0.1 s) before it
+    answers its client, while the command that started it imports its own
+    modules; the first notebook then finds them loaded.  Frozen
+    (:func:`gc.freeze`), the modules' objects are not gone through again by the
+    first notebook's garbage collections.  It binds no name in the namespace.
+    """
+    import gc
+    import importlib
+
+    for name in PRELOAD:
+        importlib.import_module(name)
+    from sendit_helpers.deid import tesseract
+
+    tesseract.load_library()  # the OCR screen's reader, made ahead (when the library loads)
+    gc.freeze()

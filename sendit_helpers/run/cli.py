@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from sendit_helpers import __version__
-from sendit_helpers.core import disposition, executors
 from sendit_helpers.core.errors import SenditError, SettingsError, one_line, os_error_line
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.core.settings import load_settings, parse_override
+from sendit_helpers.run import kernels
 from sendit_helpers.run.runner import run_stage, warm_kernels
 from sendit_helpers.run.stages import PIPELINE, STAGES, Stage
 
@@ -44,6 +44,8 @@ EXAMPLES = """examples:
   sendit review /data/export/study1 --work /data/work --decisions decisions.csv
   sendit run /data/export --work /data/work --set SEND_TO_ORTHANC=true
 """
+
+
 def _plain(text: str, width: int = 78) -> str:
     """``text`` wrapped to ``width`` (lines that start with two spaces, commands, stay whole)."""
     lines = []
@@ -197,6 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(args.params, overrides)  # fail fast, before any notebook
         if args.command == Stage.QUERY:
             return _query(args, settings)
+        if settings.run.executor == "local":
+            # the first notebook's kernel starts (and imports) while this process imports
+            kernels.prestart(args.work)
         if args.command == "run":
             from sendit_helpers.run.pipeline import run_batches
 
@@ -208,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"sendit: error: {os_error_line(exc, near=args.work)}", file=sys.stderr)
         return 2
+    finally:
+        kernels.discard_spares()  # started ahead but not used (an error came first)
 
 
 def _query(args: argparse.Namespace, settings: Any) -> int:
@@ -267,6 +274,8 @@ def _run_each(
             file_workers,
         )
     one = partial(run_stage_outcome, stage=stage, work=work, params=list(params), overrides=inner)
+    if executor == "local":
+        kernels.prestart(work, slots)  # the other threads' kernels start now, not when needed
     # one warm kernel per thread for every batch's notebook, not a cold start each
     with warm_kernels(work, enabled=executor == "local"):
         return _report(stage, batches, one, slots, executor, scheduler)
@@ -281,6 +290,8 @@ def _report(
     scheduler: str,
 ) -> int:
     """Run ``one`` on every batch (:func:`_run_each`), say how each went; the exit status."""
+    from sendit_helpers.core import executors
+
     outcomes: Iterable[tuple[int, StageOutcome | Exception]]
     if len(batches) == 1:
         outcomes = [(0, one(batches[0]))]
@@ -351,6 +362,8 @@ def run_stage_outcome(
             error=f"batch {batch}: {stage} failed unexpectedly ({one_line(exc)}); this is a "
             "bug: report it with the executed notebook under the batch's phi/notebooks/"
         )
+    from sendit_helpers.core import disposition
+
     note = disposition.first_error(layout)
     waiting = _waiting(layout) if STAGES[stage].waiting else ""
     return StageOutcome(
@@ -387,6 +400,8 @@ def _run_stamped(
 
 def _waiting(layout: BatchLayout) -> str:
     """How many images of the batch still wait for review (they are never uploaded), or ""."""
+    from sendit_helpers.core import disposition
+
     if not layout.disposition_csv.exists():
         return ""
     table = disposition.read(layout, ["disposition", "reason"])

@@ -68,6 +68,7 @@ from sendit_helpers.core.errors import BatchError, SenditError, os_error_line
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.core.settings import BY_NAME, Settings, load_settings
 from sendit_helpers.deid.siterules import site_filters_path
+from sendit_helpers.run import kernels
 from sendit_helpers.run.runner import HtmlCopies, notebook_path, run_stage, warm_kernels
 from sendit_helpers.run.stages import EXECUTION_SETTINGS as EXECUTION_SETTINGS
 from sendit_helpers.run.stages import FILE_SETTINGS as FILE_SETTINGS
@@ -706,6 +707,8 @@ def run_batches(
     statuses: list[BatchStatus | None] = [None] * len(layouts)
     for status in refused:
         bar.write(_line(status), file=sys.stderr)
+    if executor == "local":
+        kernels.prestart(work, slots)  # every slot's kernel starts now, not when first needed
     try:
         # one warm kernel per batch slot, reused by every stage of every batch it runs
         with warm_kernels(work, enabled=executor == "local"):
@@ -762,8 +765,7 @@ def _line(status: BatchStatus) -> str:
     if status.status == "done":
         extra = f", {len(status.skipped)} stage(s) unchanged" if status.skipped else ""
         images = (
-            f": {status.released} released, {status.held} held, "
-            f"{status.waiting} waiting for review"
+            f": {status.released} released, {status.held} held, {status.waiting} waiting for review"
             if status.waiting is not None
             else ""
         )

@@ -8,22 +8,25 @@ layout and settings the same way.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import importlib
-import itertools
 import logging
 import os
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from sendit_helpers.core.errors import StageError, os_error_from_text, os_error_line, reduce_message
 from sendit_helpers.core.layout import BatchLayout
 from sendit_helpers.core.settings import Settings, load_settings
+from sendit_helpers.run import kernels
+from sendit_helpers.run.kernels import KERNELS_DIR as KERNELS_DIR  # the kernels' logs
+from sendit_helpers.run.kernels import WARM_KERNEL_USES as WARM_KERNEL_USES
+from sendit_helpers.run.kernels import WarmKernel as WarmKernel
+from sendit_helpers.run.kernels import WarmKernels as WarmKernels
+from sendit_helpers.run.kernels import warm_kernels as warm_kernels
 from sendit_helpers.run.stages import Stage as Stage  # declared in run.stages
 
 # nbformat (which papermill and nbconvert import) imports jsonschema, and jsonschema imports
@@ -37,11 +40,6 @@ sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
 #: Seconds a notebook kernel may take to start: generous, since batches running in
 #: parallel on a small, busy machine start several kernels at once.
 KERNEL_START_TIMEOUT = 300
-#: Notebooks one warm kernel runs before it is replaced by a fresh one (bounds its memory).
-WARM_KERNEL_USES = 64
-#: Folder under WORK holding the warm kernels' own logs (owner-only, like a batch's phi/;
-#: not named phi/ itself, since WORK/<name>/phi/ is a batch).
-KERNELS_DIR = ".kernels"
 #: papermill engine name of :func:`_register_engine`.
 _ENGINE = "sendit"
 #: Seconds between two writes of an executed notebook while its cells run (it is also
@@ -68,12 +66,13 @@ def open_batch(
     -------
     tuple of (BatchLayout, Settings)
     """
-    from sendit_helpers.samples import synthetic
+    if not str(batch_dir) or not str(work_dir):
+        from sendit_helpers.samples import synthetic  # only for the demo batch
 
-    if not str(batch_dir):
-        batch_dir = synthetic.demo_batch()
-    if not str(work_dir):
-        work_dir = synthetic.demo_root() / "work"
+        if not str(batch_dir):
+            batch_dir = synthetic.demo_batch()
+        if not str(work_dir):
+            work_dir = synthetic.demo_root() / "work"
     settings = load_settings(params_files, overrides)
     _whole_cells()
     _figures_drawn_once()
@@ -197,14 +196,16 @@ def _execute(
     # A report of an earlier run must not pass for this one's, whatever happens below.
     output.with_suffix(".html").unlink(missing_ok=True)
     _register_engine()
-    pool = _WARM
-    warm = pool.lease(layout, output) if pool is not None else None
+    pool = kernels.active()
+    warm = pool.lease(output) if pool is not None else None
     engine: dict[str, Any] = (
         {"warm": warm, "cwd_in_kernel": str(layout.phi)}
         if warm is not None
         else {
             "cwd": str(layout.phi),
-            "kernel_manager_class": _logging_kernel_manager(output.with_suffix(".kernel.log")),
+            "kernel_manager_class": kernels.logging_kernel_manager(
+                output.with_suffix(".kernel.log")
+            ),
         }
     )
     try:
@@ -250,8 +251,7 @@ def _execute(
                 if failure is None:
                     raise _copy_failed(stage, layout, output, exc) from None
                 failure = StageError(
-                    f"{failure} (its HTML copy could not be written either: "
-                    f"{_why(exc, layout)})"
+                    f"{failure} (its HTML copy could not be written either: {_why(exc, layout)})"
                 )
     finally:
         layout.secure_phi()
@@ -304,8 +304,8 @@ def warm_html() -> None:
     """Have the thread that writes the HTML copies make its exporter now (in the background).
 
     :func:`~sendit_helpers.run.htmlexport.warm_up` runs on that thread while the
-    caller goes on (:meth:`WarmKernels.warm_html_once` calls this as the first
-    notebook's cells are sent, so it overlaps the kernel's work); every copy of
+    caller goes on (the runner calls this as a pool's first notebook's cells are
+    sent, so it overlaps the kernel's work); every copy of
     this process is then written by that thread's exporter.  A warm-up that
     fails is logged (its type only); the copies still try and report their own
     failure.
@@ -412,25 +412,6 @@ def export_html(notebook: Path) -> Path:
     return target
 
 
-def _logging_kernel_manager(log_path: Path) -> type[Any]:
-    """A kernel manager class whose kernel writes its stdout/stderr to ``log_path``.
-
-    Keeps kernel warnings out of the terminal (and the ``sendit run`` progress
-    bar) but on record in ``phi/`` beside the notebook.
-    """
-    from jupyter_client.manager import AsyncKernelManager
-
-    class LoggingKernelManager(AsyncKernelManager):
-        async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
-            fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                kw["stdout"] = fh
-                kw["stderr"] = fh
-                await super()._async_launch_kernel(kernel_cmd, **kw)
-
-    return LoggingKernelManager
-
-
 # ------------------------------------------------------------------ warm kernels
 #: Run silently in a warm kernel right after each notebook (while the runner writes the
 #: executed notebook and its HTML copy): a clean namespace and no figure of that notebook.
@@ -438,182 +419,6 @@ _RESET = "__import__('sendit_helpers.run.cellrunner', fromlist=['reset_kernel'])
 #: Run silently in a warm kernel before each notebook (after the reset of the one before
 #: has been confirmed): cell numbers from 1 and the batch's phi/ as working folder.
 _PREPARE = "get_ipython().execution_count = 1\n__import__('os').chdir({cwd!r})\n"
-
-
-@dataclass
-class WarmKernel:
-    """One kernel kept alive between the notebooks of one thread (:class:`WarmKernels`).
-
-    Attributes
-    ----------
-    km : jupyter_client AsyncKernelManager
-        Started by the first notebook that uses it.
-    log : Path
-        The kernel's own stdout/stderr (under ``WORK/.kernels/``).
-    uses : int
-        Notebooks run so far.
-    broken : bool
-        Set when a notebook ended with the kernel dead or timed out: it is replaced.
-    kc : jupyter_client AsyncKernelClient or None
-        The one client session of this kernel, started by its first notebook and kept
-        (a new client waits about 0.2 s for the kernel to be ready: per notebook, that
-        was a large part of a small batch's time).
-    pending : str
-        The message id of the reset sent after the last notebook (:data:`_RESET`),
-        whose reply the next notebook waits for before its first cell; empty when none.
-    one_request : bool
-        Run each notebook's code cells with one execute request
-        (:mod:`~sendit_helpers.run.onerequest`) instead of one request per cell.
-    """
-
-    km: Any
-    log: Path
-    uses: int = 0
-    broken: bool = False
-    kc: Any = None
-    pending: str = ""
-    one_request: bool = True
-
-
-class WarmKernels:
-    """Keep one notebook kernel per thread and reuse it for every notebook that thread runs.
-
-    A cold start (a new kernel process, then the imports of the helper package,
-    pandas, pydicom, matplotlib: seconds) is then paid once per thread (per
-    worker of ``sendit run``), not once per stage of every batch.  Each
-    notebook still gets its own executed copy in its batch's ``phi/notebooks/``;
-    before it runs, the kernel's namespace is reset (``%reset -f``), its cell
-    counter set back to 1, open figures closed and its working folder set to
-    the batch's ``phi/``, so a notebook sees nothing of the one before.  A
-    kernel that died or timed out, and one that ran :data:`WARM_KERNEL_USES`
-    notebooks, is replaced by a fresh one.
-
-    The kernels' own logs go to ``WORK/.kernels/`` (owner-only): several
-    batches share them, so each batch's ``NN_stage.kernel.log`` names the log
-    instead.
-
-    Use as a context manager around the code that calls :func:`run_stage`
-    (``sendit run`` and the stage commands do); on exit every kernel is shut
-    down.  Only one may be active in a process at a time.
-
-    Parameters
-    ----------
-    work : path-like
-        The work folder.
-    max_uses : int
-        Notebooks per kernel before it is replaced.
-    one_request : bool
-        Run all code cells of a notebook with one execute request to the kernel
-        (:mod:`~sendit_helpers.run.onerequest`, the same executed notebook without
-        a round trip per cell); ``False`` runs them one request per cell, as
-        papermill does.
-    """
-
-    def __init__(
-        self,
-        work: str | os.PathLike[str],
-        max_uses: int = WARM_KERNEL_USES,
-        one_request: bool = True,
-    ) -> None:
-        self.folder = Path(work).expanduser().resolve() / KERNELS_DIR
-        self.max_uses = max_uses
-        self.one_request = one_request
-        self._local = threading.local()
-        self._all: list[WarmKernel] = []
-        self._lock = threading.Lock()
-        self._count = itertools.count(1)
-        self._html_warmed = False
-
-    def __enter__(self) -> WarmKernels:
-        global _WARM
-        _WARM = self
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        global _WARM
-        _WARM = None
-        self.shutdown()
-
-    def lease(self, layout: BatchLayout, output: Path) -> WarmKernel:
-        """This thread's kernel for the notebook ``output`` of ``layout`` (a new one if needed).
-
-        Writes ``output``'s ``.kernel.log`` as a pointer to the kernel's log.
-        """
-        kernel: WarmKernel | None = getattr(self._local, "kernel", None)
-        if kernel is not None and (kernel.broken or kernel.uses >= self.max_uses):
-            _stop(kernel)
-            kernel = None
-        if kernel is None:
-            self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.chmod(self.folder, 0o700)
-            log = self.folder / f"kernel-{os.getpid()}-{next(self._count)}.log"
-            manager = _logging_kernel_manager(log)
-            kernel = WarmKernel(manager(kernel_name="python3"), log, one_request=self.one_request)
-            self._local.kernel = kernel
-            with self._lock:
-                self._all.append(kernel)
-        kernel.uses += 1
-        pointer = output.with_suffix(".kernel.log")
-        fd = os.open(pointer, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(f"ran in a warm kernel shared by batches; its log: {kernel.log}\n")
-        return kernel
-
-    def warm_html_once(self) -> None:
-        """:func:`warm_html`, the first time only: called as the first notebook's cells are
-        sent, so the exporter is made while the kernel imports and works (the process
-        would otherwise only wait)."""
-        with self._lock:
-            if self._html_warmed:
-                return
-            self._html_warmed = True
-        warm_html()
-
-    def shutdown(self) -> None:
-        """Stop every kernel this pool started."""
-        with self._lock:
-            kernels, self._all = self._all, []
-        for kernel in kernels:
-            _stop(kernel)
-
-
-_WARM: WarmKernels | None = None
-
-
-@contextlib.contextmanager
-def warm_kernels(work: str | os.PathLike[str], enabled: bool = True) -> Iterator[None]:
-    """:class:`WarmKernels` for ``work`` while the block runs (nothing when not ``enabled``)."""
-    if not enabled or _WARM is not None:
-        yield
-        return
-    with WarmKernels(work):
-        yield
-
-
-def _stop(kernel: WarmKernel) -> None:
-    """Kill a warm kernel's process (it holds nothing that needs a clean shutdown)."""
-    if kernel.kc is not None:
-        kernel.kc.stop_channels()
-        kernel.kc = None
-    km = kernel.km
-    process = getattr(getattr(km, "provisioner", None), "process", None)
-    if process is not None and process.poll() is None:
-        process.kill()
-        process.wait()
-    # connection file, control socket and ZMQ context: a context left to the garbage
-    # collector with its socket still open can block the process when it exits
-    with contextlib.suppress(OSError):
-        _cleanup_resources(km)
-
-
-def _cleanup_resources(km: Any) -> None:
-    """``km.cleanup_resources()`` of a kernel manager, async or not."""
-    from nbclient.util import ensure_async, run_sync
-
-    async def cleanup() -> None:
-        await ensure_async(km.cleanup_resources())
-
-    run_sync(cleanup)()
 
 
 def _register_engine() -> None:
@@ -680,8 +485,9 @@ def _register_engine() -> None:
                     _PREPARE.format(cwd=self.cwd_in_kernel), silent=True, store_history=False
                 )
             )
-            if _WARM is not None:
-                _WARM.warm_html_once()  # the HTML exporter is made while the kernel works
+            pool = kernels.active()
+            if pool is not None and pool.first_html():
+                warm_html()  # the HTML exporter is made while the kernel works
             if warm is not None and warm.one_request and onerequest.fits(self):
                 onerequest.execute(self)  # every code cell in one request
             else:

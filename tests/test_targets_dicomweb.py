@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -10,7 +11,7 @@ import requests
 
 from sendit_helpers.core.errors import UploadError
 from sendit_helpers.stages.upload import load_release, upload_batch
-from sendit_helpers.targets import TargetKind, make_targets
+from sendit_helpers.targets import Item, Receipt, TargetKind, make_targets
 from sendit_helpers.targets.dicomweb import DicomWebTarget
 from tests.conftest_servers import ReleaseFactory
 from tests.servers import OrthancServer, orthanc_plugin
@@ -118,3 +119,32 @@ def test_stow_verify_trusts_series_counts_and_looks_up_short_series(
         assert target.verify([]) == set()
     finally:
         target.close()
+
+
+def test_stow_requests_keep_every_thread_busy(
+    orthanc: OrthancServer,
+    make_release: ReleaseFactory,
+    stow: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """8 files, at most 3 per request, 4 threads: 4 requests of 2 (not 3, 3 and 2)."""
+    sizes: list[int] = []
+    put_many = DicomWebTarget.put_many
+
+    def counted(self: DicomWebTarget, items: Sequence[Item]) -> list[Receipt | UploadError]:
+        sizes.append(len(items))
+        return put_many(self, items)
+
+    monkeypatch.setattr(DicomWebTarget, "put_many", counted)
+    layout = make_release(entities=2, images=4)
+    settings = {**stow, "UPLOAD_THREADS": 4}
+    manifest = upload_batch(layout, settings, progress=False)
+    assert sorted(sizes) == [2, 2, 2, 2]
+    assert (manifest.drop_duplicates("item", keep="last")["status"] == "verified").sum() == 8
+    assert orthanc.instance_count() == 8
+    sizes.clear()
+    upload_batch(layout, {**settings, "UPLOAD_THREADS": 1}, progress=False)
+    assert sizes == []  # all verified: nothing sent again
+    (layout.upload_dir / "manifest.csv").unlink()
+    upload_batch(layout, {**settings, "UPLOAD_THREADS": 1}, progress=False)
+    assert sorted(sizes) == [2, 3, 3] and orthanc.instance_count() == 8

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from sendit_helpers.stages.upload import (
     with_retries,
 )
 from sendit_helpers.targets import Item, Receipt, TargetKind, TransientError
+from sendit_helpers.targets.base import request_chunks
 from sendit_helpers.targets.local import LocalTarget
 from tests.conftest_servers import ReleaseFactory, build_release
 from tests.servers import OrthancServer
@@ -141,6 +143,39 @@ def test_with_retries_stops_at_once_when_stop_is_set() -> None:
     with pytest.raises(TransientError, match="HTTP 503"):
         with_retries(busy, 5, stop)
     assert time.monotonic() - start < 2.0 and len(calls) == 1
+
+
+@pytest.mark.parametrize(
+    ("n", "most", "threads", "sizes"),
+    [
+        (500, 50, 16, [32] * 4 + [31] * 12),  # 50 at a time: 10 requests, 6 threads idle
+        (8, 3, 4, [2, 2, 2, 2]),
+        (8, 3, 1, [3, 3, 2]),  # one thread: as many round trips as 3 at a time
+        (17, 50, 16, [2] + [1] * 15),
+        (3, 0, 0, [1, 1, 1]),  # settings below 1 count as 1
+        (0, 50, 16, []),
+    ],
+)
+def test_request_chunks_fill_every_thread(
+    n: int, most: int, threads: int, sizes: list[int]
+) -> None:
+    items = list(range(n))
+    chunks = request_chunks(items, most, threads)
+    assert [len(c) for c in chunks] == sizes
+    assert [i for c in chunks for i in c] == items  # consecutive slices, in order
+
+
+def test_request_chunks_never_add_round_trips() -> None:
+    """No request over ``most``; per thread, as many rounds as ``most`` at a time needs."""
+    for n in (1, 7, 100, 499, 500, 801, 5000):
+        for most in (1, 10, 50):
+            for threads in (1, 4, 16):
+                chunks = request_chunks(list(range(n)), most, threads)
+                assert max(len(c) for c in chunks) <= most
+                assert max(len(c) for c in chunks) - min(len(c) for c in chunks) <= 1
+                rounds = math.ceil(math.ceil(n / most) / threads)
+                assert math.ceil(len(chunks) / threads) == rounds
+                assert len(chunks) == min(n, rounds * threads)
 
 
 def test_summary_counts_latest_status() -> None:

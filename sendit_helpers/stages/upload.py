@@ -63,7 +63,7 @@ from sendit_helpers.targets import (
     TransientError,
     make_targets,
 )
-from sendit_helpers.targets.base import RACY_NS, plain
+from sendit_helpers.targets.base import RACY_NS, plain, request_chunks
 
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS = ["item", "target", "destination", "status", "checksum", "remote_id", "time"]
@@ -469,7 +469,7 @@ def _put_all(run: _Run, todo: Sequence[Item], entities: Sequence[Entity]) -> tup
                 except UploadError as exc:
                     yield futures[fut], exc
             return
-        chunks = [todo[start : start + size] for start in range(0, len(todo), size)]
+        chunks = request_chunks(todo, size, run.threads)
         many = {pool.submit(work_many, chunk): chunk for chunk in chunks}
         for done in as_completed(many):
             chunk = many[done]

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from sendit_helpers.core.errors import UploadError
@@ -313,6 +313,53 @@ class Receipt:
     fields: Mapping[str, Any] = field(default_factory=dict)
 
 
+T = TypeVar("T")
+
+
+def request_chunks(items: Sequence[T], most: int, threads: int) -> list[Sequence[T]]:
+    """Split ``items`` into requests of at most ``most``, a whole number of rounds of ``threads``.
+
+    ``threads`` requests go at once, so the requests come in rounds (waves) of
+    ``threads``.  Cutting ``most`` at a time leaves threads idle when there are fewer
+    requests than threads (500 items in requests of 50 keep 10 of 16 threads busy) and
+    in the last round.  Here the number of rounds is the one ``most`` at a time needs,
+    ``ceil(ceil(n / most) / threads)``, and every round is full: ``rounds * threads``
+    requests (at most one per item) of sizes differing by at most one (500 items, at
+    most 50, 16 threads: 16 requests of 31 or 32).  No request holds more than
+    ``most`` and no thread makes more round trips than with ``most`` at a time, so a
+    high-latency link pays no more latency than before; a large batch still goes
+    ``most`` per request.
+
+    Parameters
+    ----------
+    items : Sequence
+        What to send, in order; each request is a consecutive slice.
+    most : int
+        Items per request at most (values below 1 count as 1).
+    threads : int
+        Requests sent at once (values below 1 count as 1).
+
+    Returns
+    -------
+    list[Sequence]
+        The requests' items, in order; empty when ``items`` is.
+    """
+    n = len(items)
+    if not n:
+        return []
+    most, threads = max(1, most), max(1, threads)
+    rounds = math.ceil(math.ceil(n / most) / threads)
+    count = min(n, rounds * threads)
+    size, bigger = divmod(n, count)
+    chunks: list[Sequence[T]] = []
+    start = 0
+    for k in range(count):
+        end = start + size + (1 if k < bigger else 0)
+        chunks.append(items[start:end])
+        start = end
+    return chunks
+
+
 class Target(ABC):
     """One upload destination.
 
@@ -323,8 +370,8 @@ class Target(ABC):
 
     kind: TargetKind
     put_batch: int = 0
-    """When > 0, items are sent ``put_batch`` at a time with :meth:`put_many` (one request
-    each) instead of one by one with :meth:`put`."""
+    """When > 0, items are sent at most ``put_batch`` at a time with :meth:`put_many` (one
+    request each, sized by :func:`request_chunks`) instead of one by one with :meth:`put`."""
     entity_batch: int = 0
     """When > 0, :meth:`put_entities` is called for every ``entity_batch`` stored items,
     from one background thread while :meth:`put` calls go on (0: once, after every put)."""

@@ -1,7 +1,14 @@
 """DICOMweb target: STOW-RS, many instances per ``multipart/related`` request.
 
 What cloud DICOM stores accept (Google Cloud Healthcare, dcm4chee) and Orthanc with its
-DICOMweb plugin.  Credentials come only from the environment (``DICOMWEB_USERNAME`` and
+DICOMweb plugin.  ``DICOMWEB_BATCH`` is the most instances one request holds; upload
+cuts a batch into :func:`~sendit_helpers.targets.base.request_chunks`: rounds of
+``UPLOAD_THREADS`` requests sent at once, as few rounds as ``DICOMWEB_BATCH`` per request
+needs, every thread busy in each (500 files, 50 at most, 16 threads: 16 requests of 31-32
+rather than 10 of 50 leaving 6 threads idle).  No thread makes more round trips than
+with ``DICOMWEB_BATCH`` per request, so a high-latency link (a cloud store over a WAN)
+still gets up to ``DICOMWEB_BATCH`` instances per request and no extra latency.
+Credentials come only from the environment (``DICOMWEB_USERNAME`` and
 ``DICOMWEB_PASSWORD``, HTTP basic; or ``DICOMWEB_TOKEN``, a bearer token), read with the
 settings (:func:`~sendit_helpers.core.settings.typed`).  A server
 keeps one copy of an instance it already holds (same SOPInstanceUID), so a request sent
@@ -33,7 +40,7 @@ from sendit_helpers.targets.dicomwire import parse_file_meta, read_file_meta
 
 TIMEOUT = 120.0
 STOW_BATCH = 50
-"""Default ``DICOMWEB_BATCH``: instances per STOW-RS request."""
+"""Default ``DICOMWEB_BATCH``: instances per STOW-RS request at most."""
 FAILURE_TRANSIENT = 0xA700
 """Failure reasons ``A7xx`` (out of resources) are worth a retry."""
 REFERENCED = "00081199"  # ReferencedSOPSequence
@@ -59,7 +66,7 @@ def _values(element: Mapping[str, Any] | None) -> list[Any]:
 
 
 class DicomWebTarget(Target):
-    """STOW-RS ``DICOMWEB_BATCH`` instances per request to ``DICOMWEB_URL``.
+    """STOW-RS at most ``DICOMWEB_BATCH`` instances per request to ``DICOMWEB_URL``.
 
     Each request is one ``multipart/related; type="application/dicom"`` body holding
     the files' bytes as they are; the answer's ReferencedSOPSequence and

@@ -212,3 +212,28 @@ def test_render_of_a_linear_window_is_pydicoms_to_the_bit(
             expected = _pydicoms_rendering(ds)
             assert np.array_equal(plots.render(ds), expected), (name, photometric)
             assert np.array_equal(plots.render(ds, step=4), expected[::4, ::4])
+
+
+@pytest.mark.parametrize(
+    ("signed", "low", "high"),
+    [(True, -1024, 3071), (False, 0, 4095), (True, -32768, 32767), (False, 0, 65535)],
+)
+def test_render_of_a_large_image_is_pydicoms_to_the_bit(signed: bool, low: int, high: int) -> None:
+    """A 512 x 512 image, whose window is looked up per stored value rather than computed
+    per pixel (also over the whole 16-bit range), gives pydicom's floats exactly."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    rng = np.random.default_rng(7)
+    values = rng.integers(low, high, size=(512, 512), endpoint=True)
+    values[0, :2] = low, high
+    ds.Rows = ds.Columns = 512
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = int(signed)
+    ds.PixelData = values.astype("<i2" if signed else "<u2").tobytes()
+    ds.WindowCenter, ds.WindowWidth = "40", "400"
+    ds.RescaleSlope, ds.RescaleIntercept = "0.5", "-100"
+    for photometric in ("MONOCHROME2", "MONOCHROME1"):
+        ds.PhotometricInterpretation = photometric
+        expected = _pydicoms_rendering(ds)
+        assert np.array_equal(plots.render(ds), expected), photometric
+        assert np.array_equal(plots.render(ds, step=2), expected[::2, ::2])

@@ -270,3 +270,19 @@ def test_a_command_whose_batch_fails_before_its_notebook_leaves_no_kernel(
     line = rf"batch folder {re.escape(str(missing))} does not exist"
     assert re.search(line, capsys.readouterr().err)
     assert not _kernel_processes()
+
+
+def test_a_work_folder_that_cannot_be_made_is_each_batchs_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No kernel can be started ahead under a WORK that cannot be made; each batch still
+    says why in its own line, as without the kernels started ahead."""
+    made = list(synthetic.make_batches(tmp_path / "root", n=2, spec=TINY))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    work = blocker / "work"
+    assert cli.main(["inspect", *map(str, made), "--work", str(work)]) == 1
+    err = capsys.readouterr().err
+    for folder in made:
+        assert re.search(rf"batch {re.escape(str(folder))}: .*\(ENOTDIR\)", err), err
+    assert not _kernel_processes()

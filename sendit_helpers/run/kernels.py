@@ -181,7 +181,11 @@ def prestart(work: str | os.PathLike[str], count: int = 1) -> None:
     with _SPARES_LOCK:
         missing = count - len(_SPARES.get(folder, []))
     for _ in range(missing):
-        kernel = _new_kernel(folder, one_request=True)
+        try:
+            kernel = _new_kernel(folder, one_request=True)
+        except OSError as exc:  # WORK not writable: the batches say so, each in its line
+            log.debug("could not start a notebook kernel ahead (%s)", type(exc).__name__)
+            return
         told = kernel.km.log
         kernel.km.log = _QUIET  # jupyter_client logs a failed start with its traceback
         try:

@@ -396,6 +396,21 @@ def test_uid_mapper_valid_and_consistent() -> None:
     assert m1("") == ""
 
 
+def test_uid_mapper_remembers_a_bounded_number_and_still_maps_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A mapper that saw more UIDs than it remembers starts afresh: its memory stays
+    bounded in a warm kernel, and every UID still gets the same replacement."""
+    from sendit_helpers.pseudonyms import uids
+
+    monkeypatch.setattr(uids, "MAX_REMEMBERED", 4)
+    bounded, fresh = UidMapper(SECRET), UidMapper(SECRET)
+    olds = [f"1.2.3.{i}" for i in range(10)]
+    first = [bounded(o) for o in olds]
+    assert len(bounded) <= 4
+    assert first == [bounded(o) for o in olds] == [fresh(o) for o in reversed(olds)][::-1]
+
+
 def test_uid_mapper_formula() -> None:
     import hashlib
     import hmac

@@ -12,8 +12,14 @@ from sendit_helpers.pseudonyms.provider import (
 )
 
 __all__ = [
+    "MAX_REMEMBERED",
     "UidMapper",
 ]
+
+#: UIDs a :class:`UidMapper` remembers before it starts afresh: a process that maps the
+#: UIDs of many batches (a warm notebook kernel) keeps a bounded memory; a forgotten UID
+#: is computed again, to the same replacement.
+MAX_REMEMBERED = 65_536
 
 
 _UID_ROOT = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*\.$")
@@ -56,5 +62,11 @@ class UidMapper:
         if new is None:
             mac = hmac.new(self._secret, old.encode("utf-8"), hashlib.sha256).digest()
             new = self.root + str(int.from_bytes(mac[:16], "big"))
+            if len(self._cache) >= MAX_REMEMBERED:
+                self._cache.clear()
             self._cache[old] = new
         return new
+
+    def __len__(self) -> int:
+        """UIDs remembered now (at most :data:`MAX_REMEMBERED`)."""
+        return len(self._cache)

@@ -233,6 +233,26 @@ def test_loose_files_and_empty_folders_form_a_batch(tmp_path: Path) -> None:
     assert plan.loose == [] and [p for p, _m in plan.problems] == [str(tmp_path / "missing")]
 
 
+def test_a_root_of_links_to_study_folders_gets_its_rows_and_does_not_fail(
+    tmp_path: Path,
+) -> None:
+    """A folder holding only links to study folders (nothing to read): inspect gives every
+    link its row, with the fix, and an empty table of files, not a failure."""
+    studies = list(synthetic.make_batches(tmp_path / "studies", n=2, spec=TINY))
+    root = tmp_path / "picked"
+    root.mkdir()
+    for study in studies:
+        (root / study.name).symlink_to(study, target_is_directory=True)
+    plan = plan_batches([root], tmp_path / "work")
+    assert plan.batches == [] and plan.loose == [root]
+    layout = BatchLayout.for_batch(root, tmp_path / "work", loose=True)
+    result = inspect.inspect_batch(layout, {**QUIET, "WORKERS": 1})
+    assert result.files.empty
+    reasons = result.dispositions.set_index("source_path")["reason"]
+    assert sorted(reasons.index) == sorted(str(root / s.name) for s in studies)
+    assert all("symbolic link to a folder, not followed" in r for r in reasons)
+
+
 @pytest.mark.slow
 def test_run_accounts_for_every_input_and_keeps_phi_and_secrets_in(tmp_path: Path) -> None:
     """A root with a study folder, loose files, unreadable folder and file, links, a FIFO,

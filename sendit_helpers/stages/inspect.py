@@ -239,7 +239,8 @@ def combine_parts(parts: Sequence[Path]) -> pa.Table:
     """The spool parts as one Arrow table (columns missing from a part are null there)."""
     tables = [spoolfiles.read_part(path) for path in parts]
     present = {name for table in tables for name in table.column_names}
-    columns = [c for c in SPOOL_COLUMNS if c in present]
+    # no parts (a batch holding only links, FIFOs or nothing to read): the base columns
+    columns = [c for c in SPOOL_COLUMNS if c in present or c in _BASE_COLUMNS]
     schema = pa.schema([(c, _spool_type(c)) for c in columns])
     if not tables:
         return schema.empty_table()

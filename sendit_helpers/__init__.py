@@ -18,14 +18,17 @@ the code otherwise the same.
 """
 
 import os as _os
+import sys as _sys
 
 if not _os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
-    # Read once, when Arrow first allocates: this must come before pyarrow's import.
+    # Read once, when Arrow first allocates: this must come before pyarrow's import,
+    # which is left to the modules that need it (the ``sendit`` command starts its
+    # first notebook kernel before it imports pyarrow).
     _os.environ["ARROW_DEFAULT_MEMORY_POOL"] = "system"
-    import pyarrow as _pa
-
-    # Had pyarrow been loaded already (pandas imported first), the C++ default is
-    # mimalloc still; this at least moves what pyarrow allocates itself.
-    _pa.set_memory_pool(_pa.system_memory_pool())
+    if "pyarrow" in _sys.modules:
+        # Had pyarrow been loaded already (pandas imported first), the C++ default is
+        # mimalloc still; this at least moves what pyarrow allocates itself.
+        _pa = _sys.modules["pyarrow"]
+        _pa.set_memory_pool(_pa.system_memory_pool())
 
 __version__ = "0.1.0"

@@ -165,7 +165,8 @@ def test_reader_memo_keeps_few_values_per_field(opened: tuple[BatchLayout, Setti
 
 
 def test_arrow_allocates_with_malloc() -> None:
-    """Importing the package picks Arrow's system pool, for child processes too; a setting wins."""
+    """Importing the package picks Arrow's system pool, for child processes too, also when
+    pyarrow was imported first; a setting wins."""
     code = "import sendit_helpers, pyarrow as pa; print(pa.default_memory_pool().backend_name)"
     env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
@@ -173,6 +174,9 @@ def test_arrow_allocates_with_malloc() -> None:
     child = "import sendit_helpers, os; print(os.environ['ARROW_DEFAULT_MEMORY_POOL'])"
     out = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "system", "kernels and workers inherit it"
+    first = "import pyarrow as pa, sendit_helpers; print(pa.default_memory_pool().backend_name)"
+    out = subprocess.run([sys.executable, "-c", first], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "system", "pyarrow imported first: its pool is moved"
     env["ARROW_DEFAULT_MEMORY_POOL"] = "jemalloc" if "jemalloc" in _pools() else "mimalloc"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == env["ARROW_DEFAULT_MEMORY_POOL"], out.stderr[-500:]

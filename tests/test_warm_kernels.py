@@ -216,6 +216,20 @@ def test_preload_lists_every_module_the_stage_notebooks_import() -> None:
     assert not missing, f"add to cellrunner.PRELOAD: {sorted(missing)}"
 
 
+def test_the_command_starts_its_kernel_before_it_imports_arrow_pandas_or_pydicom() -> None:
+    """What ``sendit`` imports before :func:`kernels.prestart` delays the first kernel
+    (pyarrow alone was about 90 ms of it): the command line and kernel start need none
+    of the data libraries, which the kernel and the stages import in its place."""
+    import sys
+
+    code = (
+        "import sys; from sendit_helpers.run import cli, kernels; "
+        "print(sorted(m for m in ('pyarrow', 'pandas', 'pydicom', 'numpy') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
 @pytest.mark.slow
 def test_a_kernel_started_ahead_is_preloaded_and_handed_to_the_first_notebook(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

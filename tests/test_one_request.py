@@ -170,7 +170,8 @@ def test_a_dead_kernel_is_a_stage_error_and_is_replaced(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A kernel killed in the middle of the one request: "the kernel stopped", the cells
-    that ran keep their outputs, and the next notebook gets a fresh kernel."""
+    that ran keep their outputs (written as the engine ends), and the next notebook gets a
+    fresh kernel (its notebook written once, complete, after the engine)."""
     folder = tmp_path / "in" / "b"
     synthetic.make_batch(folder, TINY)
     layout = BatchLayout.for_batch(folder, tmp_path / "work").ensure()
@@ -186,5 +187,9 @@ def test_a_dead_kernel_is_a_stage_error_and_is_replaced(
         assert "".join(cells[3]["outputs"][0]["text"]) == "before\n"
         monkeypatch.setattr(Stage, "source", lambda self: fine)
         run_stage(Stage.INSPECT, layout, html=False)
-    cells = json.loads(notebook_path(Stage.INSPECT, layout).read_text())["cells"]
+    written = json.loads(notebook_path(Stage.INSPECT, layout).read_text())
+    cells = written["cells"]
     assert "".join(cells[3]["outputs"][0]["text"]) == "fine\n" and cells[3]["execution_count"] == 3
+    # written once at the end, by papermill, with what the end of the notebook records
+    assert written["metadata"]["papermill"]["duration"] is not None
+    assert {c["metadata"]["papermill"]["status"] for c in cells} == {"completed"}

@@ -184,6 +184,11 @@ class BatchLayout:
             When ``phi/source.json`` names another folder (or is unreadable).
         """
         record = self.source_record
+        try:
+            if json.loads(record.read_text(encoding="utf-8")) == self._record():
+                return  # claimed before by this folder: every stage of every run claims
+        except (OSError, ValueError):
+            pass  # not claimed yet (or unreadable): claimed or refused below
         tmp = record.with_name(f".{record.name}.{uuid.uuid4().hex}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PHI_FILE_MODE)
         try:

@@ -425,8 +425,9 @@ def _register_engine() -> None:
     """Register papermill's engine for sendit's notebooks (again: it only sets a name).
 
     It differs from papermill's own (``nbclient``) in two ways.  The executed
-    notebook is written when the notebook starts, when a cell fails, at the end
-    (also when the kernel dies) and during long cells at most every
+    notebook is written when the notebook starts, when a cell fails, once at the end
+    (by papermill after the engine returns; by the engine when the kernel dies) and
+    during long cells at most every
     :data:`SAVE_EVERY` seconds, not before and after every cell: papermill's
     per-cell writes (each one validated) cost more than a small batch's work.
     And given ``warm`` (a :class:`WarmKernel`), it runs the notebook in that kept
@@ -444,8 +445,11 @@ def _register_engine() -> None:
 
     class SparseSaves(NotebookExecutionManager):  # type: ignore[misc]
         _last = 0.0
+        _written_next = False
 
         def save(self, **kwargs: Any) -> None:
+            if self._written_next:
+                return
             now = time.monotonic()
             if self._last and now - self._last < SAVE_EVERY:
                 return
@@ -456,9 +460,15 @@ def _register_engine() -> None:
             self._last = 0.0  # the failing cell's outputs are written at once
             super().cell_exception(cell, cell_index, **kwargs)
 
-        def notebook_complete(self, **kwargs: Any) -> None:
+        def notebook_complete(self, *, written_next: bool = False, **kwargs: Any) -> None:
+            # written_next: papermill writes the notebook right after (its final write, or
+            # the one with the error cell), the same bytes this write would have written
             self._last = 0.0
-            super().notebook_complete(**kwargs)
+            self._written_next = written_next
+            try:
+                super().notebook_complete(**kwargs)
+            finally:
+                self._written_next = False
 
     class WarmClient(PapermillNotebookClient):  # type: ignore[misc]
         cwd_in_kernel = ""
@@ -520,9 +530,12 @@ def _register_engine() -> None:
             nb_man.notebook_start()
             try:
                 cls.execute_managed_notebook(nb_man, kernel_name, log_output=log_output, **kwargs)
-            finally:
+            except BaseException:
                 nb_man.cleanup_pbar()
-                nb_man.notebook_complete()
+                nb_man.notebook_complete()  # papermill writes nothing more: written here
+                raise
+            nb_man.cleanup_pbar()
+            nb_man.notebook_complete(written_next=True)
             return nb_man.nb
 
         @classmethod

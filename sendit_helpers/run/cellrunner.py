@@ -280,7 +280,9 @@ def run_cells(sources: Sequence[str], may_fail: Sequence[bool] = ()) -> int:
                 }
                 content = {"data": {MIMETYPE: record}, "metadata": {}, "transient": {}}
             catcher.send(socket, "display_data", content, parent, ident=topic)
-            _handed_over(socket)  # a kernel that dies in the next cell has sent this one
+            # handed to ZMQ, which sends it within milliseconds: a kernel that dies in the
+            # next cell has sent this one unless it is killed within them
+            _handed_over(socket)
             if not result.success and not (index < len(may_fail) and may_fail[index]):
                 break
     finally:

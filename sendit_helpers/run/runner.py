@@ -528,14 +528,14 @@ def _register_engine() -> None:
                 autosave_cell_every=autosave_cell_every,
             )
             nb_man.notebook_start()
+            ran = False
             try:
                 cls.execute_managed_notebook(nb_man, kernel_name, log_output=log_output, **kwargs)
-            except BaseException:
+                ran = True
+            finally:
                 nb_man.cleanup_pbar()
-                nb_man.notebook_complete()  # papermill writes nothing more: written here
-                raise
-            nb_man.cleanup_pbar()
-            nb_man.notebook_complete(written_next=True)
+                # after an error (the kernel died) papermill writes nothing more: written here
+                nb_man.notebook_complete(written_next=ran)
             return nb_man.nb
 
         @classmethod

@@ -300,7 +300,8 @@ def reset_kernel() -> None:
     and closes any matplotlib figure left open.  What is left after it is what
     the kernel keeps for every later notebook (modules, classes, the helpers'
     caches: some 150,000 objects once pandas, pyarrow and pydicom are
-    imported), and it is then frozen (:func:`gc.freeze`).  IPython's reset runs
+    imported), and it is then frozen
+    (:func:`~sendit_helpers.core.memory.freeze_kept`).  IPython's reset runs
     two full garbage collections, and each went through all of those objects:
     70-130 ms per notebook on a small machine, as much as a small batch's
     de-identification.  Frozen, a collection (IPython's, or Python's own during
@@ -311,9 +312,9 @@ def reset_kernel() -> None:
     notebooks, or once it holds :data:`~sendit_helpers.run.kernels.WARM_KERNEL_MAX_RSS`),
     which bounds what that can hold.
     """
-    import gc
-
     from IPython import get_ipython
+
+    from sendit_helpers.core import memory
 
     shell = get_ipython()
     if shell is not None:
@@ -321,7 +322,7 @@ def reset_kernel() -> None:
     pyplot = sys.modules.get("matplotlib.pyplot")
     if pyplot is not None:
         pyplot.close("all")
-    gc.freeze()  # after the reset's collections: everything left is in use
+    memory.freeze_kept()  # after the reset's collections: everything left is in use
 
 
 def preload() -> None:
@@ -332,15 +333,16 @@ def preload() -> None:
     (:func:`~sendit_helpers.deid.tesseract.load_library`, about 0.1 s) before it
     answers its client, while the command that started it imports its own
     modules; the first notebook then finds them loaded.  Frozen
-    (:func:`gc.freeze`), the modules' objects are not gone through again by the
-    first notebook's garbage collections.  It binds no name in the namespace.
+    (:func:`~sendit_helpers.core.memory.freeze_kept`), the modules' objects are
+    not gone through again by the first notebook's garbage collections.  It
+    binds no name in the namespace.
     """
-    import gc
     import importlib
 
     for name in PRELOAD:
         importlib.import_module(name)
+    from sendit_helpers.core import memory
     from sendit_helpers.deid import tesseract
 
     tesseract.load_library()  # the OCR screen's reader, made ahead (when the library loads)
-    gc.freeze()
+    memory.freeze_kept()

@@ -32,11 +32,9 @@ For each readable DICOM image of a batch (``pending`` after inspect):
 from __future__ import annotations
 
 import functools
-import gc
 import os
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -227,7 +225,7 @@ def deidentify_batch(layout: BatchLayout, settings: Mapping[str, Any]) -> DeidRe
     load_recipe(config.recipe_files, config.include_default)
     release.clear_outputs(layout)
     spool = _fresh_spool(layout)
-    with _gc_frozen():
+    with memory.gc_frozen():
         outcomes = run_jobs(
             work.jobs,
             config,
@@ -238,28 +236,6 @@ def deidentify_batch(layout: BatchLayout, settings: Mapping[str, Any]) -> DeidRe
             spool=spool,
         )
     return finish(layout, settings, outcomes, work.skipped)
-
-
-@contextmanager
-def _gc_frozen() -> Iterator[None]:
-    """Keep the objects that exist now out of the cyclic collector's scans for a while.
-
-    The per-file loop allocates many short-lived objects; each collection it
-    triggers also walked every object the kernel already held (its tables,
-    modules): ~20% of a 1,000-file run in one worker.  ``gc.freeze`` before
-    forking worker processes is also what the ``gc`` documentation advises.
-
-    What was frozen before (a warm kernel freezes what it keeps between
-    notebooks: :func:`~sendit_helpers.run.cellrunner.reset_kernel`) stays
-    frozen; otherwise everything is unfrozen again at the end.
-    """
-    frozen_before = gc.get_freeze_count() > 0  # a walk of the frozen objects: ~3 ms
-    gc.freeze()
-    try:
-        yield
-    finally:
-        if not frozen_before:
-            gc.unfreeze()
 
 
 def _fresh_spool(layout: BatchLayout) -> Path:

@@ -143,9 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dcanon", action="store_true", help="also time dicom3tools' dcanon (slow)")
     p.add_argument("--skip", nargs="*", default=[], choices=["marginal", "workers", "memory"])
     p.add_argument("--studies", type=int, nargs=2, default=[10, 1000], help="memory: study counts")
+    c.add_write_probe(p)
     args = p.parse_args(argv)
     small_n, large_n = 150, 1500
     c.say(f"sendit deidentify CLI benchmark; {c.machine()}; best of {args.repeats}")
+    if args.write_probe:
+        c.say(f"  {c.write_rate(args.out, args.write_probe)}")
     if "marginal" not in args.skip:
         small = c.ensure_corpus(args.out, small_n, args.rows)
         large = c.ensure_corpus(args.out, large_n, args.rows)
@@ -203,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
             f"memory: inspect + deidentify over {lo} vs {hi} studies (2 images each, one process): peak "
             f"{peaks[lo]:.0f} MB vs {peaks[hi]:.0f} MB ({peaks[hi] / peaks[lo]:.2f}x); goal flat"
         )
+    if args.write_probe:
+        c.say(f"  at the end: {c.write_rate(args.out, args.write_probe)}")
     return 0
 
 

@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=c.DEFAULT_OUT, help="corpus cache and scratch")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="passed to sendit run (default: none, default settings)")  # fmt: skip
+    c.add_write_probe(p)
     args = p.parse_args(argv)
 
     root = ensure_tree(args.out, args.studies, args.files, args.rows)
@@ -119,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     extra = [f"--set={item}" for item in args.set]
     c.say(f"# sendit run vs dcmanon: {args.studies} studies x {args.files} CT images {args.rows}x{args.rows} ({n} files)")
     c.say(f"# {c.machine()}")
+    if args.write_probe:
+        c.say(f"# {c.write_rate(args.out, args.write_probe)}")
     best_s = best_d = float("inf")
     for _ in range(max(1, args.repeats)):
         with c.scratch(args.out, "run-dcmanon") as folder:
@@ -130,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     c.say(f"sendit run: {n} files in {best_s:.2f} s = {rs:.1f} files/s (all four stages, local store, notebooks kept)")
     c.say(f"dcmanon:    {n} files in {best_d:.2f} s = {rd:.1f} files/s (one process over the tree)")
     c.say(f"ratio: sendit run / dcmanon = {rs / rd:.3f}x (goal >= 0.5x)")
+    if args.write_probe:
+        c.say(f"# at the end: {c.write_rate(args.out, args.write_probe)}")
     return 0
 
 

@@ -57,9 +57,10 @@ def test_profile_deidentify_runs(out: Path, capsys: pytest.CaptureFixture[str]) 
 def test_bench_deidentify_cli_memory_runs(out: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("psutil")
     args = ["--skip", "marginal", "workers", "--studies", "2", "3", "--out", str(out)]
-    assert _load("bench_deidentify_cli").main(args) == 0
+    assert _load("bench_deidentify_cli").main([*args, "--write-probe", "1"]) == 0
     text = capsys.readouterr().out
     assert "memory: inspect + deidentify over 2 vs 3 studies" in text
+    assert text.count("new-file write rate now:") == 2, text
     assert not list((out / "scratch").iterdir())
 
 
@@ -67,6 +68,7 @@ def test_bench_deidentify_cli_memory_runs(out: Path, capsys: pytest.CaptureFixtu
 def test_bench_run_runs(out: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("dcmanon")
     args = ["--studies", "2", "--files", "2", "--rows", "32", "--out", str(out)]
+    args += ["--write-probe", "0"]
     assert _load("bench_run").main(args) == 0
     text = capsys.readouterr().out
     assert "sendit run: 4 files" in text and "dcmanon:    4 files" in text and "ratio:" in text

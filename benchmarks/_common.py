@@ -161,10 +161,10 @@ def write_rate(out: Path, megabytes: int = 256) -> str:
 
     ``megabytes`` of 512 KB files (a 512x512 CT image's size) are written into a
     fresh folder, as a de-identifier writes its output, then removed.  Every tool
-    compared here writes its output this way, so this bounds them all; on a
-    virtual machine whose host takes back the memory the guest frees, it swings
-    from minute to minute (seen here: 130 to 4,700 MB/s), which is why ratios
-    are taken within one run.
+    compared here writes its output this way, so this bounds them all.  On the
+    development VMs it swings from minute to minute (seen here: 95 to 4,700
+    MB/s; fast right after as many bytes were deleted, slow once memory has been
+    free for a second or more), which is why ratios are taken within one run.
     """
     block = b"\0" * (512 << 10)
     with scratch(out, "write-rate") as folder:

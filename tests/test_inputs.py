@@ -154,6 +154,18 @@ def test_same_named_batch_refused_nothing_overwritten(
     assert open_batch(first, work, [], QUIET)[0] == layout
 
 
+@pytest.mark.parametrize("text", ["", "{not json", '["a list"]', '{"loose": false}'])
+def test_an_unreadable_claim_is_refused_and_kept(tmp_path: Path, text: str) -> None:
+    """A ``phi/source.json`` that names no folder: refused with what to do, left as it is."""
+    folder = tmp_path / "in" / "b"
+    folder.mkdir(parents=True)
+    layout = BatchLayout.for_batch(folder, tmp_path / "work").ensure()
+    layout.source_record.write_text(text, encoding="utf-8")
+    with pytest.raises(BatchError, match=r"source\.json is unreadable, .*another --work"):
+        BatchLayout.for_batch(folder, tmp_path / "work").ensure()
+    assert layout.source_record.read_text(encoding="utf-8") == text
+
+
 @pytest.mark.slow
 def test_same_named_batches_in_one_run_second_refused(tmp_path: Path) -> None:
     synthetic.make_batch(tmp_path / "a" / "same", TINY)

@@ -185,43 +185,23 @@ class BatchLayout:
         """
         record = self.source_record
         try:
-            if json.loads(record.read_text(encoding="utf-8")) == self._record():
-                return  # claimed before by this folder: every stage of every run claims
-        except (OSError, ValueError):
-            pass  # not claimed yet (or unreadable): claimed or refused below
-        tmp = record.with_name(f".{record.name}.{uuid.uuid4().hex}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PHI_FILE_MODE)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(self._record(), fh)
-            try:
-                os.link(tmp, record)
-                return
-            except FileExistsError:
-                pass
-            except OSError:  # a filesystem without hard links: exclusive create instead
-                try:
-                    fd = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PHI_FILE_MODE)
-                except FileExistsError:
-                    pass
-                else:
-                    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                        json.dump(self._record(), fh)
-                    return
-        finally:
-            tmp.unlink(missing_ok=True)
-        try:
             data = json.loads(record.read_text(encoding="utf-8"))
-            owner = data["source"]
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError):  # not claimed yet (or unreadable: refused below)
+            if self._claim_new(record):
+                return
+            try:  # claimed by another run meanwhile, or unreadable
+                data = json.loads(record.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                data = None
+        if not isinstance(data, dict) or "source" not in data:
             raise BatchError(
                 f"{record} is unreadable, so it is not known which input folder the work folder "
                 f"{self.root} belongs to; restore it, or run {self.source} with another --work"
-            ) from None
-        if owner != os.fsdecode(self.source):
+            )
+        if data["source"] != os.fsdecode(self.source):
             raise BatchError(
-                f"work folder {self.root} belongs to the input folder {owner} (recorded in "
-                f"{record}), not to {self.source}, which has the same name; run it with another "
+                f"work folder {self.root} belongs to the input folder {data['source']} (recorded "
+                f"in {record}), not to {self.source}, which has the same name; run it with another "
                 f"--work folder, or rename the input folder so its name is new (if the batch "
                 f"itself moved, move it back or run it with another --work)"
             )
@@ -233,6 +213,29 @@ class BatchLayout:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 json.dump(self._record(), fh)
             os.replace(fresh, record)
+
+    def _claim_new(self, record: Path) -> bool:
+        """Create ``record`` naming this folder, atomically; False when it exists already."""
+        tmp = record.with_name(f".{record.name}.{uuid.uuid4().hex}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PHI_FILE_MODE)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(self._record(), fh)
+            try:
+                os.link(tmp, record)
+                return True
+            except FileExistsError:
+                return False
+            except OSError:  # a filesystem without hard links: exclusive create instead
+                try:
+                    fd = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PHI_FILE_MODE)
+                except FileExistsError:
+                    return False
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    json.dump(self._record(), fh)
+                return True
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def _record(self) -> dict[str, object]:
         return {"source": os.fsdecode(self.source), "loose": self.loose}

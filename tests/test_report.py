@@ -8,6 +8,7 @@ import nbformat
 import numpy as np
 import pandas as pd
 import pydicom
+import pytest
 
 from sendit_helpers import __version__
 from sendit_helpers.deid import plots
@@ -114,10 +115,18 @@ def test_montage_png_draws_thumbnails_and_reasons(tmp_path: Path) -> None:
     assert grey[:, : 64 + 6].std() > 10  # the CT thumbnail is drawn, not a blank cell
 
 
+def _as_soup_writes(page: str) -> str:
+    """``page`` parsed and written again as nbconvert's last step does (BeautifulSoup)."""
+    from bs4 import BeautifulSoup
+
+    return str(BeautifulSoup(page, features="html.parser"))
+
+
 def test_html_copy_is_what_nbconvert_writes(tmp_path: Path) -> None:
-    """The copy's exporter (markdown rendered once per thread, the notebook checked once,
-    images' base64 data set aside from the BeautifulSoup step) writes what a plain nbconvert
-    HTML exporter does, from its caches too."""
+    """The copy's exporter (markdown rendered once per thread, the notebook checked once and
+    not deep-copied, the BeautifulSoup step's attributes added in place) writes the document
+    a plain nbconvert HTML exporter does, from its caches too: written by BeautifulSoup, it
+    is nbconvert's page byte for byte."""
     import re
 
     import nbconvert
@@ -157,7 +166,51 @@ def test_html_copy_is_what_nbconvert_writes(tmp_path: Path) -> None:
 
     assert "data:image/png;base64," + png in expected and len(big) > 2000
     assert "data:image/png;base64," + big in expected
-    assert [same_header_id(c) for c in copies] == [same_header_id(expected)] * 3
+    assert [same_header_id(_as_soup_writes(c)) for c in copies] == [same_header_id(expected)] * 3
+    assert all(len(c) == len(copies[0]) for c in copies)
+    assert 'tabindex="0"' in copies[0] and f'alt="{_NO_ALT}"' in copies[0]
+
+
+_NO_ALT = "No description has been provided for this image"
+
+
+def _nbconvert_step(page: str) -> str:
+    """nbconvert 7's ``HTMLExporter`` last step, as it is written there."""
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(page, features="html.parser")
+    for elem in soup.select("img:not([alt])"):
+        elem.attrs["alt"] = _NO_ALT
+    for elem in soup.select(".jp-Notebook div.jp-Cell-inputWrapper"):
+        elem.attrs["tabindex"] = "0"
+    for elem in soup.select(".jp-Notebook div.jp-OutputArea-output"):
+        elem.attrs["tabindex"] = "0"
+    return str(soup)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '<img src="a.png"><img alt="" src="b.png"><IMG SRC=c.png /><img src="d.png"/>',
+        '<div class="jp-Cell-inputWrapper">before the notebook</div>'
+        '<main class="jp-Notebook x"><div class="a jp-OutputArea-output b" tabindex="-1">x</div>'
+        "<div class='jp-Cell-inputWrapper'>y</div><div class=jp-OutputArea-output>z</div></main>",
+        '<main class="jp-Notebook"><!-- <img src="x"> <div class="jp-OutputArea-output"> -->'
+        '<script>var s = "<img src=y>";</script><style>div > img { }</style>'
+        '<div title="a > b" class="jp-OutputArea-output">w</div>'
+        '<p>1 < 2 <img title=\'q"> \' src="z"></p></main>',
+    ],
+)
+def test_soup_step_adds_what_nbconvert_adds(body: str) -> None:
+    """``htmlexport.soup_step`` marks the tags nbconvert's BeautifulSoup step marks (images
+    without alt text, cell wrappers and outputs below ``.jp-Notebook``), passing over
+    comments, scripts and styles: BeautifulSoup writes both pages the same."""
+    from sendit_helpers.run.htmlexport import soup_step
+
+    page = f"<!DOCTYPE html>\n<html><head><title>t</title></head><body>{body}</body></html>"
+    marked = soup_step(page)
+    assert _as_soup_writes(marked) == _nbconvert_step(page)
+    assert marked != page
 
 
 def test_html_copy_after_the_warm_up_is_the_same(tmp_path: Path) -> None:
